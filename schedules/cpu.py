@@ -1,0 +1,39 @@
+"""LLVM (CPU) schedules.
+
+``cpu_rowblock``: output rows in blocks of ``row_block`` lanes, blocks run in parallel over the
+cores; inside a block the loop over the reduced index j is outermost, every per-pair stage is
+computed at j for the whole block of lanes (vectorised over the lanes, so each shared
+sub-expression is evaluated once per (i, j) pair), and the block's accumulators stay in a local
+(register) buffer laid out component-major so each component is one SIMD vector.
+"""
+
+from __future__ import annotations
+
+from tvm import s_tir
+
+from .shape import ReductionShape
+
+
+def cpu_row_block(dtype: str) -> int:
+    """Lanes per row block: two AVX-512 vectors of the data type."""
+    return 32 if dtype == "float32" else 16
+
+
+def cpu_rowblock(sch: s_tir.Schedule, shape: ReductionShape) -> s_tir.Schedule:
+    red = sch.get_sblock("red")
+    i, u, j = sch.get_loops(red)
+    io, ii = sch.split(i, factors=[None, shape.row_block])
+    sch.reorder(io, j, u, ii)
+    sch.parallel(io)
+    for name in reversed(shape.stages):  # consumers first, so every stage lands under j
+        blk = sch.get_sblock(name)
+        sch.compute_at(blk, j)
+    acc = sch.cache_write(red, 0, "local")
+    sch.reverse_compute_at(acc, io)
+    sch.transform_layout(red, ("write", 0), lambda a, b: (b, a))
+    sch.unroll(u)
+    sch.vectorize(ii)
+    for name in shape.stages:
+        sch.vectorize(sch.get_loops(sch.get_sblock(name))[-1])
+    sch.decompose_reduction(red, j)
+    return sch

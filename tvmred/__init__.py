@@ -1,0 +1,20 @@
+"""tvmred: KeOps-style generic reductions compiled through Apache TVM.
+
+``from tvmred.torch import Genred`` / ``from tvmred.numpy import Genred``.
+"""
+
+from __future__ import annotations
+
+import os as _os
+
+if "TVM_NUM_THREADS" not in _os.environ:  # TVM's pool reads it once, at its first use
+    import torch as _torch
+
+    _os.environ["TVM_NUM_THREADS"] = str(_torch.get_num_threads())
+
+from .build import __version__  # noqa: E402
+from .cache import clear_cache  # noqa: E402
+from .ops import DimError, FormulaError  # noqa: E402
+from .parse import ParseError  # noqa: E402
+
+__all__ = ["__version__", "clear_cache", "DimError", "FormulaError", "ParseError"]

@@ -1,0 +1,95 @@
+"""The compile pipeline, top to bottom:
+
+    formula tree --lower--> TE PrimFunc --schedule--> scheduled IRModule --tvm.compile-->
+    Executable --cache--> runtime function
+
+``get_kernel`` is the only entry point; everything it produces is cached in memory and on disk
+(see :mod:`tvmred.cache`), keyed by the canonical formula text, the reduction, dtypes, target
+and the tvmred/TVM versions.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import os
+from dataclasses import dataclass
+from typing import Any
+
+from . import cache
+from .reductions import REDUCTIONS
+from .tree import Node, variables
+
+log = logging.getLogger("tvmred")
+__version__ = "0.1.0"
+DTYPES = ("float32", "float64")
+
+
+@dataclass(frozen=True)
+class Kernel:
+    """A compiled reduction: ``fn(*inputs, out, Mb, N)`` (see :mod:`tvmred.lower`)."""
+
+    fn: Any
+    inputs: tuple[Node, ...]
+    row_block: int
+    out_dim: int
+    acc_dtype: str
+
+
+@functools.lru_cache(maxsize=None)
+def cpu_target() -> dict:
+    """The LLVM target for this CPU: the explicit CPU name (``-mcpu=native`` is silently
+    generic in TVM 0.27), overridable with ``TVMRED_LLVM_MCPU``."""
+    from tvm.target import codegen
+
+    mcpu = os.environ.get("TVMRED_LLVM_MCPU") or codegen.llvm_get_system_cpu()
+    return {"kind": "llvm", "mcpu": mcpu}
+
+
+def target_for(device_type: str) -> dict:
+    if device_type == "cpu":
+        return cpu_target()
+    raise NotImplementedError(
+        f"tvmred cannot run on device type {device_type!r} yet (CPU only in this version)"
+    )
+
+
+def key_text(formula: Node, red: str, out_cat: int, dtype: str, acc: str, target: dict) -> str:
+    import tvm
+
+    return json.dumps(
+        {"formula": str(formula), "red": red, "out_cat": out_cat, "dtype": dtype, "acc": acc,
+         "target": target, "tvmred": __version__, "tvm": tvm.__version__},
+        sort_keys=True,
+    )  # fmt: skip
+
+
+def compile_reduction(formula: Node, red: str, out_cat: int, dtype: str, acc: str, target: dict):
+    """Lower, schedule and compile (no cache): returns a ``tvm.runtime.Executable``."""
+    import tvm
+    from tvm import s_tir
+
+    from . import schedules
+    from .lower import lower
+
+    kind = target["kind"]
+    low = lower(formula, REDUCTIONS[red], out_cat, dtype, acc, schedules.row_block(kind, dtype))
+    sch = schedules.schedule(s_tir.Schedule(low.func), low.shape, kind)
+    return tvm.compile(sch.mod, target=tvm.target.Target(target))
+
+
+def get_kernel(formula: Node, red: str, out_cat: int, dtype: str, acc: str, device_type: str):
+    from . import schedules
+
+    if dtype not in DTYPES:
+        raise TypeError(f"tvmred supports {DTYPES}, got {dtype}")
+    target = target_for(device_type)
+    text = key_text(formula, red, out_cat, dtype, acc, target)
+    mod = cache.get_or_build(
+        text,
+        lambda: compile_reduction(formula, red, out_cat, dtype, acc, target),
+        {"formula": str(formula), "reduction": red},
+    )
+    rb = schedules.row_block(target["kind"], dtype)
+    return Kernel(mod["main"], tuple(variables(formula)), rb, formula.dim, acc)

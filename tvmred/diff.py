@@ -1,0 +1,62 @@
+"""Symbolic differentiation of formulas, generic over the operation registry.
+
+``grad(f, v, g)`` is the vector-Jacobian product  (df/dv)^T g  (KeOps' ``Grad``), computed in
+reverse mode over the hash-consed DAG: each node's cotangent is accumulated once, then pushed
+to its arguments with that operation's ``vjp`` rule.  ``diff(f, v, e)`` is the Jacobian-vector
+product (df/dv) e (KeOps' ``Diff``), obtained as the gradient of the linear form u -> <grad(f, v, u), e>.
+No operation-specific code lives here.
+"""
+
+from __future__ import annotations
+
+from .ops import REGISTRY, DimError, add, f, zero
+from .tree import Node, postorder, var, variables
+
+
+def grad(fx: Node, v: Node, g: Node) -> Node:
+    """(d fx / d v)^T g, a node of dimension ``v.dim``."""
+    if not v.is_var:
+        raise DimError(f"Grad: the second argument must be a variable, got {v}")
+    if g.dim != fx.dim:
+        raise DimError(f"Grad({fx}, {v}, g): g has dim {g.dim}, expected dim {fx.dim}")
+    order = postorder(fx)
+    depends: set[int] = set()
+    for n in order:
+        if n is v or any(id(a) in depends for a in n.args):
+            depends.add(id(n))
+    if id(fx) not in depends:
+        return zero(v.dim)
+    cot: dict[int, Node] = {id(fx): g}
+    result = zero(v.dim)
+    for node in reversed(order):
+        ct = cot.pop(id(node), None)
+        if ct is None or ct.is_zero:
+            continue
+        if node is v:
+            result = add(result, ct)
+            continue
+        if not node.args:
+            continue
+        contribs = REGISTRY[node.op].vjp(ct, node, *node.args, *node.params)
+        for a, ca in zip(node.args, contribs):
+            if ca is None or id(a) not in depends:
+                continue
+            if ca.dim != a.dim:  # a registry bug, not a user error
+                raise AssertionError(f"vjp of {node.op} gave dim {ca.dim} for an arg of dim {a.dim}")
+            prev = cot.get(id(a))
+            cot[id(a)] = ca if prev is None else add(prev, ca)
+    return result
+
+
+def diff(fx: Node, v: Node, e: Node) -> Node:
+    """(d fx / d v) e, a node of dimension ``fx.dim``."""
+    if not v.is_var:
+        raise DimError(f"Diff: the second argument must be a variable, got {v}")
+    if e.dim != v.dim:
+        raise DimError(f"Diff({fx}, {v}, e): e has dim {e.dim}, expected dim {v.dim}")
+    u = var(-1 - len(postorder(fx)), fx.dim, 0)  # a dummy variable no formula uses
+    lin = f("Scalprod", grad(fx, v, u), e)
+    out = grad(lin, u, f("IntCst", params=(1,)))
+    if u in variables(out):  # cannot happen for a linear form; guard against registry bugs
+        raise AssertionError("Diff: the dummy variable survived differentiation")
+    return out

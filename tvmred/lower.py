@@ -1,0 +1,129 @@
+"""Formula tree + reduction -> a TVM tensor-expression PrimFunc with symbolic sizes.
+
+Kernel signature (every kernel, every target)::
+
+    main(*inputs, out, Mb, N)
+
+* ``inputs``: the variables the formula uses, by position. A variable of the *output*
+  category is ``(Mb * row_block, dim)`` (rows padded by the caller), one of the *reduced*
+  category is ``(N, dim)``, a parameter is ``(dim,)``.
+* ``out``: ``(Mb * row_block, out_dim)`` in the accumulator dtype.
+* ``Mb``, ``N``: int32 scalars (the number of row blocks, the number of reduced rows).
+
+Inside, the formula is evaluated once per (i, j) pair: every sub-formula whose value would
+otherwise be recomputed (used by several output components, or several times) becomes a
+per-pair stage ``s<k>`` (one TE compute with one output per component) that the schedule
+computes at the j loop; everything else is inlined into the reduction block ``red``.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Callable
+
+from .ops import REGISTRY
+from .reductions import RedDef
+from .schedules.shape import ReductionShape
+from .tree import Node, postorder, var_cat, variables
+
+
+@dataclass(frozen=True)
+class Lowered:
+    func: object  # tvm.tirx.PrimFunc (unscheduled)
+    inputs: tuple[Node, ...]  # kernel tensor inputs, in order
+    shape: ReductionShape
+
+
+def _staged(formula: Node, dtype: str) -> set[int]:
+    """Ids of the nodes that get a per-pair stage: those one of whose components would be
+    evaluated more than once per pair if inlined (counted in the scalar expression DAG, seen
+    through inlined parents), unless the operation is pure data movement."""
+    from tvm import tirx
+
+    order = postorder(formula)
+    occ: dict[int, list[list[int]]] = {}  # node -> per output comp -> per (arg, comp) count
+    for n in order:
+        if not n.args:
+            continue
+        names = [[f"_a{a}_{k}_" for k in range(arg.dim)] for a, arg in enumerate(n.args)]
+        exprs = REGISTRY[n.op].te(
+            [[tirx.Var(s, dtype) for s in row] for row in names], n.params, dtype
+        )
+        flat = [s for row in names for s in row]
+        occ[id(n)] = [[len(re.findall(re.escape(s) + r"\b", str(e))) for s in flat] for e in exprs]
+    uses: dict[int, list[int]] = {id(formula): [1] * formula.dim}
+    staged: set[int] = set()
+    for n in reversed(order):
+        u = uses.get(id(n), [1] * n.dim)
+        stage = bool(n.args) and not REGISTRY[n.op].cheap and max(u) > 1 and n is not formula
+        if stage:
+            staged.add(id(n))
+        if not n.args:
+            continue
+        weight = u if not stage else [1] * n.dim
+        col = 0
+        for a in n.args:
+            cnt = uses.setdefault(id(a), [0] * a.dim)
+            for k in range(a.dim):
+                cnt[k] += sum(w * row[col + k] for w, row in zip(weight, occ[id(n)]))
+            col += a.dim
+    return staged
+
+
+def _component(fn: Callable, k: int) -> Callable:
+    return lambda i, j: fn(i, j)[k]  # (te.compute rejects lambdas with default arguments)
+
+
+def lower(
+    formula: Node, red: RedDef, out_cat: int, dtype: str, acc_dtype: str, row_block: int
+) -> Lowered:
+    """Build the unscheduled PrimFunc for ``Red_{reduced index} formula``, output index of
+    category ``out_cat`` (0: i, so reduce over j — ``axis=1``; 1: j, so reduce over i)."""
+    from tvm import te
+
+    Mb, N = te.var("Mb"), te.var("N")
+    rows = Mb * row_block
+    inputs = tuple(variables(formula))
+    holders = {}
+    for v in inputs:
+        pos, dim, cat = v.params
+        shape = (dim,) if cat == 2 else ((rows, dim) if cat == out_cat else (N, dim))
+        holders[id(v)] = te.placeholder(shape, dtype, name=f"arg{pos}")
+
+    def leaf(v: Node) -> Callable:
+        h, cat = holders[id(v)], var_cat(v)
+        if cat == 2:
+            return lambda i, j: [h[k] for k in range(v.dim)]
+        if cat == out_cat:
+            return lambda i, j: [h[i, k] for k in range(v.dim)]
+        return lambda i, j: [h[j, k] for k in range(v.dim)]
+
+    staged = _staged(formula, dtype)
+    fns: dict[int, Callable] = {}
+    stages: list[str] = []
+    for n in postorder(formula):
+        if n.is_var:
+            fns[id(n)] = leaf(n)
+            continue
+        d, kids = REGISTRY[n.op], [fns[id(a)] for a in n.args]
+
+        def inline(i, j, d=d, kids=kids, n=n):
+            return d.te([k(i, j) for k in kids], n.params, dtype)
+
+        if id(n) not in staged:
+            fns[id(n)] = inline
+            continue
+        base = f"s{len(stages)}"
+        ts = []
+        for k in range(n.dim):  # one block per component, all computed at the same j
+            ts.append(te.compute((rows, N), _component(inline, k), name=f"{base}_{k}"))
+            stages.append(f"{base}_{k}")
+        fns[id(n)] = lambda i, j, ts=ts: [x[i, j] for x in ts]
+
+    root = fns[id(formula)]
+    out = red.compute(te, root, rows, N, formula.dim, dtype, acc_dtype)
+    func = te.create_prim_func([*(holders[id(v)] for v in inputs), out, Mb, N])
+    shape = ReductionShape(red.kind, formula.dim, dtype, acc_dtype, row_block, tuple(stages),
+                           len(inputs))  # fmt: skip
+    return Lowered(func, inputs, shape)

@@ -1,0 +1,43 @@
+"""NumPy binding: ``from tvmred.numpy import Genred`` (drop-in for ``pykeops.numpy.Genred``).
+
+Arrays are shared with the kernels without copies (through torch's zero-copy ``from_numpy``);
+non-contiguous arrays are copied once.  No autograd."""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import numpy as np
+import torch
+
+from ..genred import check_call_options, run
+from ..torch import Genred as _TorchGenred
+
+
+class Genred(_TorchGenred):
+    __doc__ = _TorchGenred.__doc__
+
+    def __call__(  # type: ignore[override]
+        self,
+        *args: np.ndarray,
+        backend: str = "auto",
+        device_id: int = -1,
+        ranges: object = None,
+        out: Optional[np.ndarray] = None,
+    ) -> np.ndarray:
+        check_call_options(backend, device_id, ranges)
+        targs = []
+        for k, a in enumerate(args):
+            if not isinstance(a, np.ndarray):
+                raise TypeError(f"argument {self.reduction.describe(k)} must be a numpy array, "
+                                f"got {type(a).__name__}")  # fmt: skip
+            if a.dtype not in (np.float32, np.float64):
+                raise TypeError(f"argument {self.reduction.describe(k)} has dtype {a.dtype}; "
+                                "tvmred supports float32 and float64")  # fmt: skip
+            targs.append(torch.from_numpy(np.ascontiguousarray(a)))
+        tout = None if out is None else torch.from_numpy(out)
+        res = run(self.reduction, targs, out=tout)
+        return out if out is not None else res.numpy()
+
+
+__all__ = ["Genred"]

@@ -1,0 +1,652 @@
+"""The operation registry: every formula operation is one entry, with all its rules.
+
+An entry (:class:`OpDef`) holds
+  * ``dim``  — the dimension rule: argument dims and static params -> output dim (or DimError);
+  * ``te``   — the lowering: one TVM expression per output component, from the argument
+               components (lists of ``PrimExpr``) and the dtype;
+  * ``vjp``  — the derivative rule: cotangent ``g`` of the output -> one cotangent node per
+               argument (``None`` = no contribution), built from other registry operations;
+  * ``ref``  — an independent torch reference (last axis = vector component), used by tests;
+  * ``test`` — how the registry-wide test exercises it.
+A *macro* (``expand``) is defined as a composition of other operations and needs no ``te``/``vjp``.
+
+Adding an operation = adding one ``op(...)`` call below; the parser, dimension check,
+differentiation, lowering, README table and ``tests/test_ops.py`` all read this registry.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable, Optional, Sequence
+
+from .tree import Node
+
+Exprs = list  # list[tvm.tirx.PrimExpr], one per component
+
+
+class DimError(ValueError):
+    """A formula whose dimensions do not fit an operation's rule."""
+
+
+class FormulaError(ValueError):
+    """A malformed formula: unknown operation, wrong number of arguments, bad parameter."""
+
+
+@dataclass(frozen=True)
+class TestSpec:
+    argdims: tuple[int, ...] = ()  # default: 3 for each argument
+    params: tuple = ()
+    ranges: tuple[tuple[float, float], ...] = ()  # per argument; default (-1, 1)
+    integer: bool = False  # draw integer-valued inputs (comparisons, OneHot)
+    grad: bool = True  # compare gradients too
+    atol: float = 1e-10
+
+
+@dataclass(frozen=True)
+class OpDef:
+    name: str
+    nargs: int
+    nparams: int = 0
+    dim: Optional[Callable[..., int]] = None
+    te: Optional[Callable[..., Exprs]] = None
+    vjp: Optional[Callable[..., tuple]] = None
+    ref: Optional[Callable[..., Any]] = None
+    test: Optional[TestSpec] = field(default_factory=TestSpec)
+    expand: Optional[Callable[..., Node]] = None
+    zero: Optional[str] = None  # "any": zero if any arg is Zero (multilinear); "all": linear
+    cheap: bool = False  # pure data movement: never worth a stage of its own
+    doc: str = ""
+
+
+REGISTRY: dict[str, OpDef] = {}
+
+
+def op(name: str, nargs: int, **kw: Any) -> None:
+    REGISTRY[name] = OpDef(name=name, nargs=nargs, **kw)
+
+
+# ----------------------------------------------------------------------------------------------
+# Node construction with the simplification rules (x+0 -> x, 0*x -> 0, linear(0) -> 0)
+# ----------------------------------------------------------------------------------------------
+
+
+def make(name: str, *args: Node, params: Sequence = ()) -> Node:
+    """Build ``name(*args; params)``: checks arity and dims, expands macros, folds zeros."""
+    d = REGISTRY.get(name)
+    if d is None:
+        raise FormulaError(f"unknown operation '{name}'")
+    if len(args) != d.nargs or len(params) != d.nparams:
+        raise FormulaError(
+            f"{name} takes {d.nargs} formula argument(s) and {d.nparams} integer parameter(s), "
+            f"got {len(args)} and {len(params)}"
+        )
+    if d.expand is not None:
+        return d.expand(*args, *params)
+    dim = d.dim(*[a.dim for a in args], *params)
+    if d.zero == "any" and any(a.is_zero for a in args):
+        return zero(dim)
+    if d.zero == "all" and args and all(a.is_zero for a in args):
+        return zero(dim)
+    if name == "Add":
+        a, b = args
+        if a.is_zero and b.dim == dim:
+            return b
+        if b.is_zero and a.dim == dim:
+            return a
+    if name == "Subtract" and args[1].is_zero and args[0].dim == dim:
+        return args[0]
+    if name == "Mult":
+        for a, b in (args, args[::-1]):
+            if a.op == "IntCst" and a.params[0] == 1 and b.dim == dim:
+                return b
+    return Node(name, tuple(args), tuple(params), dim)
+
+
+def zero(dim: int) -> Node:
+    return Node("Zero", (), (int(dim),), dim)
+
+
+def intcst(n: int) -> Node:
+    return Node("IntCst", (), (int(n),), 1)
+
+
+def cst(v: float) -> Node:
+    if float(v) == int(v) and abs(v) < 2**31:
+        return intcst(int(v))
+    return Node("Cst", (), (float(v),), 1)
+
+
+def add(a: Node, b: Node) -> Node:
+    return make("Add", a, b)
+
+
+def sub(a: Node, b: Node) -> Node:
+    return make("Subtract", a, b)
+
+
+def mul(a: Node, b: Node) -> Node:
+    return make("Mult", a, b)
+
+
+def div(a: Node, b: Node) -> Node:
+    return make("Divide", a, b)
+
+
+def neg(a: Node) -> Node:
+    return make("Minus", a)
+
+
+def f(name: str, *args: Node, params: Sequence = ()) -> Node:
+    return make(name, *args, params=params)
+
+
+def unbroadcast(g: Node, arg: Node) -> Node:
+    """Cotangent of an argument that was broadcast from dim 1: sum the components."""
+    return make("Sum", g) if arg.dim == 1 and g.dim > 1 else g
+
+
+# ----------------------------------------------------------------------------------------------
+# Dimension rules
+# ----------------------------------------------------------------------------------------------
+
+
+def elementwise_dim(*dims: int) -> int:
+    """Equal dims, or a mix of 1 and one other d; output d."""
+    big = {d for d in dims if d != 1}
+    if len(big) > 1:
+        raise DimError(f"dimensions {list(dims)} are not compatible (equal, or 1 and d)")
+    return max(dims)
+
+
+def same_dim(d: int, *params: Any) -> int:
+    return d
+
+
+def scalar_dim(*_: Any) -> int:
+    return 1
+
+
+def _require(cond: bool, msg: str) -> None:
+    if not cond:
+        raise DimError(msg)
+
+
+# ----------------------------------------------------------------------------------------------
+# TE helpers (tvm imported lazily so that parsing never needs TVM)
+# ----------------------------------------------------------------------------------------------
+
+
+def _tvm():
+    from tvm import te, tirx
+
+    return te, tirx
+
+
+def c(v: float, dt: str):
+    return _tvm()[1].const(v, dt)
+
+
+def sel(cond, a, b):
+    return _tvm()[1].Select(cond, a, b)
+
+
+def elementwise(fn: Callable[..., Any]) -> Callable[..., Exprs]:
+    """Lift a scalar rule ``fn(*scalars, *params, dt)`` to vectors with 1-vs-d broadcasting."""
+
+    def rule(args: list, params: tuple, dt: str) -> Exprs:
+        d = max(len(a) for a in args)
+        return [fn(*[a[k if len(a) > 1 else 0] for a in args], *params, dt) for k in range(d)]
+
+    return rule
+
+
+def _t():
+    import torch
+
+    return torch
+
+
+def unary(
+    name: str,
+    fn: Callable,
+    ref: Callable,
+    deriv: Optional[Callable[[Node, Node], Node]],
+    ranges: tuple = ((-1.0, 1.0),),
+    doc: str = "",
+    **kw: Any,
+) -> None:
+    """Elementwise unary op: ``deriv(x, out)`` is dy/dx as a node (None: zero gradient)."""
+    vjp = (lambda g, out, x: (mul(g, deriv(x, out)),)) if deriv else (lambda g, out, x: (None,))
+    op(name, 1, dim=same_dim, te=elementwise(fn), vjp=vjp, ref=ref,
+       test=TestSpec(ranges=ranges, **kw), doc=doc)  # fmt: skip
+
+
+# ----------------------------------------------------------------------------------------------
+# Leaves
+# ----------------------------------------------------------------------------------------------
+
+op("Var", 0, nparams=3, test=None, doc="Var(pos,dim,cat): input number pos; cat 0=i, 1=j, 2=Pm")
+op("IntCst", 0, nparams=1, dim=lambda n: 1, te=lambda a, p, dt: [c(p[0], dt)], test=None,
+   doc="integer constant, dim 1")  # fmt: skip
+op("Cst", 0, nparams=1, dim=lambda v: 1, te=lambda a, p, dt: [c(p[0], dt)], test=None,
+   doc="real constant (from a literal such as 0.5), dim 1")  # fmt: skip
+op("Zero", 0, nparams=1, dim=lambda n: n, te=lambda a, p, dt: [c(0, dt)] * p[0], test=None,
+   doc="Zero(n): zero vector of dim n")  # fmt: skip
+op("RatCst", 0, nparams=2, expand=lambda p, q: cst(p / q), test=None, doc="RatCst(p,q) = p/q")
+op("IntInv", 0, nparams=1, expand=lambda n: cst(1.0 / n), test=None, doc="IntInv(n) = 1/n")
+
+# ----------------------------------------------------------------------------------------------
+# Arithmetic
+# ----------------------------------------------------------------------------------------------
+
+
+op("Add", 2, dim=elementwise_dim, te=elementwise(lambda a, b, dt: a + b),
+   vjp=lambda g, out, a, b: (unbroadcast(g, a), unbroadcast(g, b)),
+   ref=lambda a, b: a + b, zero=None, test=TestSpec(argdims=(3, 1)), doc="a + b")  # fmt: skip
+op("Subtract", 2, dim=elementwise_dim, te=elementwise(lambda a, b, dt: a - b),
+   vjp=lambda g, out, a, b: (unbroadcast(g, a), unbroadcast(neg(g), b)),
+   ref=lambda a, b: a - b, test=TestSpec(argdims=(1, 3)), doc="a - b")  # fmt: skip
+op("Minus", 1, dim=same_dim, te=elementwise(lambda a, dt: -a), vjp=lambda g, out, a: (neg(g),),
+   ref=lambda a: -a, zero="all", cheap=True, doc="-a")  # fmt: skip
+op("Mult", 2, dim=elementwise_dim, te=elementwise(lambda a, b, dt: a * b),
+   vjp=lambda g, out, a, b: (unbroadcast(mul(g, b), a), unbroadcast(mul(g, a), b)),
+   ref=lambda a, b: a * b, zero="any", test=TestSpec(argdims=(3, 1)), doc="a * b")  # fmt: skip
+op("Divide", 2, dim=elementwise_dim, te=elementwise(lambda a, b, dt: a / b),
+   vjp=lambda g, out, a, b: (unbroadcast(div(g, b), a), unbroadcast(neg(div(mul(g, out), b)), b)),
+   ref=lambda a, b: a / b, test=TestSpec(argdims=(3, 1), ranges=((-1, 1), (0.5, 2))),
+   doc="a / b")  # fmt: skip
+
+
+def _cmp(name: str, sym: str, fn: Callable, ref: Callable) -> None:
+    op(name, 2, dim=elementwise_dim,
+       te=elementwise(lambda a, b, dt: sel(fn(a, b), c(1, dt), c(0, dt))),
+       vjp=lambda g, out, a, b: (None, None), ref=lambda a, b: ref(a, b).to(a.dtype),
+       test=TestSpec(argdims=(3, 1), integer=True, ranges=((0, 3), (0, 3))),
+       doc=f"a {sym} b as a 0/1 mask")  # fmt: skip
+
+
+_cmp("Equal", "==", lambda a, b: a == b, lambda a, b: a == b)
+_cmp("NotEqual", "!=", lambda a, b: a != b, lambda a, b: a != b)
+_cmp("LessThan", "<", lambda a, b: a < b, lambda a, b: a < b)
+_cmp("LessOrEqual", "<=", lambda a, b: a <= b, lambda a, b: a <= b)
+_cmp("GreaterThan", ">", lambda a, b: a > b, lambda a, b: a > b)
+_cmp("GreaterOrEqual", ">=", lambda a, b: a >= b, lambda a, b: a >= b)
+
+# ----------------------------------------------------------------------------------------------
+# Elementwise maths
+# ----------------------------------------------------------------------------------------------
+
+
+def _te(name: str):
+    return lambda x, dt: getattr(_tvm()[1], name)(x)
+
+
+def _one_minus_sq(x: Node) -> Node:
+    return sub(intcst(1), f("Square", x))
+
+
+unary("Exp", _te("exp"), lambda x: _t().exp(x), lambda x, out: out, doc="e^x")
+unary("Log", _te("log"), lambda x: _t().log(x), lambda x, out: f("Inv", x), ((0.5, 2.0),),
+      doc="natural log")  # fmt: skip
+unary("Sin", _te("sin"), lambda x: _t().sin(x), lambda x, out: f("Cos", x), doc="sine")
+unary("Cos", _te("cos"), lambda x: _t().cos(x), lambda x, out: neg(f("Sin", x)), doc="cosine")
+unary("Asin", _te("asin"), lambda x: _t().asin(x),
+      lambda x, out: f("Rsqrt", _one_minus_sq(x)), ((-0.9, 0.9),), doc="arcsine")  # fmt: skip
+unary("Acos", _te("acos"), lambda x: _t().acos(x),
+      lambda x, out: neg(f("Rsqrt", _one_minus_sq(x))), ((-0.9, 0.9),), doc="arccosine")  # fmt: skip
+unary("Atan", _te("atan"), lambda x: _t().atan(x),
+      lambda x, out: f("Inv", add(intcst(1), f("Square", x))), doc="arctangent")  # fmt: skip
+unary("Inv", lambda x, dt: c(1, dt) / x, lambda x: 1 / x,
+      lambda x, out: neg(f("Square", out)), ((0.5, 2.0),), doc="1/x")  # fmt: skip
+unary("Square", lambda x, dt: x * x, lambda x: x * x, lambda x, out: mul(intcst(2), x), doc="x^2")
+unary("Sqrt", _te("sqrt"), lambda x: _t().sqrt(x),
+      lambda x, out: mul(cst(0.5), f("Rsqrt", x)), ((0.5, 2.0),),
+      doc="square root; derivative uses Rsqrt (so 0 at x = 0, as KeOps)")  # fmt: skip
+unary("Rsqrt", lambda x, dt: sel(x == c(0, dt), c(0, dt), _tvm()[1].rsqrt(x)),
+      lambda x: _t().where(x == 0, _t().zeros_like(x), _t().rsqrt(x)),
+      lambda x, out: mul(cst(-0.5), f("Pow", out, params=(3,))), ((0.5, 2.0),),
+      doc="1/sqrt(x), 0 at x = 0 (as KeOps)")  # fmt: skip
+unary("Abs", _te("abs"), lambda x: _t().abs(x), lambda x, out: f("Sign", x), doc="|x|")
+unary("Sign", lambda x, dt: sel(x > c(0, dt), c(1, dt), sel(x < c(0, dt), c(-1, dt), c(0, dt))),
+      lambda x: _t().sign(x), None, doc="-1, 0 or 1")  # fmt: skip
+unary("Step", lambda x, dt: sel(x < c(0, dt), c(0, dt), c(1, dt)),
+      lambda x: (x >= 0).to(x.dtype), None, doc="0 if x < 0 else 1")  # fmt: skip
+unary("ReLU", lambda x, dt: sel(x < c(0, dt), c(0, dt), x), lambda x: _t().relu(x),
+      lambda x, out: f("Step", x), doc="max(x, 0)")  # fmt: skip
+unary("Floor", _te("floor"), lambda x: _t().floor(x), None, ((-3.0, 3.0),), doc="floor")
+unary("XLogX", lambda x, dt: sel(x == c(0, dt), c(0, dt), x * _tvm()[1].log(x)),
+      lambda x: _t().where(x == 0, _t().zeros_like(x), x * _t().log(x)),
+      lambda x, out: add(f("Log", x), intcst(1)), ((0.1, 2.0),), doc="x log x, 0 at 0")  # fmt: skip
+unary("SinXDivX", lambda x, dt: sel(x == c(0, dt), c(1, dt), _tvm()[1].sin(x) / x),
+      lambda x: _t().where(x == 0, _t().ones_like(x), _t().sin(x) / x),
+      lambda x, out: sub(div(f("Cos", x), x), div(f("Sin", x), f("Square", x))),
+      ((0.2, 2.0),), doc="sin(x)/x, 1 at 0")  # fmt: skip
+
+
+def _pow_te(x, n: int, dt: str):
+    if n == 0:
+        return c(1, dt)
+    base, e, acc = x, abs(n), None
+    while e:
+        if e & 1:
+            acc = base if acc is None else acc * base
+        e >>= 1
+        if e:
+            base = base * base
+    return c(1, dt) / acc if n < 0 else acc
+
+
+def _pow_vjp(g: Node, out: Node, x: Node, n: int) -> tuple:
+    if n == 0:
+        return (None,)
+    dx = intcst(n) if n == 1 else mul(intcst(n), f("Pow", x, params=(n - 1,)))
+    return (mul(g, dx),)
+
+
+op("Pow", 1, nparams=1, dim=same_dim, te=elementwise(_pow_te), vjp=_pow_vjp,
+   ref=lambda x, n: x**n, test=TestSpec(params=(3,), ranges=((0.5, 2.0),)),
+   doc="Pow(f, n): f^n for a fixed integer n")  # fmt: skip
+op("Powf", 2, expand=lambda a, b: f("Exp", mul(b, f("Log", a))), ref=lambda a, b: a**b,
+   test=TestSpec(argdims=(3, 1), ranges=((0.5, 2.0), (-1.0, 1.0))),
+   doc="Powf(f, g) = Exp(g*Log(f))")  # fmt: skip
+
+
+def _round_te(x, d: int, dt: str):
+    if d == 0:
+        return _tvm()[1].round(x)
+    s = c(10.0**d, dt)
+    return _tvm()[1].round(x * s) / s
+
+
+op("Round", 1, nparams=1, dim=same_dim, te=elementwise(_round_te), vjp=lambda g, o, x, d: (None,),
+   ref=lambda x, d: _t().round(x * 10**d) / 10**d, test=TestSpec(params=(2,), ranges=((-3, 3),)),
+   doc="Round(f, d): round to d decimals")  # fmt: skip
+
+
+def _clamp_te(x, a, b, dt: str):
+    return sel(x < a, a, sel(x > b, b, x))
+
+
+def _clamp_vjp(g: Node, out: Node, x: Node, a: Node, b: Node) -> tuple:
+    inside = mul(f("LessOrEqual", a, x), f("LessOrEqual", x, b))
+    return (unbroadcast(mul(g, inside), x), unbroadcast(mul(g, f("LessThan", x, a)), a),
+            unbroadcast(mul(g, f("GreaterThan", x, b)), b))  # fmt: skip
+
+
+op("Clamp", 3, dim=elementwise_dim, te=elementwise(_clamp_te), vjp=_clamp_vjp,
+   ref=lambda x, a, b: _t().where(x < a, a, _t().where(x > b, b, x)),
+   test=TestSpec(argdims=(3, 1, 1), ranges=((-2, 2), (-1, -0.2), (0.2, 1))),
+   doc="Clamp(f, a, b): a if f < a, b if f > b, else f")  # fmt: skip
+
+
+def _clampint_te(x, a: int, b: int, dt: str):
+    return _clamp_te(x, c(a, dt), c(b, dt), dt)
+
+
+def _clampint_vjp(g: Node, out: Node, x: Node, a: int, b: int) -> tuple:
+    return (mul(g, mul(f("LessOrEqual", intcst(a), x), f("LessOrEqual", x, intcst(b)))),)
+
+
+op("ClampInt", 1, nparams=2, dim=same_dim, te=elementwise(_clampint_te), vjp=_clampint_vjp,
+   ref=lambda x, a, b: _t().clamp(x, a, b), test=TestSpec(params=(0, 1), ranges=((-1.5, 2.5),)),
+   doc="ClampInt(f, a, b) with fixed integer bounds")  # fmt: skip
+
+
+def _ifelse_vjp(g: Node, out: Node, x: Node, a: Node, b: Node) -> tuple:
+    za, zb = zero(g.dim), zero(g.dim)
+    return (None, unbroadcast(f("IfElse", x, g, za), a), unbroadcast(f("IfElse", x, zb, g), b))
+
+
+op("IfElse", 3, dim=elementwise_dim, te=elementwise(lambda x, a, b, dt: sel(x >= c(0, dt), a, b)),
+   vjp=_ifelse_vjp, ref=lambda x, a, b: _t().where(x >= 0, a, b),
+   test=TestSpec(argdims=(1, 3, 3)), doc="IfElse(f, a, b): a if f >= 0 else b")  # fmt: skip
+op("Mod", 3, expand=lambda x, m, o: sub(x, mul(m, f("Floor", div(sub(x, o), m)))),
+   ref=lambda x, m, o: x - m * _t().floor((x - o) / m),
+   test=TestSpec(argdims=(3, 1, 1), ranges=((-3, 3), (1, 2), (-0.5, 0.5))),
+   doc="Mod(f, m, off) = f - m*Floor((f - off)/m)")  # fmt: skip
+op("Atan2", 2, dim=elementwise_dim, te=elementwise(lambda y, x, dt: _tvm()[1].atan2(y, x)),
+   vjp=lambda g, out, y, x: (
+       unbroadcast(mul(g, div(x, add(f("Square", x), f("Square", y)))), y),
+       unbroadcast(neg(mul(g, div(y, add(f("Square", x), f("Square", y))))), x)),
+   ref=lambda y, x: _t().atan2(y, x), test=TestSpec(argdims=(3, 3), ranges=((-1, 1), (0.3, 1))),
+   doc="Atan2(y, x)")  # fmt: skip
+
+# ----------------------------------------------------------------------------------------------
+# Reductions inside the vector, indexing, tensor algebra
+# ----------------------------------------------------------------------------------------------
+
+
+def _argbest(better: Callable) -> Callable:
+    def rule(args: list, params: tuple, dt: str) -> Exprs:
+        (x,) = args
+        best, idx = x[0], c(0, dt)
+        for k in range(1, len(x)):
+            take = better(x[k], best)
+            best, idx = sel(take, x[k], best), sel(take, c(k, dt), idx)
+        return [idx]
+
+    return rule
+
+
+def _minmax(name: str, tname: str, arg: str, better: Callable, tref: Callable) -> None:
+    def te_rule(args: list, params: tuple, dt: str) -> Exprs:
+        acc = args[0][0]
+        for v in args[0][1:]:
+            acc = getattr(_tvm()[1], tname)(acc, v)
+        return [acc]
+
+    op(name, 1, dim=scalar_dim, te=te_rule,
+       vjp=lambda g, out, x: (mul(g, f("OneHot", f(arg, x), params=(x.dim,))),),
+       ref=lambda x: tref(x, -1, keepdim=True).values, doc=f"{name.lower()} of the components")  # fmt: skip
+    op(arg, 1, dim=scalar_dim, te=_argbest(better), vjp=lambda g, out, x: (None,),
+       ref=lambda x: tref(x, -1, keepdim=True).indices.to(x.dtype),
+       doc=f"index of the {name.lower()} component (first one on ties)")  # fmt: skip
+
+
+_minmax("Max", "max", "ArgMax", lambda a, b: a > b, lambda *a, **k: _t().max(*a, **k))
+_minmax("Min", "min", "ArgMin", lambda a, b: a < b, lambda *a, **k: _t().min(*a, **k))
+
+
+def _sum_te(args: list, params: tuple, dt: str) -> Exprs:
+    acc = args[0][0]
+    for v in args[0][1:]:
+        acc = acc + v
+    return [acc]
+
+
+op("Sum", 1, dim=scalar_dim, te=_sum_te, vjp=lambda g, out, x: (f("SumT", g, params=(x.dim,)),),
+   ref=lambda x: x.sum(-1, keepdim=True), zero="all", doc="sum of the components")  # fmt: skip
+
+
+def _sumt_dim(d: int, n: int) -> int:
+    _require(d == 1, f"SumT needs a scalar argument, got dim {d}")
+    return n
+
+
+op("SumT", 1, nparams=1, dim=_sumt_dim, te=lambda a, p, dt: a[0] * p[0],
+   vjp=lambda g, out, x, n: (f("Sum", g),), ref=lambda x, n: x.expand(*x.shape[:-1], n),
+   zero="all", cheap=True, test=TestSpec(argdims=(1,), params=(3,)),
+   doc="SumT(f, d): the scalar f repeated d times (adjoint of Sum)")  # fmt: skip
+
+
+def _scalprod_dim(a: int, b: int) -> int:
+    _require(a == b, f"(f|g) needs equal dims, got {a} and {b}")
+    return 1
+
+
+def _scalprod_te(args: list, params: tuple, dt: str) -> Exprs:
+    a, b = args
+    return _sum_te([[u * v for u, v in zip(a, b)]], (), dt)
+
+
+op("Scalprod", 2, dim=_scalprod_dim, te=_scalprod_te,
+   vjp=lambda g, out, a, b: (mul(g, b), mul(g, a)), ref=lambda a, b: (a * b).sum(-1, keepdim=True),
+   zero="any", doc="(f|g): dot product, dim 1")  # fmt: skip
+op("SqNorm2", 1, expand=lambda x: f("Scalprod", x, x), ref=lambda x: (x * x).sum(-1, keepdim=True),
+   doc="(f|f)")  # fmt: skip
+op("Norm2", 1, expand=lambda x: f("Sqrt", f("SqNorm2", x)),
+   ref=lambda x: _t().linalg.vector_norm(x, dim=-1, keepdim=True), doc="Sqrt((f|f))")  # fmt: skip
+op("Normalize", 1, expand=lambda x: mul(f("Rsqrt", f("SqNorm2", x)), x),
+   ref=lambda x: x / _t().linalg.vector_norm(x, dim=-1, keepdim=True), doc="f/|f|")  # fmt: skip
+op("SqDist", 2, expand=lambda a, b: f("SqNorm2", sub(a, b)),
+   ref=lambda a, b: ((a - b) ** 2).sum(-1, keepdim=True), doc="|f-g|^2")  # fmt: skip
+
+
+def _wsqnorm(s: Node, x: Node) -> Node:
+    if s.dim == 1:
+        return mul(s, f("SqNorm2", x))
+    if s.dim == x.dim:
+        return f("Sum", mul(s, f("Square", x)))
+    if s.dim == x.dim * x.dim:
+        return f("Sum", mul(s, f("TensorProd", x, x)))
+    raise DimError(f"WeightedSqNorm(s, f): dim s must be 1, dim f or (dim f)^2; got {s.dim}, {x.dim}")
+
+
+def _wsqnorm_ref(s, x):
+    d = x.shape[-1]
+    if s.shape[-1] == 1:
+        return s * (x * x).sum(-1, keepdim=True)
+    if s.shape[-1] == d:
+        return (s * x * x).sum(-1, keepdim=True)
+    S = s.reshape(*s.shape[:-1], d, d)
+    return (x.unsqueeze(-2) @ S @ x.unsqueeze(-1)).squeeze(-1)
+
+
+op("WeightedSqNorm", 2, expand=_wsqnorm, ref=_wsqnorm_ref, test=TestSpec(argdims=(9, 3)),
+   doc="s-weighted |f|^2: s of dim 1 (isotropic), dim f (diagonal) or dim f^2 (full)")  # fmt: skip
+op("WeightedSqDist", 3, expand=lambda s, a, b: _wsqnorm(s, sub(a, b)),
+   ref=lambda s, a, b: _wsqnorm_ref(s, a - b), test=TestSpec(argdims=(3, 3, 3)),
+   doc="WeightedSqNorm(s, f-g)")  # fmt: skip
+
+
+def _elem_dim(d: int, m: int) -> int:
+    _require(0 <= m < d, f"Elem(f, {m}) needs 0 <= {m} < dim f = {d}")
+    return 1
+
+
+def _elemt_dim(d: int, n: int, m: int) -> int:
+    _require(d == 1 and 0 <= m < n, f"ElemT(f, {n}, {m}) needs dim f = 1 and 0 <= {m} < {n}")
+    return n
+
+
+def _elemt_ref(x, n, m):
+    out = _t().zeros(*x.shape[:-1], n, dtype=x.dtype)
+    out[..., m : m + 1] = x
+    return out
+
+
+op("Elem", 1, nparams=1, dim=_elem_dim, te=lambda a, p, dt: [a[0][p[0]]],
+   vjp=lambda g, out, x, m: (f("ElemT", g, params=(x.dim, m)),), ref=lambda x, m: x[..., m : m + 1],
+   zero="all", cheap=True, test=TestSpec(params=(1,)), doc="Elem(f, m): component m")  # fmt: skip
+op("ElemT", 1, nparams=2, dim=_elemt_dim,
+   te=lambda a, p, dt: [a[0][0] if k == p[1] else c(0, dt) for k in range(p[0])],
+   vjp=lambda g, out, x, n, m: (f("Elem", g, params=(m,)),), ref=_elemt_ref, zero="all",
+   cheap=True, test=TestSpec(argdims=(1,), params=(4, 2)),
+   doc="ElemT(f, n, m): scalar f at position m of a zero vector of dim n")  # fmt: skip
+
+
+def _extract_dim(d: int, s: int, n: int) -> int:
+    _require(0 <= s and n >= 1 and s + n <= d, f"Extract(f, {s}, {n}) out of range for dim {d}")
+    return n
+
+
+def _extractt_dim(d: int, s: int, n: int) -> int:
+    _require(0 <= s and s + d <= n, f"ExtractT(f, {s}, {n}) out of range for dim {d}")
+    return n
+
+
+def _extractt_ref(x, s, n):
+    out = _t().zeros(*x.shape[:-1], n, dtype=x.dtype)
+    out[..., s : s + x.shape[-1]] = x
+    return out
+
+
+op("Extract", 1, nparams=2, dim=_extract_dim, te=lambda a, p, dt: a[0][p[0] : p[0] + p[1]],
+   vjp=lambda g, out, x, s, n: (f("ExtractT", g, params=(s, x.dim)),),
+   ref=lambda x, s, n: x[..., s : s + n], zero="all", cheap=True,
+   test=TestSpec(argdims=(5,), params=(1, 3)), doc="Extract(f, start, d): a slice")  # fmt: skip
+op("ExtractT", 1, nparams=2, dim=_extractt_dim,
+   te=lambda a, p, dt: [c(0, dt)] * p[0] + a[0] + [c(0, dt)] * (p[1] - p[0] - len(a[0])),
+   vjp=lambda g, out, x, s, n: (f("Extract", g, params=(s, x.dim)),), ref=_extractt_ref,
+   zero="all", cheap=True, test=TestSpec(argdims=(3,), params=(1, 5)),
+   doc="ExtractT(f, start, D): f embedded in a zero vector of dim D")  # fmt: skip
+op("Concat", 2, dim=lambda a, b: a + b, te=lambda a, p, dt: a[0] + a[1],
+   vjp=lambda g, out, a, b: (f("Extract", g, params=(0, a.dim)),
+                             f("Extract", g, params=(a.dim, b.dim))),
+   ref=lambda a, b: _t().cat([a, b], -1), zero="all", cheap=True, test=TestSpec(argdims=(3, 2)),
+   doc="Concat(f, g)")  # fmt: skip
+
+
+def _onehot_dim(d: int, n: int) -> int:
+    _require(d == 1 and n >= 1, f"OneHot(f, {n}) needs a scalar f, got dim {d}")
+    return n
+
+
+def _onehot_te(args: list, params: tuple, dt: str) -> Exprs:
+    r = _tvm()[1].floor(args[0][0] + c(0.5, dt))
+    return [sel(r == c(k, dt), c(1, dt), c(0, dt)) for k in range(params[0])]
+
+
+def _onehot_ref(x, n):
+    t = _t()
+    return t.nn.functional.one_hot(t.floor(x[..., 0] + 0.5).long().clamp(0, n), n + 1)[..., :n].to(
+        x.dtype
+    )
+
+
+op("OneHot", 1, nparams=1, dim=_onehot_dim, te=_onehot_te, vjp=lambda g, out, x, n: (None,),
+   ref=_onehot_ref, test=TestSpec(argdims=(1,), params=(4,), integer=True, ranges=((0, 4),)),
+   doc="OneHot(f, D): one-hot encoding of round(f)")  # fmt: skip
+
+
+def _mv_dim(a: int, b: int) -> int:
+    _require(a % b == 0, f"matrix of dim {a} and vector of dim {b}: {b} does not divide {a}")
+    return a // b
+
+
+def _matvec_te(args: list, params: tuple, dt: str) -> Exprs:
+    A, v = args
+    p = len(v)
+    return [_sum_te([[A[i * p + k] * v[k] for k in range(p)]], (), dt)[0] for i in range(len(A) // p)]
+
+
+def _vecmat_te(args: list, params: tuple, dt: str) -> Exprs:
+    v, A = args
+    n = len(A) // len(v)
+    return [_sum_te([[v[k] * A[k * n + i] for k in range(len(v))]], (), dt)[0] for i in range(n)]
+
+
+def _tensorprod_te(args: list, params: tuple, dt: str) -> Exprs:
+    a, b = args
+    return [u * v for u in a for v in b]
+
+
+op("MatVecMult", 2, dim=_mv_dim, te=_matvec_te,
+   vjp=lambda g, out, A, v: (f("TensorProd", g, v), f("VecMatMult", g, A)),
+   ref=lambda A, v: (A.reshape(*A.shape[:-1], -1, v.shape[-1]) @ v.unsqueeze(-1)).squeeze(-1),
+   zero="any", test=TestSpec(argdims=(6, 2)),
+   doc="MatVecMult(A, v): A (dim n*p, row-major n x p) times v (dim p), dim n")  # fmt: skip
+op("VecMatMult", 2, dim=lambda b, a: _mv_dim(a, b), te=_vecmat_te,
+   vjp=lambda g, out, v, A: (f("MatVecMult", A, g), f("TensorProd", v, g)),
+   ref=lambda v, A: (v.unsqueeze(-2) @ A.reshape(*A.shape[:-1], v.shape[-1], -1)).squeeze(-2),
+   zero="any", test=TestSpec(argdims=(2, 6)),
+   doc="VecMatMult(v, A): v (dim p) times A (dim p*n, row-major p x n), dim n")  # fmt: skip
+op("TensorProd", 2, dim=lambda a, b: a * b, te=_tensorprod_te,
+   vjp=lambda g, out, a, b: (f("MatVecMult", g, b), f("VecMatMult", a, g)),
+   ref=lambda a, b: (a.unsqueeze(-1) * b.unsqueeze(-2)).flatten(-2), zero="any",
+   test=TestSpec(argdims=(3, 2)), doc="TensorProd(f, g): outer product, row-major")  # fmt: skip
+
+#: Names the parser accepts for the comparison operators.
+COMPARISONS = {
+    "==": "Equal",
+    "!=": "NotEqual",
+    "<": "LessThan",
+    "<=": "LessOrEqual",
+    ">": "GreaterThan",
+    ">=": "GreaterOrEqual",
+}
+
+#: Special forms handled by the parser (their second argument is a variable).
+SPECIAL_FORMS = ("Grad", "Diff")
+
+__all__ = ["REGISTRY", "OpDef", "TestSpec", "DimError", "FormulaError", "make", "op"]

@@ -1,0 +1,258 @@
+"""Formula text + alias declarations -> formula tree.  A small precedence-climbing parser
+(never ``eval``).  Grammar, loosest binding first::
+
+    cmp     := sum (('=='|'!='|'<'|'<='|'>'|'>=') sum)?
+    sum     := product (('+'|'-') product)*
+    product := unary (('*'|'/') unary)*
+    unary   := '-' unary | atom
+    atom    := NUMBER | NAME | NAME '(' args ')' | '(' cmp ')' | '(' cmp '|' cmp ')'
+
+Dimension errors are re-raised with the offending piece of the text and a caret.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from . import diff as _diff
+from .ops import COMPARISONS, REGISTRY, DimError, FormulaError, cst, intcst, make
+from .tree import Node, var
+
+CATS = {"Vi": 0, "Vx": 0, "Vj": 1, "Vy": 1, "Pm": 2}
+_TOKEN = re.compile(
+    r"\s*(?:(?P<num>\d+\.\d*(?:[eE][-+]?\d+)?|\d*\.\d+(?:[eE][-+]?\d+)?|\d+(?:[eE][-+]?\d+)?)"
+    r"|(?P<name>[A-Za-z_][A-Za-z_0-9]*)|(?P<op>==|!=|<=|>=|[-+*/(),|<>]))"
+)
+
+
+class ParseError(FormulaError):
+    """A formula that cannot be read; the message shows where."""
+
+
+@dataclass(frozen=True)
+class Alias:
+    name: str | None
+    var: Node
+
+
+def _caret(text: str, pos: int, msg: str) -> str:
+    return f"{msg}\n  {text}\n  {' ' * pos}^"
+
+
+def _tokens(text: str) -> list[tuple[str, str, int]]:
+    out, pos = [], 0
+    text = text.rstrip()
+    while pos < len(text):
+        m = _TOKEN.match(text, pos)
+        if not m or m.end() == pos:
+            bad = len(text) - len(text[pos:].lstrip())
+            raise ParseError(_caret(text, bad, f"unexpected character {text[bad]!r}"))
+        kind = m.lastgroup
+        out.append((kind, m.group(kind), m.start(kind)))
+        pos = m.end()
+    out.append(("end", "", len(text)))
+    return out
+
+
+class _Parser:
+    def __init__(self, text: str, names: dict[str, Node]):
+        self.text, self.names, self.toks, self.i = text, names, _tokens(text), 0
+
+    def peek(self) -> tuple[str, str, int]:
+        return self.toks[self.i]
+
+    def take(self, value: str | None = None) -> tuple[str, str, int]:
+        tok = self.toks[self.i]
+        if value is not None and tok[1] != value:
+            got = "end of formula" if tok[0] == "end" else repr(tok[1])
+            raise ParseError(_caret(self.text, tok[2], f"expected {value!r}, got {got}"))
+        self.i += 1
+        return tok
+
+    def error(self, pos: int, msg: str) -> ParseError:
+        return ParseError(_caret(self.text, pos, msg))
+
+    def parse(self) -> Node:
+        node = self.cmp()
+        kind, val, pos = self.peek()
+        if kind != "end":
+            raise self.error(pos, f"unexpected {val!r}")
+        return node
+
+    def build(self, pos: int, name: str, *args: Node, params: tuple = ()) -> Node:
+        try:
+            return make(name, *args, params=params)
+        except DimError as e:
+            end = self.toks[self.i - 1][2] + len(self.toks[self.i - 1][1])
+            raise DimError(_caret(self.text, pos, f"in '{self.text[pos:end]}': {e}")) from None
+        except FormulaError as e:
+            raise ParseError(_caret(self.text, pos, str(e))) from None
+
+    def cmp(self) -> Node:
+        pos = self.peek()[2]
+        left = self.sum()
+        if self.peek()[1] in COMPARISONS:
+            op = self.take()[1]
+            left = self.build(pos, COMPARISONS[op], left, self.sum())
+        return left
+
+    def sum(self) -> Node:
+        pos = self.peek()[2]
+        left = self.product()
+        while self.peek()[1] in ("+", "-"):
+            op = self.take()[1]
+            left = self.build(pos, "Add" if op == "+" else "Subtract", left, self.product())
+        return left
+
+    def product(self) -> Node:
+        pos = self.peek()[2]
+        left = self.unary()
+        while self.peek()[1] in ("*", "/"):
+            op = self.take()[1]
+            left = self.build(pos, "Mult" if op == "*" else "Divide", left, self.unary())
+        return left
+
+    def unary(self) -> Node:
+        if self.peek()[1] == "-":
+            pos = self.take()[2]
+            arg = self.unary()
+            if arg.op in ("IntCst", "Cst"):
+                return cst(-arg.params[0])
+            return self.build(pos, "Minus", arg)
+        return self.atom()
+
+    def atom(self) -> Node:
+        kind, val, pos = self.take()
+        if kind == "num":
+            v = float(val)
+            return intcst(int(v)) if re.fullmatch(r"\d+", val) else cst(v)
+        if val == "(":
+            left = self.cmp()
+            if self.peek()[1] == "|":
+                self.take()
+                right = self.cmp()
+                self.take(")")
+                return self.build(pos, "Scalprod", left, right)
+            self.take(")")
+            return left
+        if kind != "name":
+            raise self.error(pos, f"unexpected {'end of formula' if kind == 'end' else repr(val)}")
+        if self.peek()[1] != "(":
+            if val in self.names:
+                return self.names[val]
+            raise self.error(pos, f"unknown variable '{val}' (declared: {sorted(self.names)})")
+        self.take("(")
+        args: list[tuple[Node, int]] = []
+        if self.peek()[1] != ")":
+            while True:
+                apos = self.peek()[2]
+                args.append((self.cmp(), apos))
+                if self.peek()[1] != ",":
+                    break
+                self.take(",")
+        self.take(")")
+        return self.call(val, pos, args)
+
+    def call(self, name: str, pos: int, args: list[tuple[Node, int]]) -> Node:
+        if name in ("Grad", "Diff"):
+            if len(args) != 3:
+                raise self.error(pos, f"{name} takes 3 arguments (f, variable, e), got {len(args)}")
+            (fx, _), (v, vpos), (e, _) = args
+            if not v.is_var:
+                raise self.error(vpos, f"{name}: the second argument must be a variable")
+            try:
+                return (_diff.grad if name == "Grad" else _diff.diff)(fx, v, e)
+            except DimError as err:
+                raise DimError(_caret(self.text, pos, str(err))) from None
+        if name in CATS or name == "Var":
+            ints = [self.integer(a, p) for a, p in args]
+            try:
+                return decl_var(name, ints, None)
+            except FormulaError as err:
+                raise self.error(pos, str(err)) from None
+        d = REGISTRY.get(name)
+        if d is None or name in ("Var",):
+            raise self.error(pos, f"unknown operation '{name}'")
+        if len(args) != d.nargs + d.nparams:
+            raise self.error(
+                pos, f"{name} takes {d.nargs + d.nparams} argument(s), got {len(args)}"
+            )
+        nodes = [a for a, _ in args[: d.nargs]]
+        params = tuple(self.integer(a, p) for a, p in args[d.nargs :])
+        return self.build(pos, name, *nodes, params=params)
+
+    def integer(self, node: Node, pos: int) -> int:
+        if node.op == "IntCst" or (node.op == "Cst" and float(node.params[0]).is_integer()):
+            return int(node.params[0])
+        raise self.error(pos, "expected an integer constant here")
+
+
+def decl_var(kind: str, ints: list[int], default_pos: int | None) -> Node:
+    """``Vi(dim)``, ``Vi(pos, dim)``, ``Var(pos, dim, cat)`` (and Vj, Pm, Vx, Vy)."""
+    if kind == "Var":
+        if len(ints) != 3:
+            raise FormulaError("Var takes (pos, dim, cat)")
+        pos, dim, cat = ints
+    else:
+        cat = CATS[kind]
+        if len(ints) == 1 and default_pos is not None:
+            pos, dim = default_pos, ints[0]
+        elif len(ints) == 2:
+            pos, dim = ints
+        else:
+            raise FormulaError(f"{kind} takes (dim) or (pos, dim)")
+    if cat not in (0, 1, 2):
+        raise FormulaError(f"variable category must be 0 (i), 1 (j) or 2 (parameter), got {cat}")
+    if dim < 1 or pos < 0:
+        raise FormulaError(f"variable needs pos >= 0 and dim >= 1, got pos={pos}, dim={dim}")
+    return var(pos, dim, cat)
+
+
+_DECL = re.compile(r"^\s*(?:([A-Za-z_][A-Za-z_0-9]*)\s*=\s*)?([A-Za-z]+)\s*\(([^()]*)\)\s*$")
+
+
+def parse_aliases(aliases: list[str] | tuple[str, ...]) -> list[Alias]:
+    """Read ``["x = Vi(3)", "y = Vj(0, 3)", "Pm(1)", ...]``; checks positions are consistent."""
+    if isinstance(aliases, str):
+        raise TypeError("aliases must be a list of strings such as ['x = Vi(3)', 'y = Vj(3)']")
+    out: list[Alias] = []
+    by_pos: dict[int, Node] = {}
+    names: set[str] = set()
+    for k, text in enumerate(aliases):
+        m = _DECL.match(str(text))
+        if not m or m.group(2) not in (*CATS, "Var"):
+            raise ParseError(f"cannot read variable declaration {text!r} (expected e.g. 'x = Vi(3)')")
+        name, kind, inner = m.groups()
+        try:
+            ints = [int(s) for s in inner.split(",")] if inner.strip() else []
+        except ValueError:
+            raise ParseError(f"variable declaration {text!r}: arguments must be integers") from None
+        try:
+            v = decl_var(kind, ints, k)
+        except FormulaError as e:
+            raise ParseError(f"variable declaration {text!r}: {e}") from None
+        pos = v.params[0]
+        if pos in by_pos and by_pos[pos] is not v:
+            raise ParseError(f"variable declaration {text!r}: position {pos} already declared as "
+                             f"{by_pos[pos]}")  # fmt: skip
+        if name is not None:
+            if name in names:
+                raise ParseError(f"variable name '{name}' declared twice")
+            if name in REGISTRY or name in CATS or name in ("Grad", "Diff", "Var"):
+                raise ParseError(f"variable name '{name}' is the name of an operation")
+            names.add(name)
+        by_pos[pos] = v
+        out.append(Alias(name, v))
+    return out
+
+
+def parse(formula: str, aliases: list[Alias] | None = None) -> Node:
+    """Parse ``formula`` with the declared ``aliases`` into a dimension-checked tree."""
+    if not isinstance(formula, str):
+        raise TypeError(f"formula must be a string, got {type(formula).__name__}")
+    names = {a.name: a.var for a in aliases or [] if a.name is not None}
+    return _Parser(formula, names).parse()
+
+
+__all__ = ["parse", "parse_aliases", "Alias", "ParseError"]

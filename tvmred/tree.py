@@ -1,0 +1,112 @@
+"""Formula trees: immutable, hash-consed nodes.
+
+Every node is interned, so two structurally equal sub-formulas are the *same* Python object.
+That makes equality and hashing O(1), lets the lowering share work between equal sub-formulas,
+and gives a canonical text form (``str(node)``) that the cache uses as a key.
+"""
+
+from __future__ import annotations
+
+from typing import Iterator
+
+CAT_NAMES = {0: "Vi", 1: "Vj", 2: "Pm"}
+
+
+class Node:
+    """One operation applied to child nodes, with static integer/float parameters.
+
+    ``op`` names an entry of :mod:`tvmred.ops`; ``params`` are compile-time constants
+    (e.g. the exponent of ``Pow``, the position of ``Elem``); ``dim`` is the output dimension.
+    Variables are ``Node("Var", (), (pos, dim, cat))``.
+    """
+
+    __slots__ = ("op", "args", "params", "dim", "__weakref__")
+    _table: dict[tuple, "Node"] = {}
+
+    op: str
+    args: tuple["Node", ...]
+    params: tuple
+    dim: int
+
+    def __new__(cls, op: str, args: tuple["Node", ...], params: tuple, dim: int) -> "Node":
+        key = (op, tuple(id(a) for a in args), params)
+        node = cls._table.get(key)
+        if node is None:
+            node = object.__new__(cls)
+            object.__setattr__(node, "op", op)
+            object.__setattr__(node, "args", tuple(args))
+            object.__setattr__(node, "params", tuple(params))
+            object.__setattr__(node, "dim", int(dim))
+            cls._table[key] = node
+        return node
+
+    def __setattr__(self, name: str, value: object) -> None:
+        raise AttributeError("Node is immutable")
+
+    def __reduce__(self):  # pickling re-interns
+        return (Node, (self.op, self.args, self.params, self.dim))
+
+    def __repr__(self) -> str:
+        if self.op == "Var":
+            pos, dim, cat = self.params
+            return f"Var({pos},{dim},{cat})"
+        parts = [repr(a) for a in self.args] + [_fmt(p) for p in self.params]
+        return f"{self.op}({','.join(parts)})"
+
+    __str__ = __repr__
+
+    @property
+    def is_var(self) -> bool:
+        return self.op == "Var"
+
+    @property
+    def is_zero(self) -> bool:
+        return self.op == "Zero"
+
+
+def _fmt(p: object) -> str:
+    if isinstance(p, float):
+        return repr(float(p))
+    return str(p)
+
+
+def var(pos: int, dim: int, cat: int) -> Node:
+    """The ``pos``-th input, of dimension ``dim``, category 0 (i), 1 (j) or 2 (parameter)."""
+    return Node("Var", (), (int(pos), int(dim), int(cat)), dim)
+
+
+def var_pos(v: Node) -> int:
+    return v.params[0]
+
+
+def var_cat(v: Node) -> int:
+    return v.params[2]
+
+
+def postorder(root: Node) -> list[Node]:
+    """Distinct nodes of the DAG below ``root``, children before parents."""
+    seen: set[int] = set()
+    order: list[Node] = []
+    stack: list[tuple[Node, bool]] = [(root, False)]
+    while stack:
+        node, done = stack.pop()
+        if done:
+            order.append(node)
+            continue
+        if id(node) in seen:
+            continue
+        seen.add(id(node))
+        stack.append((node, True))
+        for a in reversed(node.args):
+            if id(a) not in seen:
+                stack.append((a, False))
+    return order
+
+
+def variables(root: Node) -> list[Node]:
+    """The variables used by ``root``, sorted by position."""
+    return sorted((n for n in postorder(root) if n.is_var), key=var_pos)
+
+
+def walk(root: Node) -> Iterator[Node]:
+    yield from postorder(root)
