@@ -28,9 +28,11 @@ def cpu_rowblock(sch: s_tir.Schedule, shape: ReductionShape) -> s_tir.Schedule:
     for name in reversed(shape.stages):  # consumers first, so every stage lands under j
         blk = sch.get_sblock(name)
         sch.compute_at(blk, j)
-    acc = sch.cache_write(red, 0, "local")
-    sch.reverse_compute_at(acc, io)
-    sch.transform_layout(red, ("write", 0), lambda a, b: (b, a))
+    # accumulators in registers, one SIMD vector per state column
+    accs = [sch.cache_write(red, k, "local") for k in range(shape.outputs)]
+    for k, acc in enumerate(accs):
+        sch.reverse_compute_at(acc, io)
+        sch.transform_layout(red, ("write", k), lambda a, b: (b, a))
     sch.unroll(u)
     sch.vectorize(ii)
     for name in shape.stages:

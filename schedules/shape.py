@@ -10,14 +10,15 @@ class ReductionShape:
     """A reduction ``out[i, u] = Red_j F_u(i, j)`` as lowered by ``tvmred.lower``.
 
     The lowered PrimFunc has one reduction block named ``red`` (loops ``i, u, j``: output row,
-    output component, reduced index) and zero or more per-pair blocks (``stages``, in
+    state column, reduced index) writing ``outputs`` buffers and zero or more per-pair blocks (``stages``, in
     producer-before-consumer order), each computing shared sub-expressions of F over ``(i, j)``.
     Output rows are padded to a multiple of ``row_block`` (the PrimFunc takes ``Mb`` =
     rows / row_block), so splitting ``i`` by ``row_block`` never needs a tail.
     """
 
-    kind: str  # reduction kind tag, e.g. "sum"
-    out_dim: int  # components per output row
+    kind: str  # reduction kind tag: "sum", "select", "kselect", "lse"
+    cols: int  # columns of each state buffer
+    outputs: int  # number of state buffers the reduction block writes
     dtype: str  # data dtype
     acc_dtype: str  # accumulator / output dtype
     row_block: int  # output-row padding multiple

@@ -33,8 +33,7 @@ class Kernel:
     fn: Any
     inputs: tuple[Node, ...]
     row_block: int
-    out_dim: int
-    acc_dtype: str
+    state: tuple[tuple[int, str], ...]  # (cols, dtype) of each output buffer
 
 
 @functools.lru_cache(maxsize=None)
@@ -55,17 +54,36 @@ def target_for(device_type: str) -> dict:
     )
 
 
-def key_text(formula: Node, red: str, out_cat: int, dtype: str, acc: str, target: dict) -> str:
+@functools.lru_cache(maxsize=None)
+def code_fingerprint() -> str:
+    """Hash of the sources that shape generated code, so that a changed op, reduction or
+    schedule never reuses a stale cached kernel (even without a version bump)."""
+    import hashlib
+    from pathlib import Path
+
+    here = Path(__file__).resolve().parent
+    files = ["ops.py", "lower.py", "reductions.py", "build.py"]
+    paths = [here / f for f in files] + sorted((here / "schedules").resolve().glob("*.py"))
+    h = hashlib.sha256()
+    for p in paths:
+        h.update(p.read_bytes())
+    return h.hexdigest()[:16]
+
+
+def key_text(formula: Node, red: str, out_cat: int, dtype: str, acc: str, target: dict,
+             opt: int | None = None) -> str:  # fmt: skip
     import tvm
 
     return json.dumps(
-        {"formula": str(formula), "red": red, "out_cat": out_cat, "dtype": dtype, "acc": acc,
-         "target": target, "tvmred": __version__, "tvm": tvm.__version__},
+        {"formula": str(formula), "red": REDUCTIONS[red].kind + ":" + red, "opt": opt,
+         "out_cat": out_cat, "dtype": dtype, "acc": acc, "target": target,
+         "tvmred": __version__, "code": code_fingerprint(), "tvm": tvm.__version__},
         sort_keys=True,
     )  # fmt: skip
 
 
-def compile_reduction(formula: Node, red: str, out_cat: int, dtype: str, acc: str, target: dict):
+def compile_reduction(formula: Node, red: str, out_cat: int, dtype: str, acc: str, target: dict,
+                      opt: int | None = None):  # fmt: skip
     """Lower, schedule and compile (no cache): returns a ``tvm.runtime.Executable``."""
     import tvm
     from tvm import s_tir
@@ -74,22 +92,33 @@ def compile_reduction(formula: Node, red: str, out_cat: int, dtype: str, acc: st
     from .lower import lower
 
     kind = target["kind"]
-    low = lower(formula, REDUCTIONS[red], out_cat, dtype, acc, schedules.row_block(kind, dtype))
+    rb = schedules.row_block(kind, dtype)
+    low = lower(formula, REDUCTIONS[red], out_cat, dtype, acc, rb, opt)
     sch = schedules.schedule(s_tir.Schedule(low.func), low.shape, kind)
     return tvm.compile(sch.mod, target=tvm.target.Target(target))
 
 
-def get_kernel(formula: Node, red: str, out_cat: int, dtype: str, acc: str, device_type: str):
+def get_kernel(formula: Node, red: str, out_cat: int, dtype: str, acc: str, device_type: str,
+               opt: int | None = None) -> Kernel:  # fmt: skip
+    """The compiled kernel for this reduction (memory cache, else disk cache, else compile)."""
     from . import schedules
 
     if dtype not in DTYPES:
         raise TypeError(f"tvmred supports {DTYPES}, got {dtype}")
     target = target_for(device_type)
-    text = key_text(formula, red, out_cat, dtype, acc, target)
-    mod = cache.get_or_build(
-        text,
-        lambda: compile_reduction(formula, red, out_cat, dtype, acc, target),
-        {"formula": str(formula), "reduction": red},
-    )
-    rb = schedules.row_block(target["kind"], dtype)
-    return Kernel(mod["main"], tuple(variables(formula)), rb, formula.dim, acc)
+    text = key_text(formula, red, out_cat, dtype, acc, target, opt)
+    kernel = _KERNELS.get(text)
+    if kernel is None:
+        mod = cache.get_or_build(
+            text,
+            lambda: compile_reduction(formula, red, out_cat, dtype, acc, target, opt),
+            {"formula": str(formula), "reduction": red},
+        )
+        rb = schedules.row_block(target["kind"], dtype)
+        state = tuple(REDUCTIONS[red].state(formula.dim, opt, dtype, acc))
+        kernel = _KERNELS[text] = Kernel(mod["main"], tuple(variables(formula)), rb, state)
+    return kernel
+
+
+_KERNELS: dict[str, Kernel] = {}
+cache.on_clear.append(_KERNELS.clear)

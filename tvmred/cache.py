@@ -26,6 +26,7 @@ log = logging.getLogger("tvmred")
 #: Counters, for tests and ``tvmred cache`` diagnostics.
 stats = {"compiled": 0, "disk_hits": 0, "memory_hits": 0, "rebuilt_corrupt": 0}
 _MEMORY: dict[str, Any] = {}
+on_clear: list[Callable[[], None]] = []  # other in-process caches to drop with this one
 
 
 def cache_dir() -> Path:
@@ -147,6 +148,8 @@ def entries() -> list[dict]:
 def clear_cache(disk: bool = True) -> None:
     """Forget every compiled kernel: in memory, and on disk unless ``disk=False``."""
     _MEMORY.clear()
+    for fn in on_clear:
+        fn()
     d = cache_dir()
     if disk and d.exists():
         for p in d.iterdir():

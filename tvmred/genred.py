@@ -15,9 +15,10 @@ import torch
 
 from .build import DTYPES, get_kernel
 from .diff import grad as sym_grad
+from .ops import DimError, intcst, make
 from .parse import parse, parse_aliases
-from .reductions import REDUCTIONS
-from .tree import Node, var
+from .reductions import REDUCTIONS, RedDef
+from .tree import Node, var, variables
 
 CAT_LABEL = {0: "Vi", 1: "Vj", 2: "Pm"}
 _TORCH_DTYPES = {torch.float32: "float32", torch.float64: "float64"}
@@ -25,38 +26,69 @@ _TORCH_DTYPES = {torch.float32: "float32", torch.float64: "float64"}
 
 @dataclass(frozen=True, eq=False)
 class Reduction:
+    """``red`` of ``formula`` over the index of category ``1 - out_cat``.
+
+    For the LogSumExp family with a weight, ``formula`` is ``Concat(F, G)`` (``main`` = F,
+    ``weight`` = G; for SumSoftMaxWeight G is ``Concat(1, g)``, as in KeOps)."""
+
     formula: Node
     red: str
     out_cat: int  # 0: output indexed by i (axis=1), 1: by j (axis=0)
     args: tuple[Node, ...]  # declared variable per position
     names: tuple[str, ...]  # for error messages
     dtype_acc: str = "auto"
+    opt: Optional[int] = None
+    main: Optional[Node] = None
+    weight: Optional[Node] = None
 
     @property
     def nargs(self) -> int:
         return len(self.args)
 
+    @property
+    def rdef(self) -> RedDef:
+        return REDUCTIONS[self.red]
+
     def describe(self, k: int) -> str:
         pos, dim, cat = self.args[k].params
         return f"'{self.names[k]}' (argument {k}, declared {CAT_LABEL[cat]}({dim}))"
 
+    def extra(self, dim: int, name: str) -> Node:
+        """A new output-indexed argument (incoming gradient, saved output) at the next position."""
+        return var(self.nargs, dim, self.out_cat)
+
+    def with_formula(self, formula: Node, extra: Sequence[tuple[Node, str]] = (),
+                     out_cat: Optional[int] = None) -> "Reduction":  # fmt: skip
+        """A Sum reduction of ``formula`` over the extended argument list."""
+        return Reduction(formula, "Sum", self.out_cat if out_cat is None else out_cat,
+                         (*self.args, *(v for v, _ in extra)),
+                         (*self.names, *(n for _, n in extra)), self.dtype_acc)  # fmt: skip
+
+    def grad_axis(self, k: int) -> int:
+        """Output category of the gradient w.r.t. argument k (parameters: per output row,
+        summed afterwards)."""
+        cat = self.args[k].params[2]
+        return cat if cat in (0, 1) else self.out_cat
+
     @functools.cache
     def grad(self, k: int) -> Optional["Reduction"]:
-        """The reduction giving d(self)/d(arg k) contracted with an incoming gradient, which
-        becomes argument ``nargs``; None when the gradient is identically zero."""
-        v = self.args[k]
-        g = var(self.nargs, self.formula.dim, self.out_cat)
-        fg = sym_grad(self.formula, v, g)
+        """Sum reductions only: the reduction giving d(self)/d(arg k) contracted with the
+        incoming gradient (a new argument ``nargs``); None when it is identically zero."""
+        g = self.extra(self.formula.dim, "gradient")
+        fg = sym_grad(self.formula, self.args[k], g)
         if fg.is_zero:
             return None
-        cat = v.params[2]
-        out_cat = cat if cat in (0, 1) else self.out_cat
-        return Reduction(fg, "Sum", out_cat, (*self.args, g), (*self.names, "gradient"),
-                         self.dtype_acc)  # fmt: skip
+        return self.with_formula(fg, [(g, "gradient")], self.grad_axis(k))
 
 
 def make_reduction(
-    formula: str, aliases: Sequence[str], reduction_op: str, axis: int, dtype_acc: str
+    formula: str,
+    aliases: Sequence[str],
+    reduction_op: str,
+    axis: int,
+    dtype_acc: str,
+    opt_arg: Optional[int] = None,
+    formula2: Optional[str] = None,
 ) -> Reduction:
     decls = parse_aliases(list(aliases))
     by_pos = {a.var.params[0]: a for a in decls}
@@ -64,11 +96,6 @@ def make_reduction(
     missing = [p for p in range(nargs) if p not in by_pos]
     if missing:
         raise ValueError(f"aliases declare positions up to {nargs - 1} but not {missing}")
-    tree = parse(formula, decls)
-    for v in _vars(tree):
-        pos = v.params[0]
-        if pos >= nargs or by_pos[pos].var is not v:
-            raise ValueError(f"formula uses {v}, which is not among the declared aliases")
     if reduction_op not in REDUCTIONS:
         raise NotImplementedError(
             f"reduction_op={reduction_op!r} is not supported (available: {sorted(REDUCTIONS)})"
@@ -77,15 +104,32 @@ def make_reduction(
         raise ValueError(f"axis must be 0 (reduce over i) or 1 (reduce over j), got {axis}")
     if dtype_acc not in ("auto", *DTYPES):
         raise ValueError(f"dtype_acc must be 'auto', 'float32' or 'float64', got {dtype_acc!r}")
+    rd = REDUCTIONS[reduction_op]
+    if rd.needs_k:
+        if not isinstance(opt_arg, int) or isinstance(opt_arg, bool) or opt_arg < 1:
+            raise ValueError(f"reduction_op={reduction_op!r} needs opt_arg=K, an integer >= 1")
+    elif opt_arg is not None:
+        raise ValueError(f"reduction_op={reduction_op!r} takes no opt_arg")
+    if rd.weight is None and formula2 is not None:
+        raise ValueError(f"reduction_op={reduction_op!r} takes no formula2")
+    if rd.weight == "required" and formula2 is None:
+        raise ValueError(f"reduction_op={reduction_op!r} requires formula2 (the weight)")
+    main = parse(formula, decls)
+    weight = parse(formula2, decls) if formula2 is not None else None
+    for v in variables(main) + (variables(weight) if weight is not None else []):
+        pos = v.params[0]
+        if pos >= nargs or by_pos[pos].var is not v:
+            raise ValueError(f"formula uses {v}, which is not among the declared aliases")
+    if rd.scalar and main.dim != 1:
+        raise DimError(f"reduction_op={reduction_op!r} needs a scalar formula, got dim {main.dim}")
+    tree = main
+    if rd.kind == "lse":
+        if reduction_op in ("SumSoftMaxWeight", "SoftMax"):
+            weight = make("Concat", intcst(1), weight)
+        tree = make("Concat", main, weight if weight is not None else intcst(1))
     names = tuple(by_pos[p].name or f"arg{p}" for p in range(nargs))
     args = tuple(by_pos[p].var for p in range(nargs))
-    return Reduction(tree, reduction_op, 1 - axis, args, names, dtype_acc)
-
-
-def _vars(tree: Node) -> list[Node]:
-    from .tree import variables
-
-    return variables(tree)
+    return Reduction(tree, rd.name, 1 - axis, args, names, dtype_acc, opt_arg, main, weight)
 
 
 def check_args(r: Reduction, args: Sequence[torch.Tensor]) -> tuple[str, int, int]:
@@ -139,19 +183,22 @@ def check_args(r: Reduction, args: Sequence[torch.Tensor]) -> tuple[str, int, in
     return _TORCH_DTYPES[args[0].dtype], n_out, n_red
 
 
-def run(r: Reduction, args: Sequence[torch.Tensor], out: Optional[torch.Tensor] = None):
-    """Evaluate the reduction (no autograd): a ``(n_out, dim)`` tensor."""
+def run(r: Reduction, args: Sequence[torch.Tensor]):
+    """Evaluate the reduction (no autograd): pykeops' output(s) for these arguments."""
+    return run_states(r, args)[0]
+
+
+def run_states(r: Reduction, args: Sequence[torch.Tensor]):
+    """(pykeops' output(s), the kernel's raw state buffers)."""
     dtype, n_out, n_red = check_args(r, args)
     dev = args[0].device if args else torch.device("cpu")
-    tdtype = args[0].dtype if args else torch.float32
-    if r.formula.is_zero:
-        res = torch.zeros(n_out, r.formula.dim, dtype=tdtype, device=dev)
-        return _into(res, out)
+    if r.red == "Sum" and r.formula.is_zero:
+        zero = torch.zeros(n_out, r.formula.dim, dtype=getattr(torch, dtype), device=dev)
+        return zero, [zero]
     acc = dtype if r.dtype_acc == "auto" else r.dtype_acc
-    k = get_kernel(r.formula, r.red, r.out_cat, dtype, acc, dev.type)
-    rb = k.row_block
-    mb = -(-n_out // rb)
-    rows = mb * rb
+    k = get_kernel(r.formula, r.red, r.out_cat, dtype, acc, dev.type, r.opt)
+    mb = -(-n_out // k.row_block)
+    rows = mb * k.row_block
     call_args = []
     for v in k.inputs:
         a = args[v.params[0]]
@@ -163,17 +210,14 @@ def run(r: Reduction, args: Sequence[torch.Tensor], out: Optional[torch.Tensor] 
             padded[:n_out] = a
             a = padded
         call_args.append(a.contiguous())
-    res = torch.empty(rows, r.formula.dim, dtype=getattr(torch, acc), device=dev)
-    k.fn(*call_args, res, mb, n_red)
-    res = res[:n_out]
-    if acc != dtype:
-        res = res.to(tdtype)
-    return _into(res, out)
+    state = [torch.empty(rows, cols, dtype=getattr(torch, dt), device=dev) for cols, dt in k.state]
+    k.fn(*call_args, *state, mb, n_red)
+    state = [s[:n_out] for s in state]
+    return r.rdef.finalize(state, r.opt, getattr(torch, dtype)), state
 
 
-def _into(res: torch.Tensor, out: Optional[torch.Tensor]) -> torch.Tensor:
-    if out is None:
-        return res
+def copy_into(res: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+    """pykeops' ``out=``: the result written into a preallocated tensor."""
     if out.shape != res.shape or out.dtype != res.dtype or out.device != res.device:
         raise ValueError(f"out must be a {res.dtype} tensor of shape {tuple(res.shape)} on "
                          f"{res.device}, got {out.dtype} {tuple(out.shape)} on {out.device}")  # fmt: skip

@@ -2,12 +2,13 @@
 
 Kernel signature (every kernel, every target)::
 
-    main(*inputs, out, Mb, N)
+    main(*inputs, *outs, Mb, N)
 
 * ``inputs``: the variables the formula uses, by position. A variable of the *output*
   category is ``(Mb * row_block, dim)`` (rows padded by the caller), one of the *reduced*
   category is ``(N, dim)``, a parameter is ``(dim,)``.
-* ``out``: ``(Mb * row_block, out_dim)`` in the accumulator dtype.
+* ``outs``: the reduction's state buffers, each ``(Mb * row_block, cols)`` (see
+  :mod:`tvmred.reductions`; a Sum has one, in the accumulator dtype).
 * ``Mb``, ``N``: int32 scalars (the number of row blocks, the number of reduced rows).
 
 Inside, the formula is evaluated once per (i, j) pair: every sub-formula whose value would
@@ -35,7 +36,7 @@ class Lowered:
     shape: ReductionShape
 
 
-def _staged(formula: Node, dtype: str) -> set[int]:
+def _staged(formula: Node, dtype: str, root_uses: list[int]) -> set[int]:
     """Ids of the nodes that get a per-pair stage: those one of whose components would be
     evaluated more than once per pair if inlined (counted in the scalar expression DAG, seen
     through inlined parents), unless the operation is pure data movement."""
@@ -52,11 +53,11 @@ def _staged(formula: Node, dtype: str) -> set[int]:
         )
         flat = [s for row in names for s in row]
         occ[id(n)] = [[len(re.findall(re.escape(s) + r"\b", str(e))) for s in flat] for e in exprs]
-    uses: dict[int, list[int]] = {id(formula): [1] * formula.dim}
+    uses: dict[int, list[int]] = {id(formula): list(root_uses)}
     staged: set[int] = set()
     for n in reversed(order):
         u = uses.get(id(n), [1] * n.dim)
-        stage = bool(n.args) and not REGISTRY[n.op].cheap and max(u) > 1 and n is not formula
+        stage = bool(n.args) and not REGISTRY[n.op].cheap and max(u) > 1
         if stage:
             staged.add(id(n))
         if not n.args:
@@ -76,7 +77,13 @@ def _component(fn: Callable, k: int) -> Callable:
 
 
 def lower(
-    formula: Node, red: RedDef, out_cat: int, dtype: str, acc_dtype: str, row_block: int
+    formula: Node,
+    red: RedDef,
+    out_cat: int,
+    dtype: str,
+    acc_dtype: str,
+    row_block: int,
+    opt: int | None = None,
 ) -> Lowered:
     """Build the unscheduled PrimFunc for ``Red_{reduced index} formula``, output index of
     category ``out_cat`` (0: i, so reduce over j — ``axis=1``; 1: j, so reduce over i)."""
@@ -99,7 +106,8 @@ def lower(
             return lambda i, j: [h[i, k] for k in range(v.dim)]
         return lambda i, j: [h[j, k] for k in range(v.dim)]
 
-    staged = _staged(formula, dtype)
+    root_uses = red.root_uses(formula.dim) if red.root_uses else [1] * formula.dim
+    staged = _staged(formula, dtype, root_uses)
     fns: dict[int, Callable] = {}
     stages: list[str] = []
     for n in postorder(formula):
@@ -122,8 +130,9 @@ def lower(
         fns[id(n)] = lambda i, j, ts=ts: [x[i, j] for x in ts]
 
     root = fns[id(formula)]
-    out = red.compute(te, root, rows, N, formula.dim, dtype, acc_dtype)
-    func = te.create_prim_func([*(holders[id(v)] for v in inputs), out, Mb, N])
-    shape = ReductionShape(red.kind, formula.dim, dtype, acc_dtype, row_block, tuple(stages),
+    outs = red.compute(te, root, rows, N, formula.dim, opt, dtype, acc_dtype)
+    func = te.create_prim_func([*(holders[id(v)] for v in inputs), *outs, Mb, N])
+    cols = int(outs[0].shape[1])
+    shape = ReductionShape(red.kind, cols, len(outs), dtype, acc_dtype, row_block, tuple(stages),
                            len(inputs))  # fmt: skip
     return Lowered(func, inputs, shape)

@@ -10,7 +10,7 @@ from typing import Optional
 import numpy as np
 import torch
 
-from ..genred import check_call_options, run
+from ..genred import check_call_options, copy_into, run
 from ..torch import Genred as _TorchGenred
 
 
@@ -35,9 +35,11 @@ class Genred(_TorchGenred):
                 raise TypeError(f"argument {self.reduction.describe(k)} has dtype {a.dtype}; "
                                 "tvmred supports float32 and float64")  # fmt: skip
             targs.append(torch.from_numpy(np.ascontiguousarray(a)))
-        tout = None if out is None else torch.from_numpy(out)
-        res = run(self.reduction, targs, out=tout)
-        return out if out is not None else res.numpy()
+        res = run(self.reduction, targs)
+        if out is not None:
+            copy_into(res, torch.from_numpy(out))
+            return out
+        return tuple(t.numpy() for t in res) if isinstance(res, tuple) else res.numpy()
 
 
 __all__ = ["Genred"]

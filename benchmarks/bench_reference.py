@@ -1,0 +1,280 @@
+"""tvmred vs pykeops vs dense PyTorch on the reference Sum reduction, CPU, float32.
+
+    c_i = sum_j (p - a_j)^2 exp(x_i + y_j),   x (M, 3), y (N, 3), a (N, 1), p (1,),  M=3000, N=5000
+
+Measured in this process (min over ``--repeats`` calls, after warm-up, all cores):
+
+* forward: ``c = routine(x, y, a, p)``;
+* forward + gradient: ``c = routine(x, y, a, p); torch.autograd.grad(c, y, e)``.
+
+Measured in fresh subprocesses, each with an empty kernel cache (``TVMRED_CACHE_DIR`` /
+``KEOPS_CACHE_FOLDER`` set to a new temporary folder) and a formula never compiled before:
+
+* the import time of the library, torch excluded (tvmred imports TVM lazily, so its row is
+  ``import tvmred`` + ``import tvm``);
+* the first forward call (parse + compile + run) and the first gradient call (compile of the
+  gradient kernel + run).
+
+pykeops (``pip install pykeops==2.3``) is imported lazily; without it its columns are skipped.
+Prints a table and writes ``benchmarks/results/reference_cpu.json``
+(``reference_cpu_quick.json`` with ``--quick``).
+
+    python benchmarks/bench_reference.py [--quick] [--repeats R] [--out PATH]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+REPO = Path(__file__).resolve().parent.parent
+M, N = 3000, 5000
+FORMULA = "Square(p-a)*Exp(x+y)"
+VARIABLES = ["x = Vi(3)", "y = Vj(3)", "a = Vj(1)", "p = Pm(1)"]
+LIBS = ("tvmred", "pykeops", "torch")
+LOAD_AT_START = os.getloadavg()[0]
+
+
+def have_pykeops() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("pykeops") is not None
+
+
+# --------------------------------------------------------------------------- warm timings
+
+
+def min_time(fn: Callable[[], Any], repeats: int, warmup: int = 2) -> float:
+    for _ in range(warmup):
+        fn()
+    best = float("inf")
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - t0)
+    return best
+
+
+def make_routines(use_pykeops: bool) -> dict[str, Callable]:
+    """``lib -> f(x, y, a, p)``: the reduction, differentiable w.r.t. ``y``."""
+    import torch
+
+    from tvmred.torch import Genred
+
+    def dense(x, y, a, p):
+        return (((p - a.T) ** 2)[..., None] * torch.exp(x[:, None, :] + y[None, :, :])).sum(1)
+
+    routines = {"tvmred": Genred(FORMULA, VARIABLES, reduction_op="Sum", axis=1), "torch": dense}
+    if use_pykeops:
+        from pykeops.torch import Genred as KGenred
+
+        k = KGenred(FORMULA, VARIABLES, reduction_op="Sum", axis=1)
+        routines["pykeops"] = lambda x, y, a, p: k(x, y, a, p, backend="CPU")
+    return routines
+
+
+def warm_timings(repeats: int, use_pykeops: bool) -> tuple[dict, dict]:
+    """``({"forward": {lib: s}, "forward+grad": {lib: s}}, {lib: max rel. diff vs torch})``."""
+    import torch
+
+    torch.manual_seed(0)
+    x, y, a, p = torch.rand(M, 3), torch.rand(N, 3), torch.rand(N, 1), torch.rand(1)
+    yg = y.clone().requires_grad_(True)
+    e = torch.rand(M, 3)
+    routines = make_routines(use_pykeops)
+
+    times: dict[str, dict[str, float]] = {"forward": {}, "forward+grad": {}}
+    outputs = {}
+    for lib, f in routines.items():
+
+        def fwd_grad(f=f):
+            return torch.autograd.grad(f(x, yg, a, p), yg, e)[0]
+
+        outputs[lib] = (f(x, y, a, p), fwd_grad())
+        times["forward"][lib] = min_time(lambda f=f: f(x, y, a, p), repeats)
+        times["forward+grad"][lib] = min_time(fwd_grad, repeats)
+
+    c_ref, g_ref = outputs["torch"]
+    errors = {
+        lib: max(((c - c_ref).abs() / c_ref.abs()).max().item(),
+                 ((g - g_ref).abs() / g_ref.abs()).max().item())  # fmt: skip
+        for lib, (c, g) in outputs.items() if lib != "torch"
+    }
+    return times, errors
+
+
+# --------------------------------------------------------------------------- cold timings
+
+
+def cold_child(lib: str, variant: int) -> None:
+    """Run in a subprocess with an empty cache: time import, first call, first gradient."""
+    t0 = time.perf_counter()
+    import torch
+
+    torch.set_num_threads(os.cpu_count() or 1)
+    w = torch.ones(2, requires_grad=True)  # torch's first autograd.grad imports sympy (~0.3 s)
+    torch.autograd.grad(2 * w, w, torch.ones(2))
+    t1 = time.perf_counter()
+    if lib == "tvmred":
+        from tvmred.torch import Genred
+
+        import tvm  # noqa: F401  (tvmred imports it lazily, on its first call)
+    else:
+        from pykeops.torch import Genred
+    t2 = time.perf_counter()
+
+    torch.manual_seed(0)
+    x, a, p = torch.rand(M, 3), torch.rand(N, 1), torch.rand(1)
+    y = torch.rand(N, 3, requires_grad=True)
+    formula = f"Square(p-a)*Exp(x+y)*IntCst({variant})"  # a formula this cache never saw
+    routine = Genred(formula, VARIABLES, reduction_op="Sum", axis=1)
+    kw = {"backend": "CPU"} if lib == "pykeops" else {}
+    c = routine(x, y, a, p, **kw)
+    t3 = time.perf_counter()
+    torch.autograd.grad(c, y, torch.rand_like(c))
+    t4 = time.perf_counter()
+    print(json.dumps({"import_torch": t1 - t0, "import": t2 - t1, "first_call": t3 - t2,
+                      "first_grad": t4 - t3}))  # fmt: skip
+
+
+def cold_timings(lib: str, runs: int) -> dict[str, list[float]]:
+    out: dict[str, list[float]] = {}
+    for r in range(runs):
+        with tempfile.TemporaryDirectory(prefix=f"bench-{lib}-cache-") as tmp:
+            path = os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))
+            env = dict(os.environ, TVMRED_CACHE_DIR=tmp, KEOPS_CACHE_FOLDER=tmp, PYTHONPATH=path)
+            proc = subprocess.run(
+                [sys.executable, __file__, "--cold-child", lib, "--variant", str(2 + r)],
+                env=env, capture_output=True, text=True, check=False,
+            )
+            if proc.returncode != 0:
+                raise RuntimeError(f"cold {lib} subprocess failed:\n{proc.stderr[-3000:]}")
+            res = json.loads(proc.stdout.strip().splitlines()[-1])
+        for k, v in res.items():
+            out.setdefault(k, []).append(v)
+    return out
+
+
+# --------------------------------------------------------------------------- report
+
+
+def machine() -> dict[str, Any]:
+    import torch
+    import tvm
+
+    from tvmred.build import __version__, cpu_target
+
+    cpu = "unknown"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        cpu = platform.processor() or cpu
+    info = {"cpu": cpu, "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+            "llvm_mcpu": cpu_target()["mcpu"], "platform": platform.platform(),
+            "python": platform.python_version(), "torch": torch.__version__,
+            "tvm": tvm.__version__, "tvmred": __version__,
+            "loadavg_1min_at_start": LOAD_AT_START}  # fmt: skip
+    if have_pykeops():
+        from importlib.metadata import version
+
+        info["pykeops"] = version("pykeops")
+    return info
+
+
+def ratio(num: Optional[float], den: Optional[float]) -> str:
+    return f"{num / den:.2f}x" if num is not None and den else "-"
+
+
+def print_table(res: dict[str, Any]) -> None:
+    mach, cfg = res["machine"], res["config"]
+    print(f"\nMachine: {mach['cpu']} ({mach['llvm_mcpu']}), {mach['cores']} cores, "
+          f"{mach['platform']}")  # fmt: skip
+    print(f"Python {mach['python']}, torch {mach['torch']}, tvm {mach['tvm']}, "
+          f"tvmred {mach['tvmred']}, pykeops {mach.get('pykeops', 'not installed')}")  # fmt: skip
+    print(f"Problem: {FORMULA}, M={M}, N={N}, float32, CPU; warm: min of {cfg['repeats']} "
+          f"calls; cold: min of {cfg['cold_runs']} fresh subprocesses\n")  # fmt: skip
+
+    rows: list[tuple[str, dict[str, Optional[float]], float]] = []
+    for key, label in (("forward", "forward"), ("forward+grad", "forward + grad wrt y")):
+        rows.append((f"{label} [ms]", res["warm"][key], 1e3))
+    for key, label in (("import", "import (torch excluded)"),
+                       ("first_call", "first call, new formula"),
+                       ("first_grad", "first grad, new formula")):  # fmt: skip
+        rows.append((f"{label} [s]", {lib: min(v[key]) for lib, v in res["cold"].items()}, 1.0))
+
+    head = (f"{'':32}{'tvmred':>10}{'pykeops':>10}{'torch':>10}"
+            f"{'pykeops/tvmred':>16}{'torch/tvmred':>14}")  # fmt: skip
+    print(head)
+    print("-" * len(head))
+    for label, t, scale in rows:
+        cells = "".join(f"{t[lib] * scale:10.{1 if scale > 1 else 3}f}" if t.get(lib) is not None
+                        else f"{'-':>10}" for lib in LIBS)  # fmt: skip
+        print(f"{label:32}{cells}{ratio(t.get('pykeops'), t.get('tvmred')):>16}"
+              f"{ratio(t.get('torch'), t.get('tvmred')):>14}")  # fmt: skip
+    print("(cold rows: 'import' is import tvmred + import tvm for tvmred, import pykeops for "
+          "pykeops)")
+    errs = ", ".join(f"{lib} {e:.1e}" for lib, e in res["max_rel_diff_vs_torch"].items())
+    print(f"max relative difference vs torch (values and gradients): {errs}")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="3 repeats, 1 cold run per library")
+    ap.add_argument("--repeats", type=int, help="warm repeats (default 10, 3 with --quick)")
+    ap.add_argument("--out", type=Path, help="JSON output path")
+    ap.add_argument("--cold-child", choices=("tvmred", "pykeops"), help=argparse.SUPPRESS)
+    ap.add_argument("--variant", type=int, default=2, help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.cold_child:
+        return cold_child(args.cold_child, args.variant)
+
+    repeats = args.repeats or (3 if args.quick else 10)
+    cold_runs = 1 if args.quick else 3
+    name = "reference_cpu_quick.json" if args.quick else "reference_cpu.json"
+    out = args.out or Path(__file__).resolve().parent / "results" / name
+
+    # A private tvmred cache: never time a stale kernel from ~/.cache/tvmred.
+    os.environ["TVMRED_CACHE_DIR"] = tempfile.mkdtemp(prefix="bench-tvmred-cache-")
+    import torch
+
+    torch.set_num_threads(os.cpu_count() or 1)  # before tvmred's import: it sizes TVM's pool
+    use_pykeops = have_pykeops()
+    if not use_pykeops:
+        print("pykeops is not installed (pip install pykeops==2.3): skipping its columns")
+    if LOAD_AT_START > 0.5:
+        print(f"warning: 1-min load average is {LOAD_AT_START:.2f}: other processes may skew "
+              "the timings")
+
+    cold = {}
+    for lib in ("tvmred", "pykeops") if use_pykeops else ("tvmred",):
+        print(f"cold start: {lib}, {cold_runs} fresh subprocess(es)...", flush=True)
+        cold[lib] = cold_timings(lib, cold_runs)
+    print(f"warm timings: {repeats} repeats...", flush=True)
+    warm, errors = warm_timings(repeats, use_pykeops)
+
+    res = {"machine": machine(), "config": {"M": M, "N": N, "dtype": "float32",
+           "formula": FORMULA, "repeats": repeats, "cold_runs": cold_runs, "unit": "s",
+           "date": time.strftime("%Y-%m-%dT%H:%M:%S%z")},
+           "warm": warm, "cold": cold, "max_rel_diff_vs_torch": errors}  # fmt: skip
+    print_table(res)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(res, indent=1) + "\n")
+    print(f"\nwrote {out}")
+    import shutil
+
+    shutil.rmtree(os.environ["TVMRED_CACHE_DIR"], ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
