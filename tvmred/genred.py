@@ -40,6 +40,7 @@ class Reduction:
     opt: Optional[int] = None
     main: Optional[Node] = None
     weight: Optional[Node] = None
+    sum_scheme: str = "auto"
 
     @property
     def nargs(self) -> int:
@@ -62,7 +63,8 @@ class Reduction:
         """A Sum reduction of ``formula`` over the extended argument list."""
         return Reduction(formula, "Sum", self.out_cat if out_cat is None else out_cat,
                          (*self.args, *(v for v, _ in extra)),
-                         (*self.names, *(n for _, n in extra)), self.dtype_acc)  # fmt: skip
+                         (*self.names, *(n for _, n in extra)), self.dtype_acc,
+                         sum_scheme=self.sum_scheme)  # fmt: skip
 
     def grad_axis(self, k: int) -> int:
         """Output category of the gradient w.r.t. argument k (parameters: per output row,
@@ -89,6 +91,7 @@ def make_reduction(
     dtype_acc: str,
     opt_arg: Optional[int] = None,
     formula2: Optional[str] = None,
+    sum_scheme: str = "auto",
 ) -> Reduction:
     decls = parse_aliases(list(aliases))
     by_pos = {a.var.params[0]: a for a in decls}
@@ -129,7 +132,10 @@ def make_reduction(
         tree = make("Concat", main, weight if weight is not None else intcst(1))
     names = tuple(by_pos[p].name or f"arg{p}" for p in range(nargs))
     args = tuple(by_pos[p].var for p in range(nargs))
-    return Reduction(tree, rd.name, 1 - axis, args, names, dtype_acc, opt_arg, main, weight)
+    if sum_scheme not in ("auto", "direct_sum", "block_sum", "kahan_scheme"):
+        raise ValueError(f"unknown sum_scheme {sum_scheme!r}")
+    return Reduction(tree, rd.name, 1 - axis, args, names, dtype_acc, opt_arg, main, weight,
+                     sum_scheme)  # fmt: skip
 
 
 def check_args(r: Reduction, args: Sequence[torch.Tensor]) -> tuple[str, int, int]:
@@ -196,7 +202,8 @@ def run_states(r: Reduction, args: Sequence[torch.Tensor]):
         zero = torch.zeros(n_out, r.formula.dim, dtype=getattr(torch, dtype), device=dev)
         return zero, [zero]
     acc = dtype if r.dtype_acc == "auto" else r.dtype_acc
-    k = get_kernel(r.formula, r.red, r.out_cat, dtype, acc, dev.type, r.opt)
+    opt = r.opt if r.red != "Sum" else sum_scheme(r.sum_scheme, dtype, acc)
+    k = get_kernel(r.formula, r.red, r.out_cat, dtype, acc, dev.type, opt)
     mb = -(-n_out // k.row_block)
     rows = mb * k.row_block
     call_args = []
@@ -213,7 +220,14 @@ def run_states(r: Reduction, args: Sequence[torch.Tensor]):
     state = [torch.empty(rows, cols, dtype=getattr(torch, dt), device=dev) for cols, dt in k.state]
     k.fn(*call_args, *state, mb, n_red)
     state = [s[:n_out] for s in state]
-    return r.rdef.finalize(state, r.opt, getattr(torch, dtype)), state
+    return r.rdef.finalize(state, opt, getattr(torch, dtype)), state
+
+
+def sum_scheme(scheme: str, dtype: str, acc: str) -> str:
+    """pykeops' sum_scheme: "auto" is block summation for float32 accumulators, else direct."""
+    if scheme == "auto":
+        return "block" if acc == "float32" else "direct"
+    return {"direct_sum": "direct", "block_sum": "block", "kahan_scheme": "kahan"}[scheme]
 
 
 def copy_into(res: torch.Tensor, out: torch.Tensor) -> torch.Tensor:

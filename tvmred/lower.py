@@ -72,6 +72,17 @@ def _staged(formula: Node, dtype: str, root_uses: list[int]) -> set[int]:
     return staged
 
 
+def _reachable(outs: list) -> set[str]:
+    seen: set[str] = set()
+    todo = [t.op for t in outs]
+    while todo:
+        o = todo.pop()
+        if o.name not in seen:
+            seen.add(o.name)
+            todo.extend(t.op for t in o.input_tensors)
+    return seen
+
+
 def _component(fn: Callable, k: int) -> Callable:
     return lambda i, j: fn(i, j)[k]  # (te.compute rejects lambdas with default arguments)
 
@@ -133,6 +144,8 @@ def lower(
     outs = red.compute(te, root, rows, N, formula.dim, opt, dtype, acc_dtype)
     func = te.create_prim_func([*(holders[id(v)] for v in inputs), *outs, Mb, N])
     cols = int(outs[0].shape[1])
+    live = _reachable(outs)  # a stage can be folded away (e.g. a component the output ignores)
+    stages = [s for s in stages if s in live]
     shape = ReductionShape(red.kind, cols, len(outs), dtype, acc_dtype, row_block, tuple(stages),
                            len(inputs))  # fmt: skip
     return Lowered(func, inputs, shape)

@@ -45,16 +45,69 @@ def _inf(dt: str, sign: float = 1.0):
 # ----------------------------------------------------------------------------------- Sum
 
 
+BLOCK = 128  # terms per partial sum of sum_scheme="block_sum"
+
+
 def _sum(te, root, rows, n, dim, opt, dtype, acc):
+    """``opt`` is the sum scheme: "direct" (one accumulator), "block" (partial sums of BLOCK
+    terms added to a running total) or "kahan" (compensated); the last two keep two state
+    buffers that ``finalize`` adds.  Both update rules assume a sequential reduction."""
+    tirx = _tv()[1]
     j = te.reduce_axis((0, n), name="j")
 
-    def body(i, u):
-        comps = root(i, j)
-        if acc != dtype:
-            comps = [x.astype(acc) for x in comps]
-        return te.sum(_select(u, comps), axis=j)
+    def comps(i):
+        cs = root(i, j)
+        return [x.astype(acc) for x in cs] if acc != dtype else cs
 
-    return [te.compute((rows, dim), body, name="red")]
+    if opt in (None, "direct"):
+        return [te.compute((rows, dim), lambda i, u: te.sum(_select(u, comps(i)), axis=j),
+                           name="red")]  # fmt: skip
+    if opt == "kahan":
+
+        bits = "int32" if acc == "float32" else "int64"
+
+        def opaque(e):  # a bit-cast round trip hides t = s + y from TVM's simplifier
+            return tirx.reinterpret(acc, tirx.reinterpret(bits, e))
+
+        def combine(a, b):
+            y = b[0] - a[1]
+            t = opaque(a[0] + y)
+            return t, (t - a[0]) - y
+
+        red = te.comm_reducer(combine, lambda t0, t1: (tirx.const(0, t0), tirx.const(0, t1)),
+                              name="kahan")  # fmt: skip
+        zero = tirx.const(0, acc)
+        return list(te.compute((rows, dim), lambda i, u: red((_select(u, comps(i)), zero), axis=j),
+                               name="red"))  # fmt: skip
+
+    def combine_block(a, b):  # state (total, partial, j); the element is (0, x_j, j)
+        full = tirx.floormod(b[2], BLOCK) == BLOCK - 1
+        p = a[1] + b[1]
+        return (tirx.Select(full, a[0] + p, a[0]), tirx.Select(full, tirx.const(0, acc), p),
+                b[2])  # fmt: skip
+
+    red = te.comm_reducer(
+        combine_block, lambda *ts: tuple(tirx.const(0, t) for t in ts), name="blocksum"
+    )
+
+    def body(i, u):
+        return red((tirx.const(0, acc), _select(u, comps(i)), j.var), axis=j)
+
+    return list(te.compute((rows, dim), body, name="red"))
+
+
+def _sum_state(d: int, scheme: Any, dt: str, acc: str) -> list:
+    if scheme in (None, "direct"):
+        return [(d, acc)]
+    return [(d, acc), (d, acc)] + ([(d, "int32")] if scheme == "block" else [])
+
+
+def _sum_final(s: list, scheme: Any, dt: Any) -> Any:
+    if scheme in (None, "direct"):
+        return s[0].to(dt)
+    if scheme == "kahan":
+        return (s[0].double() - s[1].double()).to(dt)
+    return (s[0].double() + s[1].double()).to(dt)
 
 
 # ------------------------------------------------------------------ Min / Max (+ Arg)
@@ -243,8 +296,7 @@ _same = lambda d, k, dt, acc: [(d, dt)]  # noqa: E731
 _with_idx = lambda d, k, dt, acc: [(d, dt), (d, "int32")]  # noqa: E731
 _lse_state = lambda d, k, dt, acc: [(d - 1, acc), (d - 1, acc)]  # noqa: E731
 
-reduction("Sum", kind="sum", state=lambda d, k, dt, acc: [(d, acc)], compute=_sum,
-          finalize=lambda s, k, dt: s[0].to(dt), grad="sum",
+reduction("Sum", kind="sum", state=_sum_state, compute=_sum, finalize=_sum_final, grad="sum",
           doc="sum_j F; gradient: a Sum again")  # fmt: skip
 for _name, _is_min in (("Min", True), ("Max", False)):
     _arg = f"Arg{_name}"

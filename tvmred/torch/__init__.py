@@ -200,9 +200,12 @@ class Genred:
     use_double_acc : bool
         Same as ``dtype_acc="float64"``.
 
-    ``dtype``/``cuda_type`` are deprecated and ignored (as in pykeops); ``sum_scheme``,
-    ``enable_chunks``, ``rec_multVar_highdim`` and ``use_fast_math`` are accepted for
-    compatibility.
+    sum_scheme : str
+        ``"auto"`` (block summation for float32 accumulators), ``"direct_sum"``,
+        ``"block_sum"`` (partial sums of 128 terms) or ``"kahan_scheme"`` (compensated).
+
+    ``dtype``/``cuda_type`` are deprecated and ignored (as in pykeops); ``enable_chunks``,
+    ``rec_multVar_highdim`` and ``use_fast_math`` are accepted for compatibility.
 
     Calling ``routine(*args, backend="auto", device_id=-1, ranges=None, out=None)`` returns
     pykeops' output(s); values are differentiable to any order w.r.t. every input — including
@@ -232,12 +235,10 @@ class Genred:
                           "dtype is taken from the arguments", DeprecationWarning, stacklevel=2)  # fmt: skip
         if use_double_acc:
             dtype_acc = "float64"
-        if sum_scheme not in ("auto", "direct_sum", "block_sum", "kahan_scheme"):
-            raise ValueError(f"unknown sum_scheme {sum_scheme!r}")
         self.formula, self.aliases = formula, list(aliases)
         self.reduction_op, self.axis = reduction_op, axis
         self.reduction = make_reduction(formula, aliases, reduction_op, axis, dtype_acc,
-                                        opt_arg, formula2)  # fmt: skip
+                                        opt_arg, formula2, sum_scheme)  # fmt: skip
 
     def __call__(
         self,

@@ -1,0 +1,216 @@
+"""Every reduction x axis 0/1 x float32/float64 against dense float64 torch references, the
+gradients (including the Min/Max/KMin gradients pykeops lacks), and the numerics cases."""
+
+import pytest
+import torch
+
+from tvmred.torch import Genred
+
+M, N, K = 60, 80, 4
+AL = ["x = Vi(3)", "y = Vj(3)", "b = Vj(2)"]
+F = "SqDist(x,y) - (x|b2)"  # a vector formula is built below; this one is scalar
+
+
+def data(dtype=torch.float64, M=M, N=N):
+    x = torch.rand(M, 3, dtype=torch.float64)
+    y = torch.rand(N, 3, dtype=torch.float64)
+    b = torch.rand(N, 2, dtype=torch.float64)
+    return [t.to(dtype) for t in (x, y, b)]
+
+
+def grid(x, y, b, axis):
+    """(rows of output, reduced, ...) views: reduce over dim 1 of the returned tensors."""
+    x, y, b = (t.double() for t in (x, y, b))
+    d2 = ((x[:, None] - y[None]) ** 2).sum(-1, keepdim=True)  # (M, N, 1)
+    vec = torch.cat([d2, d2 * b[None, :, :1] - x[:, None, :1]], -1)  # (M, N, 2)
+    bb = b[None].expand(x.shape[0], -1, -1)
+    if axis == 0:
+        d2, vec, bb = (t.transpose(0, 1) for t in (d2, vec, bb))
+    return d2, vec, bb
+
+
+VEC = "Concat(SqDist(x,y), SqDist(x,y)*Elem(b,0) - Elem(x,0))"
+
+
+def dense(red, x, y, b, axis, k=K):
+    d2, vec, bb = grid(x, y, b, axis)
+    if red in ("Sum", "Min", "Max", "ArgMin", "ArgMax", "Min_ArgMin", "Max_ArgMax"):
+        if red == "Sum":
+            return vec.sum(1)
+        fn = torch.min if "Min" in red else torch.max
+        v, i = fn(vec, 1)
+        return {"Min": v, "Max": v, "ArgMin": i, "ArgMax": i}.get(red, (v, i))
+    if red in ("KMin", "ArgKMin", "KMin_ArgKMin"):
+        v, i = vec.topk(k, dim=1, largest=False)  # (rows, K, 2)
+        return {"KMin": v, "ArgKMin": i}.get(red, (v, i))
+    f = -d2[..., 0]
+    if red == "LogSumExp":
+        return torch.logsumexp(f, 1, keepdim=True)
+    if red == "LogSumExpWeight":
+        return torch.log(torch.einsum("mn,mnd->md", f.exp(), bb))
+    if red == "SumSoftMaxWeight":
+        return torch.einsum("mn,mnd->md", torch.softmax(f, 1), bb)
+    if red == "Max_SumShiftExp":
+        m = f.max(1, keepdim=True).values
+        return torch.cat([m, (f - m).exp().sum(1, keepdim=True)], 1)
+    raise KeyError(red)
+
+
+def routine(red, axis):
+    if red in ("LogSumExp", "Max_SumShiftExp"):
+        return Genred("-SqDist(x,y)", AL, reduction_op=red, axis=axis)
+    if red in ("LogSumExpWeight", "SumSoftMaxWeight"):
+        return Genred("-SqDist(x,y)", AL, reduction_op=red, axis=axis, formula2="b")
+    return Genred(VEC, AL, reduction_op=red, axis=axis, opt_arg=K if "KMin" in red else None)
+
+
+ALL = ["Sum", "Min", "Max", "ArgMin", "ArgMax", "Min_ArgMin", "Max_ArgMax", "KMin", "ArgKMin",
+       "KMin_ArgKMin", "LogSumExp", "LogSumExpWeight", "SumSoftMaxWeight", "Max_SumShiftExp"]
+
+
+def check(got, want, tol):
+    if isinstance(want, tuple):
+        assert isinstance(got, tuple) and len(got) == 2
+        check(got[0], want[0], tol)
+        check(got[1], want[1], tol)
+        return
+    assert got.shape == want.shape, (got.shape, want.shape)
+    if want.dtype == torch.int64:
+        assert got.dtype == torch.int64
+        assert torch.equal(got, want)
+    else:
+        torch.testing.assert_close(got.double(), want, rtol=tol, atol=tol * want.abs().max().item())
+
+
+@pytest.mark.parametrize("dtype,tol", [(torch.float64, 1e-11), (torch.float32, 2e-5)])
+@pytest.mark.parametrize("axis", [1, 0])
+@pytest.mark.parametrize("red", ALL)
+def test_values(red, axis, dtype, tol):
+    x, y, b = data(dtype)
+    check(routine(red, axis)(x, y, b), dense(red, x, y, b, axis), tol)
+
+
+DIFFERENTIABLE = ["Sum", "Min", "Max", "Min_ArgMin", "Max_ArgMax", "KMin", "KMin_ArgKMin",
+                  "LogSumExp", "LogSumExpWeight", "SumSoftMaxWeight"]
+
+
+@pytest.mark.parametrize("axis", [1, 0])
+@pytest.mark.parametrize("red", DIFFERENTIABLE)
+def test_gradients(red, axis):
+    ts = [t.requires_grad_() for t in data()]
+    out = routine(red, axis)(*ts)
+    out = out[0] if isinstance(out, tuple) else out
+    refs = [t.detach().clone().requires_grad_() for t in ts]
+    want = dense(red, *refs, axis)
+    want = want[0] if isinstance(want, tuple) else want
+    e = torch.randn_like(want)
+    got_g = torch.autograd.grad(out, ts, e, allow_unused=True)
+    want_g = torch.autograd.grad(want, refs, e, allow_unused=True)
+    for g, w, t in zip(got_g, want_g, ts):
+        g = torch.zeros_like(t) if g is None else g
+        w = torch.zeros_like(t) if w is None else w
+        torch.testing.assert_close(g, w, rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("red", ["Min", "Max", "KMin", "LogSumExp", "SumSoftMaxWeight"])
+def test_gradcheck_finite_differences(red):
+    ts = [t.requires_grad_() for t in data(M=7, N=9)]
+    r = routine(red, 1)
+    assert torch.autograd.gradcheck(lambda *a: r(*a), ts)
+    if red in ("LogSumExp", "SumSoftMaxWeight", "Min"):
+        assert torch.autograd.gradgradcheck(lambda *a: r(*a), ts)
+
+
+def test_arg_outputs_are_not_differentiable():
+    ts = [t.requires_grad_() for t in data()]
+    v, i = routine("Min_ArgMin", 1)(*ts)
+    assert v.requires_grad and not i.requires_grad and i.dtype == torch.int64
+    assert not routine("ArgKMin", 1)(*ts).requires_grad
+
+
+def test_max_sumshiftexp_has_no_gradient():
+    ts = [t.requires_grad_() for t in data()]
+    out = routine("Max_SumShiftExp", 1)(*ts)
+    with pytest.raises(NotImplementedError, match="no gradient"):
+        out.sum().backward()
+
+
+# ------------------------------------------------------------------------------- numerics
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_logsumexp_stable_for_huge_values(dtype):
+    x = torch.tensor([[1e4], [-1e4], [0.0]], dtype=dtype)
+    y = torch.tensor([[1.0], [2.0], [-3.0], [1e4]], dtype=dtype)
+    g = Genred("x*y", ["x = Vi(1)", "y = Vj(1)"], reduction_op="LogSumExp", axis=1)
+    got = g(x, y)
+    want = torch.logsumexp(x.double() * y.double().T, 1, keepdim=True)
+    assert torch.isfinite(got).all()
+    torch.testing.assert_close(got.double(), want, rtol=1e-6, atol=0)
+    s = Genred("x*y", ["x = Vi(1)", "y = Vj(1)"], reduction_op="SumSoftMaxWeight",
+               axis=1, formula2="y")(x, y)  # fmt: skip
+    want_s = torch.softmax(x.double() * y.double().T, 1) @ y.double()
+    torch.testing.assert_close(s.double(), want_s, rtol=1e-6, atol=1e-6)
+
+
+def test_ties_resolve_to_lowest_index():
+    x = torch.zeros(5, 1, dtype=torch.float64)
+    y = torch.tensor([[3.0], [1.0], [2.0], [1.0], [1.0], [3.0]], dtype=torch.float64)
+    al = ["x = Vi(1)", "y = Vj(1)"]
+    assert Genred("x+y", al, reduction_op="ArgMin", axis=1)(x, y).flatten().tolist() == [1] * 5
+    assert Genred("x+y", al, reduction_op="ArgMax", axis=1)(x, y).flatten().tolist() == [0] * 5
+    assert Genred("x+y", al, reduction_op="ArgKMin", axis=1, opt_arg=4)(x, y)[0].tolist() == [1, 3, 4, 2]
+
+
+@pytest.mark.parametrize("red", ["Min", "Max", "LogSumExp", "Sum"])
+def test_inf_and_nan_like_torch(red):
+    y = torch.tensor([[1.0], [float("inf")], [-2.0], [float("-inf")], [float("nan")], [0.5]],
+                     dtype=torch.float64)  # fmt: skip
+    rows = [[0, 2, 5], [0, 1, 2], [2, 3, 5], [1, 3], [0, 4, 2], [4]]
+    for r in rows:
+        yy = y[r]
+        x = torch.zeros(3, 1, dtype=torch.float64)
+        got = Genred("x+y", ["x = Vi(1)", "y = Vj(1)"], reduction_op=red, axis=1)(x, yy)[:, 0]
+        t = yy[:, 0]
+        want = {"Min": t.min(), "Max": t.max(), "LogSumExp": torch.logsumexp(t, 0),
+                "Sum": t.sum()}[red]  # fmt: skip
+        torch.testing.assert_close(got, want.expand(3), equal_nan=True, msg=f"{red} of {t}")
+    if red in ("Min", "Max"):
+        idx = Genred("y", ["x = Vi(1)", "y = Vj(1)"], reduction_op=f"Arg{red}", axis=1)(
+            torch.zeros(1, 1, dtype=torch.float64), y)  # fmt: skip
+        assert idx.item() == 4  # the first NaN, as torch.argmin / argmax
+
+
+def test_float32_sum_accuracy_over_a_million_terms():
+    n = 1_000_000
+    y = torch.rand(n, 1) + 1.0
+    x = torch.zeros(4, 1)
+    exact = y.double().sum().item()
+    for kw in ({"dtype_acc": "float64"}, {"sum_scheme": "kahan_scheme"}, {"sum_scheme": "block_sum"}):
+        got = Genred("x+y", ["x = Vi(1)", "y = Vj(1)"], axis=1, **kw)(x, y)
+        assert got.dtype == torch.float32
+        err = abs(got[0, 0].item() - exact) / exact
+        assert err < 1e-6, (kw, err)  # >= 5 (in fact ~7) correct digits
+
+
+def test_argmin_index_exact_beyond_float32_range():
+    n = 2**24 + 5
+    y = torch.zeros(n, 1)
+    y[n - 1] = -1.0  # the minimum is at index 2^24 + 4, not representable in float32
+    y[n - 3] = -0.5
+    x = torch.zeros(2, 1)
+    idx = Genred("x+y", ["x = Vi(1)", "y = Vj(1)"], reduction_op="ArgMin", axis=1)(x, y)
+    assert idx.dtype == torch.int64 and idx.flatten().tolist() == [n - 1, n - 1]
+    idx2 = Genred("x+y", ["x = Vi(1)", "y = Vj(1)"], reduction_op="ArgKMin", axis=1, opt_arg=2)(x, y)
+    assert idx2[0].tolist() == [n - 1, n - 3]
+
+
+def test_reduction_argument_errors():
+    with pytest.raises(ValueError, match="opt_arg=K"):
+        Genred("x", ["x = Vi(1)"], reduction_op="KMin")
+    with pytest.raises(ValueError, match="requires formula2"):
+        Genred("x", ["x = Vi(1)"], reduction_op="SumSoftMaxWeight")
+    with pytest.raises(ValueError, match="scalar formula"):
+        Genred("x", ["x = Vi(2)"], reduction_op="LogSumExp")
+    with pytest.raises(ValueError, match="takes no formula2"):
+        Genred("x", ["x = Vi(1)"], reduction_op="Sum", formula2="x")
