@@ -118,6 +118,11 @@ def lower(
         return lambda i, j: [h[j, k] for k in range(v.dim)]
 
     root_uses = red.root_uses(formula.dim) if red.root_uses else [1] * formula.dim
+    if len(red.state(formula.dim, opt, dtype, acc_dtype)) > 1:
+        # a tuple reducer's combine reads the new element several times; staging it also
+        # keeps extern calls (asinf, ...) out of the reducer's let-bindings, which TVM 0.27
+        # miscompiles when they are vectorised
+        root_uses = [2 * u for u in root_uses]
     staged = _staged(formula, dtype, root_uses)
     fns: dict[int, Callable] = {}
     stages: list[str] = []
