@@ -45,7 +45,7 @@ def _inf(dt: str, sign: float = 1.0):
 # ----------------------------------------------------------------------------------- Sum
 
 
-BLOCK = 128  # terms per partial sum of sum_scheme="block_sum"
+BLOCK = 1024  # terms per partial sum of sum_scheme="block_sum" (about sqrt(1e6))
 
 
 def _sum(te, root, rows, n, dim, opt, dtype, acc):

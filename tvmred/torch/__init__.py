@@ -202,7 +202,7 @@ class Genred:
 
     sum_scheme : str
         ``"auto"`` (block summation for float32 accumulators), ``"direct_sum"``,
-        ``"block_sum"`` (partial sums of 128 terms) or ``"kahan_scheme"`` (compensated).
+        ``"block_sum"`` (partial sums of 1024 terms) or ``"kahan_scheme"`` (compensated).
 
     ``dtype``/``cuda_type`` are deprecated and ignored (as in pykeops); ``enable_chunks``,
     ``rec_multVar_highdim`` and ``use_fast_math`` are accepted for compatibility.
