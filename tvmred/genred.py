@@ -166,11 +166,6 @@ def check_args(r: Reduction, args: Sequence[torch.Tensor]) -> tuple[str, int, in
         if cat == 2:
             ok = (a.dim() == 1 and a.shape[0] == dim) or (a.dim() == 0 and dim == 1)
         else:
-            if a.dim() > 2:
-                raise NotImplementedError(
-                    f"argument {r.describe(k)} has shape {tuple(a.shape)}: batch dimensions "
-                    "are not supported yet"
-                )
             ok = a.dim() == 2 and a.shape[1] == dim
         if not ok:
             raise ValueError(f"argument {r.describe(k)} has shape {tuple(a.shape)}; expected "
@@ -240,11 +235,9 @@ def copy_into(res: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
     return out
 
 
-def check_call_options(backend: str, device_id: int, ranges: object) -> None:
+def check_call_options(backend: str, device_id: int) -> None:
     if backend not in ("auto", "CPU", "GPU", "GPU_1D", "GPU_2D", "GPU_1D_device",
                        "GPU_2D_device", "GPU_1D_host", "GPU_2D_host"):  # fmt: skip
         raise ValueError(f"unknown backend {backend!r}")
     if backend.startswith("GPU"):
         raise NotImplementedError(f"backend={backend!r}: this version of tvmred runs on CPU only")
-    if ranges is not None:
-        raise NotImplementedError("block-sparse ranges are not supported yet")

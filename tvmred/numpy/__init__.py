@@ -10,6 +10,7 @@ from typing import Optional
 import numpy as np
 import torch
 
+from .. import dispatch
 from ..genred import check_call_options, copy_into, run
 from ..torch import Genred as _TorchGenred
 
@@ -25,7 +26,7 @@ class Genred(_TorchGenred):
         ranges: object = None,
         out: Optional[np.ndarray] = None,
     ) -> np.ndarray:
-        check_call_options(backend, device_id, ranges)
+        check_call_options(backend, device_id)
         targs = []
         for k, a in enumerate(args):
             if not isinstance(a, np.ndarray):
@@ -35,7 +36,9 @@ class Genred(_TorchGenred):
                 raise TypeError(f"argument {self.reduction.describe(k)} has dtype {a.dtype}; "
                                 "tvmred supports float32 and float64")  # fmt: skip
             targs.append(torch.from_numpy(np.ascontiguousarray(a)))
-        res = run(self.reduction, targs)
+        if ranges is not None:
+            ranges = tuple(torch.from_numpy(np.asarray(t)) for t in ranges)
+        res = dispatch.call(self.reduction, targs, lambda *a: run(self.reduction, a), ranges)
         if out is not None:
             copy_into(res, torch.from_numpy(out))
             return out

@@ -12,6 +12,7 @@ from typing import Callable, Optional, Sequence
 
 import torch
 
+from .. import dispatch
 from ..diff import grad as sym_grad
 from ..genred import Reduction, check_call_options, copy_into, make_reduction, run_states
 from ..ops import add, f, make, mul, sub
@@ -248,14 +249,15 @@ class Genred:
         ranges: object = None,
         out: Optional[torch.Tensor] = None,
     ):
-        check_call_options(backend, device_id, ranges)
+        check_call_options(backend, device_id)
+        r = self.reduction
         if out is not None:
             with torch.no_grad():
-                res = run_states(self.reduction, args)[0]
+                res = dispatch.call(r, args, lambda *a: run_states(r, a)[0], ranges)
             if isinstance(res, tuple):
                 raise ValueError(f"out= is not supported for {self.reduction_op} (two outputs)")
             return copy_into(res, out)
-        return _GenredFn.apply(self.reduction, *args)
+        return dispatch.call(r, args, lambda *a: _GenredFn.apply(r, *a), ranges)
 
     def __repr__(self) -> str:
         return (f"Genred({self.formula!r}, {self.aliases!r}, reduction_op={self.reduction_op!r}, "

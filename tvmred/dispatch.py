@@ -1,0 +1,131 @@
+"""Calls that are not one plain (M, N) reduction: batch dimensions and block-sparse ranges.
+
+Both reduce to plain reductions evaluated by ``fn`` (the autograd Function for torch, the bare
+kernel for numpy), through differentiable torch indexing, so gradients (of any order) follow:
+  * batch dims: every batch index of the broadcast batch shape is one reduction; broadcast
+    arguments are ``expand``-ed, so their gradients are summed over the broadcast dims;
+  * ``ranges`` (pykeops' 6-tuple): each output cluster is one reduction over the rows of its
+    reduced-index ranges, gathered; masked blocks are never computed, so time falls with
+    sparsity.  Arg outputs are mapped back to global indices; output rows in no range get
+    0 (values) or -1 (indices).
+"""
+
+from __future__ import annotations
+
+import itertools
+from typing import Any, Callable, Sequence
+
+import torch
+
+from .genred import Reduction
+
+
+def call(r: Reduction, args: Sequence[Any], fn: Callable, ranges: Any = None) -> Any:
+    shape = batch_shape(r, args)
+    if shape is not None:
+        if ranges is not None:
+            raise NotImplementedError("ranges together with batch dimensions are not supported")
+        return _batched(r, args, fn, shape)
+    if ranges is not None:
+        return _ranged(r, args, fn, ranges)
+    return fn(*args)
+
+
+def _core(r: Reduction, k: int) -> int:
+    return 1 if r.args[k].params[2] == 2 else 2
+
+
+def batch_shape(r: Reduction, args: Sequence[Any]) -> torch.Size | None:
+    shapes = []
+    for k, a in enumerate(args[: r.nargs]):
+        if isinstance(a, torch.Tensor) and a.dim() > _core(r, k):
+            shapes.append(a.shape[: a.dim() - _core(r, k)])
+    if not shapes:
+        return None
+    try:
+        return torch.broadcast_shapes(*shapes)
+    except RuntimeError:
+        detail = ", ".join(f"{r.names[k]}: {tuple(a.shape)}" for k, a in enumerate(args))
+        raise ValueError(f"batch dimensions do not broadcast: {detail}") from None
+
+
+def _batched(r: Reduction, args: Sequence[torch.Tensor], fn: Callable, shape: torch.Size):
+    full = []
+    for k, a in enumerate(args):
+        core = _core(r, k)
+        if a.dim() < core:
+            full.append(None)  # let the per-problem check report it
+            continue
+        a = a.reshape((1,) * (len(shape) + core - a.dim()) + tuple(a.shape))
+        full.append(a.expand(*shape, *a.shape[len(shape):]))
+    outs = []
+    for idx in itertools.product(*(range(s) for s in shape)):
+        outs.append(fn(*[a if f is None else f[idx] for a, f in zip(args, full)]))
+    if isinstance(outs[0], tuple):
+        return tuple(torch.stack(o).reshape(*shape, *o[0].shape) for o in zip(*outs))
+    return torch.stack(outs).reshape(*shape, *outs[0].shape)
+
+
+def _ranged(r: Reduction, args: Sequence[torch.Tensor], fn: Callable, ranges: Any):
+    if not isinstance(ranges, (tuple, list)) or len(ranges) != 6:
+        raise ValueError("ranges must be the 6-tuple (ranges_i, slices_i, redranges_j, "
+                         "ranges_j, slices_j, redranges_i)")  # fmt: skip
+    rng, slices, red = (ranges[:3] if r.out_cat == 0 else ranges[3:])
+    rng, slices, red = (torch.as_tensor(t).long().cpu().tolist() for t in (rng, slices, red))
+    out_cat, red_cat = r.out_cat, 1 - r.out_cat
+    n_out = n_red = None
+    for a, v in zip(args, r.args):
+        if v.params[2] == out_cat:
+            n_out = a.shape[0]
+        elif v.params[2] == red_cat:
+            n_red = a.shape[0]
+    if len(slices) != len(rng):
+        raise ValueError(f"ranges: {len(rng)} output ranges but {len(slices)} slices")
+    dev = args[0].device
+    pieces, rows, start = [], [], 0
+    for (o0, o1), end in zip(rng, slices):
+        sel = red[start:end]
+        start = end
+        if not 0 <= o0 <= o1 <= (n_out if n_out is not None else 1):
+            raise ValueError(f"ranges: output range [{o0}, {o1}) is out of bounds")
+        for a0, a1 in sel:
+            if not 0 <= a0 <= a1 <= (n_red if n_red is not None else 1):
+                raise ValueError(f"ranges: reduced range [{a0}, {a1}) is out of bounds")
+        if o1 == o0:
+            continue
+        jidx = torch.cat([torch.arange(a0, a1) for a0, a1 in sel]) if sel else torch.zeros(0, dtype=torch.long)
+        jidx = jidx.to(dev)
+        sub = []
+        for a, v in zip(args, r.args):
+            cat = v.params[2]
+            sub.append(a[o0:o1] if cat == out_cat else a.index_select(0, jidx) if cat == red_cat else a)
+        pieces.append(_global_index(fn(*sub), jidx))
+        rows.append(torch.arange(o0, o1, device=dev))
+    if n_out is None:
+        n_out = 1
+    rows_t = torch.cat(rows) if rows else torch.zeros(0, dtype=torch.long, device=dev)
+    if not pieces:  # nothing to compute: run an empty problem for the output's shape
+        probe = [a[:0] if v.params[2] in (0, 1) else a for a, v in zip(args, r.args)]
+        pieces = [fn(*probe)]
+    return _assemble(pieces, rows_t, n_out)
+
+
+def _global_index(res: Any, jidx: torch.Tensor) -> Any:
+    """Indices into the gathered rows -> indices into the full reduced index (-1 stays)."""
+    if isinstance(res, tuple):
+        return tuple(_global_index(t, jidx) for t in res)
+    if res.dtype != torch.int64:
+        return res
+    if jidx.numel() == 0:
+        return torch.full_like(res, -1)
+    return torch.where(res >= 0, jidx[res.clamp(min=0)], res)
+
+
+def _assemble(pieces: list, rows: torch.Tensor, n_out: int) -> Any:
+    """Rows outside every range: 0 for values, -1 for indices."""
+    if isinstance(pieces[0], tuple):
+        return tuple(_assemble([p[k] for p in pieces], rows, n_out) for k in range(len(pieces[0])))
+    src = torch.cat(pieces)
+    fill = -1 if src.dtype == torch.int64 else 0
+    out = torch.full((n_out, *src.shape[1:]), fill, dtype=src.dtype, device=src.device)
+    return out.index_copy(0, rows, src)
