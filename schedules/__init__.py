@@ -8,6 +8,7 @@ from typing import Callable
 from tvm import s_tir
 
 from .cpu import cpu_row_block, cpu_rowblock
+from .cuda import cuda_row_block, cuda_rows
 from .shape import ReductionShape
 
 Scheduler = Callable[[s_tir.Schedule, ReductionShape], s_tir.Schedule]
@@ -15,6 +16,7 @@ Scheduler = Callable[[s_tir.Schedule, ReductionShape], s_tir.Schedule]
 #: (target kind) -> (row-block rule, schedule function)
 TABLE: dict[str, tuple[Callable[[str], int], Scheduler]] = {
     "llvm": (cpu_row_block, cpu_rowblock),
+    "cuda": (cuda_row_block, cuda_rows),
 }
 
 

@@ -46,12 +46,20 @@ def cpu_target() -> dict:
     return {"kind": "llvm", "mcpu": mcpu}
 
 
-def target_for(device_type: str) -> dict:
-    if device_type == "cpu":
+def cuda_target(arch: str) -> dict:
+    return {"kind": "cuda", "arch": arch, "host": cpu_target()}
+
+
+def target_for(device: Any) -> dict:
+    """The TVM target for a torch device: LLVM for the CPU, CUDA with the card's sm_XY."""
+    if device.type == "cpu":
         return cpu_target()
-    raise NotImplementedError(
-        f"tvmred cannot run on device type {device_type!r} yet (CPU only in this version)"
-    )
+    if device.type == "cuda":
+        import torch
+
+        major, minor = torch.cuda.get_device_capability(device)
+        return cuda_target(f"sm_{major}{minor}")
+    raise NotImplementedError(f"tvmred runs on CPU and CUDA devices, not on {device.type!r}")
 
 
 @functools.lru_cache(maxsize=None)
@@ -98,14 +106,14 @@ def compile_reduction(formula: Node, red: str, out_cat: int, dtype: str, acc: st
     return tvm.compile(sch.mod, target=tvm.target.Target(target))
 
 
-def get_kernel(formula: Node, red: str, out_cat: int, dtype: str, acc: str, device_type: str,
+def get_kernel(formula: Node, red: str, out_cat: int, dtype: str, acc: str, device: Any,
                opt: int | None = None) -> Kernel:  # fmt: skip
     """The compiled kernel for this reduction (memory cache, else disk cache, else compile)."""
     from . import schedules
 
     if dtype not in DTYPES:
         raise TypeError(f"tvmred supports {DTYPES}, got {dtype}")
-    target = target_for(device_type)
+    target = target_for(device)
     text = key_text(formula, red, out_cat, dtype, acc, target, opt)
     kernel = _KERNELS.get(text)
     if kernel is None:

@@ -198,7 +198,7 @@ def run_states(r: Reduction, args: Sequence[torch.Tensor]):
         return zero, [zero]
     acc = dtype if r.dtype_acc == "auto" else r.dtype_acc
     opt = r.opt if r.red != "Sum" else sum_scheme(r.sum_scheme, dtype, acc)
-    k = get_kernel(r.formula, r.red, r.out_cat, dtype, acc, dev.type, opt)
+    k = get_kernel(r.formula, r.red, r.out_cat, dtype, acc, dev, opt)
     mb = -(-n_out // k.row_block)
     rows = mb * k.row_block
     call_args = []
@@ -235,9 +235,26 @@ def copy_into(res: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
     return out
 
 
-def check_call_options(backend: str, device_id: int) -> None:
-    if backend not in ("auto", "CPU", "GPU", "GPU_1D", "GPU_2D", "GPU_1D_device",
-                       "GPU_2D_device", "GPU_1D_host", "GPU_2D_host"):  # fmt: skip
-        raise ValueError(f"unknown backend {backend!r}")
-    if backend.startswith("GPU"):
-        raise NotImplementedError(f"backend={backend!r}: this version of tvmred runs on CPU only")
+BACKENDS = ("auto", "CPU", "GPU", "GPU_1D", "GPU_2D", "GPU_1D_device", "GPU_2D_device",
+            "GPU_1D_host", "GPU_2D_host")  # fmt: skip
+
+
+def placement(args: Sequence[torch.Tensor], backend: str, device_id: int):
+    """(device to compute on, whether results go back to the CPU), as pykeops' ``backend`` and
+    ``device_id``: "auto" computes where the tensors are; a GPU backend with CPU tensors
+    copies them to ``cuda:device_id`` and the result back (pykeops' ``_host`` mode)."""
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown backend {backend!r}; expected one of {BACKENDS}")
+    devs = {a.device for a in args if isinstance(a, torch.Tensor)}
+    here = next(iter(devs)) if len(devs) == 1 else None  # mixed devices: check_args reports
+    if backend == "CPU":
+        if here is not None and here.type != "cpu":
+            raise ValueError(f"backend='CPU' but the arguments are on {here}")
+        return here, False
+    if backend.startswith("GPU") and (here is None or here.type == "cpu"):
+        if not torch.cuda.is_available():
+            raise RuntimeError(f"backend={backend!r} needs a CUDA device, but torch sees none")
+        return torch.device("cuda", device_id if device_id >= 0 else torch.cuda.current_device()), True
+    if here is not None and here.type == "cuda" and device_id >= 0 and here.index != device_id:
+        raise ValueError(f"device_id={device_id} but the arguments are on {here}")
+    return here, False

@@ -11,7 +11,7 @@ import numpy as np
 import torch
 
 from .. import dispatch
-from ..genred import check_call_options, copy_into, run
+from ..genred import copy_into, placement, run
 from ..torch import Genred as _TorchGenred
 
 
@@ -26,7 +26,6 @@ class Genred(_TorchGenred):
         ranges: object = None,
         out: Optional[np.ndarray] = None,
     ) -> np.ndarray:
-        check_call_options(backend, device_id)
         targs = []
         for k, a in enumerate(args):
             if not isinstance(a, np.ndarray):
@@ -38,7 +37,11 @@ class Genred(_TorchGenred):
             targs.append(torch.from_numpy(np.ascontiguousarray(a)))
         if ranges is not None:
             ranges = tuple(torch.from_numpy(np.asarray(t)) for t in ranges)
+        dev, host = placement(targs, backend, device_id)
+        if host:
+            targs = [t.to(dev) for t in targs]
         res = dispatch.call(self.reduction, targs, lambda *a: run(self.reduction, a), ranges)
+        res = tuple(t.cpu() for t in res) if isinstance(res, tuple) else res.cpu()
         if out is not None:
             copy_into(res, torch.from_numpy(out))
             return out

@@ -14,7 +14,7 @@ import torch
 
 from .. import dispatch
 from ..diff import grad as sym_grad
-from ..genred import Reduction, check_call_options, copy_into, make_reduction, run_states
+from ..genred import Reduction, copy_into, make_reduction, placement, run_states
 from ..ops import add, f, make, mul, sub
 from ..tree import Node, postorder
 
@@ -163,7 +163,8 @@ def _select_rule(r, k, args, rest, g):
             gu = (g[:, kk, u] * valid).unsqueeze(1).contiguous()
             res = _GenredFn.apply(spec, *gathered, gu)
             if r.args[k].params[2] == red_cat:
-                res = torch.zeros(a.shape[0], res.shape[1], dtype=res.dtype).index_add(0, Jc, res)
+                res = torch.zeros(a.shape[0], res.shape[1], dtype=res.dtype,
+                                  device=res.device).index_add(0, Jc, res)
             total = res if total is None else total + res
     return total
 
@@ -249,15 +250,20 @@ class Genred:
         ranges: object = None,
         out: Optional[torch.Tensor] = None,
     ):
-        check_call_options(backend, device_id)
         r = self.reduction
+        dev, host = placement(args, backend, device_id)
+        if host:  # pykeops' "_host" backends: compute on the GPU, return on the CPU
+            args = tuple(a.to(dev) if isinstance(a, torch.Tensor) else a for a in args)
         if out is not None:
             with torch.no_grad():
                 res = dispatch.call(r, args, lambda *a: run_states(r, a)[0], ranges)
             if isinstance(res, tuple):
                 raise ValueError(f"out= is not supported for {self.reduction_op} (two outputs)")
-            return copy_into(res, out)
-        return dispatch.call(r, args, lambda *a: _GenredFn.apply(r, *a), ranges)
+            return copy_into(res.cpu() if host else res, out)
+        res = dispatch.call(r, args, lambda *a: _GenredFn.apply(r, *a), ranges)
+        if host:
+            res = tuple(t.cpu() for t in res) if isinstance(res, tuple) else res.cpu()
+        return res
 
     def __repr__(self) -> str:
         return (f"Genred({self.formula!r}, {self.aliases!r}, reduction_op={self.reduction_op!r}, "

@@ -1,0 +1,247 @@
+"""tvmred vs pykeops 2.3 vs dense torch, side by side in one process, on the CPU.
+
+Each case is timed for every library in the same run (min over repeats after a warm-up, all
+cores); the table prints times and the ratios pykeops/tvmred and torch/tvmred.  Dense torch is
+skipped where its (M, N) intermediates would not fit in ~4 GB.  pykeops is imported lazily and
+skipped if absent (``pip install -e ".[bench]"``); its first call per formula compiles with g++
+(excluded from the timings, reported as "compile").
+
+    python benchmarks/bench_suite.py [--quick] [--only NAME ...] [--out PATH] [--plot PATH]
+
+Writes JSON (default ``benchmarks/results/suite_cpu.json``) and, with ``--plot``, a log-log plot
+of time vs N for the Gaussian convolution.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+import torch
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+
+@dataclass
+class Case:
+    name: str
+    formula: str
+    aliases: list
+    M: int
+    N: int
+    reduction: str = "Sum"
+    opt_arg: Optional[int] = None
+    formula2: Optional[str] = None
+    dtype: torch.dtype = torch.float32
+    grad_of: Optional[int] = None  # time forward + gradient w.r.t. this argument
+    dense: Optional[Callable] = None  # torch reference on full tensors
+    dims: dict = field(default_factory=dict)
+
+
+def gauss_dense(x, y, b):
+    return torch.exp(-torch.cdist(x, y) ** 2) @ b
+
+
+def lse_dense(x, y):
+    return torch.logsumexp(-torch.cdist(x, y) ** 2 / 0.1, dim=1, keepdim=True)
+
+
+def argkmin_dense(x, y):
+    return torch.cdist(x, y).topk(10, dim=1, largest=False).indices
+
+
+def ref_dense(x, y, a, p):
+    return (((p - a.T) ** 2)[..., None] * torch.exp(x[:, None, :] + y[None, :, :])).sum(1)
+
+
+GAUSS = "Exp(-SqDist(x,y))*b"
+
+
+def gauss(n, d=3, e=3, dtype=torch.float32, grad=None, name=None):
+    return Case(name or f"gauss D={d} E={e} N=M={n:g}" + (" f64" if dtype == torch.float64 else ""),
+                GAUSS, [f"x = Vi({d})", f"y = Vj({d})", f"b = Vj({e})"], n, n, dtype=dtype,
+                grad_of=grad, dense=gauss_dense)  # fmt: skip
+
+
+def cases(quick: bool) -> list[Case]:
+    big = [] if quick else [gauss(100_000)]
+    return [
+        Case("reference M=3000 N=5000", "Square(p-a)*Exp(x+y)",
+             ["x = Vi(3)", "y = Vj(3)", "a = Vj(1)", "p = Pm(1)"], 3000, 5000, dense=ref_dense),
+        Case("reference fwd+grad y", "Square(p-a)*Exp(x+y)",
+             ["x = Vi(3)", "y = Vj(3)", "a = Vj(1)", "p = Pm(1)"], 3000, 5000, grad_of=1,
+             dense=ref_dense),
+        gauss(1000), gauss(10_000), *big,
+        gauss(10_000, grad=0, name="gauss fwd+grad x N=M=1e4"),
+        Case("LogSumExp softmin N=M=1e4", "-SqDist(x,y)*g",  # g = 1/eps = 10
+             ["x = Vi(3)", "y = Vj(3)", "g = Pm(1)"], 10_000, 10_000, reduction="LogSumExp",
+             dense=None),
+        Case("ArgKMin K=10 D=3 N=M=1e4", "SqDist(x,y)", ["x = Vi(3)", "y = Vj(3)"], 10_000,
+             10_000, reduction="ArgKMin", opt_arg=10, dense=argkmin_dense),
+        Case("ArgKMin K=10 D=64 N=M=1e4", "SqDist(x,y)", ["x = Vi(64)", "y = Vj(64)"], 10_000,
+             10_000, reduction="ArgKMin", opt_arg=10, dense=argkmin_dense),
+        gauss(10_000, d=64, e=1),
+        gauss(10_000, dtype=torch.float64),
+    ]  # fmt: skip
+
+
+def make_inputs(case: Case) -> list[torch.Tensor]:
+    from tvmred.parse import parse_aliases
+
+    g = torch.Generator().manual_seed(0)
+    out = []
+    for a in parse_aliases(case.aliases):
+        pos, dim, cat = a.var.params
+        shape = (dim,) if cat == 2 else (case.M if cat == 0 else case.N, dim)
+        t = torch.rand(*shape, generator=g, dtype=torch.float64)
+        if cat == 2:
+            t.fill_(10.0)  # the LogSumExp case's 1/eps
+        if dim >= 16:
+            t = t / dim**0.5
+        out.append(t.to(case.dtype))
+    return out
+
+
+def best_time(fn: Callable[[], Any], repeats: int) -> float:
+    fn()
+    best = float("inf")
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - t0)
+    return best
+
+
+def runner(lib: str, case: Case, args: list[torch.Tensor]) -> Optional[Callable]:
+    if lib == "torch":
+        if case.dense is None or case.M * case.N * 8 * 8 > 4e9:
+            return None
+        return lambda *a: case.dense(*a)
+    if lib == "tvmred":
+        from tvmred.torch import Genred
+    else:
+        try:
+            from pykeops.torch import Genred  # type: ignore
+        except ImportError:
+            return None
+    kw = {"backend": "CPU"} if lib == "pykeops" else {}
+    r = Genred(case.formula, case.aliases, reduction_op=case.reduction, axis=1,
+               opt_arg=case.opt_arg, formula2=case.formula2)  # fmt: skip
+    return lambda *a: r(*a, **kw)
+
+
+def time_case(lib: str, case: Case, repeats: int) -> Optional[dict]:
+    args = make_inputs(case)
+    if case.name.startswith("LogSumExp") and lib == "torch":
+        return {"s": best_time(lambda: lse_dense(args[0], args[1]), repeats)}
+    fn = runner(lib, case, args)
+    if fn is None:
+        return None
+    if case.grad_of is not None:
+        args[case.grad_of].requires_grad_()
+
+        def call():
+            c = fn(*args)
+            return torch.autograd.grad(c, args[case.grad_of], torch.ones_like(c))
+    else:
+
+        def call():
+            with torch.no_grad():
+                return fn(*args)
+
+    t0 = time.perf_counter()
+    call()
+    first = time.perf_counter() - t0
+    return {"s": best_time(call, repeats), "first_call_s": first}
+
+
+def machine() -> dict:
+    cpu = platform.processor()
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    import tvm
+
+    try:
+        import pykeops  # type: ignore
+
+        pk = pykeops.__version__
+    except ImportError:
+        pk = None
+    return {"cpu": cpu, "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+            "torch": torch.__version__, "tvm": tvm.__version__, "pykeops": pk,
+            "python": platform.python_version()}  # fmt: skip
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--quick", action="store_true", help="fewer repeats, no N=1e5 case")
+    p.add_argument("--only", nargs="*", help="substrings of case names to run")
+    p.add_argument("--libs", nargs="*", default=["tvmred", "pykeops", "torch"])
+    p.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "suite_cpu.json"))
+    p.add_argument("--plot", default=None, help="PNG path for the time-vs-N plot")
+    a = p.parse_args(argv)
+    torch.set_num_threads(os.cpu_count() or 1)
+    repeats = 3 if a.quick else 7
+    info = machine()
+    print("machine:", json.dumps(info))
+    rows = []
+    for case in cases(a.quick):
+        if a.only and not any(s in case.name for s in a.only):
+            continue
+        res = {lib: time_case(lib, case, repeats if case.N <= 10_000 else 2) for lib in a.libs}
+        t = res.get("tvmred") or {}
+        row = {"case": case.name, **{f"{k}_s": (v or {}).get("s") for k, v in res.items()},
+               "tvmred_first_call_s": t.get("first_call_s"),
+               "pykeops_first_call_s": (res.get("pykeops") or {}).get("first_call_s")}  # fmt: skip
+        for lib in ("pykeops", "torch"):
+            if row.get(f"{lib}_s") and t.get("s"):
+                row[f"{lib}/tvmred"] = row[f"{lib}_s"] / t["s"]
+        rows.append(row)
+        fmt = lambda v: f"{v * 1e3:10.2f}" if v else f"{'-':>10}"  # noqa: E731
+        rat = lambda v: f"{v:8.1f}x" if v else f"{'-':>9}"  # noqa: E731
+        print(f"{case.name:32s} tvmred {fmt(row.get('tvmred_s'))} ms | pykeops "
+              f"{fmt(row.get('pykeops_s'))} ms {rat(row.get('pykeops/tvmred'))} | torch "
+              f"{fmt(row.get('torch_s'))} ms {rat(row.get('torch/tvmred'))}", flush=True)  # fmt: skip
+    Path(a.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(a.out).write_text(json.dumps({"machine": info, "rows": rows}, indent=1))
+    if a.plot:
+        plot(rows, a.plot)
+    return 0
+
+
+def plot(rows: list[dict], path: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    pts = [(float(r["case"].split("N=M=")[1].split()[0]), r) for r in rows
+           if r["case"].startswith("gauss D=3 E=3 N=M=") and "f64" not in r["case"]]  # fmt: skip
+    pts.sort(key=lambda t: t[0])
+    fig, ax = plt.subplots(figsize=(5, 3.5), dpi=80)
+    for lib in ("tvmred", "pykeops", "torch"):
+        xs = [n for n, r in pts if r.get(f"{lib}_s")]
+        ax.loglog(xs, [r[f"{lib}_s"] for n, r in pts if r.get(f"{lib}_s")], "o-", label=lib)
+    ax.set_xlabel("N = M")
+    ax.set_ylabel("time (s)")
+    ax.set_title("Gaussian convolution, D=3, float32, CPU")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
