@@ -7,6 +7,12 @@ os.environ.setdefault("TVMRED_CACHE_DIR", tempfile.mkdtemp(prefix="tvmred-test-c
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
+# TVMRED_TEST_DEVICE=cuda runs the whole suite with CUDA tensors (torch's default device), so
+# every test exercises the CUDA kernels on a GPU machine (see benchmarks/gpu_check.sh).
+DEVICE = os.environ.get("TVMRED_TEST_DEVICE", "cpu")
+if DEVICE != "cpu":
+    torch.set_default_device(DEVICE)
+
 
 @pytest.fixture(autouse=True)
 def _seed():

@@ -107,9 +107,9 @@ def test_ranges_argmin_indices_are_global():
 def test_numpy_ranges_and_batch():
     x, y, b, ranges, mask, keep = clustered_problem()
     g = NpGenred("Exp(-SqDist(x,y))*b", ["x = Vi(2)", "y = Vj(2)", "b = Vj(1)"], axis=1)
-    c = g(x.numpy(), y.numpy(), b.numpy(), ranges=tuple(t.numpy() for t in ranges))
+    c = g(x.cpu().numpy(), y.cpu().numpy(), b.cpu().numpy(), ranges=tuple(t.cpu().numpy() for t in ranges))
     K = torch.exp(-((x[:, None] - y[None]) ** 2).sum(-1)) * mask
-    np.testing.assert_allclose(c, (K @ b).numpy(), rtol=1e-12, atol=1e-14)
+    np.testing.assert_allclose(c, (K @ b).cpu().numpy(), rtol=1e-12, atol=1e-14)
     xb = np.random.rand(2, 10, 2)
     yb = np.random.rand(2, 12, 2)
     bb = np.random.rand(2, 12, 1)

@@ -138,13 +138,14 @@ def test_out_argument():
 
 
 def test_numpy_binding():
-    x, y, a, p = (t.numpy() for t in reference_inputs(64, 80, torch.float64))
+    x, y, a, p = (t.cpu().numpy() for t in reference_inputs(64, 80, torch.float64))
     c = NpGenred(FORMULA, ALIASES, reduction_op="Sum", axis=1)(x, y, a, p)
     assert isinstance(c, np.ndarray) and c.shape == (64, 3)
-    ref = dense(*(torch.from_numpy(t) for t in (x, y, a, p))).numpy()
+    ref = dense(*(torch.from_numpy(t) for t in (x, y, a, p))).cpu().numpy()
     np.testing.assert_allclose(c, ref, rtol=1e-12)
     c0 = NpGenred(FORMULA, ALIASES, axis=0)(x, y, a, p)
-    np.testing.assert_allclose(c0, dense(*(torch.from_numpy(t) for t in (x, y, a, p)), axis=0).numpy(), rtol=1e-12)
+    ref0 = dense(*(torch.from_numpy(t) for t in (x, y, a, p)), axis=0).cpu().numpy()
+    np.testing.assert_allclose(c0, ref0, rtol=1e-12)
     x32 = x.astype(np.float32)
     c32 = NpGenred(FORMULA, ALIASES, axis=1)(x32, *(t.astype(np.float32) for t in (y, a, p)))
     assert c32.dtype == np.float32
