@@ -52,7 +52,9 @@ def _staged(formula: Node, dtype: str, root_uses: list[int]) -> set[int]:
             [[tirx.Var(s, dtype) for s in row] for row in names], n.params, dtype
         )
         flat = [s for row in names for s in row]
-        occ[id(n)] = [[len(re.findall(re.escape(s) + r"\b", str(e))) for s in flat] for e in exprs]
+        # 1 if the expression reads that component at all: repeats inside one expression are
+        # left to the compiler's CSE (staging them would only add register pressure)
+        occ[id(n)] = [[int(bool(re.search(re.escape(s) + r"\b", str(e)))) for s in flat] for e in exprs]
     uses: dict[int, list[int]] = {id(formula): list(root_uses)}
     staged: set[int] = set()
     for n in reversed(order):
