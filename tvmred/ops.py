@@ -71,7 +71,8 @@ def op(name: str, nargs: int, **kw: Any) -> None:
 
 
 def make(name: str, *args: Node, params: Sequence = ()) -> Node:
-    """Build ``name(*args; params)``: checks arity and dims, expands macros, folds zeros."""
+    """Build ``name(*args; params)``: checks arity and dims, expands macros, and simplifies
+    (zeros, x + x, -(-x), 1*x)."""
     d = REGISTRY.get(name)
     if d is None:
         raise FormulaError(f"unknown operation '{name}'")
@@ -93,6 +94,10 @@ def make(name: str, *args: Node, params: Sequence = ()) -> Node:
             return b
         if b.is_zero and a.dim == dim:
             return a
+        if a is b:  # x + x -> 2*x (gradients of symmetric forms produce it)
+            return make("Mult", intcst(2), a)
+    if name == "Minus" and args[0].op == "Minus":
+        return args[0].args[0]
     if name == "Subtract" and args[1].is_zero and args[0].dim == dim:
         return args[0]
     if name == "Mult":
