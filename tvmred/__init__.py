@@ -14,7 +14,9 @@ if "TVM_NUM_THREADS" not in _os.environ:  # TVM's pool reads it once, at its fir
 
 from .build import __version__  # noqa: E402
 from .cache import clear_cache  # noqa: E402
+from .export import KernelNotExported, export, load  # noqa: E402
 from .ops import DimError, FormulaError  # noqa: E402
 from .parse import ParseError  # noqa: E402
 
-__all__ = ["__version__", "clear_cache", "DimError", "FormulaError", "ParseError"]
+__all__ = ["__version__", "clear_cache", "export", "load", "KernelNotExported", "DimError",
+           "FormulaError", "ParseError"]

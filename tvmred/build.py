@@ -19,7 +19,7 @@ from typing import Any
 
 from . import cache
 from .reductions import REDUCTIONS
-from .tree import Node, variables
+from .tree import Node, var, variables
 
 log = logging.getLogger("tvmred")
 __version__ = "0.1.0"
@@ -109,10 +109,21 @@ def compile_reduction(formula: Node, red: str, out_cat: int, dtype: str, acc: st
 def get_kernel(formula: Node, red: str, out_cat: int, dtype: str, acc: str, device: Any,
                opt: int | None = None) -> Kernel:  # fmt: skip
     """The compiled kernel for this reduction (memory cache, else disk cache, else compile)."""
-    from . import schedules
-
     if dtype not in DTYPES:
         raise TypeError(f"tvmred supports {DTYPES}, got {dtype}")
+    pre = _PRELOADED.get((str(formula), red, out_cat, dtype, acc, opt, device.type))
+    if pre is not None:
+        return pre
+    if not compiler_available():
+        from .export import KernelNotExported
+
+        raise KernelNotExported(
+            f"no exported kernel for {red} over {'i' if out_cat == 1 else 'j'} of {formula} "
+            f"({dtype}, accumulator {acc}, {device.type}{'' if opt is None else f', {opt}'}), "
+            "and the TVM compiler is not available (TVM_USE_RUNTIME_LIB=1?) to build it"
+        )
+    from . import schedules
+
     target = target_for(device)
     text = key_text(formula, red, out_cat, dtype, acc, target, opt)
     kernel = _KERNELS.get(text)
@@ -129,4 +140,17 @@ def get_kernel(formula: Node, red: str, out_cat: int, dtype: str, acc: str, devi
 
 
 _KERNELS: dict[str, Kernel] = {}
+_PRELOADED: dict[tuple, Kernel] = {}  # from tvmred.load(): (formula, red, ..., device type)
+
+
+def register_kernel(key: tuple, kernel: Kernel) -> None:
+    _PRELOADED[key] = kernel
+
+
+@functools.lru_cache(maxsize=None)
+def compiler_available() -> bool:
+    """False when only TVM's runtime library is loaded (``TVM_USE_RUNTIME_LIB=1``)."""
+    import tvm
+
+    return tvm.get_global_func("tirx.transform.Simplify", allow_missing=True) is not None
 cache.on_clear.append(_KERNELS.clear)

@@ -198,7 +198,11 @@ def run_states(r: Reduction, args: Sequence[torch.Tensor]):
         return zero, [zero]
     acc = dtype if r.dtype_acc == "auto" else r.dtype_acc
     opt = r.opt if r.red != "Sum" else sum_scheme(r.sum_scheme, dtype, acc)
-    k = get_kernel(r.formula, r.red, r.out_cat, dtype, acc, dev, opt)
+    try:
+        k = get_kernel(r.formula, r.red, r.out_cat, dtype, acc, dev, opt)
+    except LookupError as e:  # KernelNotExported: say which variables the Var(...) are
+        legend = ", ".join(f"{v} = {n}" for v, n in zip(r.args, r.names))
+        raise type(e)(f"{e} [{legend}]") from None
     mb = -(-n_out // k.row_block)
     rows = mb * k.row_block
     call_args = []

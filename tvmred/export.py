@@ -1,0 +1,202 @@
+"""Ahead-of-time export of compiled reductions, and loading them with only the TVM runtime.
+
+``export(spec, out_dir)`` compiles, for every routine x dtype x target of the spec, the forward
+kernel and the kernels of the requested (first-order) gradients, and writes one directory:
+``<hash>.so`` per kernel plus ``manifest.json`` (routines, kernels with their formula,
+signature, target and SHA-256, versions).  CUDA kernels can be exported from a machine without
+a GPU (their CUDA source is embedded; only the host C++ compiler is needed).
+
+``load(dir)`` registers those kernels and returns the routines as ``Genred`` objects (torch,
+with autograd through the exported gradients, and numpy).  It needs no compiler: with
+``TVM_USE_RUNTIME_LIB=1`` only TVM's runtime library is loaded.  A call that needs a kernel
+that was not exported (other dtype, target, formula or gradient) raises ``KernelNotExported``
+naming it — when the TVM compiler is absent; with the compiler present it is JIT-compiled.
+
+Spec (JSON, or YAML when PyYAML is installed)::
+
+    {"targets": [{"kind": "llvm", "mcpu": "znver4"}, {"kind": "cuda", "arch": "sm_90"}],
+     "routines": [{"name": "gauss", "formula": "Exp(-SqDist(x,y))*b",
+                   "aliases": ["x = Vi(3)", "y = Vj(3)", "b = Vj(3)"],
+                   "reduction_op": "Sum", "axis": 1, "dtypes": ["float32"],
+                   "gradients": ["x"]}]}          # or "all", or [] (default)
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any, Iterator, Union
+
+from . import build
+from .genred import Reduction, sum_scheme
+
+GENRED_KEYS = ("formula", "aliases", "reduction_op", "axis", "opt_arg", "formula2", "dtype_acc",
+               "sum_scheme")  # fmt: skip
+
+
+class KernelNotExported(LookupError):
+    """A loaded library lacks the kernel a call needs (and no compiler is available)."""
+
+
+def read_spec(spec: Union[str, os.PathLike, dict]) -> dict:
+    if isinstance(spec, dict):
+        return spec
+    text = Path(spec).read_text()
+    if str(spec).endswith((".yaml", ".yml")):
+        import yaml  # type: ignore
+
+        return yaml.safe_load(text)
+    return json.loads(text)
+
+
+def _genred(routine: dict, kind: str = "torch"):
+    kw = {k: routine[k] for k in GENRED_KEYS if k in routine}
+    if kind == "numpy":
+        from .numpy import Genred
+    else:
+        from .torch import Genred
+    return Genred(**kw)
+
+
+def kernels_of(r: Reduction, grads: list[int]) -> Iterator[Reduction]:
+    """The reductions a forward call and the backward w.r.t. ``grads`` evaluate."""
+    from .torch import _gathered_spec, _lse_spec, _softmax_specs
+
+    yield r
+    for k in grads:
+        rule = r.rdef.grad
+        if rule == "sum":
+            specs = [r.grad(k)]
+        elif rule == "lse":
+            specs = [_lse_spec(r, k)]
+        elif rule == "softmax":
+            specs = list(_softmax_specs(r, k))
+        elif rule == "select":
+            specs = [_gathered_spec(r, k, u) for u in range(r.formula.dim)]
+        else:
+            specs = []
+        yield from (s for s in specs if s is not None)
+
+
+def _sig(r: Reduction, dtype: str) -> tuple:
+    acc = dtype if r.dtype_acc == "auto" else r.dtype_acc
+    opt = r.opt if r.red != "Sum" else sum_scheme(r.sum_scheme, dtype, acc)
+    return r.formula, r.red, r.out_cat, dtype, acc, opt
+
+
+def export(spec: Union[str, os.PathLike, dict], out_dir: Union[str, os.PathLike]) -> Path:
+    """Compile everything ``spec`` asks for into ``out_dir``; returns the manifest path."""
+    import tvm
+
+    from . import schedules
+    from .reductions import REDUCTIONS
+
+    spec = read_spec(spec)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    targets = [dict(t) for t in spec.get("targets", [build.cpu_target()])]
+    for t in targets:
+        if t["kind"] == "cuda":
+            t.setdefault("arch", "sm_90")
+            t.setdefault("host", build.cpu_target())
+    kernels: dict[str, dict] = {}
+    routines = []
+    for rt in spec["routines"]:
+        g = _genred(rt)
+        r = g.reduction
+        names = list(r.names)
+        want = rt.get("gradients", [])
+        grads = list(range(r.nargs)) if want == "all" else [names.index(n) for n in want]
+        routines.append({**{k: rt[k] for k in GENRED_KEYS if k in rt}, "name": rt["name"],
+                         "dtypes": rt.get("dtypes", ["float32"]), "gradients": grads})  # fmt: skip
+        for dtype in rt.get("dtypes", ["float32"]):
+            for target in targets:
+                for kr in kernels_of(r, grads):
+                    formula, red, out_cat, dt, acc, opt = _sig(kr, dtype)
+                    key = build.key_text(formula, red, out_cat, dt, acc, target, opt)
+                    h = hashlib.sha256(key.encode()).hexdigest()[:24]
+                    if h in kernels:
+                        continue
+                    ex = build.compile_reduction(formula, red, out_cat, dt, acc, target, opt)
+                    path = out / f"{h}.so"
+                    ex.export_library(str(path))
+                    kernels[h] = {
+                        "file": path.name, "sha256": hashlib.sha256(path.read_bytes()).hexdigest(),
+                        "formula": str(formula), "red": red, "out_cat": out_cat, "dtype": dt,
+                        "acc": acc, "opt": opt, "target": target,
+                        "device": "cuda" if target["kind"] == "cuda" else "cpu",
+                        "row_block": schedules.row_block(target["kind"], dt),
+                        "state": REDUCTIONS[red].state(formula.dim, opt, dt, acc),
+                        "inputs": [list(v.params) for v in build.variables(formula)],
+                    }  # fmt: skip
+    manifest = {"tvmred": build.__version__, "tvm": tvm.__version__, "created": time.time(),
+                "targets": targets, "routines": routines, "kernels": kernels}  # fmt: skip
+    path = out / "manifest.json"
+    path.write_text(json.dumps(manifest, indent=1))
+    return path
+
+
+class Library:
+    """Routines loaded by :func:`load`: ``lib["name"]`` (torch ``Genred``), ``lib.numpy("name")``."""
+
+    def __init__(self, path: Path, manifest: dict):
+        self.path, self.manifest = path, manifest
+        self._routines = {rt["name"]: rt for rt in manifest["routines"]}
+
+    def __getitem__(self, name: str):
+        return _genred(self._routine(name))
+
+    def numpy(self, name: str):
+        return _genred(self._routine(name), "numpy")
+
+    def _routine(self, name: str) -> dict:
+        if name not in self._routines:
+            raise KeyError(f"no routine {name!r} in {self.path} (have {sorted(self._routines)})")
+        return self._routines[name]
+
+    def names(self) -> list[str]:
+        return sorted(self._routines)
+
+    def __repr__(self) -> str:
+        return f"<tvmred library {self.path}: {', '.join(self.names())}>"
+
+
+def load(path: Union[str, os.PathLike]) -> Library:
+    """Load an exported directory (see :func:`export`); checks every file's SHA-256."""
+    import tvm
+
+    path = Path(path)
+    manifest = json.loads((path / "manifest.json").read_text())
+    if manifest.get("tvm") != tvm.__version__:
+        raise RuntimeError(f"{path} was exported with TVM {manifest.get('tvm')}, this is "
+                           f"TVM {tvm.__version__}; export it again")  # fmt: skip
+    cuda_ok = _cuda_available()
+    for h, k in manifest["kernels"].items():
+        if k["device"] == "cuda" and not cuda_ok:
+            continue  # exported for a GPU this process cannot use
+        f = path / k["file"]
+        if not f.exists() or hashlib.sha256(f.read_bytes()).hexdigest() != k["sha256"]:
+            raise RuntimeError(f"{f}: missing or corrupt (SHA-256 does not match the manifest)")
+        mod = tvm.runtime.load_module(str(f))
+        build.register_kernel(
+            (k["formula"], k["red"], k["out_cat"], k["dtype"], k["acc"], _opt(k["opt"]), k["device"]),
+            build.Kernel(mod["main"], tuple(build.var(*p) for p in k["inputs"]), k["row_block"],
+                         tuple(tuple(s) for s in k["state"])),
+        )  # fmt: skip
+    return Library(path, manifest)
+
+
+def _opt(o: Any) -> Any:
+    return tuple(o) if isinstance(o, list) else o
+
+
+def _cuda_available() -> bool:
+    try:
+        import torch
+
+        return torch.cuda.is_available()
+    except Exception:
+        return False
