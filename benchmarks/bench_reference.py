@@ -166,6 +166,20 @@ def cold_timings(lib: str, runs: int) -> dict[str, list[float]]:
 # --------------------------------------------------------------------------- report
 
 
+def git_revision() -> str:
+    """``<short hash>[-dirty]`` of the checkout being benchmarked, or ``unknown``."""
+
+    def git(*args: str) -> str:
+        cmd = ["git", "-C", str(REPO), *args]
+        return subprocess.run(cmd, capture_output=True, text=True, check=True).stdout.strip()
+
+    try:
+        dirty = git("status", "--porcelain", "--", "tvmred", "schedules")
+        return git("rev-parse", "--short", "HEAD") + ("-dirty" if dirty else "")
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
 def machine() -> dict[str, Any]:
     import torch
     import tvm
@@ -184,6 +198,7 @@ def machine() -> dict[str, Any]:
             "llvm_mcpu": cpu_target()["mcpu"], "platform": platform.platform(),
             "python": platform.python_version(), "torch": torch.__version__,
             "tvm": tvm.__version__, "tvmred": __version__,
+            "tvmred_git": git_revision(),
             "loadavg_1min_at_start": LOAD_AT_START}  # fmt: skip
     if have_pykeops():
         from importlib.metadata import version
@@ -200,8 +215,8 @@ def print_table(res: dict[str, Any]) -> None:
     mach, cfg = res["machine"], res["config"]
     print(f"\nMachine: {mach['cpu']} ({mach['llvm_mcpu']}), {mach['cores']} cores, "
           f"{mach['platform']}")  # fmt: skip
-    print(f"Python {mach['python']}, torch {mach['torch']}, tvm {mach['tvm']}, "
-          f"tvmred {mach['tvmred']}, pykeops {mach.get('pykeops', 'not installed')}")  # fmt: skip
+    print(f"Python {mach['python']}, torch {mach['torch']}, tvm {mach['tvm']}, tvmred "
+          f"{mach['tvmred']} ({mach['tvmred_git']}), pykeops {mach.get('pykeops', '-')}")
     print(f"Problem: {FORMULA}, M={M}, N={N}, float32, CPU; warm: min of {cfg['repeats']} "
           f"calls; cold: min of {cfg['cold_runs']} fresh subprocesses\n")  # fmt: skip
 

@@ -70,7 +70,7 @@ def code_fingerprint() -> str:
     from pathlib import Path
 
     here = Path(__file__).resolve().parent
-    files = ["ops.py", "lower.py", "reductions.py", "build.py"]
+    files = ["ops.py", "lower.py", "reductions.py", "build.py", "mathfns.py"]
     paths = [here / f for f in files] + sorted((here / "schedules").resolve().glob("*.py"))
     h = hashlib.sha256()
     for p in paths:
@@ -101,7 +101,7 @@ def compile_reduction(formula: Node, red: str, out_cat: int, dtype: str, acc: st
 
     kind = target["kind"]
     rb = schedules.row_block(kind, dtype)
-    low = lower(formula, REDUCTIONS[red], out_cat, dtype, acc, rb, opt)
+    low = lower(formula, REDUCTIONS[red], out_cat, dtype, acc, rb, opt, kind)
     sch = schedules.schedule(s_tir.Schedule(low.func), low.shape, kind)
     return tvm.compile(sch.mod, target=tvm.target.Target(target))
 
@@ -152,5 +152,5 @@ def compiler_available() -> bool:
     """False when only TVM's runtime library is loaded (``TVM_USE_RUNTIME_LIB=1``)."""
     import tvm
 
-    return tvm.get_global_func("tirx.transform.Simplify", allow_missing=True) is not None
+    return tvm.get_global_func("target.build.llvm", allow_missing=True) is not None
 cache.on_clear.append(_KERNELS.clear)

@@ -97,7 +97,15 @@ def lower(
     acc_dtype: str,
     row_block: int,
     opt: int | None = None,
+    target_kind: str = "llvm",
 ) -> Lowered:
+    from . import mathfns
+
+    with mathfns.mode("poly" if target_kind == "llvm" else "native"):
+        return _lower(formula, red, out_cat, dtype, acc_dtype, row_block, opt)
+
+
+def _lower(formula, red, out_cat, dtype, acc_dtype, row_block, opt) -> Lowered:
     """Build the unscheduled PrimFunc for ``Red_{reduced index} formula``, output index of
     category ``out_cat`` (0: i, so reduce over j — ``axis=1``; 1: j, so reduce over i)."""
     from tvm import te

@@ -290,7 +290,13 @@ def _one_minus_sq(x: Node) -> Node:
     return sub(intcst(1), f("Square", x))
 
 
-unary("Exp", _te("exp"), lambda x: _t().exp(x), lambda x, out: out, doc="e^x")
+def _exp(x, dt: str):
+    from . import mathfns
+
+    return mathfns.exp(x, dt)
+
+
+unary("Exp", _exp, lambda x: _t().exp(x), lambda x, out: out, doc="e^x")
 unary("Log", _te("log"), lambda x: _t().log(x), lambda x, out: f("Inv", x), ((0.5, 2.0),),
       doc="natural log")  # fmt: skip
 unary("Sin", _te("sin"), lambda x: _t().sin(x), lambda x, out: f("Cos", x), doc="sine")

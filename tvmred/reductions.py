@@ -22,6 +22,8 @@ from dataclasses import dataclass
 import math
 from typing import Any, Callable, Optional
 
+from . import mathfns
+
 
 def _tv():
     from tvm import te, tirx
@@ -215,7 +217,7 @@ def _lse(te, root, rows, n, dim, opt, dtype, acc):
     def combine(a, b):
         a_big = a[0] >= b[0]  # False when b is NaN: then m and s both become NaN
         same = a[0] == b[0]
-        t = tirx.Select(same, tirx.const(1, acc), tirx.exp(-tirx.abs(a[0] - b[0])))
+        t = tirx.Select(same, tirx.const(1, acc), mathfns.exp(-tirx.abs(a[0] - b[0]), acc))
         m = tirx.Select(a_big, a[0], b[0])
         s = tirx.Select(a_big, a[1] + b[1] * t, a[1] * t + b[1])
         return m, s
