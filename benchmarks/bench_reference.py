@@ -278,11 +278,15 @@ def main() -> None:
     print(f"warm timings: {repeats} repeats...", flush=True)
     warm, errors = warm_timings(repeats, use_pykeops)
 
-    res = {"machine": machine(), "config": {"M": M, "N": N, "dtype": "float32",
-           "formula": FORMULA, "repeats": repeats, "cold_runs": cold_runs, "unit": "s",
-           "date": time.strftime("%Y-%m-%dT%H:%M:%S%z")},
+    load_end = os.getloadavg()[0]
+    config = {"M": M, "N": N, "dtype": "float32", "formula": FORMULA, "repeats": repeats,
+              "cold_runs": cold_runs, "unit": "s", "date": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+    res = {"machine": {**machine(), "loadavg_1min_at_end": load_end}, "config": config,
            "warm": warm, "cold": cold, "max_rel_diff_vs_torch": errors}  # fmt: skip
     print_table(res)
+    if max(LOAD_AT_START, load_end) > 0.5:
+        print(f"warning: 1-min load average {LOAD_AT_START:.2f} at start, {load_end:.2f} at "
+              "end: other processes may have skewed the timings")
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(res, indent=1) + "\n")
     print(f"\nwrote {out}")

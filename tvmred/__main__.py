@@ -36,6 +36,32 @@ def _export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _tune(args: argparse.Namespace) -> int:
+    from .tune import tune
+
+    rec = tune(args.formula, args.aliases, reduction_op=args.reduction, axis=args.axis,
+               dtype=args.dtype, sizes=(args.M, args.N), trials=args.trials,
+               opt_arg=args.opt_arg, formula2=args.formula2)  # fmt: skip
+    for t in rec["trials"]:
+        print(f"  {t['config']}: {t['time_s'] * 1e3:.2f} ms")
+    print(f"best {rec['config']}: {rec['time_s'] * 1e3:.2f} ms, default "
+          f"{rec['default_time_s'] * 1e3:.2f} ms ({rec['default_time_s'] / rec['time_s']:.2f}x)")
+    return 0
+
+
+def _bench(args: argparse.Namespace) -> int:
+    import runpy
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parent.parent / "benchmarks" / "bench_suite.py"
+    if not script.exists():
+        print("the benchmark suite lives in the source tree: benchmarks/bench_suite.py")
+        return 1
+    sys.argv = [str(script), *args.rest]
+    runpy.run_path(str(script), run_name="__main__")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     from . import __version__
 
@@ -50,6 +76,22 @@ def main(argv: list[str] | None = None) -> int:
     e.add_argument("spec", help="JSON (or YAML) spec: targets and routines (see tvmred.export)")
     e.add_argument("out", help="output directory")
     e.set_defaults(func=_export)
+    t = sub.add_parser("tune", help="measure the schedule knobs of a reduction and store the "
+                       "fastest in the tuning database (used automatically afterwards)")  # fmt: skip
+    t.add_argument("formula")
+    t.add_argument("aliases", nargs="+", help='e.g. "x = Vi(3)" "y = Vj(3)"')
+    t.add_argument("--reduction", default="Sum")
+    t.add_argument("--axis", type=int, default=1)
+    t.add_argument("--dtype", default="float32", choices=["float32", "float64"])
+    t.add_argument("--M", type=int, default=10_000)
+    t.add_argument("--N", type=int, default=10_000)
+    t.add_argument("--trials", type=int, default=None, help="at most this many settings")
+    t.add_argument("--opt-arg", type=int, default=None)
+    t.add_argument("--formula2", default=None)
+    t.set_defaults(func=_tune)
+    b = sub.add_parser("bench", help="run benchmarks/bench_suite.py (tvmred vs pykeops vs torch)")
+    b.add_argument("rest", nargs=argparse.REMAINDER, help="its options, e.g. --quick")
+    b.set_defaults(func=_bench)
     args = p.parse_args(argv)
     return args.func(args)
 

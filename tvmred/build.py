@@ -15,7 +15,7 @@ import json
 import logging
 import os
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Optional
 
 from . import cache
 from .reductions import REDUCTIONS
@@ -34,6 +34,7 @@ class Kernel:
     inputs: tuple[Node, ...]
     row_block: int
     state: tuple[tuple[int, str], ...]  # (cols, dtype) of each output buffer
+    config: Optional[dict] = None  # tuned schedule knobs, None = the template's defaults
 
 
 @functools.lru_cache(maxsize=None)
@@ -79,19 +80,20 @@ def code_fingerprint() -> str:
 
 
 def key_text(formula: Node, red: str, out_cat: int, dtype: str, acc: str, target: dict,
-             opt: int | None = None) -> str:  # fmt: skip
+             opt: Any = None, config: Optional[dict] = None) -> str:  # fmt: skip
+    """The cache key; without ``config`` it is also the tuning database's key."""
     import tvm
 
-    return json.dumps(
-        {"formula": str(formula), "red": REDUCTIONS[red].kind + ":" + red, "opt": opt,
-         "out_cat": out_cat, "dtype": dtype, "acc": acc, "target": target,
-         "tvmred": __version__, "code": code_fingerprint(), "tvm": tvm.__version__},
-        sort_keys=True,
-    )  # fmt: skip
+    key = {"formula": str(formula), "red": REDUCTIONS[red].kind + ":" + red, "opt": opt,
+           "out_cat": out_cat, "dtype": dtype, "acc": acc, "target": target,
+           "tvmred": __version__, "code": code_fingerprint(), "tvm": tvm.__version__}  # fmt: skip
+    if config:
+        key["schedule"] = config
+    return json.dumps(key, sort_keys=True)
 
 
 def compile_reduction(formula: Node, red: str, out_cat: int, dtype: str, acc: str, target: dict,
-                      opt: int | None = None):  # fmt: skip
+                      opt: Any = None, config: Optional[dict] = None):  # fmt: skip
     """Lower, schedule and compile (no cache): returns a ``tvm.runtime.Executable``."""
     import tvm
     from tvm import s_tir
@@ -100,7 +102,7 @@ def compile_reduction(formula: Node, red: str, out_cat: int, dtype: str, acc: st
     from .lower import lower
 
     kind = target["kind"]
-    rb = schedules.row_block(kind, dtype)
+    rb = row_block_for(formula, out_cat, kind, dtype, config)
     low = lower(formula, REDUCTIONS[red], out_cat, dtype, acc, rb, opt, kind)
     sch = schedules.schedule(s_tir.Schedule(low.func), low.shape, kind)
     return tvm.compile(sch.mod, target=tvm.target.Target(target))
@@ -122,21 +124,35 @@ def get_kernel(formula: Node, red: str, out_cat: int, dtype: str, acc: str, devi
             f"({dtype}, accumulator {acc}, {device.type}{'' if opt is None else f', {opt}'}), "
             "and the TVM compiler is not available (TVM_USE_RUNTIME_LIB=1?) to build it"
         )
+    target = target_for(device)
+    base = key_text(formula, red, out_cat, dtype, acc, target, opt)
+    kernel = _KERNELS.get(base)
+    if kernel is None:
+        from .tune import lookup
+
+        config = lookup(base)
+        if config is not None:
+            log.debug("tvmred: tuned schedule %s for %s %s", config, red, formula)
+        mod = cache.get_or_build(
+            key_text(formula, red, out_cat, dtype, acc, target, opt, config),
+            lambda: compile_reduction(formula, red, out_cat, dtype, acc, target, opt, config),
+            {"formula": str(formula), "reduction": red, "schedule": config},
+        )
+        rb = row_block_for(formula, out_cat, target["kind"], dtype, config)
+        state = tuple(REDUCTIONS[red].state(formula.dim, opt, dtype, acc))
+        kernel = Kernel(mod["main"], tuple(variables(formula)), rb, state, config)
+        _KERNELS[base] = kernel
+    return kernel
+
+
+def row_block_for(formula: Node, out_cat: int, kind: str, dtype: str,
+                  config: Optional[dict] = None) -> int:  # fmt: skip
+    """Rows per block: the tuned value, else the schedule's rule for the shape (the total
+    dimension of the output-indexed inputs, which the block keeps in registers)."""
     from . import schedules
 
-    target = target_for(device)
-    text = key_text(formula, red, out_cat, dtype, acc, target, opt)
-    kernel = _KERNELS.get(text)
-    if kernel is None:
-        mod = cache.get_or_build(
-            text,
-            lambda: compile_reduction(formula, red, out_cat, dtype, acc, target, opt),
-            {"formula": str(formula), "reduction": red},
-        )
-        rb = schedules.row_block(target["kind"], dtype)
-        state = tuple(REDUCTIONS[red].state(formula.dim, opt, dtype, acc))
-        kernel = _KERNELS[text] = Kernel(mod["main"], tuple(variables(formula)), rb, state)
-    return kernel
+    width = sum(v.dim for v in variables(formula) if v.params[2] == out_cat)
+    return schedules.row_block(kind, dtype, config, width)
 
 
 _KERNELS: dict[str, Kernel] = {}

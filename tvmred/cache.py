@@ -137,6 +137,8 @@ def entries() -> list[dict]:
     d = cache_dir()
     out = []
     for meta in sorted(d.glob("*.json")) if d.exists() else []:
+        if meta.name == "tuning.json":
+            continue
         with contextlib.suppress(Exception):
             info = json.loads(meta.read_text())
             so = meta.with_suffix(".so")
@@ -153,6 +155,8 @@ def clear_cache(disk: bool = True) -> None:
     d = cache_dir()
     if disk and d.exists():
         for p in d.iterdir():
+            if p.name in ("tuning.json", "tuning.lock"):
+                continue  # tuning records outlive compiled kernels (tvmred.tune.clear())
             if p.suffix in (".so", ".json", ".lock") or p.name.startswith("."):
                 if p.is_dir():
                     shutil.rmtree(p, ignore_errors=True)

@@ -91,7 +91,6 @@ def export(spec: Union[str, os.PathLike, dict], out_dir: Union[str, os.PathLike]
     """Compile everything ``spec`` asks for into ``out_dir``; returns the manifest path."""
     import tvm
 
-    from . import schedules
     from .reductions import REDUCTIONS
 
     spec = read_spec(spec)
@@ -128,7 +127,7 @@ def export(spec: Union[str, os.PathLike, dict], out_dir: Union[str, os.PathLike]
                         "formula": str(formula), "red": red, "out_cat": out_cat, "dtype": dt,
                         "acc": acc, "opt": opt, "target": target,
                         "device": "cuda" if target["kind"] == "cuda" else "cpu",
-                        "row_block": schedules.row_block(target["kind"], dt),
+                        "row_block": build.row_block_for(formula, out_cat, target["kind"], dt),
                         "state": REDUCTIONS[red].state(formula.dim, opt, dt, acc),
                         "inputs": [list(v.params) for v in build.variables(formula)],
                     }  # fmt: skip

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import functools
 from dataclasses import dataclass
-from typing import Optional, Sequence
+from typing import Any, Optional, Sequence
 
 import torch
 
@@ -203,6 +203,16 @@ def run_states(r: Reduction, args: Sequence[torch.Tensor]):
     except LookupError as e:  # KernelNotExported: say which variables the Var(...) are
         legend = ", ".join(f"{v} = {n}" for v, n in zip(r.args, r.names))
         raise type(e)(f"{e} [{legend}]") from None
+    call_args, state, mb = kernel_args(r, k, args, n_out)
+    k.fn(*call_args, *state, mb, n_red)
+    state = [s[:n_out] for s in state]
+    return r.rdef.finalize(state, opt, getattr(torch, dtype)), state
+
+
+def kernel_args(r: Reduction, k: Any, args: Sequence[torch.Tensor], n_out: int):
+    """(input tensors, fresh state buffers, row blocks) for ``k.fn``: output-indexed inputs
+    padded to whole row blocks, parameters flattened, everything contiguous."""
+    dev = args[0].device if args else torch.device("cpu")
     mb = -(-n_out // k.row_block)
     rows = mb * k.row_block
     call_args = []
@@ -215,11 +225,21 @@ def run_states(r: Reduction, args: Sequence[torch.Tensor]):
             padded = torch.zeros(rows, a.shape[1], dtype=a.dtype, device=dev)
             padded[:n_out] = a
             a = padded
-        call_args.append(a.contiguous())
+        call_args.append(aligned(a))
     state = [torch.empty(rows, cols, dtype=getattr(torch, dt), device=dev) for cols, dt in k.state]
-    k.fn(*call_args, *state, mb, n_red)
-    state = [s[:n_out] for s in state]
-    return r.rdef.finalize(state, opt, getattr(torch, dtype)), state
+    return call_args, state, mb
+
+
+ALIGN = 64  # TVM declares kernel buffers 64-byte aligned and emits aligned SIMD loads
+
+
+def aligned(a: torch.Tensor) -> torch.Tensor:
+    """``a`` contiguous and 64-byte aligned (a view into the middle of a tensor, or a numpy
+    array, may not be: the kernel would fault), copying only when needed."""
+    a = a.contiguous()
+    if a.data_ptr() % ALIGN:
+        a = a.clone()  # fresh allocations are aligned
+    return a
 
 
 def sum_scheme(scheme: str, dtype: str, acc: str) -> str:

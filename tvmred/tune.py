@@ -1,0 +1,138 @@
+"""Autotuning by measured search over our schedule templates' knobs, and the tuning database.
+
+MetaSchedule is not used: in apache-tvm 0.27.0.post1 ``meta_schedule.tune_tir`` segfaults in
+``ToJSONGraph`` while building its TuneContext (even for a 128x128 matmul; see the TVM notes),
+and its search space knows nothing of our reduction layout.  Like AutoTVM, we measure the
+knob settings the template offers (``schedules.candidates``: rows per block / threads per
+block), pick the fastest, and store it.
+
+Database: ``$TVMRED_CACHE_DIR/tuning.json``, one record per kernel key (the cache key without
+schedule knobs: formula, reduction, dtypes, target, versions).  ``build.get_kernel`` looks
+records up automatically and logs the choice at DEBUG level (logger "tvmred").
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+from . import cache
+
+
+def db_path() -> Path:
+    return cache.cache_dir() / "tuning.json"
+
+
+def _read() -> dict:
+    try:
+        return json.loads(db_path().read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        return {}
+
+
+def lookup(key: str) -> Optional[dict]:
+    """The tuned knobs for this kernel key, or None."""
+    rec = _read().get(key)
+    return None if rec is None else dict(rec["config"])
+
+
+def _write(key: str, record: dict) -> None:
+    path = db_path()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with cache._locked(path.with_suffix(".lock")):
+        db = _read()
+        db[key] = record
+        tmp = path.with_suffix(f".{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(db, indent=1, sort_keys=True))
+        os.replace(tmp, path)
+
+
+def _progress(i: int, n: int, text: str) -> None:
+    bar = "#" * (20 * i // n) + "." * (20 - 20 * i // n)
+    sys.stderr.write(f"\r[{bar}] {i}/{n} {text:60.60s}")
+    sys.stderr.flush()
+    if i == n:
+        sys.stderr.write("\n")
+
+
+def tune(
+    formula: str,
+    aliases: Sequence[str],
+    reduction_op: str = "Sum",
+    axis: int = 0,
+    dtype: str = "float32",
+    sizes: tuple[int, int] = (10_000, 10_000),
+    trials: Optional[int] = None,
+    repeats: int = 3,
+    progress: bool = True,
+    **genred_kw: Any,
+) -> dict:
+    """Measure up to ``trials`` knob settings of the forward kernel of this reduction on random
+    data of ``sizes`` = (M, N), store the fastest in the tuning database and return the record
+    (``config``, ``time_s``, ``default_time_s``, ``trials``)."""
+    import torch
+
+    from . import build, schedules
+    from .genred import sum_scheme
+    from .torch import Genred
+    from .tree import variables
+
+    g = Genred(formula, aliases, reduction_op=reduction_op, axis=axis, **genred_kw)
+    r = g.reduction
+    tdt = getattr(torch, dtype)
+    gen = torch.Generator().manual_seed(0)
+    args = []
+    for v in r.args:
+        pos, dim, cat = v.params
+        rows = sizes[0] if cat == r.out_cat else sizes[1]
+        shape = (dim,) if cat == 2 else (rows, dim)
+        args.append(torch.rand(*shape, generator=gen, dtype=torch.float64).to(tdt))
+    acc = dtype if r.dtype_acc == "auto" else r.dtype_acc
+    opt = r.opt if r.red != "Sum" else sum_scheme(r.sum_scheme, dtype, acc)
+    target = build.target_for(args[0].device)
+    key = build.key_text(r.formula, r.red, r.out_cat, dtype, acc, target, opt)
+    width = sum(v.dim for v in variables(r.formula) if v.params[2] == r.out_cat)
+    space = schedules.candidates(target["kind"], dtype, width)[: trials or None]
+    results = []
+    for n, config in enumerate(space):
+        if progress:
+            _progress(n, len(space), f"compiling and timing {config}")
+        ex = build.compile_reduction(r.formula, r.red, r.out_cat, dtype, acc, target, opt, config)
+        kernel = build.Kernel(ex.mod["main"], tuple(variables(r.formula)),
+                              build.row_block_for(r.formula, r.out_cat, target["kind"], dtype,
+                                                  config),
+                              tuple(r.rdef.state(r.formula.dim, opt, dtype, acc)), config)  # fmt: skip
+        results.append({"config": config, "time_s": _time(kernel, r, args, repeats)})
+    if progress:
+        _progress(len(space), len(space), "done")
+    best = min(results, key=lambda t: t["time_s"])
+    record = {"config": best["config"], "time_s": best["time_s"],
+              "default_time_s": results[0]["time_s"], "trials": results, "sizes": list(sizes),
+              "formula": formula, "reduction": reduction_op, "date": time.time()}  # fmt: skip
+    _write(key, record)
+    build._KERNELS.pop(key, None)  # the next call compiles (or loads) the tuned kernel
+    return record
+
+
+def _time(kernel: Any, r: Any, args: list, repeats: int) -> float:
+    from .genred import check_args, kernel_args
+
+    dtype, n_out, n_red = check_args(r, args)
+    inputs, state, mb = kernel_args(r, kernel, args, n_out)
+    kernel.fn(*inputs, *state, mb, n_red)
+    best = float("inf")
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        kernel.fn(*inputs, *state, mb, n_red)
+        best = min(best, time.perf_counter() - t0)
+    return best
+
+
+def clear() -> None:
+    with contextlib.suppress(FileNotFoundError):
+        db_path().unlink()
