@@ -2,7 +2,8 @@
 
     c_i = sum_j (p - a_j)^2 exp(x_i + y_j),   x (M, 3), y (N, 3), a (N, 1), p (1,),  M=3000, N=5000
 
-Measured in this process (min over ``--repeats`` calls, after warm-up, all cores):
+Measured in this process (min over ``--repeats`` calls, after warm-up, all cores; tvmred uses a
+private, empty kernel cache so that a stale kernel from ``~/.cache/tvmred`` is never timed):
 
 * forward: ``c = routine(x, y, a, p)``;
 * forward + gradient: ``c = routine(x, y, a, p); torch.autograd.grad(c, y, e)``.
@@ -16,7 +17,8 @@ Measured in fresh subprocesses, each with an empty kernel cache (``TVMRED_CACHE_
   gradient kernel + run).
 
 pykeops (``pip install pykeops==2.3``) is imported lazily; without it its columns are skipped.
-Prints a table and writes ``benchmarks/results/reference_cpu.json``
+Also reports the share of CPU time other processes used meanwhile (from ``/proc/stat``): on a
+busy machine every number above can be off by 2x.  Prints a table and writes ``benchmarks/results/reference_cpu.json``
 (``reference_cpu_quick.json`` with ``--quick``).
 
     python benchmarks/bench_reference.py [--quick] [--repeats R] [--out PATH]
@@ -28,6 +30,7 @@ import argparse
 import json
 import os
 import platform
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -40,7 +43,6 @@ M, N = 3000, 5000
 FORMULA = "Square(p-a)*Exp(x+y)"
 VARIABLES = ["x = Vi(3)", "y = Vj(3)", "a = Vj(1)", "p = Pm(1)"]
 LIBS = ("tvmred", "pykeops", "torch")
-LOAD_AT_START = os.getloadavg()[0]
 
 
 def have_pykeops() -> bool:
@@ -166,6 +168,28 @@ def cold_timings(lib: str, runs: int) -> dict[str, list[float]]:
 # --------------------------------------------------------------------------- report
 
 
+def cpu_snapshot() -> Optional[tuple[float, float, float]]:
+    """(busy, total) CPU seconds of the whole machine (Linux ``/proc/stat``) and the CPU
+    seconds of this process and its finished children; None where unavailable."""
+    try:
+        jiffies = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    except (OSError, ValueError):
+        return None
+    hz, t = os.sysconf("SC_CLK_TCK"), os.times()
+    idle = jiffies[3] + jiffies[4]  # idle + iowait
+    own = t.user + t.system + t.children_user + t.children_system
+    return (sum(jiffies) - idle) / hz, sum(jiffies) / hz, own
+
+
+def foreign_cpu_share(before: Optional[tuple[float, float, float]]) -> Optional[float]:
+    """Fraction of the machine's CPU time used by other processes since ``before``."""
+    after = cpu_snapshot()
+    if before is None or after is None or after[1] <= before[1]:
+        return None
+    busy, total, own = (a - b for a, b in zip(after, before))
+    return max(0.0, busy - own) / total
+
+
 def git_revision() -> str:
     """``<short hash>[-dirty]`` of the checkout being benchmarked, or ``unknown``."""
 
@@ -198,8 +222,7 @@ def machine() -> dict[str, Any]:
             "llvm_mcpu": cpu_target()["mcpu"], "platform": platform.platform(),
             "python": platform.python_version(), "torch": torch.__version__,
             "tvm": tvm.__version__, "tvmred": __version__,
-            "tvmred_git": git_revision(),
-            "loadavg_1min_at_start": LOAD_AT_START}  # fmt: skip
+            "tvmred_git": git_revision()}  # fmt: skip
     if have_pykeops():
         from importlib.metadata import version
 
@@ -267,31 +290,30 @@ def main() -> None:
     use_pykeops = have_pykeops()
     if not use_pykeops:
         print("pykeops is not installed (pip install pykeops==2.3): skipping its columns")
-    if LOAD_AT_START > 0.5:
-        print(f"warning: 1-min load average is {LOAD_AT_START:.2f}: other processes may skew "
-              "the timings")
 
-    cold = {}
+    cold, snap = {}, cpu_snapshot()
     for lib in ("tvmred", "pykeops") if use_pykeops else ("tvmred",):
         print(f"cold start: {lib}, {cold_runs} fresh subprocess(es)...", flush=True)
         cold[lib] = cold_timings(lib, cold_runs)
+    busy = {"cold": foreign_cpu_share(snap)}
     print(f"warm timings: {repeats} repeats...", flush=True)
+    snap = cpu_snapshot()
     warm, errors = warm_timings(repeats, use_pykeops)
+    busy["warm"] = foreign_cpu_share(snap)
 
-    load_end = os.getloadavg()[0]
     config = {"M": M, "N": N, "dtype": "float32", "formula": FORMULA, "repeats": repeats,
               "cold_runs": cold_runs, "unit": "s", "date": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
-    res = {"machine": {**machine(), "loadavg_1min_at_end": load_end}, "config": config,
-           "warm": warm, "cold": cold, "max_rel_diff_vs_torch": errors}  # fmt: skip
+    res = {"machine": machine(), "config": config, "warm": warm, "cold": cold,
+           "max_rel_diff_vs_torch": errors, "cpu_used_by_other_processes": busy}  # fmt: skip
     print_table(res)
-    if max(LOAD_AT_START, load_end) > 0.5:
-        print(f"warning: 1-min load average {LOAD_AT_START:.2f} at start, {load_end:.2f} at "
-              "end: other processes may have skewed the timings")
+    shares = {k: v for k, v in busy.items() if v is not None}
+    print("CPU time used by other processes during the run: "
+          + (", ".join(f"{k} {v:.0%}" for k, v in shares.items()) or "unknown"))
+    if any(v > 0.05 for v in shares.values()):
+        print("warning: the machine was not idle; the timings above may be skewed")
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(res, indent=1) + "\n")
     print(f"\nwrote {out}")
-    import shutil
-
     shutil.rmtree(os.environ["TVMRED_CACHE_DIR"], ignore_errors=True)
 
 

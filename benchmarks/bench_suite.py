@@ -24,7 +24,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Optional
 
-import torch
+# OpenMP threads that spin after a torch op steal the cores of the next TVM (or pykeops) kernel;
+# passive waiting avoids it (README, "Performance").  Set before torch loads its OpenMP runtime;
+# it applies to every library in this process alike.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import torch  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))

@@ -29,9 +29,8 @@ def row_block(target_kind: str, dtype: str, config: dict | None = None, width: i
     return _entry(target_kind)[0](dtype, width)
 
 
-def candidates(target_kind: str, dtype: str, width: int = 1) -> list[dict]:
-    """The knob settings ``tvmred tune`` measures for a target (the default first)."""
-    default = row_block(target_kind, dtype, None, width)
+def candidates(target_kind: str, dtype: str, default: int) -> list[dict]:
+    """The knob settings ``tvmred tune`` measures for a target (``default`` first)."""
     if target_kind == "cuda":
         blocks = [64, 128, 256, 512]
     else:

@@ -102,7 +102,7 @@ def compile_reduction(formula: Node, red: str, out_cat: int, dtype: str, acc: st
     from .lower import lower
 
     kind = target["kind"]
-    rb = row_block_for(formula, out_cat, kind, dtype, config)
+    rb = row_block_for(formula, red, out_cat, kind, dtype, acc, opt, config)
     low = lower(formula, REDUCTIONS[red], out_cat, dtype, acc, rb, opt, kind)
     sch = schedules.schedule(s_tir.Schedule(low.func), low.shape, kind)
     return tvm.compile(sch.mod, target=tvm.target.Target(target))
@@ -138,20 +138,22 @@ def get_kernel(formula: Node, red: str, out_cat: int, dtype: str, acc: str, devi
             lambda: compile_reduction(formula, red, out_cat, dtype, acc, target, opt, config),
             {"formula": str(formula), "reduction": red, "schedule": config},
         )
-        rb = row_block_for(formula, out_cat, target["kind"], dtype, config)
+        rb = row_block_for(formula, red, out_cat, target["kind"], dtype, acc, opt, config)
         state = tuple(REDUCTIONS[red].state(formula.dim, opt, dtype, acc))
         kernel = Kernel(mod["main"], tuple(variables(formula)), rb, state, config)
         _KERNELS[base] = kernel
     return kernel
 
 
-def row_block_for(formula: Node, out_cat: int, kind: str, dtype: str,
-                  config: Optional[dict] = None) -> int:  # fmt: skip
-    """Rows per block: the tuned value, else the schedule's rule for the shape (the total
-    dimension of the output-indexed inputs, which the block keeps in registers)."""
+def row_block_for(formula: Node, red: str, out_cat: int, kind: str, dtype: str, acc: str,
+                  opt: Any = None, config: Optional[dict] = None) -> int:  # fmt: skip
+    """Rows per block: the tuned value, else the schedule's rule for the shape: ``width`` =
+    values per row that the block keeps in registers across the j loop (its output-indexed
+    inputs and its reduction state)."""
     from . import schedules
 
     width = sum(v.dim for v in variables(formula) if v.params[2] == out_cat)
+    width += sum(cols for cols, _ in REDUCTIONS[red].state(formula.dim, opt, dtype, acc))
     return schedules.row_block(kind, dtype, config, width)
 
 

@@ -127,7 +127,8 @@ def export(spec: Union[str, os.PathLike, dict], out_dir: Union[str, os.PathLike]
                         "formula": str(formula), "red": red, "out_cat": out_cat, "dtype": dt,
                         "acc": acc, "opt": opt, "target": target,
                         "device": "cuda" if target["kind"] == "cuda" else "cpu",
-                        "row_block": build.row_block_for(formula, out_cat, target["kind"], dt),
+                        "row_block": build.row_block_for(formula, red, out_cat, target["kind"],
+                                                         dt, acc, opt),
                         "state": REDUCTIONS[red].state(formula.dim, opt, dt, acc),
                         "inputs": [list(v.params) for v in build.variables(formula)],
                     }  # fmt: skip

@@ -96,16 +96,16 @@ def tune(
     opt = r.opt if r.red != "Sum" else sum_scheme(r.sum_scheme, dtype, acc)
     target = build.target_for(args[0].device)
     key = build.key_text(r.formula, r.red, r.out_cat, dtype, acc, target, opt)
-    width = sum(v.dim for v in variables(r.formula) if v.params[2] == r.out_cat)
-    space = schedules.candidates(target["kind"], dtype, width)[: trials or None]
+    default = build.row_block_for(r.formula, r.red, r.out_cat, target["kind"], dtype, acc, opt)
+    space = schedules.candidates(target["kind"], dtype, default)[: trials or None]
     results = []
     for n, config in enumerate(space):
         if progress:
             _progress(n, len(space), f"compiling and timing {config}")
         ex = build.compile_reduction(r.formula, r.red, r.out_cat, dtype, acc, target, opt, config)
         kernel = build.Kernel(ex.mod["main"], tuple(variables(r.formula)),
-                              build.row_block_for(r.formula, r.out_cat, target["kind"], dtype,
-                                                  config),
+                              build.row_block_for(r.formula, r.red, r.out_cat, target["kind"],
+                                                  dtype, acc, opt, config),
                               tuple(r.rdef.state(r.formula.dim, opt, dtype, acc)), config)  # fmt: skip
         results.append({"config": config, "time_s": _time(kernel, r, args, repeats)})
     if progress:
