@@ -14,25 +14,23 @@ import argparse
 import json
 import os
 import sys
-import time
 from pathlib import Path
 
-import torch
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # see bench_suite.py / README "Performance"
+
+import torch  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from timing import min_time  # noqa: E402
 
 from tvmred.torch import Genred  # noqa: E402
 from tvmred.torch.cluster import cluster_ranges_centroids, from_matrix, grid_cluster, sort_clusters  # noqa: E402
 
 
 def best(fn, repeats=5):
-    fn()
-    t = float("inf")
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        t = min(t, time.perf_counter() - t0)
-    return t
+    return min_time(fn, repeats)
 
 
 def main() -> int:

@@ -39,6 +39,8 @@ from pathlib import Path
 from typing import Any, Callable, Optional
 
 REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO / "benchmarks"))
+from timing import min_time as _min_time  # noqa: E402
 M, N = 3000, 5000
 FORMULA = "Square(p-a)*Exp(x+y)"
 VARIABLES = ["x = Vi(3)", "y = Vj(3)", "a = Vj(1)", "p = Pm(1)"]
@@ -54,15 +56,8 @@ def have_pykeops() -> bool:
 # --------------------------------------------------------------------------- warm timings
 
 
-def min_time(fn: Callable[[], Any], repeats: int, warmup: int = 2) -> float:
-    for _ in range(warmup):
-        fn()
-    best = float("inf")
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - t0)
-    return best
+def min_time(fn: Callable[[], Any], repeats: int) -> float:
+    return _min_time(fn, repeats, warmup=2)
 
 
 def make_routines(use_pykeops: bool) -> dict[str, Callable]:

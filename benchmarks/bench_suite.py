@@ -33,6 +33,8 @@ import torch  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "benchmarks"))
+from timing import min_time  # noqa: E402
 
 
 @dataclass
@@ -116,13 +118,7 @@ def make_inputs(case: Case) -> list[torch.Tensor]:
 
 
 def best_time(fn: Callable[[], Any], repeats: int) -> float:
-    fn()
-    best = float("inf")
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - t0)
-    return best
+    return min_time(fn, repeats)
 
 
 def runner(lib: str, case: Case, args: list[torch.Tensor]) -> Optional[Callable]:

@@ -163,6 +163,14 @@ _PRELOADED: dict[tuple, Kernel] = {}  # from tvmred.load(): (formula, red, ..., 
 
 def register_kernel(key: tuple, kernel: Kernel) -> None:
     _PRELOADED[key] = kernel
+    forget_memos()
+
+
+def forget_memos() -> None:
+    """Drop the per-Reduction kernel memo (after a cache clear, a load or a tuning)."""
+    from .genred import _kernel
+
+    _kernel.cache_clear()
 
 
 @functools.lru_cache(maxsize=None)
@@ -172,3 +180,4 @@ def compiler_available() -> bool:
 
     return tvm.get_global_func("target.build.llvm", allow_missing=True) is not None
 cache.on_clear.append(_KERNELS.clear)
+cache.on_clear.append(forget_memos)

@@ -70,44 +70,53 @@ def _ranged(r: Reduction, args: Sequence[torch.Tensor], fn: Callable, ranges: An
     if not isinstance(ranges, (tuple, list)) or len(ranges) != 6:
         raise ValueError("ranges must be the 6-tuple (ranges_i, slices_i, redranges_j, "
                          "ranges_j, slices_j, redranges_i)")  # fmt: skip
-    rng, slices, red = (ranges[:3] if r.out_cat == 0 else ranges[3:])
-    rng, slices, red = (torch.as_tensor(t).long().cpu().tolist() for t in (rng, slices, red))
+    rng, slices, red = (torch.as_tensor(t).long().cpu() for t in
+                        (ranges[:3] if r.out_cat == 0 else ranges[3:]))  # fmt: skip
     out_cat, red_cat = r.out_cat, 1 - r.out_cat
-    n_out = n_red = None
+    n_out = n_red = 1
     for a, v in zip(args, r.args):
         if v.params[2] == out_cat:
             n_out = a.shape[0]
         elif v.params[2] == red_cat:
             n_red = a.shape[0]
-    if len(slices) != len(rng):
-        raise ValueError(f"ranges: {len(rng)} output ranges but {len(slices)} slices")
+    rng, red = rng.reshape(-1, 2), red.reshape(-1, 2)
+    if slices.numel() != rng.shape[0] or (slices.numel() and slices[-1] > red.shape[0]):
+        raise ValueError(f"ranges: {rng.shape[0]} output ranges, {slices.numel()} slices and "
+                         f"{red.shape[0]} reduced ranges do not match")  # fmt: skip
+    for name, t, n in (("output", rng, n_out), ("reduced", red, n_red)):
+        if t.numel() and (t.min() < 0 or t.max() > n or (t[:, 1] < t[:, 0]).any()):
+            raise ValueError(f"ranges: a {name} range is out of bounds (size {n})")
+    # every reduced index of every cluster at once, then one slice per cluster
+    jall = _indices(red)
+    lens = red[:, 1] - red[:, 0]
+    ends = torch.cumsum(lens, 0)
+    cuts = torch.cat([torch.zeros(1, dtype=torch.long), ends])[torch.cat(
+        [torch.zeros(1, dtype=torch.long), slices])].tolist()  # fmt: skip
     dev = args[0].device
-    pieces, rows, start = [], [], 0
-    for (o0, o1), end in zip(rng, slices):
-        sel = red[start:end]
-        start = end
-        if not 0 <= o0 <= o1 <= (n_out if n_out is not None else 1):
-            raise ValueError(f"ranges: output range [{o0}, {o1}) is out of bounds")
-        for a0, a1 in sel:
-            if not 0 <= a0 <= a1 <= (n_red if n_red is not None else 1):
-                raise ValueError(f"ranges: reduced range [{a0}, {a1}) is out of bounds")
+    jall = jall.to(dev)
+    pieces, rows = [], []
+    for c, (o0, o1) in enumerate(rng.tolist()):
         if o1 == o0:
             continue
-        jidx = torch.cat([torch.arange(a0, a1) for a0, a1 in sel]) if sel else torch.zeros(0, dtype=torch.long)
-        jidx = jidx.to(dev)
+        jidx = jall[cuts[c] : cuts[c + 1]]
         sub = []
         for a, v in zip(args, r.args):
             cat = v.params[2]
             sub.append(a[o0:o1] if cat == out_cat else a.index_select(0, jidx) if cat == red_cat else a)
         pieces.append(_global_index(fn(*sub), jidx))
         rows.append(torch.arange(o0, o1, device=dev))
-    if n_out is None:
-        n_out = 1
     rows_t = torch.cat(rows) if rows else torch.zeros(0, dtype=torch.long, device=dev)
     if not pieces:  # nothing to compute: run an empty problem for the output's shape
         probe = [a[:0] if v.params[2] in (0, 1) else a for a, v in zip(args, r.args)]
         pieces = [fn(*probe)]
     return _assemble(pieces, rows_t, n_out)
+
+
+def _indices(ranges: torch.Tensor) -> torch.Tensor:
+    """The concatenated ``arange(a0, a1)`` of the rows ``[a0, a1)`` of ``ranges``, vectorised."""
+    lens = ranges[:, 1] - ranges[:, 0]
+    starts = torch.cumsum(lens, 0) - lens
+    return torch.arange(int(lens.sum())) + torch.repeat_interleave(ranges[:, 0] - starts, lens)
 
 
 def _global_index(res: Any, jidx: torch.Tensor) -> Any:

@@ -196,17 +196,24 @@ def run_states(r: Reduction, args: Sequence[torch.Tensor]):
     if r.red == "Sum" and r.formula.is_zero:
         zero = torch.zeros(n_out, r.formula.dim, dtype=getattr(torch, dtype), device=dev)
         return zero, [zero]
-    acc = dtype if r.dtype_acc == "auto" else r.dtype_acc
-    opt = r.opt if r.red != "Sum" else sum_scheme(r.sum_scheme, dtype, acc)
-    try:
-        k = get_kernel(r.formula, r.red, r.out_cat, dtype, acc, dev, opt)
-    except LookupError as e:  # KernelNotExported: say which variables the Var(...) are
-        legend = ", ".join(f"{v} = {n}" for v, n in zip(r.args, r.names))
-        raise type(e)(f"{e} [{legend}]") from None
+    k, opt = _kernel(r, dtype, dev)
     call_args, state, mb = kernel_args(r, k, args, n_out)
     k.fn(*call_args, *state, mb, n_red)
     state = [s[:n_out] for s in state]
     return r.rdef.finalize(state, opt, getattr(torch, dtype)), state
+
+
+@functools.lru_cache(maxsize=4096)
+def _kernel(r: Reduction, dtype: str, dev: torch.device) -> tuple[Any, Any]:
+    """(compiled kernel, reduction option) of ``r`` for this dtype and device, memoised so a
+    call costs no key computation (the caches behind get_kernel are keyed by text)."""
+    acc = dtype if r.dtype_acc == "auto" else r.dtype_acc
+    opt = r.opt if r.red != "Sum" else sum_scheme(r.sum_scheme, dtype, acc)
+    try:
+        return get_kernel(r.formula, r.red, r.out_cat, dtype, acc, dev, opt), opt
+    except LookupError as e:  # KernelNotExported: say which variables the Var(...) are
+        legend = ", ".join(f"{v} = {n}" for v, n in zip(r.args, r.names))
+        raise type(e)(f"{e} [{legend}]") from None
 
 
 def kernel_args(r: Reduction, k: Any, args: Sequence[torch.Tensor], n_out: int):

@@ -116,6 +116,7 @@ def tune(
               "formula": formula, "reduction": reduction_op, "date": time.time()}  # fmt: skip
     _write(key, record)
     build._KERNELS.pop(key, None)  # the next call compiles (or loads) the tuned kernel
+    build.forget_memos()
     return record
 
 
