@@ -19,7 +19,7 @@ from typing import Any, Optional
 
 from . import cache
 from .reductions import REDUCTIONS
-from .tree import Node, var, variables
+from .tree import Node, variables
 
 log = logging.getLogger("tvmred")
 __version__ = "0.1.0"

@@ -32,6 +32,7 @@ from typing import Any, Iterator, Union
 
 from . import build
 from .genred import Reduction, sum_scheme
+from .tree import var
 
 GENRED_KEYS = ("formula", "aliases", "reduction_op", "axis", "opt_arg", "formula2", "dtype_acc",
                "sum_scheme")  # fmt: skip
@@ -183,7 +184,7 @@ def load(path: Union[str, os.PathLike]) -> Library:
         mod = tvm.runtime.load_module(str(f))
         build.register_kernel(
             (k["formula"], k["red"], k["out_cat"], k["dtype"], k["acc"], _opt(k["opt"]), k["device"]),
-            build.Kernel(mod["main"], tuple(build.var(*p) for p in k["inputs"]), k["row_block"],
+            build.Kernel(mod["main"], tuple(var(*p) for p in k["inputs"]), k["row_block"],
                          tuple(tuple(s) for s in k["state"])),
         )  # fmt: skip
     return Library(path, manifest)

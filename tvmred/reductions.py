@@ -261,10 +261,6 @@ def reduction(name: str, **kw: Any) -> None:
     REDUCTIONS[name] = RedDef(name=name, **kw)
 
 
-def _long(t):
-    return t.long()
-
-
 def _kview(t, K):
     """(n, D) buffers, one per k -> (n, K, D), squeezed to (n, K) when D = 1 (as pykeops)."""
     import torch
@@ -294,7 +290,6 @@ def _lse_uses(d: int) -> list:
     return [d - 1] + [1] * (d - 1)  # F is read by every weight column
 
 
-_same = lambda d, k, dt, acc: [(d, dt)]  # noqa: E731
 _with_idx = lambda d, k, dt, acc: [(d, dt), (d, "int32")]  # noqa: E731
 _lse_state = lambda d, k, dt, acc: [(d - 1, acc), (d - 1, acc)]  # noqa: E731
 

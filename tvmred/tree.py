@@ -7,11 +7,6 @@ and gives a canonical text form (``str(node)``) that the cache uses as a key.
 
 from __future__ import annotations
 
-from typing import Iterator
-
-CAT_NAMES = {0: "Vi", 1: "Vj", 2: "Pm"}
-
-
 class Node:
     """One operation applied to child nodes, with static integer/float parameters.
 
@@ -106,7 +101,3 @@ def postorder(root: Node) -> list[Node]:
 def variables(root: Node) -> list[Node]:
     """The variables used by ``root``, sorted by position."""
     return sorted((n for n in postorder(root) if n.is_var), key=var_pos)
-
-
-def walk(root: Node) -> Iterator[Node]:
-    yield from postorder(root)
