@@ -54,9 +54,10 @@ class Reduction:
         pos, dim, cat = self.args[k].params
         return f"'{self.names[k]}' (argument {k}, declared {CAT_LABEL[cat]}({dim}))"
 
-    def extra(self, dim: int, name: str) -> Node:
-        """A new output-indexed argument (incoming gradient, saved output) at the next position."""
-        return var(self.nargs, dim, self.out_cat)
+    def extra(self, dim: int, offset: int = 0) -> Node:
+        """A new output-indexed argument (incoming gradient, saved output) at position
+        ``nargs + offset``."""
+        return var(self.nargs + offset, dim, self.out_cat)
 
     def with_formula(self, formula: Node, extra: Sequence[tuple[Node, str]] = (),
                      out_cat: Optional[int] = None) -> "Reduction":  # fmt: skip
@@ -76,7 +77,7 @@ class Reduction:
     def grad(self, k: int) -> Optional["Reduction"]:
         """Sum reductions only: the reduction giving d(self)/d(arg k) contracted with the
         incoming gradient (a new argument ``nargs``); None when it is identically zero."""
-        g = self.extra(self.formula.dim, "gradient")
+        g = self.extra(self.formula.dim)
         fg = sym_grad(self.formula, self.args[k], g)
         if fg.is_zero:
             return None

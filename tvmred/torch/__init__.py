@@ -69,7 +69,7 @@ def _sum_rule(r, k, args, rest, g):
 def _lse_spec(r: Reduction, k: int) -> Optional[Reduction]:
     """KeOps' rule: d log sum_j e^F G = sum_j e^(F - L) (G dF + dG) / ..., with L the output."""
     dg = r.formula.dim - 1
-    gv, lv = r.extra(dg, "gradient"), _next(r, dg, 1)
+    gv, lv = r.extra(dg), r.extra(dg, 1)
     w = mul(gv, f("Exp", sub(r.main, lv)))
     v = r.args[k]
     if r.weight is None:
@@ -92,7 +92,7 @@ def _softmax_specs(r: Reduction, k: int) -> tuple[Reduction, Optional[Reduction]
     w = r.weight.args[1]  # the user's weight (the formula is Concat(F, Concat(1, w)))
     lse = Reduction(make("Concat", r.main, f("IntCst", params=(1,))), "LogSumExp", r.out_cat,
                     r.args, r.names, r.dtype_acc, None, r.main, None)  # fmt: skip
-    gv, sv, lv = r.extra(w.dim, "gradient"), _next(r, w.dim, 1), _next(r, 1, 2)
+    gv, sv, lv = r.extra(w.dim), r.extra(w.dim, 1), r.extra(1, 2)
     p = f("Exp", sub(r.main, lv))
     v = r.args[k]
     dF = mul(p, sub(f("Scalprod", gv, w), f("Scalprod", gv, sv)))
@@ -111,12 +111,6 @@ def _softmax_rule(r, k, args, rest, g):
     return _GenredFn.apply(spec, *args, g, rest[0], lse)
 
 
-def _next(r: Reduction, dim: int, offset: int) -> Node:
-    from ..tree import var
-
-    return var(r.nargs + offset, dim, r.out_cat)
-
-
 @functools.cache
 def _gathered_spec(r: Reduction, k: int, u: int) -> Optional[Reduction]:
     """Gradient of component u of F w.r.t. argument k, with every reduced-index variable
@@ -125,7 +119,7 @@ def _gathered_spec(r: Reduction, k: int, u: int) -> Optional[Reduction]:
     recast = _recast(r.formula, red_cat, out_cat)
     args = tuple(_recast(a, red_cat, out_cat) for a in r.args)
     comp = recast if recast.dim == 1 else f("Elem", recast, params=(u,))
-    gv = r.extra(1, "gradient")
+    gv = r.extra(1)
     fg = sym_grad(comp, args[k], gv)
     if fg.is_zero:
         return None
