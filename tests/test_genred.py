@@ -248,3 +248,12 @@ def test_bad_formulas_fail_at_construction():
         Genred("x", ["x = Vi(3)"], reduction_op="Median")
     with pytest.raises(ValueError, match="axis"):
         Genred("x", ["x = Vi(3)"], axis=2)
+
+
+def test_pickle_roundtrip():
+    import pickle
+
+    g = Genred(FORMULA, ALIASES, axis=1)
+    h = pickle.loads(pickle.dumps(g))
+    x, y, a, p = reference_inputs(20, 30, torch.float64)
+    torch.testing.assert_close(h(x, y, a, p), dense(x, y, a, p))

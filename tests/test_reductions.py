@@ -227,3 +227,17 @@ def test_direct_float32_sum_is_indeed_less_accurate():
         got = Genred("x+y", ["x = Vi(1)", "y = Vj(1)"], axis=1, sum_scheme=s)(x, y)
         errs[s] = abs(got[0, 0].item() - exact) / exact
     assert errs["kahan_scheme"] < errs["direct_sum"] / 10
+
+
+def test_fewer_reduced_rows_than_k():
+    x, y = torch.rand(4, 3, dtype=torch.float64), torch.rand(3, 3, dtype=torch.float64)
+    v, i = Genred("SqDist(x,y)", ["x = Vi(3)", "y = Vj(3)"], reduction_op="KMin_ArgKMin",
+                  axis=1, opt_arg=5)(x.requires_grad_(), y)  # fmt: skip
+    d2 = ((x[:, None] - y[None]) ** 2).sum(-1)
+    s, order = d2.sort(1)
+    torch.testing.assert_close(v[:, :3], s)
+    assert torch.equal(i[:, :3], order) and torch.all(i[:, 3:] == -1)
+    assert torch.all(torch.isinf(v[:, 3:]))
+    (g,) = torch.autograd.grad(v[:, :3].sum(), x)
+    (gr,) = torch.autograd.grad(s.sum(), x)
+    torch.testing.assert_close(g, gr)
