@@ -179,5 +179,7 @@ def compiler_available() -> bool:
     import tvm
 
     return tvm.get_global_func("target.build.llvm", allow_missing=True) is not None
+
+
 cache.on_clear.append(_KERNELS.clear)
 cache.on_clear.append(forget_memos)

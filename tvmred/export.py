@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any, Iterator, Union
 
 from . import build
-from .genred import Reduction, sum_scheme
+from .genred import Reduction
 from .tree import var
 
 GENRED_KEYS = ("formula", "aliases", "reduction_op", "axis", "opt_arg", "formula2", "dtype_acc",
@@ -83,8 +83,7 @@ def kernels_of(r: Reduction, grads: list[int]) -> Iterator[Reduction]:
 
 
 def _sig(r: Reduction, dtype: str) -> tuple:
-    acc = dtype if r.dtype_acc == "auto" else r.dtype_acc
-    opt = r.opt if r.red != "Sum" else sum_scheme(r.sum_scheme, dtype, acc)
+    acc, opt = r.resolve(dtype)
     return r.formula, r.red, r.out_cat, dtype, acc, opt
 
 

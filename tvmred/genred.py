@@ -67,6 +67,12 @@ class Reduction:
                          (*self.names, *(n for _, n in extra)), self.dtype_acc,
                          sum_scheme=self.sum_scheme)  # fmt: skip
 
+    def resolve(self, dtype: str) -> tuple[str, Any]:
+        """(accumulator dtype, kernel option) for data of ``dtype``: the option is K for the
+        K-min reductions and the resolved sum scheme for Sum."""
+        acc = dtype if self.dtype_acc == "auto" else self.dtype_acc
+        return acc, (self.opt if self.red != "Sum" else sum_scheme(self.sum_scheme, dtype, acc))
+
     def grad_axis(self, k: int) -> int:
         """Output category of the gradient w.r.t. argument k (parameters: per output row,
         summed afterwards)."""
@@ -208,8 +214,7 @@ def run_states(r: Reduction, args: Sequence[torch.Tensor]):
 def _kernel(r: Reduction, dtype: str, dev: torch.device) -> tuple[Any, Any]:
     """(compiled kernel, reduction option) of ``r`` for this dtype and device, memoised so a
     call costs no key computation (the caches behind get_kernel are keyed by text)."""
-    acc = dtype if r.dtype_acc == "auto" else r.dtype_acc
-    opt = r.opt if r.red != "Sum" else sum_scheme(r.sum_scheme, dtype, acc)
+    acc, opt = r.resolve(dtype)
     try:
         return get_kernel(r.formula, r.red, r.out_cat, dtype, acc, dev, opt), opt
     except LookupError as e:  # KernelNotExported: say which variables the Var(...) are

@@ -78,7 +78,6 @@ def tune(
     import torch
 
     from . import build, schedules
-    from .genred import sum_scheme
     from .torch import Genred
     from .tree import variables
 
@@ -92,8 +91,7 @@ def tune(
         rows = sizes[0] if cat == r.out_cat else sizes[1]
         shape = (dim,) if cat == 2 else (rows, dim)
         args.append(torch.rand(*shape, generator=gen, dtype=torch.float64).to(tdt))
-    acc = dtype if r.dtype_acc == "auto" else r.dtype_acc
-    opt = r.opt if r.red != "Sum" else sum_scheme(r.sum_scheme, dtype, acc)
+    acc, opt = r.resolve(dtype)
     target = build.target_for(args[0].device)
     key = build.key_text(r.formula, r.red, r.out_cat, dtype, acc, target, opt)
     default = build.row_block_for(r.formula, r.red, r.out_cat, target["kind"], dtype, acc, opt)
