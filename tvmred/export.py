@@ -64,22 +64,11 @@ def _genred(routine: dict, kind: str = "torch"):
 
 def kernels_of(r: Reduction, grads: list[int]) -> Iterator[Reduction]:
     """The reductions a forward call and the backward w.r.t. ``grads`` evaluate."""
-    from .torch import _gathered_spec, _lse_spec, _softmax_specs
+    from .torch import grad_specs
 
     yield r
     for k in grads:
-        rule = r.rdef.grad
-        if rule == "sum":
-            specs = [r.grad(k)]
-        elif rule == "lse":
-            specs = [_lse_spec(r, k)]
-        elif rule == "softmax":
-            specs = list(_softmax_specs(r, k))
-        elif rule == "select":
-            specs = [_gathered_spec(r, k, u) for u in range(r.formula.dim)]
-        else:
-            specs = []
-        yield from (s for s in specs if s is not None)
+        yield from grad_specs(r, k)
 
 
 def _sig(r: Reduction, dtype: str) -> tuple:

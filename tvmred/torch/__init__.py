@@ -163,6 +163,17 @@ def _select_rule(r, k, args, rest, g):
     return total
 
 
+def grad_specs(r: Reduction, k: int) -> list[Reduction]:
+    """The reductions the backward of ``r`` w.r.t. argument k evaluates (for export)."""
+    specs = {
+        "sum": lambda: [r.grad(k)],
+        "lse": lambda: [_lse_spec(r, k)],
+        "softmax": lambda: list(_softmax_specs(r, k)),
+        "select": lambda: [_gathered_spec(r, k, u) for u in range(r.formula.dim)],
+    }.get(r.rdef.grad, lambda: [])()
+    return [s for s in specs if s is not None]
+
+
 _RULES: dict[str, Callable] = {
     "sum": _sum_rule,
     "lse": _lse_rule,
