@@ -39,6 +39,15 @@ def cpu_rowblock(sch: s_tir.Schedule, shape: ReductionShape) -> s_tir.Schedule:
         blk = sch.get_sblock(name)
         sch.compute_at(blk, j)
     # accumulators in registers, one SIMD vector per state column
+    # the block's rows of each output-indexed input, copied once per block into a transposed
+    # (component-major) local buffer: every read in the j loop is then a contiguous vector
+    # load instead of a strided gather
+    blocks = [sch.get_sblock(name) for name in shape.stages] + [red]
+    for name, _dim in shape.row_inputs:
+        reader = next(b for b in blocks if _reads(sch, b, name))
+        cache = sch.cache_read(reader, name, "local")
+        sch.compute_at(cache, io)
+        sch.transform_layout(cache, ("write", 0), lambda a, b: (b, a))
     accs = [sch.cache_write(red, k, "local") for k in range(shape.outputs)]
     for k, acc in enumerate(accs):
         sch.reverse_compute_at(acc, io)
@@ -49,3 +58,7 @@ def cpu_rowblock(sch: s_tir.Schedule, shape: ReductionShape) -> s_tir.Schedule:
         sch.vectorize(sch.get_loops(sch.get_sblock(name))[-1])
     sch.decompose_reduction(red, j)
     return sch
+
+
+def _reads(sch: s_tir.Schedule, block, name: str) -> bool:
+    return any(r.source.name == name for r in sch.get(block).reads)

@@ -24,3 +24,4 @@ class ReductionShape:
     row_block: int  # output-row padding multiple
     stages: tuple[str, ...]  # names of the per-pair blocks
     n_inputs: int  # number of tensor inputs
+    row_inputs: tuple[tuple[str, int], ...] = ()  # (buffer name, dim) of the output-indexed inputs

@@ -36,6 +36,11 @@ class Lowered:
     shape: ReductionShape
 
 
+def slot_of(n: Node, arg: Node) -> int:
+    """The first argument slot of ``n`` holding ``arg``."""
+    return next(a for a, x in enumerate(n.args) if x is arg)
+
+
 def _staged(formula: Node, dtype: str, root_uses: list[int]) -> set[int]:
     """Ids of the nodes that get a per-pair stage: those one of whose components would be
     evaluated more than once per pair if inlined (counted in the scalar expression DAG, seen
@@ -47,11 +52,13 @@ def _staged(formula: Node, dtype: str, root_uses: list[int]) -> set[int]:
     for n in order:
         if not n.args:
             continue
-        names = [[f"_a{a}_{k}_" for k in range(arg.dim)] for a, arg in enumerate(n.args)]
+        # the same child in several argument slots (SqDist(x, y) = (x-y | x-y)) gets the same
+        # names: one expression reading it twice is CSE'd by the compiler, not a reason to stage
+        names = [[f"_a{slot_of(n, arg)}_{k}_" for k in range(arg.dim)] for arg in n.args]
         exprs = REGISTRY[n.op].te(
             [[tirx.Var(s, dtype) for s in row] for row in names], n.params, dtype
         )
-        flat = [s for row in names for s in row]
+        flat = [s for a, row in enumerate(names) for s in row if slot_of(n, n.args[a]) == a]
         # 1 if the expression reads that component at all: repeats inside one expression are
         # left to the compiler's CSE (staging them would only add register pressure)
         occ[id(n)] = [[int(bool(re.search(re.escape(s) + r"\b", str(e)))) for s in flat] for e in exprs]
@@ -66,7 +73,7 @@ def _staged(formula: Node, dtype: str, root_uses: list[int]) -> set[int]:
             continue
         weight = u if not stage else [1] * n.dim
         col = 0
-        for a in n.args:
+        for a in (arg for s, arg in enumerate(n.args) if slot_of(n, arg) == s):
             cnt = uses.setdefault(id(a), [0] * a.dim)
             for k in range(a.dim):
                 cnt[k] += sum(w * row[col + k] for w, row in zip(weight, occ[id(n)]))
@@ -161,6 +168,8 @@ def _lower(formula, red, out_cat, dtype, acc_dtype, row_block, opt) -> Lowered:
     cols = int(outs[0].shape[1])
     live = _reachable(outs)  # a stage can be folded away (e.g. a component the output ignores)
     stages = [s for s in stages if s in live]
+    row_inputs = tuple((holders[id(v)].name, v.dim) for v in inputs if var_cat(v) == out_cat
+                       and holders[id(v)].op.name in live)  # fmt: skip
     shape = ReductionShape(red.kind, cols, len(outs), dtype, acc_dtype, row_block, tuple(stages),
-                           len(inputs))  # fmt: skip
+                           len(inputs), row_inputs)  # fmt: skip
     return Lowered(func, inputs, shape)
