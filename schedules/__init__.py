@@ -7,16 +7,26 @@ from typing import Callable
 
 from tvm import s_tir
 
+import tvm
+
 from .cpu import cpu_row_block, cpu_rowblock
 from .cuda import cuda_row_block, cuda_rows
+from .early_exit import kselect_early_exit
 from .shape import ReductionShape
 
 Scheduler = Callable[[s_tir.Schedule, ReductionShape], s_tir.Schedule]
+Finisher = Callable[[tvm.IRModule, ReductionShape, dict], tvm.IRModule]
 
-#: (target kind) -> (row-block rule (dtype, width) -> rows, schedule function)
-TABLE: dict[str, tuple[Callable[[str, int], int], Scheduler]] = {
-    "llvm": (cpu_row_block, cpu_rowblock),
-    "cuda": (cuda_row_block, cuda_rows),
+
+def _as_is(mod: tvm.IRModule, shape: ReductionShape, target: dict) -> tvm.IRModule:
+    return mod
+
+
+#: (target kind) -> (row-block rule (dtype, width) -> rows, schedule function, rewrite of the
+#: scheduled module before ``tvm.compile``)
+TABLE: dict[str, tuple[Callable[[str, int], int], Scheduler, Finisher]] = {
+    "llvm": (cpu_row_block, cpu_rowblock, kselect_early_exit),
+    "cuda": (cuda_row_block, cuda_rows, _as_is),
 }
 
 
@@ -42,10 +52,16 @@ def schedule(sch: s_tir.Schedule, shape: ReductionShape, target_kind: str) -> s_
     return _entry(target_kind)[1](sch, shape)
 
 
-def _entry(kind: str) -> tuple[Callable[[str, int], int], Scheduler]:
+def finish(mod: tvm.IRModule, shape: ReductionShape, target: dict) -> tvm.IRModule:
+    """The scheduled module as ``tvm.compile`` gets it (IR rewrites the schedule primitives
+    cannot express, e.g. the K-selection early exit)."""
+    return _entry(target["kind"])[2](mod, shape, target)
+
+
+def _entry(kind: str) -> tuple[Callable[[str, int], int], Scheduler, Finisher]:
     if kind not in TABLE:
         raise NotImplementedError(f"no schedule for target kind {kind!r} (have {sorted(TABLE)})")
     return TABLE[kind]
 
 
-__all__ = ["ReductionShape", "row_block", "candidates", "schedule", "TABLE"]
+__all__ = ["ReductionShape", "row_block", "candidates", "schedule", "finish", "TABLE"]

@@ -241,3 +241,42 @@ def test_fewer_reduced_rows_than_k():
     (g,) = torch.autograd.grad(v[:, :3].sum(), x)
     (gr,) = torch.autograd.grad(s.sum(), x)
     torch.testing.assert_close(g, gr)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("k", [1, 3, 10])
+def test_kmin_over_many_rows_with_ties_inf_nan(dtype, k):
+    """Enough j that the CPU kernel's early exit (skip the insertion when no lane of a SIMD
+    block would insert) is taken most of the time; integer values give many ties, and some
+    distances are inf or NaN (there are always K finite ones, so neither is picked)."""
+    g = torch.Generator().manual_seed(k)
+    m, n = 77, 3000
+    x = torch.randint(0, 6, (m, 1), generator=g).to(torch.float64)
+    y = torch.randint(0, 40, (n, 1), generator=g).to(torch.float64)
+    y[torch.randperm(n, generator=g)[:50]] = float("inf")
+    y[torch.randperm(n, generator=g)[:50]] = float("nan")
+    v, i = Genred("Abs(x-y)", ["x = Vi(1)", "y = Vj(1)"], reduction_op="KMin_ArgKMin", axis=1,
+                  opt_arg=k)(x.to(dtype), y.to(dtype))  # fmt: skip
+    d = (x - y.T).abs()
+    key = torch.where(torch.isnan(d), torch.full_like(d, float("inf")), d)  # NaN: never picked
+    want_v, want_i = key.sort(dim=1, stable=True)  # ties: lowest index first
+    torch.testing.assert_close(v.double(), want_v[:, :k])
+    assert torch.equal(i, want_i[:, :k])
+
+
+def test_cpu_kselect_kernel_has_the_early_exit():
+    import tvm
+    from tvm import s_tir
+
+    from tvmred import schedules
+    from tvmred.build import cpu_target, row_block_for
+    from tvmred.genred import make_reduction
+    from tvmred.lower import lower
+    from tvmred.schedules.early_exit import has_early_exit
+
+    r = make_reduction("SqDist(x,y)", ["x = Vi(3)", "y = Vj(3)"], "ArgKMin", 1, "auto", 10)
+    rb = row_block_for(r.formula, r.red, 0, "llvm", "float32", "float32", 10)
+    low = lower(r.formula, r.rdef, 0, "float32", "float32", rb, 10, "llvm")
+    sch = schedules.schedule(s_tir.Schedule(low.func), low.shape, "llvm")
+    mod = schedules.finish(sch.mod, low.shape, cpu_target())
+    assert isinstance(mod, tvm.IRModule) and has_early_exit(mod)

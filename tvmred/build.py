@@ -105,7 +105,8 @@ def compile_reduction(formula: Node, red: str, out_cat: int, dtype: str, acc: st
     rb = row_block_for(formula, red, out_cat, kind, dtype, acc, opt, config)
     low = lower(formula, REDUCTIONS[red], out_cat, dtype, acc, rb, opt, kind)
     sch = schedules.schedule(s_tir.Schedule(low.func), low.shape, kind)
-    return tvm.compile(sch.mod, target=tvm.target.Target(target))
+    mod = schedules.finish(sch.mod, low.shape, target)
+    return tvm.compile(mod, target=tvm.target.Target(target))
 
 
 def get_kernel(formula: Node, red: str, out_cat: int, dtype: str, acc: str, device: Any,
