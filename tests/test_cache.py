@@ -25,7 +25,7 @@ print(json.dumps({"err": err, **tvmred.cache.stats}))
 
 
 def run(cache_dir, seed=3, n=1):
-    env = {**os.environ, "TVMRED_CACHE_DIR": str(cache_dir), "PYTHONPATH": str(ROOT)}
+    env = {**os.environ, "TVMRED_CACHE_DIR": str(cache_dir), "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
     code = SCRIPT.replace("SEED", str(seed))
     procs = [subprocess.Popen([sys.executable, "-c", code], env=env, stdout=subprocess.PIPE,
                               stderr=subprocess.PIPE, text=True) for _ in range(n)]

@@ -80,7 +80,7 @@ def test_manifest_lists_every_kernel(exported):
 
 def test_load_with_the_runtime_only(exported):
     path, _ = exported
-    env = {**os.environ, "TVM_USE_RUNTIME_LIB": "1", "PYTHONPATH": str(ROOT)}
+    env = {**os.environ, "TVM_USE_RUNTIME_LIB": "1", "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
     r = subprocess.run([sys.executable, "-c", CHILD, str(path)], env=env, capture_output=True,
                        text=True, timeout=300)  # fmt: skip
     assert r.returncode == 0, r.stderr

@@ -107,9 +107,10 @@ def test_misaligned_views_and_numpy_arrays():
     ref = torch.exp(-((x.double()[:, None] - y.double()[None]) ** 2).sum(-1)) @ y.double()[:, :1]
     torch.testing.assert_close(g(x, y).double(), ref, rtol=1e-5, atol=1e-5)
     xn = np.zeros(3 * 1000 + 1, dtype=np.float32)[1:].reshape(1000, 3)
-    xn[:] = x.numpy()
-    c = NpGenred("Exp(-SqDist(x,y))*Elem(y,0)", ["x = Vi(3)", "y = Vj(3)"], axis=1)(xn, y.numpy())
-    np.testing.assert_allclose(c, ref.numpy(), rtol=1e-5, atol=1e-5)
+    xn[:] = x.cpu().numpy()
+    c = NpGenred("Exp(-SqDist(x,y))*Elem(y,0)", ["x = Vi(3)", "y = Vj(3)"], axis=1)(
+        xn, y.cpu().numpy())  # fmt: skip
+    np.testing.assert_allclose(c, ref.cpu().numpy(), rtol=1e-5, atol=1e-5)
 
 
 def test_sizes_not_multiple_of_block_and_tiny():

@@ -249,12 +249,13 @@ def test_kmin_over_many_rows_with_ties_inf_nan(dtype, k):
     """Enough j that the CPU kernel's early exit (skip the insertion when no lane of a SIMD
     block would insert) is taken most of the time; integer values give many ties, and some
     distances are inf or NaN (there are always K finite ones, so neither is picked)."""
-    g = torch.Generator().manual_seed(k)
+    g = torch.Generator().manual_seed(k)  # on the CPU; the data then go to the test device
     m, n = 77, 3000
-    x = torch.randint(0, 6, (m, 1), generator=g).to(torch.float64)
-    y = torch.randint(0, 40, (n, 1), generator=g).to(torch.float64)
-    y[torch.randperm(n, generator=g)[:50]] = float("inf")
-    y[torch.randperm(n, generator=g)[:50]] = float("nan")
+    x = torch.randint(0, 6, (m, 1), generator=g, device="cpu").to(torch.float64)
+    y = torch.randint(0, 40, (n, 1), generator=g, device="cpu").to(torch.float64)
+    y[torch.randperm(n, generator=g, device="cpu")[:50]] = float("inf")
+    y[torch.randperm(n, generator=g, device="cpu")[:50]] = float("nan")
+    x, y = x.to(torch.get_default_device()), y.to(torch.get_default_device())
     v, i = Genred("Abs(x-y)", ["x = Vi(1)", "y = Vj(1)"], reduction_op="KMin_ArgKMin", axis=1,
                   opt_arg=k)(x.to(dtype), y.to(dtype))  # fmt: skip
     d = (x - y.T).abs()

@@ -90,8 +90,8 @@ def _ranged(r: Reduction, args: Sequence[torch.Tensor], fn: Callable, ranges: An
     jall = _indices(red)
     lens = red[:, 1] - red[:, 0]
     ends = torch.cumsum(lens, 0)
-    cuts = torch.cat([torch.zeros(1, dtype=torch.long), ends])[torch.cat(
-        [torch.zeros(1, dtype=torch.long), slices])].tolist()  # fmt: skip
+    zero = torch.zeros(1, dtype=torch.long, device=ends.device)
+    cuts = torch.cat([zero, ends])[torch.cat([zero, slices])].tolist()
     dev = args[0].device
     jall = jall.to(dev)
     pieces, rows = [], []
@@ -116,7 +116,8 @@ def _indices(ranges: torch.Tensor) -> torch.Tensor:
     """The concatenated ``arange(a0, a1)`` of the rows ``[a0, a1)`` of ``ranges``, vectorised."""
     lens = ranges[:, 1] - ranges[:, 0]
     starts = torch.cumsum(lens, 0) - lens
-    return torch.arange(int(lens.sum())) + torch.repeat_interleave(ranges[:, 0] - starts, lens)
+    n = int(lens.sum())
+    return torch.arange(n, device=ranges.device) + torch.repeat_interleave(ranges[:, 0] - starts, lens)
 
 
 def _global_index(res: Any, jidx: torch.Tensor) -> Any:

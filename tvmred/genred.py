@@ -205,7 +205,8 @@ def run_states(r: Reduction, args: Sequence[torch.Tensor]):
         return zero, [zero]
     k, opt = _kernel(r, dtype, dev)
     call_args, state, mb = kernel_args(r, k, args, n_out)
-    k.fn(*call_args, *state, mb, n_red)
+    if mb:  # no output rows: no launch (a CUDA grid of 0 blocks is an error)
+        k.fn(*call_args, *state, mb, n_red)
     state = [s[:n_out] for s in state]
     return r.rdef.finalize(state, opt, getattr(torch, dtype)), state
 

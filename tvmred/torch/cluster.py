@@ -67,7 +67,8 @@ def from_matrix(ranges_i: torch.Tensor, ranges_j: torch.Tensor, keep: torch.Tens
     """The pykeops ``ranges`` 6-tuple from cluster ranges and a (Ci, Cj) boolean mask of the
     cluster pairs to compute."""
     keep = keep.bool()
-    I, J = torch.meshgrid(torch.arange(keep.shape[0]), torch.arange(keep.shape[1]), indexing="ij")
+    ci, cj = (torch.arange(n, device=keep.device) for n in keep.shape)
+    I, J = torch.meshgrid(ci, cj, indexing="ij")
     redranges_j = ranges_j[J[keep]]
     redranges_i = ranges_i[I.t()[keep.t()]]
     slices_i = keep.sum(1).cumsum(0).int()
