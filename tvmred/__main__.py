@@ -41,7 +41,7 @@ def _tune(args: argparse.Namespace) -> int:
 
     rec = tune(args.formula, args.aliases, reduction_op=args.reduction, axis=args.axis,
                dtype=args.dtype, sizes=(args.M, args.N), trials=args.trials,
-               opt_arg=args.opt_arg, formula2=args.formula2)  # fmt: skip
+               opt_arg=args.opt_arg, formula2=args.formula2, device=args.device)  # fmt: skip
     for t in rec["trials"]:
         print(f"  {t['config']}: {t['time_s'] * 1e3:.2f} ms")
     print(f"best {rec['config']}: {rec['time_s'] * 1e3:.2f} ms, default "
@@ -88,6 +88,7 @@ def main(argv: list[str] | None = None) -> int:
     t.add_argument("--trials", type=int, default=None, help="at most this many settings")
     t.add_argument("--opt-arg", type=int, default=None)
     t.add_argument("--formula2", default=None)
+    t.add_argument("--device", default="cpu", help="cpu or cuda[:k]: where to measure")
     t.set_defaults(func=_tune)
     b = sub.add_parser("bench", help="run benchmarks/bench_suite.py (tvmred vs pykeops vs torch)")
     b.add_argument("rest", nargs=argparse.REMAINDER, help="its options, e.g. --quick")

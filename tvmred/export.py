@@ -27,6 +27,7 @@ import hashlib
 import json
 import os
 import time
+import warnings
 from pathlib import Path
 from typing import Any, Iterator, Union
 
@@ -163,6 +164,11 @@ def load(path: Union[str, os.PathLike]) -> Library:
         raise RuntimeError(f"{path} was exported with TVM {manifest.get('tvm')}, this is "
                            f"TVM {tvm.__version__}; export it again")  # fmt: skip
     cuda_ok = _cuda_available()
+    if cuda_ok and any(k["device"] == "cuda" for k in manifest["kernels"].values()):
+        cuda_ok = _cuda_runtime()
+        if not cuda_ok:
+            warnings.warn(f"{path}: this TVM runtime cannot load CUDA modules (no "
+                          "libtvm_runtime_cuda); only the CPU kernels are loaded", stacklevel=2)  # fmt: skip
     for h, k in manifest["kernels"].items():
         if k["device"] == "cuda" and not cuda_ok:
             continue  # exported for a GPU this process cannot use
@@ -180,6 +186,26 @@ def load(path: Union[str, os.PathLike]) -> Library:
 
 def _opt(o: Any) -> Any:
     return tuple(o) if isinstance(o, list) else o
+
+
+def _cuda_runtime() -> bool:
+    """Whether TVM can load CUDA modules; loads the CUDA sidecar of the runtime if needed (with
+    ``TVM_USE_RUNTIME_LIB=1`` TVM does not, and a CUDA kernel then fails to load)."""
+    import tvm
+
+    name = "ffi.Module.load_from_bytes.cuda"
+    if tvm.get_global_func(name, allow_missing=True) is None:
+        try:
+            from tvm.base import _LOADED_LIBS
+            from tvm_ffi.libinfo import load_lib_ctypes
+
+            here = Path(_LOADED_LIBS["tvm_runtime"]._name).resolve().parent
+            _LOADED_LIBS["tvm_runtime_cuda"] = load_lib_ctypes(
+                package="tvm", target_name="tvm_runtime_cuda", extra_lib_paths=[here],
+                mode="RTLD_LOCAL")  # fmt: skip
+        except (OSError, RuntimeError, KeyError, ImportError, AttributeError):
+            return False
+    return tvm.get_global_func(name, allow_missing=True) is not None
 
 
 def _cuda_available() -> bool:

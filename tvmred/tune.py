@@ -70,11 +70,13 @@ def tune(
     trials: Optional[int] = None,
     repeats: int = 3,
     progress: bool = True,
+    device: Any = None,
     **genred_kw: Any,
 ) -> dict:
     """Measure up to ``trials`` knob settings of the forward kernel of this reduction on random
     data of ``sizes`` = (M, N), store the fastest in the tuning database and return the record
-    (``config``, ``time_s``, ``default_time_s``, ``trials``)."""
+    (``config``, ``time_s``, ``default_time_s``, ``trials``).  ``device``: where to measure
+    (a torch device or its name; default: torch's default device), which picks the target."""
     import torch
 
     from . import build, schedules
@@ -84,13 +86,15 @@ def tune(
     g = Genred(formula, aliases, reduction_op=reduction_op, axis=axis, **genred_kw)
     r = g.reduction
     tdt = getattr(torch, dtype)
-    gen = torch.Generator().manual_seed(0)
+    dev = torch.device(device) if device is not None else torch.get_default_device()
+    gen = torch.Generator().manual_seed(0)  # a CPU generator: the same data on every device
     args = []
     for v in r.args:
         pos, dim, cat = v.params
         rows = sizes[0] if cat == r.out_cat else sizes[1]
         shape = (dim,) if cat == 2 else (rows, dim)
-        args.append(torch.rand(*shape, generator=gen, dtype=torch.float64).to(tdt))
+        args.append(torch.rand(*shape, generator=gen, dtype=torch.float64, device="cpu")
+                    .to(device=dev, dtype=tdt))  # fmt: skip
     acc, opt = r.resolve(dtype)
     target = build.target_for(args[0].device)
     key = build.key_text(r.formula, r.red, r.out_cat, dtype, acc, target, opt)
@@ -119,15 +123,20 @@ def tune(
 
 
 def _time(kernel: Any, r: Any, args: list, repeats: int) -> float:
+    import torch
+
     from .genred import check_args, kernel_args
 
     dtype, n_out, n_red = check_args(r, args)
     inputs, state, mb = kernel_args(r, kernel, args, n_out)
+    sync = torch.cuda.synchronize if args[0].device.type == "cuda" else (lambda: None)
     kernel.fn(*inputs, *state, mb, n_red)
+    sync()
     best = float("inf")
     for _ in range(repeats):
         t0 = time.perf_counter()
         kernel.fn(*inputs, *state, mb, n_red)
+        sync()
         best = min(best, time.perf_counter() - t0)
     return best
 
