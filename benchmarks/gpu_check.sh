@@ -1,22 +1,46 @@
 #!/usr/bin/env bash
-# The GPU check, in one device call (see DEVELOPERS.md): the whole test suite with CUDA tensors,
-# then the GPU benchmark. Results go to $OUT (the device tool's output folder) or
-# benchmarks/results/gpu/.
+# The GPU check, in one device call (see DEVELOPERS.md): a smoke test (reference example on
+# CUDA against dense float64 torch), the GPU benchmark, then the whole test suite with CUDA
+# tensors (pytest-xdist over the machine's cores).  Results go to $OUT (the device tool's
+# output folder) or benchmarks/results/gpu/.
 #
 #   prepare here:  ../shared/tools/device-bundle.sh            # TVM for the GPU machine
-#                  pip install --target .gpu-pylib pytest      # pytest for its Python 3.12
-#   device call:   carry [".devbundle", ".gpu-pylib"],
+#   device call:   carry [".devbundle"],
 #                  command "source .devbundle/setup.sh && bash benchmarks/gpu_check.sh"
+# (the GPU machine's Python already has pytest and pytest-xdist)
 set -u
 out=${OUT:-benchmarks/results/gpu}
 mkdir -p "$out"
-[ -d .gpu-pylib ] && export PYTHONPATH="$PYTHONPATH:$(pwd)/.gpu-pylib"
 export TVMRED_CACHE_DIR=${TVMRED_CACHE_DIR:-/tmp/tvmred-gpu-cache}
-nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv > "$out/device.txt" 2>&1
-python3 -c "import torch, tvm; print(torch.cuda.get_device_name(), torch.__version__, tvm.__version__)" >> "$out/device.txt" 2>&1
-TVMRED_TEST_DEVICE=cuda timeout 420 python3 -m pytest -q -x -p no:cacheprovider tests \
+{
+  nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv
+  command -v nvcc && nvcc --version | tail -2
+  python3 -c "import torch, tvm; print(torch.cuda.get_device_name(), torch.__version__, tvm.__version__)"
+} > "$out/device.txt" 2>&1
+timeout 120 python3 - > "$out/smoke.txt" 2>&1 <<'PY'
+import time, traceback, torch
+from tvmred.torch import Genred
+dev = torch.device("cuda")
+try:
+    g = Genred("Square(p-a)*Exp(x+y)", ["x = Vi(3)", "y = Vj(3)", "a = Vj(1)", "p = Pm(1)"], axis=1)
+    x, y, a, p = (torch.rand(*s, device=dev, dtype=torch.float64) for s in ((3000, 3), (5000, 3), (5000, 1), (1,)))
+    y.requires_grad_()
+    t = time.perf_counter(); c = g(x.float(), y.float(), a.float(), p.float()); torch.cuda.synchronize()
+    print("first call (compile + run) s", time.perf_counter() - t)
+    ref = (((p - a.T) ** 2)[..., None] * torch.exp(x[:, None] + y[None])).sum(1)
+    print("forward float32 max rel err", ((c.double() - ref).abs() / ref.abs()).max().item())
+    c64 = g(x, y, a, p); e = torch.rand_like(c64)
+    (gy,) = torch.autograd.grad(c64, y, e); (gr,) = torch.autograd.grad(ref, y, e)
+    print("float64 fwd err", ((c64 - ref).abs().max() / ref.abs().max()).item(), "grad err", ((gy - gr).abs().max() / gr.abs().max()).item())
+except Exception:
+    traceback.print_exc()
+PY
+timeout 150 python3 benchmarks/bench_gpu.py --out "$out/bench_gpu.json" > "$out/bench_gpu.txt" 2>&1
+echo "bench rc=$?" >> "$out/bench_gpu.txt"
+timeout 90 python3 -m tvmred tune "Exp(-SqDist(x,y))*b" "x = Vi(3)" "y = Vj(3)" "b = Vj(3)" \
+    --device cuda --M 100000 --N 100000 > "$out/tune_cuda.txt" 2>&1
+echo "tune rc=$?" >> "$out/tune_cuda.txt"
+CUDA_LAUNCH_BLOCKING=1 TVMRED_TEST_DEVICE=cuda timeout 270 python3 -m pytest -q -n 14 -p no:cacheprovider tests \
     > "$out/tests_cuda.txt" 2>&1
 echo "tests rc=$?" >> "$out/tests_cuda.txt"
-timeout 240 python3 benchmarks/bench_gpu.py --out "$out/bench_gpu.json" > "$out/bench_gpu.txt" 2>&1
-echo "bench rc=$?" >> "$out/bench_gpu.txt"
-tail -3 "$out/tests_cuda.txt" "$out/bench_gpu.txt"
+cat "$out/device.txt" "$out/smoke.txt"; tail -4 "$out/bench_gpu.txt"; cat "$out/tune_cuda.txt"; tail -15 "$out/tests_cuda.txt"
