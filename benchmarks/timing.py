@@ -6,13 +6,17 @@ import time
 from typing import Any, Callable
 
 
-def min_time(fn: Callable[[], Any], repeats: int, warmup: int = 1) -> float:
-    """The shortest of ``repeats`` calls of ``fn`` after ``warmup`` untimed calls (seconds)."""
+def min_time(fn: Callable[[], Any], repeats: int, warmup: int = 1, min_total: float = 0.25,
+             max_calls: int = 2000) -> float:  # fmt: skip
+    """The shortest call of ``fn`` (seconds) after ``warmup`` untimed calls: at least
+    ``repeats`` calls, more (up to ``max_calls``) until ``min_total`` seconds are spent, so a
+    sub-millisecond case is not judged on a handful of calls (thread wake-up noise)."""
     for _ in range(warmup):
         fn()
-    best = float("inf")
-    for _ in range(repeats):
+    best, spent, n = float("inf"), 0.0, 0
+    while n < repeats or (spent < min_total and n < max_calls):
         t0 = time.perf_counter()
         fn()
-        best = min(best, time.perf_counter() - t0)
+        dt = time.perf_counter() - t0
+        best, spent, n = min(best, dt), spent + dt, n + 1
     return best
