@@ -17,7 +17,7 @@ export TVMRED_CACHE_DIR=${TVMRED_CACHE_DIR:-/tmp/tvmred-gpu-cache}
   command -v nvcc && nvcc --version | tail -2
   python3 -c "import torch, tvm; print(torch.cuda.get_device_name(), torch.__version__, tvm.__version__)"
 } > "$out/device.txt" 2>&1
-timeout 120 python3 - > "$out/smoke.txt" 2>&1 <<'PY'
+timeout 60 python3 - > "$out/smoke.txt" 2>&1 <<'PY'
 import time, traceback, torch
 from tvmred.torch import Genred
 dev = torch.device("cuda")
@@ -35,12 +35,15 @@ try:
 except Exception:
     traceback.print_exc()
 PY
-timeout 150 python3 benchmarks/bench_gpu.py --out "$out/bench_gpu.json" > "$out/bench_gpu.txt" 2>&1
+timeout 100 python3 benchmarks/bench_gpu.py --out "$out/bench_gpu.json" > "$out/bench_gpu.txt" 2>&1
 echo "bench rc=$?" >> "$out/bench_gpu.txt"
-timeout 90 python3 -m tvmred tune "Exp(-SqDist(x,y))*b" "x = Vi(3)" "y = Vj(3)" "b = Vj(3)" \
-    --device cuda --M 100000 --N 100000 > "$out/tune_cuda.txt" 2>&1
-echo "tune rc=$?" >> "$out/tune_cuda.txt"
-CUDA_LAUNCH_BLOCKING=1 TVMRED_TEST_DEVICE=cuda timeout 270 python3 -m pytest -q -n 14 -p no:cacheprovider tests \
+CUDA_LAUNCH_BLOCKING=1 TVMRED_TEST_DEVICE=cuda timeout 200 python3 -m pytest -q -n 14 -p no:cacheprovider tests \
     > "$out/tests_cuda.txt" 2>&1
 echo "tests rc=$?" >> "$out/tests_cuda.txt"
+: > "$out/tune_cuda.txt"
+for n in 100000 1000000; do
+  timeout 60 python3 -m tvmred tune "Exp(-SqDist(x,y))*b" "x = Vi(3)" "y = Vj(3)" "b = Vj(3)" \
+      --device cuda --M $n --N $n >> "$out/tune_cuda.txt" 2>&1
+  echo "tune M=N=$n rc=$?" >> "$out/tune_cuda.txt"
+done
 cat "$out/device.txt" "$out/smoke.txt"; tail -4 "$out/bench_gpu.txt"; cat "$out/tune_cuda.txt"; tail -15 "$out/tests_cuda.txt"

@@ -54,3 +54,21 @@ def test_gpu_backend_without_gpu_is_a_clear_error():
         g(torch.rand(3, 1), torch.rand(4, 1), backend="GPU")
     with pytest.raises(ValueError, match="unknown backend"):
         g(torch.rand(3, 1), torch.rand(4, 1), backend="TPU")
+
+
+@pytest.mark.parametrize("red,formula,opt", [CASES[0], CASES[3], CASES[5]])
+def test_cuda_rows_per_thread_knob(red, formula, opt, tmp_path):
+    """Row blocks of 256 / 512 are 2 / 4 rows per thread of 128: registers stay compact (no
+    local array spanning the block) and nvcc accepts the code."""
+    for rb, per in ((256, 2), (512, 4)):
+        ex = compile_reduction(parse(formula, AL), red, 0, "float32", "float32",
+                               cuda_target("sm_90"), opt, {"row_block": rb})  # fmt: skip
+        src = ex.mod.imports[0].inspect_source()
+        assert "__launch_bounds__(128)" in src and f"(((int)threadIdx.x) * {per * 3})" in src
+        assert "[129]" not in src and "[257]" not in src
+        if shutil.which("nvcc"):
+            cu = tmp_path / "k.cu"
+            cu.write_text(src)
+            r = subprocess.run(["nvcc", "-cubin", "-arch=sm_90", "-o", str(tmp_path / "k.cubin"),
+                                str(cu)], capture_output=True, text=True)  # fmt: skip
+            assert r.returncode == 0, r.stderr
