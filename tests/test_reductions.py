@@ -243,21 +243,23 @@ def test_fewer_reduced_rows_than_k():
     torch.testing.assert_close(g, gr)
 
 
+@pytest.mark.parametrize("axis", [1, 0])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("k", [1, 3, 10])
-def test_kmin_over_many_rows_with_ties_inf_nan(dtype, k):
-    """Enough j that the CPU kernel's early exit (skip the insertion when no lane of a SIMD
-    block would insert) is taken most of the time; integer values give many ties, and some
-    distances are inf or NaN (there are always K finite ones, so neither is picked)."""
+def test_kmin_over_many_rows_with_ties_inf_nan(dtype, k, axis):
+    """Enough reduced rows that the CPU kernel's early exit (skip the insertion when no lane of
+    a SIMD block would insert) is taken most of the time; integer values give many ties, and
+    some distances are inf or NaN (there are always K finite ones, so neither is picked)."""
     g = torch.Generator().manual_seed(k)  # on the CPU; the data then go to the test device
-    m, n = 77, 3000
+    m, n = 77, 3000  # m output rows, n reduced rows
     x = torch.randint(0, 6, (m, 1), generator=g, device="cpu").to(torch.float64)
     y = torch.randint(0, 40, (n, 1), generator=g, device="cpu").to(torch.float64)
     y[torch.randperm(n, generator=g, device="cpu")[:50]] = float("inf")
     y[torch.randperm(n, generator=g, device="cpu")[:50]] = float("nan")
     x, y = x.to(torch.get_default_device()), y.to(torch.get_default_device())
-    v, i = Genred("Abs(x-y)", ["x = Vi(1)", "y = Vj(1)"], reduction_op="KMin_ArgKMin", axis=1,
-                  opt_arg=k)(x.to(dtype), y.to(dtype))  # fmt: skip
+    al = ["x = Vi(1)", "y = Vj(1)"] if axis == 1 else ["x = Vj(1)", "y = Vi(1)"]
+    v, i = Genred("Abs(x-y)", al, reduction_op="KMin_ArgKMin", axis=axis, opt_arg=k)(
+        x.to(dtype), y.to(dtype))  # fmt: skip
     d = (x - y.T).abs()
     key = torch.where(torch.isnan(d), torch.full_like(d, float("inf")), d)  # NaN: never picked
     want_v, want_i = key.sort(dim=1, stable=True)  # ties: lowest index first
