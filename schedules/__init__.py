@@ -44,7 +44,7 @@ def candidates(target_kind: str, dtype: str, default: int) -> list[dict]:
     if target_kind == "cuda":
         blocks = [64, 128, 256, 512]
     else:
-        blocks = [8, 16, 32, 64] if dtype == "float32" else [4, 8, 16, 32]
+        blocks = [8, 16, 32, 64, 128] if dtype == "float32" else [4, 8, 16, 32, 64]
     return [{"row_block": b} for b in [default] + [b for b in blocks if b != default]]
 
 

@@ -23,11 +23,14 @@ REGISTER_FLOATS = 512  # what 32 AVX-512 registers hold, in float32
 
 
 def cpu_row_block(dtype: str, width: int = 1) -> int:
-    """Lanes per row block: two AVX-512 vectors of the data type, fewer when what the block
-    keeps across the j loop (``width`` values per row: output-indexed inputs and reduction
-    state) would not fit in the registers.  Measured: Gaussian D = 64, 8 rows run 3x faster
-    than 32; ArgKMin K = 10 (20 state values), 16 rows 1.45x faster than 32."""
-    lanes = 32 if dtype == "float32" else 16
+    """Lanes per row block: four AVX-512 vectors of the data type, fewer when the block's
+    reduction state (``width`` values per row, kept in registers across the j loop) would not
+    fit in the registers.  The block's inputs do not count: they are read from a local
+    (L1-resident) copy at every j.  Measured on the 2-core AVX-512 machine (kernel alone,
+    N = M = 1e4): Gaussian D = 3 64 lanes 15.2 ms, 32 lanes 17.6 ms; Gaussian D = 64 64 lanes
+    51 ms, 8 lanes 125 ms; ArgKMin K = 10 (20 state values) 16 lanes 6.6 ms, 32 lanes 13.8 ms;
+    float64 Gaussian 32 lanes 29.4 ms, 16 lanes 34.1 ms."""
+    lanes = 64 if dtype == "float32" else 32
     budget = REGISTER_FLOATS if dtype == "float32" else REGISTER_FLOATS // 2
     while lanes > 8 and lanes * width > budget:
         lanes //= 2

@@ -149,12 +149,13 @@ def get_kernel(formula: Node, red: str, out_cat: int, dtype: str, acc: str, devi
 def row_block_for(formula: Node, red: str, out_cat: int, kind: str, dtype: str, acc: str,
                   opt: Any = None, config: Optional[dict] = None) -> int:  # fmt: skip
     """Rows per block: the tuned value, else the schedule's rule for the shape: ``width`` =
-    values per row that the block keeps in registers across the j loop (its output-indexed
-    inputs and its reduction state)."""
+    values per row that the block keeps in registers across the j loop, its reduction state
+    (a block sum's int32 column is the j counter, the same in every lane: not counted)."""
     from . import schedules
 
-    width = sum(v.dim for v in variables(formula) if v.params[2] == out_cat)
-    width += sum(cols for cols, _ in REDUCTIONS[red].state(formula.dim, opt, dtype, acc))
+    rd = REDUCTIONS[red]
+    state = rd.state(formula.dim, opt, dtype, acc)
+    width = sum(c for c, dt in state if not (rd.kind == "sum" and dt == "int32"))
     return schedules.row_block(kind, dtype, config, width)
 
 
