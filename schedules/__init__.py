@@ -3,23 +3,28 @@ target, never the formula (see ``shape.py``)."""
 
 from __future__ import annotations
 
-from typing import Callable
-
-from tvm import s_tir
-
-import tvm
+from typing import TYPE_CHECKING, Callable
 
 from .cpu import cpu_row_block, cpu_rowblock
 from .cuda import cuda_row_block, cuda_rows
-from .early_exit import kselect_early_exit
 from .shape import ReductionShape
 
-Scheduler = Callable[[s_tir.Schedule, ReductionShape], s_tir.Schedule]
-Finisher = Callable[[tvm.IRModule, ReductionShape, dict], tvm.IRModule]
+if TYPE_CHECKING:  # importing this package must not import TVM: see tvmred.runtime
+    import tvm
+    from tvm import s_tir
+
+Scheduler = Callable[["s_tir.Schedule", ReductionShape], "s_tir.Schedule"]
+Finisher = Callable[["tvm.IRModule", ReductionShape, dict], "tvm.IRModule"]
 
 
 def _as_is(mod: tvm.IRModule, shape: ReductionShape, target: dict) -> tvm.IRModule:
     return mod
+
+
+def kselect_early_exit(mod: tvm.IRModule, shape: ReductionShape, target: dict) -> tvm.IRModule:
+    from .early_exit import kselect_early_exit as rewrite
+
+    return rewrite(mod, shape, target)
 
 
 #: (target kind) -> (row-block rule (dtype, width) -> rows, schedule function, rewrite of the

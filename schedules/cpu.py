@@ -14,7 +14,10 @@ scheduling (``early_exit.py``).
 
 from __future__ import annotations
 
-from tvm import s_tir
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # the row-block rules run without importing TVM (cached kernels)
+    from tvm import s_tir
 
 from .shape import ReductionShape
 

@@ -11,7 +11,10 @@ reduced index padded and masked; they are the next step (see issue 5).
 
 from __future__ import annotations
 
-from tvm import s_tir
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # the row-block rules run without importing TVM (cached kernels)
+    from tvm import s_tir
 
 from .shape import ReductionShape
 

@@ -20,7 +20,7 @@ x, y, b = torch.rand(100, 3, dtype=torch.float64), torch.rand(120, 3, dtype=torc
 c = Genred("Exp(-SqDist(x,y)*IntCst(SEED))*b", ["x = Vi(3)", "y = Vj(3)", "b = Vj(2)"], axis=1)(x, y, b)
 ref = torch.exp(-((x[:, None] - y[None]) ** 2).sum(-1) * SEED) @ b
 err = ((c - ref).abs().max() / ref.abs().max()).item()
-print(json.dumps({"err": err, **tvmred.cache.stats}))
+print(json.dumps({"err": err, "tvm_imported": "tvm" in sys.modules, **tvmred.cache.stats}))
 """
 
 
@@ -41,10 +41,39 @@ def test_second_process_reuses_the_disk_cache(tmp_path):
     (first,) = run(tmp_path)
     assert first["compiled"] == 1 and first["err"] < 1e-13
     assert len(list(tmp_path.glob("*.so"))) == 1
-    manifest = json.loads(next(tmp_path.glob("*.json")).read_text())
+    manifest = json.loads(next(p for p in tmp_path.glob("*.json") if p.name != "host.json").read_text())
     assert "Exp" in manifest["formula"] and manifest["sha256"]
     (second,) = run(tmp_path)
     assert second["compiled"] == 0 and second["disk_hits"] == 1 and second["err"] < 1e-13
+    # a process whose kernels are all cached never imports the TVM compiler (tvmred.runtime)
+    assert first["tvm_imported"] and not second["tvm_imported"]
+
+
+LIGHT_THEN_COMPILE = r"""
+import json, sys, torch
+from tvmred.torch import Genred
+al = ["x = Vi(3)", "y = Vj(3)", "b = Vj(2)"]
+x, y, b = torch.rand(50, 3, dtype=torch.float64), torch.rand(60, 3, dtype=torch.float64), torch.rand(60, 2, dtype=torch.float64)
+c1 = Genred("Exp(-SqDist(x,y)*IntCst(SEED))*b", al, axis=1)(x, y, b)  # cached: no TVM import
+light = "tvm" not in sys.modules
+c2 = Genred("Sin((x|y))*b", al, axis=1)(x, y, b)  # new: imports TVM and compiles
+c3 = Genred("Exp(-SqDist(x,y)*IntCst(SEED))*b", al, axis=1)(x, y, b)
+r1 = torch.exp(-((x[:, None] - y[None]) ** 2).sum(-1) * SEED) @ b
+r2 = torch.sin(x @ y.T) @ b
+print(json.dumps({"light": light, "err": max(((c1 - r1).abs().max() / r1.abs().max()).item(),
+                  ((c2 - r2).abs().max() / r2.abs().max()).item(), (c3 - r1).abs().max().item())}))
+"""
+
+
+def test_cached_kernel_without_tvm_then_a_compile_in_the_same_process(tmp_path):
+    run(tmp_path, seed=5)
+    env = {**os.environ, "TVMRED_CACHE_DIR": str(tmp_path),
+           "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}  # fmt: skip
+    r = subprocess.run([sys.executable, "-c", LIGHT_THEN_COMPILE.replace("SEED", "5")], env=env,
+                       capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout.strip().splitlines()[-1])
+    assert out["light"] and out["err"] < 1e-13
 
 
 @pytest.mark.parametrize("damage", ["truncate", "garbage", "manifest"])

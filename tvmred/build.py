@@ -41,10 +41,9 @@ class Kernel:
 def cpu_target() -> dict:
     """The LLVM target for this CPU: the explicit CPU name (``-mcpu=native`` is silently
     generic in TVM 0.27), overridable with ``TVMRED_LLVM_MCPU``."""
-    from tvm.target import codegen
+    from .runtime import host_cpu
 
-    mcpu = os.environ.get("TVMRED_LLVM_MCPU") or codegen.llvm_get_system_cpu()
-    return {"kind": "llvm", "mcpu": mcpu}
+    return {"kind": "llvm", "mcpu": os.environ.get("TVMRED_LLVM_MCPU") or host_cpu()}
 
 
 def cuda_target(arch: str) -> dict:
@@ -82,11 +81,11 @@ def code_fingerprint() -> str:
 def key_text(formula: Node, red: str, out_cat: int, dtype: str, acc: str, target: dict,
              opt: Any = None, config: Optional[dict] = None) -> str:  # fmt: skip
     """The cache key; without ``config`` it is also the tuning database's key."""
-    import tvm
+    from .runtime import tvm_version
 
     key = {"formula": str(formula), "red": REDUCTIONS[red].kind + ":" + red, "opt": opt,
            "out_cat": out_cat, "dtype": dtype, "acc": acc, "target": target,
-           "tvmred": __version__, "code": code_fingerprint(), "tvm": tvm.__version__}  # fmt: skip
+           "tvmred": __version__, "code": code_fingerprint(), "tvm": tvm_version()}  # fmt: skip
     if config:
         key["schedule"] = config
     return json.dumps(key, sort_keys=True)
@@ -117,7 +116,7 @@ def get_kernel(formula: Node, red: str, out_cat: int, dtype: str, acc: str, devi
     pre = _PRELOADED.get((str(formula), red, out_cat, dtype, acc, opt, device.type))
     if pre is not None:
         return pre
-    if not compiler_available():
+    if _runtime_only():
         from .export import KernelNotExported
 
         raise KernelNotExported(
@@ -173,6 +172,15 @@ def forget_memos() -> None:
     from .genred import _kernel
 
     _kernel.cache_clear()
+
+
+def _runtime_only() -> bool:
+    """True when this process cannot compile, decided without importing TVM if possible."""
+    if os.environ.get("TVM_USE_RUNTIME_LIB") == "1":
+        return True
+    import sys
+
+    return "tvm" in sys.modules and not compiler_available()
 
 
 @functools.lru_cache(maxsize=None)

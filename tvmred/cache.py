@@ -53,7 +53,7 @@ def _locked(path: Path) -> Iterator[None]:
 
 def _load(d: Path, h: str, key_text: str) -> Any | None:
     """The module stored for ``h``, or None if absent; a corrupt entry is removed."""
-    import tvm
+    from .runtime import load_module
 
     so, meta = d / f"{h}.so", d / f"{h}.json"
     if not meta.exists():
@@ -64,7 +64,7 @@ def _load(d: Path, h: str, key_text: str) -> Any | None:
             raise ValueError("manifest key differs (hash collision or foreign file)")
         if not so.exists() or _sha(so) != info.get("sha256"):
             raise ValueError("shared library missing or its SHA-256 does not match the manifest")
-        return tvm.runtime.load_module(str(so))
+        return load_module(str(so), json.loads(key_text)["target"]["kind"])
     except Exception as e:  # corrupt manifest, truncated .so, failed dlopen
         log.warning("tvmred cache: entry %s is corrupt (%s); rebuilding", h, e)
         stats["rebuilt_corrupt"] += 1
@@ -137,7 +137,7 @@ def entries() -> list[dict]:
     d = cache_dir()
     out = []
     for meta in sorted(d.glob("*.json")) if d.exists() else []:
-        if meta.name == "tuning.json":
+        if meta.name in ("tuning.json", "host.json"):
             continue
         with contextlib.suppress(Exception):
             info = json.loads(meta.read_text())
