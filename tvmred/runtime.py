@@ -105,7 +105,8 @@ def _runtime_loaded() -> bool:
 def load_module(path: str, device_kind: str) -> Any:
     """The runtime module in ``path``: through ``tvm_ffi`` alone for a CPU kernel while TVM
     is not imported, else through ``tvm.runtime.load_module``."""
-    if device_kind == "llvm" and "tvm" not in sys.modules:
+    # (with TVM_LIBRARY_PATH TVM may load another libtvm_runtime later: not worth the risk)
+    if device_kind == "llvm" and "tvm" not in sys.modules and "TVM_LIBRARY_PATH" not in os.environ:
         try:
             if _runtime_loaded():
                 import tvm_ffi
