@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
-# The GPU check, in one device call (see DEVELOPERS.md): a smoke test (reference example on
-# CUDA against dense float64 torch), the GPU benchmark, then the whole test suite with CUDA
-# tensors (pytest-xdist over the machine's cores).  Results go to $OUT (the device tool's
-# output folder) or benchmarks/results/gpu/.
+# The GPU check, in one call on a GPU machine: a smoke test (reference example on
+# CUDA against dense float64 torch), the GPU benchmark, the whole test suite with CUDA tensors
+# (pytest-xdist over the machine's cores), then `tvmred tune --device cuda` at two sizes.
+# Results go to $OUT (the device tool's output folder) or benchmarks/results/gpu/.
 #
 #   prepare here:  ../shared/tools/device-bundle.sh            # TVM for the GPU machine
 #   device call:   carry [".devbundle"],
