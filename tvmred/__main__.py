@@ -58,7 +58,10 @@ def _bench(args: argparse.Namespace) -> int:
         print("the benchmark suite lives in the source tree: benchmarks/bench_suite.py")
         return 1
     sys.argv = [str(script), *args.rest]
-    runpy.run_path(str(script), run_name="__main__")
+    try:
+        runpy.run_path(str(script), run_name="__main__")
+    except SystemExit as e:  # the script ends with sys.exit(main())
+        return e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
     return 0
 
 
@@ -90,10 +93,16 @@ def main(argv: list[str] | None = None) -> int:
     t.add_argument("--formula2", default=None)
     t.add_argument("--device", default="cpu", help="cpu or cuda[:k]: where to measure")
     t.set_defaults(func=_tune)
-    b = sub.add_parser("bench", help="run benchmarks/bench_suite.py (tvmred vs pykeops vs torch)")
-    b.add_argument("rest", nargs=argparse.REMAINDER, help="its options, e.g. --quick")
-    b.set_defaults(func=_bench)
-    args = p.parse_args(argv)
+    b = sub.add_parser("bench", help="run benchmarks/bench_suite.py (tvmred vs pykeops vs "
+                       "torch); its options follow, e.g. --quick")  # fmt: skip
+    b.set_defaults(func=_bench, rest=[])
+    # bench forwards its options (--quick, --only ...) to the script: argparse's REMAINDER
+    # positional rejects a first option that starts with "--", so collect the unknown ones
+    args, extra = p.parse_known_args(argv)
+    if extra:
+        if args.func is not _bench:
+            p.error(f"unrecognized arguments: {' '.join(extra)}")
+        args.rest = extra
     return args.func(args)
 
 
