@@ -37,8 +37,8 @@ TABLE: dict[str, tuple[Callable[[str, int], int], Scheduler, Finisher]] = {
 
 def row_block(target_kind: str, dtype: str, config: dict | None = None, width: int = 1) -> int:
     """How many output rows the kernel for ``target_kind`` handles per block (padding multiple):
-    the tuned value from ``config`` if any, else the template's rule for ``width`` (the total
-    dimension of the output-indexed inputs)."""
+    the tuned value from ``config`` if any, else the template's rule for ``width`` (the
+    reduction-state values per row that the block keeps in registers)."""
     if config and "row_block" in config:
         return int(config["row_block"])
     return _entry(target_kind)[0](dtype, width)

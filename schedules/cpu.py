@@ -49,7 +49,6 @@ def cpu_rowblock(sch: s_tir.Schedule, shape: ReductionShape) -> s_tir.Schedule:
     for name in reversed(shape.stages):  # consumers first, so every stage lands under j
         blk = sch.get_sblock(name)
         sch.compute_at(blk, j)
-    # accumulators in registers, one SIMD vector per state column
     # the block's rows of each output-indexed input, copied once per block into a transposed
     # (component-major) local buffer: every read in the j loop is then a contiguous vector
     # load instead of a strided gather
@@ -59,6 +58,7 @@ def cpu_rowblock(sch: s_tir.Schedule, shape: ReductionShape) -> s_tir.Schedule:
         cache = sch.cache_read(reader, name, "local")
         sch.compute_at(cache, io)
         sch.transform_layout(cache, ("write", 0), lambda a, b: (b, a))
+    # accumulators in registers, one SIMD vector per state column
     accs = [sch.cache_write(red, k, "local") for k in range(shape.outputs)]
     for k, acc in enumerate(accs):
         sch.reverse_compute_at(acc, io)
