@@ -138,11 +138,17 @@ def get_kernel(formula: Node, red: str, out_cat: int, dtype: str, acc: str, devi
             lambda: compile_reduction(formula, red, out_cat, dtype, acc, target, opt, config),
             {"formula": str(formula), "reduction": red, "schedule": config},
         )
-        rb = row_block_for(formula, red, out_cat, target["kind"], dtype, acc, opt, config)
-        state = tuple(REDUCTIONS[red].state(formula.dim, opt, dtype, acc))
-        kernel = Kernel(mod["main"], tuple(variables(formula)), rb, state, config)
+        kernel = make_kernel(mod["main"], formula, red, out_cat, target, dtype, acc, opt, config)
         _KERNELS[base] = kernel
     return kernel
+
+
+def make_kernel(fn: Any, formula: Node, red: str, out_cat: int, target: dict, dtype: str,
+                acc: str, opt: Any = None, config: Optional[dict] = None) -> Kernel:  # fmt: skip
+    """The :class:`Kernel` around a compiled ``main`` of this reduction and schedule."""
+    rb = row_block_for(formula, red, out_cat, target["kind"], dtype, acc, opt, config)
+    state = tuple(REDUCTIONS[red].state(formula.dim, opt, dtype, acc))
+    return Kernel(fn, tuple(variables(formula)), rb, state, config)
 
 
 def row_block_for(formula: Node, red: str, out_cat: int, kind: str, dtype: str, acc: str,

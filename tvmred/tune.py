@@ -81,7 +81,6 @@ def tune(
 
     from . import build, schedules
     from .torch import Genred
-    from .tree import variables
 
     g = Genred(formula, aliases, reduction_op=reduction_op, axis=axis, **genred_kw)
     r = g.reduction
@@ -105,10 +104,8 @@ def tune(
         if progress:
             _progress(n, len(space), f"compiling and timing {config}")
         ex = build.compile_reduction(r.formula, r.red, r.out_cat, dtype, acc, target, opt, config)
-        kernel = build.Kernel(ex.mod["main"], tuple(variables(r.formula)),
-                              build.row_block_for(r.formula, r.red, r.out_cat, target["kind"],
-                                                  dtype, acc, opt, config),
-                              tuple(r.rdef.state(r.formula.dim, opt, dtype, acc)), config)  # fmt: skip
+        kernel = build.make_kernel(ex.mod["main"], r.formula, r.red, r.out_cat, target, dtype,
+                                   acc, opt, config)  # fmt: skip
         results.append({"config": config, "time_s": _time(kernel, r, args, repeats)})
     if progress:
         _progress(len(space), len(space), "done")
