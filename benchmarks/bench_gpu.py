@@ -48,21 +48,29 @@ def main() -> int:
         t = cuda_time(lambda: g(x, y, b), 3 if N >= 1e6 else 10)
         row = {"case": f"gauss D=3 M={M:g} N={N:g}", "tvmred_s": t, "ns_per_pair": t / M / N * 1e9}
         if M * N <= 1e8:
-            row["torch_s"] = cuda_time(lambda: torch.exp(-torch.cdist(x, y) ** 2) @ b, 10)
+            row["torch_s"] = cuda_time(lambda: torch.exp(-(torch.cdist(x, y) ** 2)) @ b, 10)
         rows.append(row)
         print(json.dumps(row), flush=True)
-    ref = Genred("Square(p-a)*Exp(x+y)", ["x = Vi(3)", "y = Vj(3)", "a = Vj(1)", "p = Pm(1)"], axis=1)
+    ref = Genred(
+        "Square(p-a)*Exp(x+y)", ["x = Vi(3)", "y = Vj(3)", "a = Vj(1)", "p = Pm(1)"], axis=1
+    )
     x, y, aa, pp = (torch.rand(*s, device=dev) for s in ((3000, 3), (5000, 3), (5000, 1), (1,)))
     y.requires_grad_()
     rows.append({"case": "reference forward", "tvmred_s": cuda_time(lambda: ref(x, y, aa, pp), 10)})
     c = ref(x, y, aa, pp)
     e = torch.rand_like(c)
-    rows.append({"case": "reference forward+grad y", "tvmred_s": cuda_time(
-        lambda: torch.autograd.grad(ref(x, y, aa, pp), y, e), 10)})  # fmt: skip
+    rows.append(
+        {
+            "case": "reference forward+grad y",
+            "tvmred_s": cuda_time(lambda: torch.autograd.grad(ref(x, y, aa, pp), y, e), 10),
+        }
+    )
     for r in rows[-2:]:
         print(json.dumps(r), flush=True)
     Path(a.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(a.out).write_text(json.dumps({"device": torch.cuda.get_device_name(), "rows": rows}, indent=1))
+    Path(a.out).write_text(
+        json.dumps({"device": torch.cuda.get_device_name(), "rows": rows}, indent=1)
+    )
     return 0
 
 

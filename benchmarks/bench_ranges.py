@@ -41,7 +41,11 @@ def main() -> int:
     torch.set_num_threads(os.cpu_count() or 1)
     g = torch.Generator().manual_seed(0)
     n = a.n
-    x, y, b = torch.rand(n, 2, generator=g), torch.rand(n, 2, generator=g), torch.rand(n, 1, generator=g)
+    x, y, b = (
+        torch.rand(n, 2, generator=g),
+        torch.rand(n, 2, generator=g),
+        torch.rand(n, 1, generator=g),
+    )
     (x,), lx = sort_clusters((x,), grid_cluster(x, 0.05))
     (y, b), ly = sort_clusters((y, b), grid_cluster(y, 0.05))
     rx, cx, _ = cluster_ranges_centroids(x, lx)
@@ -61,16 +65,28 @@ def main() -> int:
     for radius in (0.05, 0.1, 0.2, 0.4, 2.0):
         keep = d2 < radius**2
         ranges = from_matrix(rx, ry, keep)
-        frac = (keep.float() * (rx[:, 1] - rx[:, 0])[:, None] * (ry[:, 1] - ry[:, 0])[None]).sum() / n**2
+        frac = (
+            keep.float() * (rx[:, 1] - rx[:, 0])[:, None] * (ry[:, 1] - ry[:, 0])[None]
+        ).sum() / n**2
         t = best(lambda: tv(x, y, b, ranges=ranges))
-        row = {"radius": radius, "kept_pairs": frac.item(), "tvmred_ranges_s": t, "tvmred_dense_s": dense}
+        row = {
+            "radius": radius,
+            "kept_pairs": frac.item(),
+            "tvmred_ranges_s": t,
+            "tvmred_dense_s": dense,
+        }
         if pk is not None:
             row["pykeops_ranges_s"] = best(lambda: pk(x, y, b, ranges=ranges, backend="CPU"))
         rows.append(row)
-        print(f"radius {radius:4}: kept {frac * 100:5.1f}% of pairs  tvmred {t * 1e3:8.2f} ms"
-              + (f"  pykeops {row['pykeops_ranges_s'] * 1e3:8.2f} ms" if pk else ""), flush=True)
+        print(
+            f"radius {radius:4}: kept {frac * 100:5.1f}% of pairs  tvmred {t * 1e3:8.2f} ms"
+            + (f"  pykeops {row['pykeops_ranges_s'] * 1e3:8.2f} ms" if pk else ""),
+            flush=True,
+        )
     Path(a.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(a.out).write_text(json.dumps({"n": n, "clusters": [len(rx), len(ry)], "rows": rows}, indent=1))
+    Path(a.out).write_text(
+        json.dumps({"n": n, "clusters": [len(rx), len(ry)], "rows": rows}, indent=1)
+    )
     return 0
 
 

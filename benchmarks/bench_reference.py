@@ -41,6 +41,7 @@ from typing import Any, Callable, Optional
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "benchmarks"))
 from timing import min_time as _min_time  # noqa: E402
+
 M, N = 3000, 5000
 FORMULA = "Square(p-a)*Exp(x+y)"
 VARIABLES = ["x = Vi(3)", "y = Vj(3)", "a = Vj(1)", "p = Pm(1)"]
@@ -101,9 +102,12 @@ def warm_timings(repeats: int, use_pykeops: bool) -> tuple[dict, dict]:
 
     c_ref, g_ref = outputs["torch"]
     errors = {
-        lib: max(((c - c_ref).abs() / c_ref.abs()).max().item(),
-                 ((g - g_ref).abs() / g_ref.abs()).max().item())  # fmt: skip
-        for lib, (c, g) in outputs.items() if lib != "torch"
+        lib: max(
+            ((c - c_ref).abs() / c_ref.abs()).max().item(),
+            ((g - g_ref).abs() / g_ref.abs()).max().item(),
+        )
+        for lib, (c, g) in outputs.items()
+        if lib != "torch"
     }
     return times, errors
 
@@ -144,8 +148,16 @@ def cold_child(lib: str, variant: int, restart: bool = False) -> None:
     if restart:
         print(json.dumps({"restart": t4 - t1}))
         return
-    print(json.dumps({"import_torch": t1 - t0, "import": t2 - t1, "first_call": t3 - t2,
-                      "first_grad": t4 - t3}))  # fmt: skip
+    print(
+        json.dumps(
+            {
+                "import_torch": t1 - t0,
+                "import": t2 - t1,
+                "first_call": t3 - t2,
+                "first_grad": t4 - t3,
+            }
+        )
+    )
 
 
 def cold_timings(lib: str, runs: int) -> dict[str, list[float]]:
@@ -156,9 +168,20 @@ def cold_timings(lib: str, runs: int) -> dict[str, list[float]]:
             env = dict(os.environ, TVMRED_CACHE_DIR=tmp, KEOPS_CACHE_FOLDER=tmp, PYTHONPATH=path)
             for extra in ([], ["--restart"]):  # empty cache, then the same formula cached
                 proc = subprocess.run(
-                    [sys.executable, __file__, "--cold-child", lib, "--variant", str(2 + r),
-                     *extra], env=env, capture_output=True, text=True, check=False,
-                )  # fmt: skip
+                    [
+                        sys.executable,
+                        __file__,
+                        "--cold-child",
+                        lib,
+                        "--variant",
+                        str(2 + r),
+                        *extra,
+                    ],
+                    env=env,
+                    capture_output=True,
+                    text=True,
+                    check=False,
+                )
                 if proc.returncode != 0:
                     raise RuntimeError(f"cold {lib} subprocess failed:\n{proc.stderr[-3000:]}")
                 res = json.loads(proc.stdout.strip().splitlines()[-1])
@@ -220,11 +243,18 @@ def machine() -> dict[str, Any]:
                 break
     except OSError:
         cpu = platform.processor() or cpu
-    info = {"cpu": cpu, "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
-            "llvm_mcpu": cpu_target()["mcpu"], "platform": platform.platform(),
-            "python": platform.python_version(), "torch": torch.__version__,
-            "tvm": tvm.__version__, "tvmred": __version__,
-            "tvmred_git": git_revision()}  # fmt: skip
+    info = {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "llvm_mcpu": cpu_target()["mcpu"],
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "tvm": tvm.__version__,
+        "tvmred": __version__,
+        "tvmred_git": git_revision(),
+    }
     if have_pykeops():
         from importlib.metadata import version
 
@@ -238,34 +268,51 @@ def ratio(num: Optional[float], den: Optional[float]) -> str:
 
 def print_table(res: dict[str, Any]) -> None:
     mach, cfg = res["machine"], res["config"]
-    print(f"\nMachine: {mach['cpu']} ({mach['llvm_mcpu']}), {mach['cores']} cores, "
-          f"{mach['platform']}")  # fmt: skip
-    print(f"Python {mach['python']}, torch {mach['torch']}, tvm {mach['tvm']}, tvmred "
-          f"{mach['tvmred']} ({mach['tvmred_git']}), pykeops {mach.get('pykeops', '-')}")
-    print(f"Problem: {FORMULA}, M={M}, N={N}, float32, CPU; warm: min of {cfg['repeats']} "
-          f"calls; cold: min of {cfg['cold_runs']} fresh subprocesses\n")  # fmt: skip
+    print(
+        f"\nMachine: {mach['cpu']} ({mach['llvm_mcpu']}), {mach['cores']} cores, {mach['platform']}"
+    )
+    print(
+        f"Python {mach['python']}, torch {mach['torch']}, tvm {mach['tvm']}, tvmred "
+        f"{mach['tvmred']} ({mach['tvmred_git']}), pykeops {mach.get('pykeops', '-')}"
+    )
+    print(
+        f"Problem: {FORMULA}, M={M}, N={N}, float32, CPU; warm: min of {cfg['repeats']} "
+        f"calls; cold: min of {cfg['cold_runs']} fresh subprocesses\n"
+    )
 
     rows: list[tuple[str, dict[str, Optional[float]], float]] = []
     for key, label in (("forward", "forward"), ("forward+grad", "forward + grad wrt y")):
         rows.append((f"{label} [ms]", res["warm"][key], 1e3))
-    for key, label in (("import", "import (torch excluded)"),
-                       ("first_call", "first call, new formula"),
-                       ("first_grad", "first grad, new formula"),
-                       ("restart", "new process, cached: all")):  # fmt: skip
+    for key, label in (
+        ("import", "import (torch excluded)"),
+        ("first_call", "first call, new formula"),
+        ("first_grad", "first grad, new formula"),
+        ("restart", "new process, cached: all"),
+    ):
         rows.append((f"{label} [s]", {lib: min(v[key]) for lib, v in res["cold"].items()}, 1.0))
 
-    head = (f"{'':32}{'tvmred':>10}{'pykeops':>10}{'torch':>10}"
-            f"{'pykeops/tvmred':>16}{'torch/tvmred':>14}")  # fmt: skip
+    head = (
+        f"{'':32}{'tvmred':>10}{'pykeops':>10}{'torch':>10}"
+        f"{'pykeops/tvmred':>16}{'torch/tvmred':>14}"
+    )
     print(head)
     print("-" * len(head))
     for label, t, scale in rows:
-        cells = "".join(f"{t[lib] * scale:10.{1 if scale > 1 else 3}f}" if t.get(lib) is not None
-                        else f"{'-':>10}" for lib in LIBS)  # fmt: skip
-        print(f"{label:32}{cells}{ratio(t.get('pykeops'), t.get('tvmred')):>16}"
-              f"{ratio(t.get('torch'), t.get('tvmred')):>14}")  # fmt: skip
-    print("(cold rows: 'import' is import tvmred + import tvm for tvmred, import pykeops for "
-          "pykeops; 'new process, cached': import + first call + first grad of the same formula "
-          "in a new process, its kernels in the disk cache)")
+        cells = "".join(
+            f"{t[lib] * scale:10.{1 if scale > 1 else 3}f}"
+            if t.get(lib) is not None
+            else f"{'-':>10}"
+            for lib in LIBS
+        )
+        print(
+            f"{label:32}{cells}{ratio(t.get('pykeops'), t.get('tvmred')):>16}"
+            f"{ratio(t.get('torch'), t.get('tvmred')):>14}"
+        )
+    print(
+        "(cold rows: 'import' is import tvmred + import tvm for tvmred, import pykeops for "
+        "pykeops; 'new process, cached': import + first call + first grad of the same formula "
+        "in a new process, its kernels in the disk cache)"
+    )
     errs = ", ".join(f"{lib} {e:.1e}" for lib, e in res["max_rel_diff_vs_torch"].items())
     print(f"max relative difference vs torch (values and gradients): {errs}")
 
@@ -306,14 +353,30 @@ def main() -> None:
     warm, errors = warm_timings(repeats, use_pykeops)
     busy["warm"] = foreign_cpu_share(snap)
 
-    config = {"M": M, "N": N, "dtype": "float32", "formula": FORMULA, "repeats": repeats,
-              "cold_runs": cold_runs, "unit": "s", "date": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
-    res = {"machine": machine(), "config": config, "warm": warm, "cold": cold,
-           "max_rel_diff_vs_torch": errors, "cpu_used_by_other_processes": busy}  # fmt: skip
+    config = {
+        "M": M,
+        "N": N,
+        "dtype": "float32",
+        "formula": FORMULA,
+        "repeats": repeats,
+        "cold_runs": cold_runs,
+        "unit": "s",
+        "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+    res = {
+        "machine": machine(),
+        "config": config,
+        "warm": warm,
+        "cold": cold,
+        "max_rel_diff_vs_torch": errors,
+        "cpu_used_by_other_processes": busy,
+    }
     print_table(res)
     shares = {k: v for k, v in busy.items() if v is not None}
-    print("CPU time used by other processes during the run: "
-          + (", ".join(f"{k} {v:.0%}" for k, v in shares.items()) or "unknown"))
+    print(
+        "CPU time used by other processes during the run: "
+        + (", ".join(f"{k} {v:.0%}" for k, v in shares.items()) or "unknown")
+    )
     if any(v > 0.05 for v in shares.values()):
         print("warning: the machine was not idle; the timings above may be skewed")
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -54,11 +54,11 @@ class Case:
 
 
 def gauss_dense(x, y, b):
-    return torch.exp(-torch.cdist(x, y) ** 2) @ b
+    return torch.exp(-(torch.cdist(x, y) ** 2)) @ b
 
 
 def lse_dense(x, y):
-    return torch.logsumexp(-torch.cdist(x, y) ** 2 / 0.1, dim=1, keepdim=True)
+    return torch.logsumexp(-(torch.cdist(x, y) ** 2) / 0.1, dim=1, keepdim=True)
 
 
 def argkmin_dense(x, y):
@@ -73,31 +73,74 @@ GAUSS = "Exp(-SqDist(x,y))*b"
 
 
 def gauss(n, d=3, e=3, dtype=torch.float32, grad=None, name=None):
-    return Case(name or f"gauss D={d} E={e} N=M={n:g}" + (" f64" if dtype == torch.float64 else ""),
-                GAUSS, [f"x = Vi({d})", f"y = Vj({d})", f"b = Vj({e})"], n, n, dtype=dtype,
-                grad_of=grad, dense=gauss_dense)  # fmt: skip
+    return Case(
+        name or f"gauss D={d} E={e} N=M={n:g}" + (" f64" if dtype == torch.float64 else ""),
+        GAUSS,
+        [f"x = Vi({d})", f"y = Vj({d})", f"b = Vj({e})"],
+        n,
+        n,
+        dtype=dtype,
+        grad_of=grad,
+        dense=gauss_dense,
+    )
 
 
 def cases(quick: bool) -> list[Case]:
     big = [] if quick else [gauss(100_000)]
     return [
-        Case("reference M=3000 N=5000", "Square(p-a)*Exp(x+y)",
-             ["x = Vi(3)", "y = Vj(3)", "a = Vj(1)", "p = Pm(1)"], 3000, 5000, dense=ref_dense),
-        Case("reference fwd+grad y", "Square(p-a)*Exp(x+y)",
-             ["x = Vi(3)", "y = Vj(3)", "a = Vj(1)", "p = Pm(1)"], 3000, 5000, grad_of=1,
-             dense=ref_dense),
-        gauss(1000), gauss(10_000), *big,
+        Case(
+            "reference M=3000 N=5000",
+            "Square(p-a)*Exp(x+y)",
+            ["x = Vi(3)", "y = Vj(3)", "a = Vj(1)", "p = Pm(1)"],
+            3000,
+            5000,
+            dense=ref_dense,
+        ),
+        Case(
+            "reference fwd+grad y",
+            "Square(p-a)*Exp(x+y)",
+            ["x = Vi(3)", "y = Vj(3)", "a = Vj(1)", "p = Pm(1)"],
+            3000,
+            5000,
+            grad_of=1,
+            dense=ref_dense,
+        ),
+        gauss(1000),
+        gauss(10_000),
+        *big,
         gauss(10_000, grad=0, name="gauss fwd+grad x N=M=1e4"),
-        Case("LogSumExp softmin N=M=1e4", "-SqDist(x,y)*g",  # g = 1/eps = 10
-             ["x = Vi(3)", "y = Vj(3)", "g = Pm(1)"], 10_000, 10_000, reduction="LogSumExp",
-             dense=None),
-        Case("ArgKMin K=10 D=3 N=M=1e4", "SqDist(x,y)", ["x = Vi(3)", "y = Vj(3)"], 10_000,
-             10_000, reduction="ArgKMin", opt_arg=10, dense=argkmin_dense),
-        Case("ArgKMin K=10 D=64 N=M=1e4", "SqDist(x,y)", ["x = Vi(64)", "y = Vj(64)"], 10_000,
-             10_000, reduction="ArgKMin", opt_arg=10, dense=argkmin_dense),
+        Case(
+            "LogSumExp softmin N=M=1e4",
+            "-SqDist(x,y)*g",  # g = 1/eps = 10
+            ["x = Vi(3)", "y = Vj(3)", "g = Pm(1)"],
+            10_000,
+            10_000,
+            reduction="LogSumExp",
+            dense=None,
+        ),
+        Case(
+            "ArgKMin K=10 D=3 N=M=1e4",
+            "SqDist(x,y)",
+            ["x = Vi(3)", "y = Vj(3)"],
+            10_000,
+            10_000,
+            reduction="ArgKMin",
+            opt_arg=10,
+            dense=argkmin_dense,
+        ),
+        Case(
+            "ArgKMin K=10 D=64 N=M=1e4",
+            "SqDist(x,y)",
+            ["x = Vi(64)", "y = Vj(64)"],
+            10_000,
+            10_000,
+            reduction="ArgKMin",
+            opt_arg=10,
+            dense=argkmin_dense,
+        ),
         gauss(10_000, d=64, e=1),
         gauss(10_000, dtype=torch.float64),
-    ]  # fmt: skip
+    ]
 
 
 def make_inputs(case: Case) -> list[torch.Tensor]:
@@ -134,8 +177,14 @@ def runner(lib: str, case: Case, args: list[torch.Tensor]) -> Optional[Callable]
         except ImportError:
             return None
     kw = {"backend": "CPU"} if lib == "pykeops" else {}
-    r = Genred(case.formula, case.aliases, reduction_op=case.reduction, axis=1,
-               opt_arg=case.opt_arg, formula2=case.formula2)  # fmt: skip
+    r = Genred(
+        case.formula,
+        case.aliases,
+        reduction_op=case.reduction,
+        axis=1,
+        opt_arg=case.opt_arg,
+        formula2=case.formula2,
+    )
     return lambda *a: r(*a, **kw)
 
 
@@ -181,9 +230,15 @@ def machine() -> dict:
         pk = pykeops.__version__
     except ImportError:
         pk = None
-    return {"cpu": cpu, "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
-            "torch": torch.__version__, "tvm": tvm.__version__, "pykeops": pk,
-            "python": platform.python_version()}  # fmt: skip
+    return {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "tvm": tvm.__version__,
+        "pykeops": pk,
+        "python": platform.python_version(),
+    }
 
 
 def main(argv: Optional[list[str]] = None) -> int:
@@ -204,18 +259,24 @@ def main(argv: Optional[list[str]] = None) -> int:
             continue
         res = {lib: time_case(lib, case, repeats if case.N <= 10_000 else 2) for lib in a.libs}
         t = res.get("tvmred") or {}
-        row = {"case": case.name, **{f"{k}_s": (v or {}).get("s") for k, v in res.items()},
-               "tvmred_first_call_s": t.get("first_call_s"),
-               "pykeops_first_call_s": (res.get("pykeops") or {}).get("first_call_s")}  # fmt: skip
+        row = {
+            "case": case.name,
+            **{f"{k}_s": (v or {}).get("s") for k, v in res.items()},
+            "tvmred_first_call_s": t.get("first_call_s"),
+            "pykeops_first_call_s": (res.get("pykeops") or {}).get("first_call_s"),
+        }
         for lib in ("pykeops", "torch"):
             if row.get(f"{lib}_s") and t.get("s"):
                 row[f"{lib}/tvmred"] = row[f"{lib}_s"] / t["s"]
         rows.append(row)
         fmt = lambda v: f"{v * 1e3:10.2f}" if v else f"{'-':>10}"  # noqa: E731
         rat = lambda v: f"{v:8.1f}x" if v else f"{'-':>9}"  # noqa: E731
-        print(f"{case.name:32s} tvmred {fmt(row.get('tvmred_s'))} ms | pykeops "
-              f"{fmt(row.get('pykeops_s'))} ms {rat(row.get('pykeops/tvmred'))} | torch "
-              f"{fmt(row.get('torch_s'))} ms {rat(row.get('torch/tvmred'))}", flush=True)  # fmt: skip
+        print(
+            f"{case.name:32s} tvmred {fmt(row.get('tvmred_s'))} ms | pykeops "
+            f"{fmt(row.get('pykeops_s'))} ms {rat(row.get('pykeops/tvmred'))} | torch "
+            f"{fmt(row.get('torch_s'))} ms {rat(row.get('torch/tvmred'))}",
+            flush=True,
+        )
     Path(a.out).parent.mkdir(parents=True, exist_ok=True)
     Path(a.out).write_text(json.dumps({"machine": info, "rows": rows}, indent=1))
     if a.plot:
@@ -229,8 +290,11 @@ def plot(rows: list[dict], path: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    pts = [(float(r["case"].split("N=M=")[1].split()[0]), r) for r in rows
-           if r["case"].startswith("gauss D=3 E=3 N=M=") and "f64" not in r["case"]]  # fmt: skip
+    pts = [
+        (float(r["case"].split("N=M=")[1].split()[0]), r)
+        for r in rows
+        if r["case"].startswith("gauss D=3 E=3 N=M=") and "f64" not in r["case"]
+    ]
     pts.sort(key=lambda t: t[0])
     fig, ax = plt.subplots(figsize=(5, 3.5), dpi=80)
     for lib in ("tvmred", "pykeops", "torch"):

@@ -6,8 +6,13 @@ import time
 from typing import Any, Callable
 
 
-def min_time(fn: Callable[[], Any], repeats: int, warmup: int = 1, min_total: float = 0.25,
-             max_calls: int = 2000) -> float:  # fmt: skip
+def min_time(
+    fn: Callable[[], Any],
+    repeats: int,
+    warmup: int = 1,
+    min_total: float = 0.25,
+    max_calls: int = 2000,
+) -> float:
     """The shortest call of ``fn`` (seconds) after ``warmup`` untimed calls: at least
     ``repeats`` calls, more (up to ``max_calls``) until ``min_total`` seconds are spent, so a
     sub-millisecond case is not judged on a handful of calls (thread wake-up noise)."""

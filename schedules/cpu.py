@@ -21,7 +21,6 @@ if TYPE_CHECKING:  # the row-block rules run without importing TVM (cached kerne
 
 from .shape import ReductionShape
 
-
 REGISTER_FLOATS = 512  # what 32 AVX-512 registers hold, in float32
 
 

@@ -18,7 +18,6 @@ if TYPE_CHECKING:  # the row-block rules run without importing TVM (cached kerne
 
 from .shape import ReductionShape
 
-
 THREADS = 128  # threads per block
 
 

@@ -80,8 +80,17 @@ def _guard(stmt, first: str, last: str):
         if not hit:
             return stmt, False
         s = stmt
-        return tirx.For(s.loop_var, s.min, s.extent, s.kind, body, s.thread_binding,
-                        s.annotations, s.step, s.span), True  # fmt: skip
+        return tirx.For(
+            s.loop_var,
+            s.min,
+            s.extent,
+            s.kind,
+            body,
+            s.thread_binding,
+            s.annotations,
+            s.step,
+            s.span,
+        ), True
     return stmt, False
 
 

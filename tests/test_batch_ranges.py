@@ -7,8 +7,14 @@ import torch
 
 from tvmred.numpy import Genred as NpGenred
 from tvmred.torch import Genred
-from tvmred.torch.cluster import (cluster_centroids, cluster_ranges, cluster_ranges_centroids,
-                                  from_matrix, grid_cluster, sort_clusters)  # fmt: skip
+from tvmred.torch.cluster import (
+    cluster_centroids,
+    cluster_ranges,
+    cluster_ranges_centroids,
+    from_matrix,
+    grid_cluster,
+    sort_clusters,
+)
 
 GAUSS = "Exp(-SqDist(x,y)*s)*b"
 AL = ["x = Vi(3)", "y = Vj(3)", "b = Vj(2)", "s = Pm(1)"]
@@ -16,7 +22,7 @@ AL = ["x = Vi(3)", "y = Vj(3)", "b = Vj(2)", "s = Pm(1)"]
 
 def dense_batch(x, y, b, s):
     d2 = ((x[..., :, None, :] - y[..., None, :, :]) ** 2).sum(-1)
-    return (torch.exp(-d2 * s[..., None]) @ b)
+    return torch.exp(-d2 * s[..., None]) @ b
 
 
 def test_batch_broadcasting_and_gradients():
@@ -72,7 +78,7 @@ def test_cluster_helpers():
     assert r.tolist() == [[a, b] for a, b in zip([0] + r[:, 1].tolist()[:-1], r[:, 1].tolist())]
     c = cluster_centroids(xs, ls)
     for k in range(len(r)):
-        torch.testing.assert_close(c[k], xs[r[k, 0]:r[k, 1]].mean(0))
+        torch.testing.assert_close(c[k], xs[r[k, 0] : r[k, 1]].mean(0))
 
 
 @pytest.mark.parametrize("axis", [1, 0])
@@ -94,8 +100,9 @@ def test_ranges_match_dense_masked_reference(axis):
 
 def test_ranges_argmin_indices_are_global():
     x, y, b, ranges, mask, keep = clustered_problem()
-    v, i = Genred("SqDist(x,y)", ["x = Vi(2)", "y = Vj(2)"], reduction_op="Min_ArgMin",
-                  axis=1)(x, y, ranges=ranges)  # fmt: skip
+    v, i = Genred("SqDist(x,y)", ["x = Vi(2)", "y = Vj(2)"], reduction_op="Min_ArgMin", axis=1)(
+        x, y, ranges=ranges
+    )
     d2 = ((x[:, None] - y[None]) ** 2).sum(-1).masked_fill(~mask, float("inf"))
     rv, ri = d2.min(1)
     has = mask.any(1)
@@ -107,7 +114,12 @@ def test_ranges_argmin_indices_are_global():
 def test_numpy_ranges_and_batch():
     x, y, b, ranges, mask, keep = clustered_problem()
     g = NpGenred("Exp(-SqDist(x,y))*b", ["x = Vi(2)", "y = Vj(2)", "b = Vj(1)"], axis=1)
-    c = g(x.cpu().numpy(), y.cpu().numpy(), b.cpu().numpy(), ranges=tuple(t.cpu().numpy() for t in ranges))
+    c = g(
+        x.cpu().numpy(),
+        y.cpu().numpy(),
+        b.cpu().numpy(),
+        ranges=tuple(t.cpu().numpy() for t in ranges),
+    )
     K = torch.exp(-((x[:, None] - y[None]) ** 2).sum(-1)) * mask
     np.testing.assert_allclose(c, (K @ b).cpu().numpy(), rtol=1e-12, atol=1e-14)
     xb = np.random.rand(2, 10, 2)

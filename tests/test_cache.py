@@ -25,10 +25,22 @@ print(json.dumps({"err": err, "tvm_imported": "tvm" in sys.modules, **tvmred.cac
 
 
 def run(cache_dir, seed=3, n=1):
-    env = {**os.environ, "TVMRED_CACHE_DIR": str(cache_dir), "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
+    env = {
+        **os.environ,
+        "TVMRED_CACHE_DIR": str(cache_dir),
+        "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
+    }
     code = SCRIPT.replace("SEED", str(seed))
-    procs = [subprocess.Popen([sys.executable, "-c", code], env=env, stdout=subprocess.PIPE,
-                              stderr=subprocess.PIPE, text=True) for _ in range(n)]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", code],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(n)
+    ]
     outs = []
     for p in procs:
         out, err = p.communicate(timeout=300)
@@ -41,7 +53,9 @@ def test_second_process_reuses_the_disk_cache(tmp_path):
     (first,) = run(tmp_path)
     assert first["compiled"] == 1 and first["err"] < 1e-13
     assert len(list(tmp_path.glob("*.so"))) == 1
-    manifest = json.loads(next(p for p in tmp_path.glob("*.json") if p.name != "host.json").read_text())
+    manifest = json.loads(
+        next(p for p in tmp_path.glob("*.json") if p.name != "host.json").read_text()
+    )
     assert "Exp" in manifest["formula"] and manifest["sha256"]
     (second,) = run(tmp_path)
     assert second["compiled"] == 0 and second["disk_hits"] == 1 and second["err"] < 1e-13
@@ -67,10 +81,18 @@ print(json.dumps({"light": light, "err": max(((c1 - r1).abs().max() / r1.abs().m
 
 def test_cached_kernel_without_tvm_then_a_compile_in_the_same_process(tmp_path):
     run(tmp_path, seed=5)
-    env = {**os.environ, "TVMRED_CACHE_DIR": str(tmp_path),
-           "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}  # fmt: skip
-    r = subprocess.run([sys.executable, "-c", LIGHT_THEN_COMPILE.replace("SEED", "5")], env=env,
-                       capture_output=True, text=True, timeout=300)  # fmt: skip
+    env = {
+        **os.environ,
+        "TVMRED_CACHE_DIR": str(tmp_path),
+        "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
+    }
+    r = subprocess.run(
+        [sys.executable, "-c", LIGHT_THEN_COMPILE.replace("SEED", "5")],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert r.returncode == 0, r.stderr
     out = json.loads(r.stdout.strip().splitlines()[-1])
     assert out["light"] and out["err"] < 1e-13

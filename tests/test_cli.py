@@ -9,8 +9,10 @@ from tvmred.__main__ import main
 
 def test_bench_forwards_its_options(tmp_path):
     out = tmp_path / "b.json"
-    assert main(["bench", "--quick", "--only", "no-such-case", "--libs", "torch",
-                 "--out", str(out)]) == 0  # fmt: skip
+    assert (
+        main(["bench", "--quick", "--only", "no-such-case", "--libs", "torch", "--out", str(out)])
+        == 0
+    )
     res = json.loads(out.read_text())
     assert res["rows"] == [] and res["machine"]["cores"] >= 1
 

@@ -29,15 +29,18 @@ def test_cuda_kernels_generate(red, formula, opt, dtype, arch, tmp_path):
     ex = compile_reduction(parse(formula, AL), red, 0, dtype, dtype, cuda_target(arch), opt)
     (dev,) = ex.mod.imports
     src = dev.inspect_source()
-    assert '__global__ void __launch_bounds__(128) main_kernel(' in src
+    assert "__global__ void __launch_bounds__(128) main_kernel(" in src
     assert "[2147483" not in src  # no INT_MAX-sized buffer from a symbolic extent
     ex.export_library(str(tmp_path / "k.so"))
     assert (tmp_path / "k.so").stat().st_size > 1000
     if arch == "sm_90" and dtype == "float32" and shutil.which("nvcc"):
         cu = tmp_path / "k.cu"
         cu.write_text(src)
-        r = subprocess.run(["nvcc", "-cubin", f"-arch={arch}", "-o", str(tmp_path / "k.cubin"),
-                            str(cu)], capture_output=True, text=True)  # fmt: skip
+        r = subprocess.run(
+            ["nvcc", "-cubin", f"-arch={arch}", "-o", str(tmp_path / "k.cubin"), str(cu)],
+            capture_output=True,
+            text=True,
+        )
         assert r.returncode == 0, r.stderr
         assert (tmp_path / "k.cubin").stat().st_size > 1000
 
@@ -61,14 +64,25 @@ def test_cuda_rows_per_thread_knob(red, formula, opt, tmp_path):
     """Row blocks of 256 / 512 are 2 / 4 rows per thread of 128: registers stay compact (no
     local array spanning the block) and nvcc accepts the code."""
     for rb, per in ((256, 2), (512, 4)):
-        ex = compile_reduction(parse(formula, AL), red, 0, "float32", "float32",
-                               cuda_target("sm_90"), opt, {"row_block": rb})  # fmt: skip
+        ex = compile_reduction(
+            parse(formula, AL),
+            red,
+            0,
+            "float32",
+            "float32",
+            cuda_target("sm_90"),
+            opt,
+            {"row_block": rb},
+        )
         src = ex.mod.imports[0].inspect_source()
         assert "__launch_bounds__(128)" in src and f"(((int)threadIdx.x) * {per * 3})" in src
         assert "[129]" not in src and "[257]" not in src
         if shutil.which("nvcc"):
             cu = tmp_path / "k.cu"
             cu.write_text(src)
-            r = subprocess.run(["nvcc", "-cubin", "-arch=sm_90", "-o", str(tmp_path / "k.cubin"),
-                                str(cu)], capture_output=True, text=True)  # fmt: skip
+            r = subprocess.run(
+                ["nvcc", "-cubin", "-arch=sm_90", "-o", str(tmp_path / "k.cubin"), str(cu)],
+                capture_output=True,
+                text=True,
+            )
             assert r.returncode == 0, r.stderr

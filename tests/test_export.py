@@ -14,13 +14,26 @@ ROOT = Path(__file__).resolve().parents[1]
 SPEC = {
     "targets": [{"kind": "llvm", "mcpu": "x86-64-v3"}, {"kind": "cuda", "arch": "sm_90"}],
     "routines": [
-        {"name": "ref", "formula": "Square(p-a)*Exp(x+y)",
-         "aliases": ["x = Vi(3)", "y = Vj(3)", "a = Vj(1)", "p = Pm(1)"],
-         "reduction_op": "Sum", "axis": 1, "dtypes": ["float32"], "gradients": ["y"]},
-        {"name": "nn", "formula": "SqDist(x,y)", "aliases": ["x = Vi(2)", "y = Vj(2)"],
-         "reduction_op": "Min_ArgMin", "axis": 1, "dtypes": ["float64"], "gradients": "all"},
+        {
+            "name": "ref",
+            "formula": "Square(p-a)*Exp(x+y)",
+            "aliases": ["x = Vi(3)", "y = Vj(3)", "a = Vj(1)", "p = Pm(1)"],
+            "reduction_op": "Sum",
+            "axis": 1,
+            "dtypes": ["float32"],
+            "gradients": ["y"],
+        },
+        {
+            "name": "nn",
+            "formula": "SqDist(x,y)",
+            "aliases": ["x = Vi(2)", "y = Vj(2)"],
+            "reduction_op": "Min_ArgMin",
+            "axis": 1,
+            "dtypes": ["float64"],
+            "gradients": "all",
+        },
     ],
-}  # fmt: skip
+}
 
 CHILD = r"""
 import json, sys, torch
@@ -80,9 +93,18 @@ def test_manifest_lists_every_kernel(exported):
 
 def test_load_with_the_runtime_only(exported):
     path, _ = exported
-    env = {**os.environ, "TVM_USE_RUNTIME_LIB": "1", "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
-    r = subprocess.run([sys.executable, "-c", CHILD, str(path)], env=env, capture_output=True,
-                       text=True, timeout=300)  # fmt: skip
+    env = {
+        **os.environ,
+        "TVM_USE_RUNTIME_LIB": "1",
+        "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
+    }
+    r = subprocess.run(
+        [sys.executable, "-c", CHILD, str(path)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert r.returncode == 0, r.stderr
     out = json.loads(r.stdout.strip().splitlines()[-1])
     assert out["compiler"] is False and out["compiler_loaded"] is False

@@ -92,7 +92,7 @@ def test_noncontiguous_and_positions():
     x = torch.rand(3, 50, dtype=torch.float64).T  # non-contiguous
     y = torch.rand(40, 5, dtype=torch.float64)[:, 1:4]  # non-contiguous
     b = torch.rand(40, 2, dtype=torch.float64)
-    ref = (torch.exp(-((x[:, None] - y[None]) ** 2).sum(-1)) @ b)
+    ref = torch.exp(-((x[:, None] - y[None]) ** 2).sum(-1)) @ b
     assert rel(g(x, y, b), ref) < 1e-13
 
 
@@ -109,7 +109,8 @@ def test_misaligned_views_and_numpy_arrays():
     xn = np.zeros(3 * 1000 + 1, dtype=np.float32)[1:].reshape(1000, 3)
     xn[:] = x.cpu().numpy()
     c = NpGenred("Exp(-SqDist(x,y))*Elem(y,0)", ["x = Vi(3)", "y = Vj(3)"], axis=1)(
-        xn, y.cpu().numpy())  # fmt: skip
+        xn, y.cpu().numpy()
+    )
     np.testing.assert_allclose(c, ref.cpu().numpy(), rtol=1e-5, atol=1e-5)
 
 
@@ -182,7 +183,9 @@ def test_grad_and_diff_inside_formulas():
     assert rel(c, gref) < 1e-13
     d = Genred("Diff(Exp(-SqDist(x,y)), x, v)", al, axis=1)(x, y, e, v)
     _, jvp = torch.func.jvp(
-        lambda xx: torch.exp(-((xx[:, None] - y[None]) ** 2).sum(-1, keepdim=True)).sum(1), (x,), (v,)
+        lambda xx: torch.exp(-((xx[:, None] - y[None]) ** 2).sum(-1, keepdim=True)).sum(1),
+        (x,),
+        (v,),
     )
     assert rel(d, jvp) < 1e-13
 
@@ -203,7 +206,9 @@ def test_wrong_number_of_arguments(routine):
 
 def test_wrong_last_dimension(routine):
     x, y, a, p = reference_inputs(5, 6, torch.float32)
-    with pytest.raises(ValueError, match=r"'y' \(argument 1, declared Vj\(3\)\) has shape \(6, 4\)"):
+    with pytest.raises(
+        ValueError, match=r"'y' \(argument 1, declared Vj\(3\)\) has shape \(6, 4\)"
+    ):
         routine(x, torch.rand(6, 4), a, p)
     with pytest.raises(ValueError, match="'p'"):
         routine(x, y, a, torch.rand(2))

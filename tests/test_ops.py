@@ -36,8 +36,10 @@ def inputs(name, dtype=torch.float64):
 def dense(name, args, axis):
     """The op's torch reference on the full (M, N) grid, reduced densely."""
     d = REGISTRY[name]
-    grid = [(a[:, None, :] if k % 2 == 0 else a[None, :, :]).expand(M, N, a.shape[-1])
-            for k, a in enumerate(args[:-1])]
+    grid = [
+        (a[:, None, :] if k % 2 == 0 else a[None, :, :]).expand(M, N, a.shape[-1])
+        for k, a in enumerate(args[:-1])
+    ]
     out = d.ref(*grid, *d.test.params)
     out = out.expand(M, N, out.shape[-1])
     return out.sum(axis)
@@ -60,7 +62,11 @@ def test_value_and_gradient(name, axis):
         return
     e = torch.randn_like(ref)
     got = torch.autograd.grad(c, args, e)
-    want = torch.autograd.grad(ref, args, e, allow_unused=True) if ref.requires_grad else [None] * len(args)
+    want = (
+        torch.autograd.grad(ref, args, e, allow_unused=True)
+        if ref.requires_grad
+        else [None] * len(args)
+    )
     for k, (g, w) in enumerate(zip(got, want)):
         w = torch.zeros_like(args[k]) if w is None else w
         torch.testing.assert_close(g, w, rtol=1e-8, atol=1e-8 * scale(w), msg=f"{name}: d/d a{k}")

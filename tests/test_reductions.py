@@ -64,8 +64,22 @@ def routine(red, axis):
     return Genred(VEC, AL, reduction_op=red, axis=axis, opt_arg=K if "KMin" in red else None)
 
 
-ALL = ["Sum", "Min", "Max", "ArgMin", "ArgMax", "Min_ArgMin", "Max_ArgMax", "KMin", "ArgKMin",
-       "KMin_ArgKMin", "LogSumExp", "LogSumExpWeight", "SumSoftMaxWeight", "Max_SumShiftExp"]
+ALL = [
+    "Sum",
+    "Min",
+    "Max",
+    "ArgMin",
+    "ArgMax",
+    "Min_ArgMin",
+    "Max_ArgMax",
+    "KMin",
+    "ArgKMin",
+    "KMin_ArgKMin",
+    "LogSumExp",
+    "LogSumExpWeight",
+    "SumSoftMaxWeight",
+    "Max_SumShiftExp",
+]
 
 
 def check(got, want, tol):
@@ -90,8 +104,18 @@ def test_values(red, axis, dtype, tol):
     check(routine(red, axis)(x, y, b), dense(red, x, y, b, axis), tol)
 
 
-DIFFERENTIABLE = ["Sum", "Min", "Max", "Min_ArgMin", "Max_ArgMax", "KMin", "KMin_ArgKMin",
-                  "LogSumExp", "LogSumExpWeight", "SumSoftMaxWeight"]
+DIFFERENTIABLE = [
+    "Sum",
+    "Min",
+    "Max",
+    "Min_ArgMin",
+    "Max_ArgMax",
+    "KMin",
+    "KMin_ArgKMin",
+    "LogSumExp",
+    "LogSumExpWeight",
+    "SumSoftMaxWeight",
+]
 
 
 @pytest.mark.parametrize("axis", [1, 0])
@@ -147,8 +171,9 @@ def test_logsumexp_stable_for_huge_values(dtype):
     want = torch.logsumexp(x.double() * y.double().T, 1, keepdim=True)
     assert torch.isfinite(got).all()
     torch.testing.assert_close(got.double(), want, rtol=1e-6, atol=0)
-    s = Genred("x*y", ["x = Vi(1)", "y = Vj(1)"], reduction_op="SumSoftMaxWeight",
-               axis=1, formula2="y")(x, y)  # fmt: skip
+    s = Genred(
+        "x*y", ["x = Vi(1)", "y = Vj(1)"], reduction_op="SumSoftMaxWeight", axis=1, formula2="y"
+    )(x, y)
     want_s = torch.softmax(x.double() * y.double().T, 1) @ y.double()
     torch.testing.assert_close(s.double(), want_s, rtol=1e-6, atol=1e-6)
 
@@ -159,25 +184,33 @@ def test_ties_resolve_to_lowest_index():
     al = ["x = Vi(1)", "y = Vj(1)"]
     assert Genred("x+y", al, reduction_op="ArgMin", axis=1)(x, y).flatten().tolist() == [1] * 5
     assert Genred("x+y", al, reduction_op="ArgMax", axis=1)(x, y).flatten().tolist() == [0] * 5
-    assert Genred("x+y", al, reduction_op="ArgKMin", axis=1, opt_arg=4)(x, y)[0].tolist() == [1, 3, 4, 2]
+    assert Genred("x+y", al, reduction_op="ArgKMin", axis=1, opt_arg=4)(x, y)[0].tolist() == [
+        1,
+        3,
+        4,
+        2,
+    ]
 
 
 @pytest.mark.parametrize("red", ["Min", "Max", "LogSumExp", "Sum"])
 def test_inf_and_nan_like_torch(red):
-    y = torch.tensor([[1.0], [float("inf")], [-2.0], [float("-inf")], [float("nan")], [0.5]],
-                     dtype=torch.float64)  # fmt: skip
+    y = torch.tensor(
+        [[1.0], [float("inf")], [-2.0], [float("-inf")], [float("nan")], [0.5]], dtype=torch.float64
+    )
     rows = [[0, 2, 5], [0, 1, 2], [2, 3, 5], [1, 3], [0, 4, 2], [4]]
     for r in rows:
         yy = y[r]
         x = torch.zeros(3, 1, dtype=torch.float64)
         got = Genred("x+y", ["x = Vi(1)", "y = Vj(1)"], reduction_op=red, axis=1)(x, yy)[:, 0]
         t = yy[:, 0]
-        want = {"Min": t.min(), "Max": t.max(), "LogSumExp": torch.logsumexp(t, 0),
-                "Sum": t.sum()}[red]  # fmt: skip
+        want = {"Min": t.min(), "Max": t.max(), "LogSumExp": torch.logsumexp(t, 0), "Sum": t.sum()}[
+            red
+        ]
         torch.testing.assert_close(got, want.expand(3), equal_nan=True, msg=f"{red} of {t}")
     if red in ("Min", "Max"):
         idx = Genred("y", ["x = Vi(1)", "y = Vj(1)"], reduction_op=f"Arg{red}", axis=1)(
-            torch.zeros(1, 1, dtype=torch.float64), y)  # fmt: skip
+            torch.zeros(1, 1, dtype=torch.float64), y
+        )
         assert idx.item() == 4  # the first NaN, as torch.argmin / argmax
 
 
@@ -186,7 +219,11 @@ def test_float32_sum_accuracy_over_a_million_terms():
     y = torch.rand(n, 1) + 1.0
     x = torch.zeros(4, 1)
     exact = y.double().sum().item()
-    for kw in ({"dtype_acc": "float64"}, {"sum_scheme": "kahan_scheme"}, {"sum_scheme": "block_sum"}):
+    for kw in (
+        {"dtype_acc": "float64"},
+        {"sum_scheme": "kahan_scheme"},
+        {"sum_scheme": "block_sum"},
+    ):
         got = Genred("x+y", ["x = Vi(1)", "y = Vj(1)"], axis=1, **kw)(x, y)
         assert got.dtype == torch.float32
         err = abs(got[0, 0].item() - exact) / exact
@@ -201,7 +238,9 @@ def test_argmin_index_exact_beyond_float32_range():
     x = torch.zeros(2, 1)
     idx = Genred("x+y", ["x = Vi(1)", "y = Vj(1)"], reduction_op="ArgMin", axis=1)(x, y)
     assert idx.dtype == torch.int64 and idx.flatten().tolist() == [n - 1, n - 1]
-    idx2 = Genred("x+y", ["x = Vi(1)", "y = Vj(1)"], reduction_op="ArgKMin", axis=1, opt_arg=2)(x, y)
+    idx2 = Genred("x+y", ["x = Vi(1)", "y = Vj(1)"], reduction_op="ArgKMin", axis=1, opt_arg=2)(
+        x, y
+    )
     assert idx2[0].tolist() == [n - 1, n - 3]
 
 
@@ -231,8 +270,9 @@ def test_direct_float32_sum_is_indeed_less_accurate():
 
 def test_fewer_reduced_rows_than_k():
     x, y = torch.rand(4, 3, dtype=torch.float64), torch.rand(3, 3, dtype=torch.float64)
-    v, i = Genred("SqDist(x,y)", ["x = Vi(3)", "y = Vj(3)"], reduction_op="KMin_ArgKMin",
-                  axis=1, opt_arg=5)(x.requires_grad_(), y)  # fmt: skip
+    v, i = Genred(
+        "SqDist(x,y)", ["x = Vi(3)", "y = Vj(3)"], reduction_op="KMin_ArgKMin", axis=1, opt_arg=5
+    )(x.requires_grad_(), y)
     d2 = ((x[:, None] - y[None]) ** 2).sum(-1)
     s, order = d2.sort(1)
     torch.testing.assert_close(v[:, :3], s)
@@ -259,7 +299,8 @@ def test_kmin_over_many_rows_with_ties_inf_nan(dtype, k, axis):
     x, y = x.to(torch.get_default_device()), y.to(torch.get_default_device())
     al = ["x = Vi(1)", "y = Vj(1)"] if axis == 1 else ["x = Vj(1)", "y = Vi(1)"]
     v, i = Genred("Abs(x-y)", al, reduction_op="KMin_ArgKMin", axis=axis, opt_arg=k)(
-        x.to(dtype), y.to(dtype))  # fmt: skip
+        x.to(dtype), y.to(dtype)
+    )
     d = (x - y.T).abs()
     key = torch.where(torch.isnan(d), torch.full_like(d, float("inf")), d)  # NaN: never picked
     want_v, want_i = key.sort(dim=1, stable=True)  # ties: lowest index first

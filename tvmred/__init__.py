@@ -18,5 +18,13 @@ from .export import KernelNotExported, export, load  # noqa: E402
 from .ops import DimError, FormulaError  # noqa: E402
 from .parse import ParseError  # noqa: E402
 
-__all__ = ["__version__", "clear_cache", "export", "load", "KernelNotExported", "DimError",
-           "FormulaError", "ParseError"]
+__all__ = [
+    "__version__",
+    "clear_cache",
+    "export",
+    "load",
+    "KernelNotExported",
+    "DimError",
+    "FormulaError",
+    "ParseError",
+]

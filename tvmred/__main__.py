@@ -16,7 +16,9 @@ def _cache(args: argparse.Namespace) -> int:
     entries = cache.entries()
     print(f"{cache.cache_dir()}: {len(entries)} kernel(s)")
     for e in entries:
-        print(f"  {e['hash'][:12]}  {e['bytes']:>8} B  {e.get('reduction', '?'):<6} {e.get('formula', '')}")
+        print(
+            f"  {e['hash'][:12]}  {e['bytes']:>8} B  {e.get('reduction', '?'):<6} {e.get('formula', '')}"
+        )
     return 0
 
 
@@ -31,21 +33,34 @@ def _export(args: argparse.Namespace) -> int:
 
     info = json.loads(manifest.read_text())
     size = sum(f.stat().st_size for f in manifest.parent.iterdir())
-    print(f"exported {len(info['kernels'])} kernel(s) for {len(info['routines'])} routine(s) to "
-          f"{manifest.parent} ({size / 1024:.0f} KiB) in {time.perf_counter() - t0:.1f} s")  # fmt: skip
+    print(
+        f"exported {len(info['kernels'])} kernel(s) for {len(info['routines'])} routine(s) to "
+        f"{manifest.parent} ({size / 1024:.0f} KiB) in {time.perf_counter() - t0:.1f} s"
+    )
     return 0
 
 
 def _tune(args: argparse.Namespace) -> int:
     from .tune import tune
 
-    rec = tune(args.formula, args.aliases, reduction_op=args.reduction, axis=args.axis,
-               dtype=args.dtype, sizes=(args.M, args.N), trials=args.trials,
-               opt_arg=args.opt_arg, formula2=args.formula2, device=args.device)  # fmt: skip
+    rec = tune(
+        args.formula,
+        args.aliases,
+        reduction_op=args.reduction,
+        axis=args.axis,
+        dtype=args.dtype,
+        sizes=(args.M, args.N),
+        trials=args.trials,
+        opt_arg=args.opt_arg,
+        formula2=args.formula2,
+        device=args.device,
+    )
     for t in rec["trials"]:
         print(f"  {t['config']}: {t['time_s'] * 1e3:.2f} ms")
-    print(f"best {rec['config']}: {rec['time_s'] * 1e3:.2f} ms, default "
-          f"{rec['default_time_s'] * 1e3:.2f} ms ({rec['default_time_s'] / rec['time_s']:.2f}x)")
+    print(
+        f"best {rec['config']}: {rec['time_s'] * 1e3:.2f} ms, default "
+        f"{rec['default_time_s'] * 1e3:.2f} ms ({rec['default_time_s'] / rec['time_s']:.2f}x)"
+    )
     return 0
 
 
@@ -74,13 +89,19 @@ def main(argv: list[str] | None = None) -> int:
     c = sub.add_parser("cache", help="list or clear the compiled-kernel cache")
     c.add_argument("action", choices=["list", "clear"])
     c.set_defaults(func=_cache)
-    e = sub.add_parser("export", help="compile the routines of a spec file into a directory "
-                       "loadable with tvmred.load() and only the TVM runtime")  # fmt: skip
+    e = sub.add_parser(
+        "export",
+        help="compile the routines of a spec file into a directory "
+        "loadable with tvmred.load() and only the TVM runtime",
+    )
     e.add_argument("spec", help="JSON (or YAML) spec: targets and routines (see tvmred.export)")
     e.add_argument("out", help="output directory")
     e.set_defaults(func=_export)
-    t = sub.add_parser("tune", help="measure the schedule knobs of a reduction and store the "
-                       "fastest in the tuning database (used automatically afterwards)")  # fmt: skip
+    t = sub.add_parser(
+        "tune",
+        help="measure the schedule knobs of a reduction and store the "
+        "fastest in the tuning database (used automatically afterwards)",
+    )
     t.add_argument("formula")
     t.add_argument("aliases", nargs="+", help='e.g. "x = Vi(3)" "y = Vj(3)"')
     t.add_argument("--reduction", default="Sum")
@@ -93,8 +114,11 @@ def main(argv: list[str] | None = None) -> int:
     t.add_argument("--formula2", default=None)
     t.add_argument("--device", default="cpu", help="cpu or cuda[:k]: where to measure")
     t.set_defaults(func=_tune)
-    b = sub.add_parser("bench", help="run benchmarks/bench_suite.py (tvmred vs pykeops vs "
-                       "torch); its options follow, e.g. --quick")  # fmt: skip
+    b = sub.add_parser(
+        "bench",
+        help="run benchmarks/bench_suite.py (tvmred vs pykeops vs "
+        "torch); its options follow, e.g. --quick",
+    )
     b.set_defaults(func=_bench, rest=[])
     # bench forwards its options (--quick, --only ...) to the script: argparse's REMAINDER
     # positional rejects a first option that starts with "--", so collect the unknown ones

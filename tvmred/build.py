@@ -78,21 +78,46 @@ def code_fingerprint() -> str:
     return h.hexdigest()[:16]
 
 
-def key_text(formula: Node, red: str, out_cat: int, dtype: str, acc: str, target: dict,
-             opt: Any = None, config: Optional[dict] = None) -> str:  # fmt: skip
+def key_text(
+    formula: Node,
+    red: str,
+    out_cat: int,
+    dtype: str,
+    acc: str,
+    target: dict,
+    opt: Any = None,
+    config: Optional[dict] = None,
+) -> str:
     """The cache key; without ``config`` it is also the tuning database's key."""
     from .runtime import tvm_version
 
-    key = {"formula": str(formula), "red": REDUCTIONS[red].kind + ":" + red, "opt": opt,
-           "out_cat": out_cat, "dtype": dtype, "acc": acc, "target": target,
-           "tvmred": __version__, "code": code_fingerprint(), "tvm": tvm_version()}  # fmt: skip
+    key = {
+        "formula": str(formula),
+        "red": REDUCTIONS[red].kind + ":" + red,
+        "opt": opt,
+        "out_cat": out_cat,
+        "dtype": dtype,
+        "acc": acc,
+        "target": target,
+        "tvmred": __version__,
+        "code": code_fingerprint(),
+        "tvm": tvm_version(),
+    }
     if config:
         key["schedule"] = config
     return json.dumps(key, sort_keys=True)
 
 
-def compile_reduction(formula: Node, red: str, out_cat: int, dtype: str, acc: str, target: dict,
-                      opt: Any = None, config: Optional[dict] = None):  # fmt: skip
+def compile_reduction(
+    formula: Node,
+    red: str,
+    out_cat: int,
+    dtype: str,
+    acc: str,
+    target: dict,
+    opt: Any = None,
+    config: Optional[dict] = None,
+):
     """Lower, schedule and compile (no cache): returns a ``tvm.runtime.Executable``."""
     import tvm
     from tvm import s_tir
@@ -108,8 +133,9 @@ def compile_reduction(formula: Node, red: str, out_cat: int, dtype: str, acc: st
     return tvm.compile(mod, target=tvm.target.Target(target))
 
 
-def get_kernel(formula: Node, red: str, out_cat: int, dtype: str, acc: str, device: Any,
-               opt: int | None = None) -> Kernel:  # fmt: skip
+def get_kernel(
+    formula: Node, red: str, out_cat: int, dtype: str, acc: str, device: Any, opt: int | None = None
+) -> Kernel:
     """The compiled kernel for this reduction (memory cache, else disk cache, else compile)."""
     if dtype not in DTYPES:
         raise TypeError(f"tvmred supports {DTYPES}, got {dtype}")
@@ -143,16 +169,33 @@ def get_kernel(formula: Node, red: str, out_cat: int, dtype: str, acc: str, devi
     return kernel
 
 
-def make_kernel(fn: Any, formula: Node, red: str, out_cat: int, target: dict, dtype: str,
-                acc: str, opt: Any = None, config: Optional[dict] = None) -> Kernel:  # fmt: skip
+def make_kernel(
+    fn: Any,
+    formula: Node,
+    red: str,
+    out_cat: int,
+    target: dict,
+    dtype: str,
+    acc: str,
+    opt: Any = None,
+    config: Optional[dict] = None,
+) -> Kernel:
     """The :class:`Kernel` around a compiled ``main`` of this reduction and schedule."""
     rb = row_block_for(formula, red, out_cat, target["kind"], dtype, acc, opt, config)
     state = tuple(REDUCTIONS[red].state(formula.dim, opt, dtype, acc))
     return Kernel(fn, tuple(variables(formula)), rb, state, config)
 
 
-def row_block_for(formula: Node, red: str, out_cat: int, kind: str, dtype: str, acc: str,
-                  opt: Any = None, config: Optional[dict] = None) -> int:  # fmt: skip
+def row_block_for(
+    formula: Node,
+    red: str,
+    out_cat: int,
+    kind: str,
+    dtype: str,
+    acc: str,
+    opt: Any = None,
+    config: Optional[dict] = None,
+) -> int:
     """Rows per block: the tuned value, else the schedule's rule for the shape: ``width`` =
     values per row that the block keeps in registers across the j loop, its reduction state
     (a block sum's int32 column is the j counter, the same in every lane: not counted)."""

@@ -42,7 +42,9 @@ def grad(fx: Node, v: Node, g: Node) -> Node:
             if ca is None or id(a) not in depends:
                 continue
             if ca.dim != a.dim:  # a registry bug, not a user error
-                raise AssertionError(f"vjp of {node.op} gave dim {ca.dim} for an arg of dim {a.dim}")
+                raise AssertionError(
+                    f"vjp of {node.op} gave dim {ca.dim} for an arg of dim {a.dim}"
+                )
             prev = cot.get(id(a))
             cot[id(a)] = ca if prev is None else add(prev, ca)
     return result

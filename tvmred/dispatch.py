@@ -57,7 +57,7 @@ def _batched(r: Reduction, args: Sequence[torch.Tensor], fn: Callable, shape: to
             full.append(None)  # let the per-problem check report it
             continue
         a = a.reshape((1,) * (len(shape) + core - a.dim()) + tuple(a.shape))
-        full.append(a.expand(*shape, *a.shape[len(shape):]))
+        full.append(a.expand(*shape, *a.shape[len(shape) :]))
     outs = []
     for idx in itertools.product(*(range(s) for s in shape)):
         outs.append(fn(*[a if f is None else f[idx] for a, f in zip(args, full)]))
@@ -68,10 +68,13 @@ def _batched(r: Reduction, args: Sequence[torch.Tensor], fn: Callable, shape: to
 
 def _ranged(r: Reduction, args: Sequence[torch.Tensor], fn: Callable, ranges: Any):
     if not isinstance(ranges, (tuple, list)) or len(ranges) != 6:
-        raise ValueError("ranges must be the 6-tuple (ranges_i, slices_i, redranges_j, "
-                         "ranges_j, slices_j, redranges_i)")  # fmt: skip
-    rng, slices, red = (torch.as_tensor(t).long().cpu() for t in
-                        (ranges[:3] if r.out_cat == 0 else ranges[3:]))  # fmt: skip
+        raise ValueError(
+            "ranges must be the 6-tuple (ranges_i, slices_i, redranges_j, "
+            "ranges_j, slices_j, redranges_i)"
+        )
+    rng, slices, red = (
+        torch.as_tensor(t).long().cpu() for t in (ranges[:3] if r.out_cat == 0 else ranges[3:])
+    )
     out_cat, red_cat = r.out_cat, 1 - r.out_cat
     n_out = n_red = 1
     for a, v in zip(args, r.args):
@@ -81,8 +84,10 @@ def _ranged(r: Reduction, args: Sequence[torch.Tensor], fn: Callable, ranges: An
             n_red = a.shape[0]
     rng, red = rng.reshape(-1, 2), red.reshape(-1, 2)
     if slices.numel() != rng.shape[0] or (slices.numel() and slices[-1] > red.shape[0]):
-        raise ValueError(f"ranges: {rng.shape[0]} output ranges, {slices.numel()} slices and "
-                         f"{red.shape[0]} reduced ranges do not match")  # fmt: skip
+        raise ValueError(
+            f"ranges: {rng.shape[0]} output ranges, {slices.numel()} slices and "
+            f"{red.shape[0]} reduced ranges do not match"
+        )
     for name, t, n in (("output", rng, n_out), ("reduced", red, n_red)):
         if t.numel() and (t.min() < 0 or t.max() > n or (t[:, 1] < t[:, 0]).any()):
             raise ValueError(f"ranges: a {name} range is out of bounds (size {n})")
@@ -102,7 +107,9 @@ def _ranged(r: Reduction, args: Sequence[torch.Tensor], fn: Callable, ranges: An
         sub = []
         for a, v in zip(args, r.args):
             cat = v.params[2]
-            sub.append(a[o0:o1] if cat == out_cat else a.index_select(0, jidx) if cat == red_cat else a)
+            sub.append(
+                a[o0:o1] if cat == out_cat else a.index_select(0, jidx) if cat == red_cat else a
+            )
         pieces.append(_global_index(fn(*sub), jidx))
         rows.append(torch.arange(o0, o1, device=dev))
     rows_t = torch.cat(rows) if rows else torch.zeros(0, dtype=torch.long, device=dev)
@@ -117,7 +124,9 @@ def _indices(ranges: torch.Tensor) -> torch.Tensor:
     lens = ranges[:, 1] - ranges[:, 0]
     starts = torch.cumsum(lens, 0) - lens
     n = int(lens.sum())
-    return torch.arange(n, device=ranges.device) + torch.repeat_interleave(ranges[:, 0] - starts, lens)
+    return torch.arange(n, device=ranges.device) + torch.repeat_interleave(
+        ranges[:, 0] - starts, lens
+    )
 
 
 def _global_index(res: Any, jidx: torch.Tensor) -> Any:

@@ -21,9 +21,14 @@ def reductions_table() -> str:
     rows = ["| reduction_op | gradient | description |", "|---|---|---|"]
     for name in REDUCTIONS:
         d = REDUCTIONS[name]
-        grad = {"sum": "any order", "lse": "any order", "softmax": "any order",
-                "select": "any order (through the selected indices)", "none": "— (int64)",
-                "unsupported": "no"}[d.grad]  # fmt: skip
+        grad = {
+            "sum": "any order",
+            "lse": "any order",
+            "softmax": "any order",
+            "select": "any order (through the selected indices)",
+            "none": "— (int64)",
+            "unsupported": "no",
+        }[d.grad]
         extra = " (`opt_arg=K`)" if d.needs_k else ""
         extra += {"optional": " (`formula2` optional)", "required": " (`formula2` required)"}.get(
             d.weight or "", ""
@@ -37,7 +42,9 @@ BEGIN, END = "<!-- generated tables: python -m tvmred.docs -->", "<!-- end of ge
 
 
 def tables() -> str:
-    return f"{BEGIN}\n### Operations\n\n{ops_table()}\n\n### Reductions\n\n{reductions_table()}\n{END}"
+    return (
+        f"{BEGIN}\n### Operations\n\n{ops_table()}\n\n### Reductions\n\n{reductions_table()}\n{END}"
+    )
 
 
 if __name__ == "__main__":

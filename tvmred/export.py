@@ -35,8 +35,16 @@ from . import build
 from .genred import Reduction
 from .tree import var
 
-GENRED_KEYS = ("formula", "aliases", "reduction_op", "axis", "opt_arg", "formula2", "dtype_acc",
-               "sum_scheme")  # fmt: skip
+GENRED_KEYS = (
+    "formula",
+    "aliases",
+    "reduction_op",
+    "axis",
+    "opt_arg",
+    "formula2",
+    "dtype_acc",
+    "sum_scheme",
+)
 
 
 class KernelNotExported(LookupError):
@@ -99,8 +107,14 @@ def export(spec: Union[str, os.PathLike, dict], out_dir: Union[str, os.PathLike]
         names = list(r.names)
         want = rt.get("gradients", [])
         grads = list(range(r.nargs)) if want == "all" else [names.index(n) for n in want]
-        routines.append({**{k: rt[k] for k in GENRED_KEYS if k in rt}, "name": rt["name"],
-                         "dtypes": rt.get("dtypes", ["float32"]), "gradients": grads})  # fmt: skip
+        routines.append(
+            {
+                **{k: rt[k] for k in GENRED_KEYS if k in rt},
+                "name": rt["name"],
+                "dtypes": rt.get("dtypes", ["float32"]),
+                "gradients": grads,
+            }
+        )
         for dtype in rt.get("dtypes", ["float32"]):
             for target in targets:
                 for kr in kernels_of(r, grads):
@@ -113,17 +127,30 @@ def export(spec: Union[str, os.PathLike, dict], out_dir: Union[str, os.PathLike]
                     path = out / f"{h}.so"
                     ex.export_library(str(path))
                     kernels[h] = {
-                        "file": path.name, "sha256": hashlib.sha256(path.read_bytes()).hexdigest(),
-                        "formula": str(formula), "red": red, "out_cat": out_cat, "dtype": dt,
-                        "acc": acc, "opt": opt, "target": target,
+                        "file": path.name,
+                        "sha256": hashlib.sha256(path.read_bytes()).hexdigest(),
+                        "formula": str(formula),
+                        "red": red,
+                        "out_cat": out_cat,
+                        "dtype": dt,
+                        "acc": acc,
+                        "opt": opt,
+                        "target": target,
                         "device": "cuda" if target["kind"] == "cuda" else "cpu",
-                        "row_block": build.row_block_for(formula, red, out_cat, target["kind"],
-                                                         dt, acc, opt),
+                        "row_block": build.row_block_for(
+                            formula, red, out_cat, target["kind"], dt, acc, opt
+                        ),
                         "state": REDUCTIONS[red].state(formula.dim, opt, dt, acc),
                         "inputs": [list(v.params) for v in build.variables(formula)],
-                    }  # fmt: skip
-    manifest = {"tvmred": build.__version__, "tvm": tvm.__version__, "created": time.time(),
-                "targets": targets, "routines": routines, "kernels": kernels}  # fmt: skip
+                    }
+    manifest = {
+        "tvmred": build.__version__,
+        "tvm": tvm.__version__,
+        "created": time.time(),
+        "targets": targets,
+        "routines": routines,
+        "kernels": kernels,
+    }
     path = out / "manifest.json"
     path.write_text(json.dumps(manifest, indent=1))
     return path
@@ -161,14 +188,19 @@ def load(path: Union[str, os.PathLike]) -> Library:
     path = Path(path)
     manifest = json.loads((path / "manifest.json").read_text())
     if manifest.get("tvm") != tvm.__version__:
-        raise RuntimeError(f"{path} was exported with TVM {manifest.get('tvm')}, this is "
-                           f"TVM {tvm.__version__}; export it again")  # fmt: skip
+        raise RuntimeError(
+            f"{path} was exported with TVM {manifest.get('tvm')}, this is "
+            f"TVM {tvm.__version__}; export it again"
+        )
     cuda_ok = _cuda_available()
     if cuda_ok and any(k["device"] == "cuda" for k in manifest["kernels"].values()):
         cuda_ok = _cuda_runtime()
         if not cuda_ok:
-            warnings.warn(f"{path}: this TVM runtime cannot load CUDA modules (no "
-                          "libtvm_runtime_cuda); only the CPU kernels are loaded", stacklevel=2)  # fmt: skip
+            warnings.warn(
+                f"{path}: this TVM runtime cannot load CUDA modules (no "
+                "libtvm_runtime_cuda); only the CPU kernels are loaded",
+                stacklevel=2,
+            )
     for h, k in manifest["kernels"].items():
         if k["device"] == "cuda" and not cuda_ok:
             continue  # exported for a GPU this process cannot use
@@ -177,10 +209,22 @@ def load(path: Union[str, os.PathLike]) -> Library:
             raise RuntimeError(f"{f}: missing or corrupt (SHA-256 does not match the manifest)")
         mod = tvm.runtime.load_module(str(f))
         build.register_kernel(
-            (k["formula"], k["red"], k["out_cat"], k["dtype"], k["acc"], _opt(k["opt"]), k["device"]),
-            build.Kernel(mod["main"], tuple(var(*p) for p in k["inputs"]), k["row_block"],
-                         tuple(tuple(s) for s in k["state"])),
-        )  # fmt: skip
+            (
+                k["formula"],
+                k["red"],
+                k["out_cat"],
+                k["dtype"],
+                k["acc"],
+                _opt(k["opt"]),
+                k["device"],
+            ),
+            build.Kernel(
+                mod["main"],
+                tuple(var(*p) for p in k["inputs"]),
+                k["row_block"],
+                tuple(tuple(s) for s in k["state"]),
+            ),
+        )
     return Library(path, manifest)
 
 
@@ -201,8 +245,11 @@ def _cuda_runtime() -> bool:
 
             here = Path(_LOADED_LIBS["tvm_runtime"]._name).resolve().parent
             _LOADED_LIBS["tvm_runtime_cuda"] = load_lib_ctypes(
-                package="tvm", target_name="tvm_runtime_cuda", extra_lib_paths=[here],
-                mode="RTLD_LOCAL")  # fmt: skip
+                package="tvm",
+                target_name="tvm_runtime_cuda",
+                extra_lib_paths=[here],
+                mode="RTLD_LOCAL",
+            )
         except (OSError, RuntimeError, KeyError, ImportError, AttributeError):
             return False
     return tvm.get_global_func(name, allow_missing=True) is not None

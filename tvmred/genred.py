@@ -59,13 +59,19 @@ class Reduction:
         ``nargs + offset``."""
         return var(self.nargs + offset, dim, self.out_cat)
 
-    def with_formula(self, formula: Node, extra: Sequence[tuple[Node, str]] = (),
-                     out_cat: Optional[int] = None) -> "Reduction":  # fmt: skip
+    def with_formula(
+        self, formula: Node, extra: Sequence[tuple[Node, str]] = (), out_cat: Optional[int] = None
+    ) -> "Reduction":
         """A Sum reduction of ``formula`` over the extended argument list."""
-        return Reduction(formula, "Sum", self.out_cat if out_cat is None else out_cat,
-                         (*self.args, *(v for v, _ in extra)),
-                         (*self.names, *(n for _, n in extra)), self.dtype_acc,
-                         sum_scheme=self.sum_scheme)  # fmt: skip
+        return Reduction(
+            formula,
+            "Sum",
+            self.out_cat if out_cat is None else out_cat,
+            (*self.args, *(v for v, _ in extra)),
+            (*self.names, *(n for _, n in extra)),
+            self.dtype_acc,
+            sum_scheme=self.sum_scheme,
+        )
 
     def resolve(self, dtype: str) -> tuple[str, Any]:
         """(accumulator dtype, kernel option) for data of ``dtype``: the option is K for the
@@ -141,8 +147,9 @@ def make_reduction(
     args = tuple(by_pos[p].var for p in range(nargs))
     if sum_scheme not in ("auto", "direct_sum", "block_sum", "kahan_scheme"):
         raise ValueError(f"unknown sum_scheme {sum_scheme!r}")
-    return Reduction(tree, rd.name, 1 - axis, args, names, dtype_acc, opt_arg, main, weight,
-                     sum_scheme)  # fmt: skip
+    return Reduction(
+        tree, rd.name, 1 - axis, args, names, dtype_acc, opt_arg, main, weight, sum_scheme
+    )
 
 
 def check_args(r: Reduction, args: Sequence[torch.Tensor]) -> tuple[str, int, int]:
@@ -157,8 +164,9 @@ def check_args(r: Reduction, args: Sequence[torch.Tensor]) -> tuple[str, int, in
     dtypes = {a.dtype for a in args}
     for k, a in enumerate(args):
         if a.dtype not in _TORCH_DTYPES:
-            raise TypeError(f"argument {r.describe(k)} has dtype {a.dtype}; "
-                            "tvmred supports float32 and float64")  # fmt: skip
+            raise TypeError(
+                f"argument {r.describe(k)} has dtype {a.dtype}; tvmred supports float32 and float64"
+            )
     if len(dtypes) > 1:
         detail = ", ".join(f"{r.names[k]}: {a.dtype}" for k, a in enumerate(args))
         raise TypeError(f"all arguments must have the same dtype, got {detail}")
@@ -175,8 +183,10 @@ def check_args(r: Reduction, args: Sequence[torch.Tensor]) -> tuple[str, int, in
         else:
             ok = a.dim() == 2 and a.shape[1] == dim
         if not ok:
-            raise ValueError(f"argument {r.describe(k)} has shape {tuple(a.shape)}; expected "
-                             f"{want} with dim = {dim}")  # fmt: skip
+            raise ValueError(
+                f"argument {r.describe(k)} has shape {tuple(a.shape)}; expected "
+                f"{want} with dim = {dim}"
+            )
         if cat != 2:
             if cat in sizes and sizes[cat][0] != a.shape[0]:
                 other = sizes[cat][1]
@@ -266,15 +276,26 @@ def sum_scheme(scheme: str, dtype: str, acc: str) -> str:
 def copy_into(res: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
     """pykeops' ``out=``: the result written into a preallocated tensor."""
     if out.shape != res.shape or out.dtype != res.dtype or out.device != res.device:
-        raise ValueError(f"out must be a {res.dtype} tensor of shape {tuple(res.shape)} on "
-                         f"{res.device}, got {out.dtype} {tuple(out.shape)} on {out.device}")  # fmt: skip
+        raise ValueError(
+            f"out must be a {res.dtype} tensor of shape {tuple(res.shape)} on "
+            f"{res.device}, got {out.dtype} {tuple(out.shape)} on {out.device}"
+        )
     with torch.no_grad():
         out.copy_(res)
     return out
 
 
-BACKENDS = ("auto", "CPU", "GPU", "GPU_1D", "GPU_2D", "GPU_1D_device", "GPU_2D_device",
-            "GPU_1D_host", "GPU_2D_host")  # fmt: skip
+BACKENDS = (
+    "auto",
+    "CPU",
+    "GPU",
+    "GPU_1D",
+    "GPU_2D",
+    "GPU_1D_device",
+    "GPU_2D_device",
+    "GPU_1D_host",
+    "GPU_2D_host",
+)
 
 
 def placement(args: Sequence[torch.Tensor], backend: str, device_id: int):
@@ -292,7 +313,9 @@ def placement(args: Sequence[torch.Tensor], backend: str, device_id: int):
     if backend.startswith("GPU") and (here is None or here.type == "cpu"):
         if not torch.cuda.is_available():
             raise RuntimeError(f"backend={backend!r} needs a CUDA device, but torch sees none")
-        return torch.device("cuda", device_id if device_id >= 0 else torch.cuda.current_device()), True
+        return torch.device(
+            "cuda", device_id if device_id >= 0 else torch.cuda.current_device()
+        ), True
     if here is not None and here.type == "cuda" and device_id >= 0 and here.index != device_id:
         raise ValueError(f"device_id={device_id} but the arguments are on {here}")
     return here, False

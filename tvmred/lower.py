@@ -61,7 +61,9 @@ def _staged(formula: Node, dtype: str, root_uses: list[int]) -> set[int]:
         flat = [s for a, row in enumerate(names) for s in row if slot_of(n, n.args[a]) == a]
         # 1 if the expression reads that component at all: repeats inside one expression are
         # left to the compiler's CSE (staging them would only add register pressure)
-        occ[id(n)] = [[int(bool(re.search(re.escape(s) + r"\b", str(e)))) for s in flat] for e in exprs]
+        occ[id(n)] = [
+            [int(bool(re.search(re.escape(s) + r"\b", str(e)))) for s in flat] for e in exprs
+        ]
     uses: dict[int, list[int]] = {id(formula): list(root_uses)}
     staged: set[int] = set()
     for n in reversed(order):
@@ -168,8 +170,20 @@ def _lower(formula, red, out_cat, dtype, acc_dtype, row_block, opt) -> Lowered:
     cols = int(outs[0].shape[1])
     live = _reachable(outs)  # a stage can be folded away (e.g. a component the output ignores)
     stages = [s for s in stages if s in live]
-    row_inputs = tuple((holders[id(v)].name, v.dim) for v in inputs if var_cat(v) == out_cat
-                       and holders[id(v)].op.name in live)  # fmt: skip
-    shape = ReductionShape(red.kind, cols, len(outs), dtype, acc_dtype, row_block, tuple(stages),
-                           len(inputs), row_inputs)  # fmt: skip
+    row_inputs = tuple(
+        (holders[id(v)].name, v.dim)
+        for v in inputs
+        if var_cat(v) == out_cat and holders[id(v)].op.name in live
+    )
+    shape = ReductionShape(
+        red.kind,
+        cols,
+        len(outs),
+        dtype,
+        acc_dtype,
+        row_block,
+        tuple(stages),
+        len(inputs),
+        row_inputs,
+    )
     return Lowered(func, inputs, shape)

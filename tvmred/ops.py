@@ -222,8 +222,16 @@ def unary(
 ) -> None:
     """Elementwise unary op: ``deriv(x, out)`` is dy/dx as a node (None: zero gradient)."""
     vjp = (lambda g, out, x: (mul(g, deriv(x, out)),)) if deriv else (lambda g, out, x: (None,))
-    op(name, 1, dim=same_dim, te=elementwise(fn), vjp=vjp, ref=ref,
-       test=TestSpec(ranges=ranges, **kw), doc=doc)  # fmt: skip
+    op(
+        name,
+        1,
+        dim=same_dim,
+        te=elementwise(fn),
+        vjp=vjp,
+        ref=ref,
+        test=TestSpec(ranges=ranges, **kw),
+        doc=doc,
+    )
 
 
 # ----------------------------------------------------------------------------------------------
@@ -231,12 +239,33 @@ def unary(
 # ----------------------------------------------------------------------------------------------
 
 op("Var", 0, nparams=3, test=None, doc="Var(pos,dim,cat): input number pos; cat 0=i, 1=j, 2=Pm")
-op("IntCst", 0, nparams=1, dim=lambda n: 1, te=lambda a, p, dt: [c(p[0], dt)], test=None,
-   doc="integer constant, dim 1")  # fmt: skip
-op("Cst", 0, nparams=1, dim=lambda v: 1, te=lambda a, p, dt: [c(p[0], dt)], test=None,
-   doc="real constant (from a literal such as 0.5), dim 1")  # fmt: skip
-op("Zero", 0, nparams=1, dim=lambda n: n, te=lambda a, p, dt: [c(0, dt)] * p[0], test=None,
-   doc="Zero(n): zero vector of dim n")  # fmt: skip
+op(
+    "IntCst",
+    0,
+    nparams=1,
+    dim=lambda n: 1,
+    te=lambda a, p, dt: [c(p[0], dt)],
+    test=None,
+    doc="integer constant, dim 1",
+)
+op(
+    "Cst",
+    0,
+    nparams=1,
+    dim=lambda v: 1,
+    te=lambda a, p, dt: [c(p[0], dt)],
+    test=None,
+    doc="real constant (from a literal such as 0.5), dim 1",
+)
+op(
+    "Zero",
+    0,
+    nparams=1,
+    dim=lambda n: n,
+    te=lambda a, p, dt: [c(0, dt)] * p[0],
+    test=None,
+    doc="Zero(n): zero vector of dim n",
+)
 op("RatCst", 0, nparams=2, expand=lambda p, q: cst(p / q), test=None, doc="RatCst(p,q) = p/q")
 op("IntInv", 0, nparams=1, expand=lambda n: cst(1.0 / n), test=None, doc="IntInv(n) = 1/n")
 
@@ -245,29 +274,72 @@ op("IntInv", 0, nparams=1, expand=lambda n: cst(1.0 / n), test=None, doc="IntInv
 # ----------------------------------------------------------------------------------------------
 
 
-op("Add", 2, dim=elementwise_dim, te=elementwise(lambda a, b, dt: a + b),
-   vjp=lambda g, out, a, b: (unbroadcast(g, a), unbroadcast(g, b)),
-   ref=lambda a, b: a + b, zero=None, test=TestSpec(argdims=(3, 1)), doc="a + b")  # fmt: skip
-op("Subtract", 2, dim=elementwise_dim, te=elementwise(lambda a, b, dt: a - b),
-   vjp=lambda g, out, a, b: (unbroadcast(g, a), unbroadcast(neg(g), b)),
-   ref=lambda a, b: a - b, test=TestSpec(argdims=(1, 3)), doc="a - b")  # fmt: skip
-op("Minus", 1, dim=same_dim, te=elementwise(lambda a, dt: -a), vjp=lambda g, out, a: (neg(g),),
-   ref=lambda a: -a, zero="all", cheap=True, doc="-a")  # fmt: skip
-op("Mult", 2, dim=elementwise_dim, te=elementwise(lambda a, b, dt: a * b),
-   vjp=lambda g, out, a, b: (unbroadcast(mul(g, b), a), unbroadcast(mul(g, a), b)),
-   ref=lambda a, b: a * b, zero="any", test=TestSpec(argdims=(3, 1)), doc="a * b")  # fmt: skip
-op("Divide", 2, dim=elementwise_dim, te=elementwise(lambda a, b, dt: a / b),
-   vjp=lambda g, out, a, b: (unbroadcast(div(g, b), a), unbroadcast(neg(div(mul(g, out), b)), b)),
-   ref=lambda a, b: a / b, test=TestSpec(argdims=(3, 1), ranges=((-1, 1), (0.5, 2))),
-   doc="a / b")  # fmt: skip
+op(
+    "Add",
+    2,
+    dim=elementwise_dim,
+    te=elementwise(lambda a, b, dt: a + b),
+    vjp=lambda g, out, a, b: (unbroadcast(g, a), unbroadcast(g, b)),
+    ref=lambda a, b: a + b,
+    zero=None,
+    test=TestSpec(argdims=(3, 1)),
+    doc="a + b",
+)
+op(
+    "Subtract",
+    2,
+    dim=elementwise_dim,
+    te=elementwise(lambda a, b, dt: a - b),
+    vjp=lambda g, out, a, b: (unbroadcast(g, a), unbroadcast(neg(g), b)),
+    ref=lambda a, b: a - b,
+    test=TestSpec(argdims=(1, 3)),
+    doc="a - b",
+)
+op(
+    "Minus",
+    1,
+    dim=same_dim,
+    te=elementwise(lambda a, dt: -a),
+    vjp=lambda g, out, a: (neg(g),),
+    ref=lambda a: -a,
+    zero="all",
+    cheap=True,
+    doc="-a",
+)
+op(
+    "Mult",
+    2,
+    dim=elementwise_dim,
+    te=elementwise(lambda a, b, dt: a * b),
+    vjp=lambda g, out, a, b: (unbroadcast(mul(g, b), a), unbroadcast(mul(g, a), b)),
+    ref=lambda a, b: a * b,
+    zero="any",
+    test=TestSpec(argdims=(3, 1)),
+    doc="a * b",
+)
+op(
+    "Divide",
+    2,
+    dim=elementwise_dim,
+    te=elementwise(lambda a, b, dt: a / b),
+    vjp=lambda g, out, a, b: (unbroadcast(div(g, b), a), unbroadcast(neg(div(mul(g, out), b)), b)),
+    ref=lambda a, b: a / b,
+    test=TestSpec(argdims=(3, 1), ranges=((-1, 1), (0.5, 2))),
+    doc="a / b",
+)
 
 
 def _cmp(name: str, sym: str, fn: Callable, ref: Callable) -> None:
-    op(name, 2, dim=elementwise_dim,
-       te=elementwise(lambda a, b, dt: sel(fn(a, b), c(1, dt), c(0, dt))),
-       vjp=lambda g, out, a, b: (None, None), ref=lambda a, b: ref(a, b).to(a.dtype),
-       test=TestSpec(argdims=(3, 1), integer=True, ranges=((0, 3), (0, 3))),
-       doc=f"a {sym} b as a 0/1 mask")  # fmt: skip
+    op(
+        name,
+        2,
+        dim=elementwise_dim,
+        te=elementwise(lambda a, b, dt: sel(fn(a, b), c(1, dt), c(0, dt))),
+        vjp=lambda g, out, a, b: (None, None),
+        ref=lambda a, b: ref(a, b).to(a.dtype),
+        test=TestSpec(argdims=(3, 1), integer=True, ranges=((0, 3), (0, 3))),
+        doc=f"a {sym} b as a 0/1 mask",
+    )
 
 
 _cmp("Equal", "==", lambda a, b: a == b, lambda a, b: a == b)
@@ -297,41 +369,103 @@ def _exp(x, dt: str):
 
 
 unary("Exp", _exp, lambda x: _t().exp(x), lambda x, out: out, doc="e^x")
-unary("Log", _te("log"), lambda x: _t().log(x), lambda x, out: f("Inv", x), ((0.5, 2.0),),
-      doc="natural log")  # fmt: skip
+unary(
+    "Log",
+    _te("log"),
+    lambda x: _t().log(x),
+    lambda x, out: f("Inv", x),
+    ((0.5, 2.0),),
+    doc="natural log",
+)
 unary("Sin", _te("sin"), lambda x: _t().sin(x), lambda x, out: f("Cos", x), doc="sine")
 unary("Cos", _te("cos"), lambda x: _t().cos(x), lambda x, out: neg(f("Sin", x)), doc="cosine")
-unary("Asin", _te("asin"), lambda x: _t().asin(x),
-      lambda x, out: f("Rsqrt", _one_minus_sq(x)), ((-0.9, 0.9),), doc="arcsine")  # fmt: skip
-unary("Acos", _te("acos"), lambda x: _t().acos(x),
-      lambda x, out: neg(f("Rsqrt", _one_minus_sq(x))), ((-0.9, 0.9),), doc="arccosine")  # fmt: skip
-unary("Atan", _te("atan"), lambda x: _t().atan(x),
-      lambda x, out: f("Inv", add(intcst(1), f("Square", x))), doc="arctangent")  # fmt: skip
-unary("Inv", lambda x, dt: c(1, dt) / x, lambda x: 1 / x,
-      lambda x, out: neg(f("Square", out)), ((0.5, 2.0),), doc="1/x")  # fmt: skip
+unary(
+    "Asin",
+    _te("asin"),
+    lambda x: _t().asin(x),
+    lambda x, out: f("Rsqrt", _one_minus_sq(x)),
+    ((-0.9, 0.9),),
+    doc="arcsine",
+)
+unary(
+    "Acos",
+    _te("acos"),
+    lambda x: _t().acos(x),
+    lambda x, out: neg(f("Rsqrt", _one_minus_sq(x))),
+    ((-0.9, 0.9),),
+    doc="arccosine",
+)
+unary(
+    "Atan",
+    _te("atan"),
+    lambda x: _t().atan(x),
+    lambda x, out: f("Inv", add(intcst(1), f("Square", x))),
+    doc="arctangent",
+)
+unary(
+    "Inv",
+    lambda x, dt: c(1, dt) / x,
+    lambda x: 1 / x,
+    lambda x, out: neg(f("Square", out)),
+    ((0.5, 2.0),),
+    doc="1/x",
+)
 unary("Square", lambda x, dt: x * x, lambda x: x * x, lambda x, out: mul(intcst(2), x), doc="x^2")
-unary("Sqrt", _te("sqrt"), lambda x: _t().sqrt(x),
-      lambda x, out: mul(cst(0.5), f("Rsqrt", x)), ((0.5, 2.0),),
-      doc="square root; derivative uses Rsqrt (so 0 at x = 0, as KeOps)")  # fmt: skip
-unary("Rsqrt", lambda x, dt: sel(x == c(0, dt), c(0, dt), _tvm()[1].rsqrt(x)),
-      lambda x: _t().where(x == 0, _t().zeros_like(x), _t().rsqrt(x)),
-      lambda x, out: mul(cst(-0.5), f("Pow", out, params=(3,))), ((0.5, 2.0),),
-      doc="1/sqrt(x), 0 at x = 0 (as KeOps)")  # fmt: skip
+unary(
+    "Sqrt",
+    _te("sqrt"),
+    lambda x: _t().sqrt(x),
+    lambda x, out: mul(cst(0.5), f("Rsqrt", x)),
+    ((0.5, 2.0),),
+    doc="square root; derivative uses Rsqrt (so 0 at x = 0, as KeOps)",
+)
+unary(
+    "Rsqrt",
+    lambda x, dt: sel(x == c(0, dt), c(0, dt), _tvm()[1].rsqrt(x)),
+    lambda x: _t().where(x == 0, _t().zeros_like(x), _t().rsqrt(x)),
+    lambda x, out: mul(cst(-0.5), f("Pow", out, params=(3,))),
+    ((0.5, 2.0),),
+    doc="1/sqrt(x), 0 at x = 0 (as KeOps)",
+)
 unary("Abs", _te("abs"), lambda x: _t().abs(x), lambda x, out: f("Sign", x), doc="|x|")
-unary("Sign", lambda x, dt: sel(x > c(0, dt), c(1, dt), sel(x < c(0, dt), c(-1, dt), c(0, dt))),
-      lambda x: _t().sign(x), None, doc="-1, 0 or 1")  # fmt: skip
-unary("Step", lambda x, dt: sel(x < c(0, dt), c(0, dt), c(1, dt)),
-      lambda x: (x >= 0).to(x.dtype), None, doc="0 if x < 0 else 1")  # fmt: skip
-unary("ReLU", lambda x, dt: sel(x < c(0, dt), c(0, dt), x), lambda x: _t().relu(x),
-      lambda x, out: f("Step", x), doc="max(x, 0)")  # fmt: skip
+unary(
+    "Sign",
+    lambda x, dt: sel(x > c(0, dt), c(1, dt), sel(x < c(0, dt), c(-1, dt), c(0, dt))),
+    lambda x: _t().sign(x),
+    None,
+    doc="-1, 0 or 1",
+)
+unary(
+    "Step",
+    lambda x, dt: sel(x < c(0, dt), c(0, dt), c(1, dt)),
+    lambda x: (x >= 0).to(x.dtype),
+    None,
+    doc="0 if x < 0 else 1",
+)
+unary(
+    "ReLU",
+    lambda x, dt: sel(x < c(0, dt), c(0, dt), x),
+    lambda x: _t().relu(x),
+    lambda x, out: f("Step", x),
+    doc="max(x, 0)",
+)
 unary("Floor", _te("floor"), lambda x: _t().floor(x), None, ((-3.0, 3.0),), doc="floor")
-unary("XLogX", lambda x, dt: sel(x == c(0, dt), c(0, dt), x * _tvm()[1].log(x)),
-      lambda x: _t().where(x == 0, _t().zeros_like(x), x * _t().log(x)),
-      lambda x, out: add(f("Log", x), intcst(1)), ((0.1, 2.0),), doc="x log x, 0 at 0")  # fmt: skip
-unary("SinXDivX", lambda x, dt: sel(x == c(0, dt), c(1, dt), _tvm()[1].sin(x) / x),
-      lambda x: _t().where(x == 0, _t().ones_like(x), _t().sin(x) / x),
-      lambda x, out: sub(div(f("Cos", x), x), div(f("Sin", x), f("Square", x))),
-      ((0.2, 2.0),), doc="sin(x)/x, 1 at 0")  # fmt: skip
+unary(
+    "XLogX",
+    lambda x, dt: sel(x == c(0, dt), c(0, dt), x * _tvm()[1].log(x)),
+    lambda x: _t().where(x == 0, _t().zeros_like(x), x * _t().log(x)),
+    lambda x, out: add(f("Log", x), intcst(1)),
+    ((0.1, 2.0),),
+    doc="x log x, 0 at 0",
+)
+unary(
+    "SinXDivX",
+    lambda x, dt: sel(x == c(0, dt), c(1, dt), _tvm()[1].sin(x) / x),
+    lambda x: _t().where(x == 0, _t().ones_like(x), _t().sin(x) / x),
+    lambda x, out: sub(div(f("Cos", x), x), div(f("Sin", x), f("Square", x))),
+    ((0.2, 2.0),),
+    doc="sin(x)/x, 1 at 0",
+)
 
 
 def _pow_te(x, n: int, dt: str):
@@ -354,12 +488,25 @@ def _pow_vjp(g: Node, out: Node, x: Node, n: int) -> tuple:
     return (mul(g, dx),)
 
 
-op("Pow", 1, nparams=1, dim=same_dim, te=elementwise(_pow_te), vjp=_pow_vjp,
-   ref=lambda x, n: x**n, test=TestSpec(params=(3,), ranges=((0.5, 2.0),)),
-   doc="Pow(f, n): f^n for a fixed integer n")  # fmt: skip
-op("Powf", 2, expand=lambda a, b: f("Exp", mul(b, f("Log", a))), ref=lambda a, b: a**b,
-   test=TestSpec(argdims=(3, 1), ranges=((0.5, 2.0), (-1.0, 1.0))),
-   doc="Powf(f, g) = Exp(g*Log(f))")  # fmt: skip
+op(
+    "Pow",
+    1,
+    nparams=1,
+    dim=same_dim,
+    te=elementwise(_pow_te),
+    vjp=_pow_vjp,
+    ref=lambda x, n: x**n,
+    test=TestSpec(params=(3,), ranges=((0.5, 2.0),)),
+    doc="Pow(f, n): f^n for a fixed integer n",
+)
+op(
+    "Powf",
+    2,
+    expand=lambda a, b: f("Exp", mul(b, f("Log", a))),
+    ref=lambda a, b: a**b,
+    test=TestSpec(argdims=(3, 1), ranges=((0.5, 2.0), (-1.0, 1.0))),
+    doc="Powf(f, g) = Exp(g*Log(f))",
+)
 
 
 def _round_te(x, d: int, dt: str):
@@ -369,9 +516,17 @@ def _round_te(x, d: int, dt: str):
     return _tvm()[1].round(x * s) / s
 
 
-op("Round", 1, nparams=1, dim=same_dim, te=elementwise(_round_te), vjp=lambda g, o, x, d: (None,),
-   ref=lambda x, d: _t().round(x * 10**d) / 10**d, test=TestSpec(params=(2,), ranges=((-3, 3),)),
-   doc="Round(f, d): round to d decimals")  # fmt: skip
+op(
+    "Round",
+    1,
+    nparams=1,
+    dim=same_dim,
+    te=elementwise(_round_te),
+    vjp=lambda g, o, x, d: (None,),
+    ref=lambda x, d: _t().round(x * 10**d) / 10**d,
+    test=TestSpec(params=(2,), ranges=((-3, 3),)),
+    doc="Round(f, d): round to d decimals",
+)
 
 
 def _clamp_te(x, a, b, dt: str):
@@ -380,14 +535,23 @@ def _clamp_te(x, a, b, dt: str):
 
 def _clamp_vjp(g: Node, out: Node, x: Node, a: Node, b: Node) -> tuple:
     inside = mul(f("LessOrEqual", a, x), f("LessOrEqual", x, b))
-    return (unbroadcast(mul(g, inside), x), unbroadcast(mul(g, f("LessThan", x, a)), a),
-            unbroadcast(mul(g, f("GreaterThan", x, b)), b))  # fmt: skip
+    return (
+        unbroadcast(mul(g, inside), x),
+        unbroadcast(mul(g, f("LessThan", x, a)), a),
+        unbroadcast(mul(g, f("GreaterThan", x, b)), b),
+    )
 
 
-op("Clamp", 3, dim=elementwise_dim, te=elementwise(_clamp_te), vjp=_clamp_vjp,
-   ref=lambda x, a, b: _t().where(x < a, a, _t().where(x > b, b, x)),
-   test=TestSpec(argdims=(3, 1, 1), ranges=((-2, 2), (-1, -0.2), (0.2, 1))),
-   doc="Clamp(f, a, b): a if f < a, b if f > b, else f")  # fmt: skip
+op(
+    "Clamp",
+    3,
+    dim=elementwise_dim,
+    te=elementwise(_clamp_te),
+    vjp=_clamp_vjp,
+    ref=lambda x, a, b: _t().where(x < a, a, _t().where(x > b, b, x)),
+    test=TestSpec(argdims=(3, 1, 1), ranges=((-2, 2), (-1, -0.2), (0.2, 1))),
+    doc="Clamp(f, a, b): a if f < a, b if f > b, else f",
+)
 
 
 def _clampint_te(x, a: int, b: int, dt: str):
@@ -398,9 +562,17 @@ def _clampint_vjp(g: Node, out: Node, x: Node, a: int, b: int) -> tuple:
     return (mul(g, mul(f("LessOrEqual", intcst(a), x), f("LessOrEqual", x, intcst(b)))),)
 
 
-op("ClampInt", 1, nparams=2, dim=same_dim, te=elementwise(_clampint_te), vjp=_clampint_vjp,
-   ref=lambda x, a, b: _t().clamp(x, a, b), test=TestSpec(params=(0, 1), ranges=((-1.5, 2.5),)),
-   doc="ClampInt(f, a, b) with fixed integer bounds")  # fmt: skip
+op(
+    "ClampInt",
+    1,
+    nparams=2,
+    dim=same_dim,
+    te=elementwise(_clampint_te),
+    vjp=_clampint_vjp,
+    ref=lambda x, a, b: _t().clamp(x, a, b),
+    test=TestSpec(params=(0, 1), ranges=((-1.5, 2.5),)),
+    doc="ClampInt(f, a, b) with fixed integer bounds",
+)
 
 
 def _ifelse_vjp(g: Node, out: Node, x: Node, a: Node, b: Node) -> tuple:
@@ -408,19 +580,37 @@ def _ifelse_vjp(g: Node, out: Node, x: Node, a: Node, b: Node) -> tuple:
     return (None, unbroadcast(f("IfElse", x, g, za), a), unbroadcast(f("IfElse", x, zb, g), b))
 
 
-op("IfElse", 3, dim=elementwise_dim, te=elementwise(lambda x, a, b, dt: sel(x >= c(0, dt), a, b)),
-   vjp=_ifelse_vjp, ref=lambda x, a, b: _t().where(x >= 0, a, b),
-   test=TestSpec(argdims=(1, 3, 3)), doc="IfElse(f, a, b): a if f >= 0 else b")  # fmt: skip
-op("Mod", 3, expand=lambda x, m, o: sub(x, mul(m, f("Floor", div(sub(x, o), m)))),
-   ref=lambda x, m, o: x - m * _t().floor((x - o) / m),
-   test=TestSpec(argdims=(3, 1, 1), ranges=((-3, 3), (1, 2), (-0.5, 0.5))),
-   doc="Mod(f, m, off) = f - m*Floor((f - off)/m)")  # fmt: skip
-op("Atan2", 2, dim=elementwise_dim, te=elementwise(lambda y, x, dt: _tvm()[1].atan2(y, x)),
-   vjp=lambda g, out, y, x: (
-       unbroadcast(mul(g, div(x, add(f("Square", x), f("Square", y)))), y),
-       unbroadcast(neg(mul(g, div(y, add(f("Square", x), f("Square", y))))), x)),
-   ref=lambda y, x: _t().atan2(y, x), test=TestSpec(argdims=(3, 3), ranges=((-1, 1), (0.3, 1))),
-   doc="Atan2(y, x)")  # fmt: skip
+op(
+    "IfElse",
+    3,
+    dim=elementwise_dim,
+    te=elementwise(lambda x, a, b, dt: sel(x >= c(0, dt), a, b)),
+    vjp=_ifelse_vjp,
+    ref=lambda x, a, b: _t().where(x >= 0, a, b),
+    test=TestSpec(argdims=(1, 3, 3)),
+    doc="IfElse(f, a, b): a if f >= 0 else b",
+)
+op(
+    "Mod",
+    3,
+    expand=lambda x, m, o: sub(x, mul(m, f("Floor", div(sub(x, o), m)))),
+    ref=lambda x, m, o: x - m * _t().floor((x - o) / m),
+    test=TestSpec(argdims=(3, 1, 1), ranges=((-3, 3), (1, 2), (-0.5, 0.5))),
+    doc="Mod(f, m, off) = f - m*Floor((f - off)/m)",
+)
+op(
+    "Atan2",
+    2,
+    dim=elementwise_dim,
+    te=elementwise(lambda y, x, dt: _tvm()[1].atan2(y, x)),
+    vjp=lambda g, out, y, x: (
+        unbroadcast(mul(g, div(x, add(f("Square", x), f("Square", y)))), y),
+        unbroadcast(neg(mul(g, div(y, add(f("Square", x), f("Square", y))))), x),
+    ),
+    ref=lambda y, x: _t().atan2(y, x),
+    test=TestSpec(argdims=(3, 3), ranges=((-1, 1), (0.3, 1))),
+    doc="Atan2(y, x)",
+)
 
 # ----------------------------------------------------------------------------------------------
 # Reductions inside the vector, indexing, tensor algebra
@@ -446,12 +636,24 @@ def _minmax(name: str, tname: str, arg: str, better: Callable, tref: Callable) -
             acc = getattr(_tvm()[1], tname)(acc, v)
         return [acc]
 
-    op(name, 1, dim=scalar_dim, te=te_rule,
-       vjp=lambda g, out, x: (mul(g, f("OneHot", f(arg, x), params=(x.dim,))),),
-       ref=lambda x: tref(x, -1, keepdim=True).values, doc=f"{name.lower()} of the components")  # fmt: skip
-    op(arg, 1, dim=scalar_dim, te=_argbest(better), vjp=lambda g, out, x: (None,),
-       ref=lambda x: tref(x, -1, keepdim=True).indices.to(x.dtype),
-       doc=f"index of the {name.lower()} component (first one on ties)")  # fmt: skip
+    op(
+        name,
+        1,
+        dim=scalar_dim,
+        te=te_rule,
+        vjp=lambda g, out, x: (mul(g, f("OneHot", f(arg, x), params=(x.dim,))),),
+        ref=lambda x: tref(x, -1, keepdim=True).values,
+        doc=f"{name.lower()} of the components",
+    )
+    op(
+        arg,
+        1,
+        dim=scalar_dim,
+        te=_argbest(better),
+        vjp=lambda g, out, x: (None,),
+        ref=lambda x: tref(x, -1, keepdim=True).indices.to(x.dtype),
+        doc=f"index of the {name.lower()} component (first one on ties)",
+    )
 
 
 _minmax("Max", "max", "ArgMax", lambda a, b: a > b, lambda *a, **k: _t().max(*a, **k))
@@ -468,8 +670,16 @@ def _sum_te(args: list, params: tuple, dt: str) -> Exprs:
     return [terms[0]]
 
 
-op("Sum", 1, dim=scalar_dim, te=_sum_te, vjp=lambda g, out, x: (f("SumT", g, params=(x.dim,)),),
-   ref=lambda x: x.sum(-1, keepdim=True), zero="all", doc="sum of the components")  # fmt: skip
+op(
+    "Sum",
+    1,
+    dim=scalar_dim,
+    te=_sum_te,
+    vjp=lambda g, out, x: (f("SumT", g, params=(x.dim,)),),
+    ref=lambda x: x.sum(-1, keepdim=True),
+    zero="all",
+    doc="sum of the components",
+)
 
 
 def _sumt_dim(d: int, n: int) -> int:
@@ -477,10 +687,19 @@ def _sumt_dim(d: int, n: int) -> int:
     return n
 
 
-op("SumT", 1, nparams=1, dim=_sumt_dim, te=lambda a, p, dt: a[0] * p[0],
-   vjp=lambda g, out, x, n: (f("Sum", g),), ref=lambda x, n: x.expand(*x.shape[:-1], n),
-   zero="all", cheap=True, test=TestSpec(argdims=(1,), params=(3,)),
-   doc="SumT(f, d): the scalar f repeated d times (adjoint of Sum)")  # fmt: skip
+op(
+    "SumT",
+    1,
+    nparams=1,
+    dim=_sumt_dim,
+    te=lambda a, p, dt: a[0] * p[0],
+    vjp=lambda g, out, x, n: (f("Sum", g),),
+    ref=lambda x, n: x.expand(*x.shape[:-1], n),
+    zero="all",
+    cheap=True,
+    test=TestSpec(argdims=(1,), params=(3,)),
+    doc="SumT(f, d): the scalar f repeated d times (adjoint of Sum)",
+)
 
 
 def _scalprod_dim(a: int, b: int) -> int:
@@ -493,17 +712,44 @@ def _scalprod_te(args: list, params: tuple, dt: str) -> Exprs:
     return _sum_te([[u * v for u, v in zip(a, b)]], (), dt)
 
 
-op("Scalprod", 2, dim=_scalprod_dim, te=_scalprod_te,
-   vjp=lambda g, out, a, b: (mul(g, b), mul(g, a)), ref=lambda a, b: (a * b).sum(-1, keepdim=True),
-   zero="any", doc="(f|g): dot product, dim 1")  # fmt: skip
-op("SqNorm2", 1, expand=lambda x: f("Scalprod", x, x), ref=lambda x: (x * x).sum(-1, keepdim=True),
-   doc="(f|f)")  # fmt: skip
-op("Norm2", 1, expand=lambda x: f("Sqrt", f("SqNorm2", x)),
-   ref=lambda x: _t().linalg.vector_norm(x, dim=-1, keepdim=True), doc="Sqrt((f|f))")  # fmt: skip
-op("Normalize", 1, expand=lambda x: mul(f("Rsqrt", f("SqNorm2", x)), x),
-   ref=lambda x: x / _t().linalg.vector_norm(x, dim=-1, keepdim=True), doc="f/|f|")  # fmt: skip
-op("SqDist", 2, expand=lambda a, b: f("SqNorm2", sub(a, b)),
-   ref=lambda a, b: ((a - b) ** 2).sum(-1, keepdim=True), doc="|f-g|^2")  # fmt: skip
+op(
+    "Scalprod",
+    2,
+    dim=_scalprod_dim,
+    te=_scalprod_te,
+    vjp=lambda g, out, a, b: (mul(g, b), mul(g, a)),
+    ref=lambda a, b: (a * b).sum(-1, keepdim=True),
+    zero="any",
+    doc="(f|g): dot product, dim 1",
+)
+op(
+    "SqNorm2",
+    1,
+    expand=lambda x: f("Scalprod", x, x),
+    ref=lambda x: (x * x).sum(-1, keepdim=True),
+    doc="(f|f)",
+)
+op(
+    "Norm2",
+    1,
+    expand=lambda x: f("Sqrt", f("SqNorm2", x)),
+    ref=lambda x: _t().linalg.vector_norm(x, dim=-1, keepdim=True),
+    doc="Sqrt((f|f))",
+)
+op(
+    "Normalize",
+    1,
+    expand=lambda x: mul(f("Rsqrt", f("SqNorm2", x)), x),
+    ref=lambda x: x / _t().linalg.vector_norm(x, dim=-1, keepdim=True),
+    doc="f/|f|",
+)
+op(
+    "SqDist",
+    2,
+    expand=lambda a, b: f("SqNorm2", sub(a, b)),
+    ref=lambda a, b: ((a - b) ** 2).sum(-1, keepdim=True),
+    doc="|f-g|^2",
+)
 
 
 def _wsqnorm(s: Node, x: Node) -> Node:
@@ -513,7 +759,9 @@ def _wsqnorm(s: Node, x: Node) -> Node:
         return f("Sum", mul(s, f("Square", x)))
     if s.dim == x.dim * x.dim:
         return f("Sum", mul(s, f("TensorProd", x, x)))
-    raise DimError(f"WeightedSqNorm(s, f): dim s must be 1, dim f or (dim f)^2; got {s.dim}, {x.dim}")
+    raise DimError(
+        f"WeightedSqNorm(s, f): dim s must be 1, dim f or (dim f)^2; got {s.dim}, {x.dim}"
+    )
 
 
 def _wsqnorm_ref(s, x):
@@ -526,11 +774,22 @@ def _wsqnorm_ref(s, x):
     return (x.unsqueeze(-2) @ S @ x.unsqueeze(-1)).squeeze(-1)
 
 
-op("WeightedSqNorm", 2, expand=_wsqnorm, ref=_wsqnorm_ref, test=TestSpec(argdims=(9, 3)),
-   doc="s-weighted |f|^2: s of dim 1 (isotropic), dim f (diagonal) or dim f^2 (full)")  # fmt: skip
-op("WeightedSqDist", 3, expand=lambda s, a, b: _wsqnorm(s, sub(a, b)),
-   ref=lambda s, a, b: _wsqnorm_ref(s, a - b), test=TestSpec(argdims=(3, 3, 3)),
-   doc="WeightedSqNorm(s, f-g)")  # fmt: skip
+op(
+    "WeightedSqNorm",
+    2,
+    expand=_wsqnorm,
+    ref=_wsqnorm_ref,
+    test=TestSpec(argdims=(9, 3)),
+    doc="s-weighted |f|^2: s of dim 1 (isotropic), dim f (diagonal) or dim f^2 (full)",
+)
+op(
+    "WeightedSqDist",
+    3,
+    expand=lambda s, a, b: _wsqnorm(s, sub(a, b)),
+    ref=lambda s, a, b: _wsqnorm_ref(s, a - b),
+    test=TestSpec(argdims=(3, 3, 3)),
+    doc="WeightedSqNorm(s, f-g)",
+)
 
 
 def _elem_dim(d: int, m: int) -> int:
@@ -549,14 +808,32 @@ def _elemt_ref(x, n, m):
     return out
 
 
-op("Elem", 1, nparams=1, dim=_elem_dim, te=lambda a, p, dt: [a[0][p[0]]],
-   vjp=lambda g, out, x, m: (f("ElemT", g, params=(x.dim, m)),), ref=lambda x, m: x[..., m : m + 1],
-   zero="all", cheap=True, test=TestSpec(params=(1,)), doc="Elem(f, m): component m")  # fmt: skip
-op("ElemT", 1, nparams=2, dim=_elemt_dim,
-   te=lambda a, p, dt: [a[0][0] if k == p[1] else c(0, dt) for k in range(p[0])],
-   vjp=lambda g, out, x, n, m: (f("Elem", g, params=(m,)),), ref=_elemt_ref, zero="all",
-   cheap=True, test=TestSpec(argdims=(1,), params=(4, 2)),
-   doc="ElemT(f, n, m): scalar f at position m of a zero vector of dim n")  # fmt: skip
+op(
+    "Elem",
+    1,
+    nparams=1,
+    dim=_elem_dim,
+    te=lambda a, p, dt: [a[0][p[0]]],
+    vjp=lambda g, out, x, m: (f("ElemT", g, params=(x.dim, m)),),
+    ref=lambda x, m: x[..., m : m + 1],
+    zero="all",
+    cheap=True,
+    test=TestSpec(params=(1,)),
+    doc="Elem(f, m): component m",
+)
+op(
+    "ElemT",
+    1,
+    nparams=2,
+    dim=_elemt_dim,
+    te=lambda a, p, dt: [a[0][0] if k == p[1] else c(0, dt) for k in range(p[0])],
+    vjp=lambda g, out, x, n, m: (f("Elem", g, params=(m,)),),
+    ref=_elemt_ref,
+    zero="all",
+    cheap=True,
+    test=TestSpec(argdims=(1,), params=(4, 2)),
+    doc="ElemT(f, n, m): scalar f at position m of a zero vector of dim n",
+)
 
 
 def _extract_dim(d: int, s: int, n: int) -> int:
@@ -575,20 +852,47 @@ def _extractt_ref(x, s, n):
     return out
 
 
-op("Extract", 1, nparams=2, dim=_extract_dim, te=lambda a, p, dt: a[0][p[0] : p[0] + p[1]],
-   vjp=lambda g, out, x, s, n: (f("ExtractT", g, params=(s, x.dim)),),
-   ref=lambda x, s, n: x[..., s : s + n], zero="all", cheap=True,
-   test=TestSpec(argdims=(5,), params=(1, 3)), doc="Extract(f, start, d): a slice")  # fmt: skip
-op("ExtractT", 1, nparams=2, dim=_extractt_dim,
-   te=lambda a, p, dt: [c(0, dt)] * p[0] + a[0] + [c(0, dt)] * (p[1] - p[0] - len(a[0])),
-   vjp=lambda g, out, x, s, n: (f("Extract", g, params=(s, x.dim)),), ref=_extractt_ref,
-   zero="all", cheap=True, test=TestSpec(argdims=(3,), params=(1, 5)),
-   doc="ExtractT(f, start, D): f embedded in a zero vector of dim D")  # fmt: skip
-op("Concat", 2, dim=lambda a, b: a + b, te=lambda a, p, dt: a[0] + a[1],
-   vjp=lambda g, out, a, b: (f("Extract", g, params=(0, a.dim)),
-                             f("Extract", g, params=(a.dim, b.dim))),
-   ref=lambda a, b: _t().cat([a, b], -1), zero="all", cheap=True, test=TestSpec(argdims=(3, 2)),
-   doc="Concat(f, g)")  # fmt: skip
+op(
+    "Extract",
+    1,
+    nparams=2,
+    dim=_extract_dim,
+    te=lambda a, p, dt: a[0][p[0] : p[0] + p[1]],
+    vjp=lambda g, out, x, s, n: (f("ExtractT", g, params=(s, x.dim)),),
+    ref=lambda x, s, n: x[..., s : s + n],
+    zero="all",
+    cheap=True,
+    test=TestSpec(argdims=(5,), params=(1, 3)),
+    doc="Extract(f, start, d): a slice",
+)
+op(
+    "ExtractT",
+    1,
+    nparams=2,
+    dim=_extractt_dim,
+    te=lambda a, p, dt: [c(0, dt)] * p[0] + a[0] + [c(0, dt)] * (p[1] - p[0] - len(a[0])),
+    vjp=lambda g, out, x, s, n: (f("Extract", g, params=(s, x.dim)),),
+    ref=_extractt_ref,
+    zero="all",
+    cheap=True,
+    test=TestSpec(argdims=(3,), params=(1, 5)),
+    doc="ExtractT(f, start, D): f embedded in a zero vector of dim D",
+)
+op(
+    "Concat",
+    2,
+    dim=lambda a, b: a + b,
+    te=lambda a, p, dt: a[0] + a[1],
+    vjp=lambda g, out, a, b: (
+        f("Extract", g, params=(0, a.dim)),
+        f("Extract", g, params=(a.dim, b.dim)),
+    ),
+    ref=lambda a, b: _t().cat([a, b], -1),
+    zero="all",
+    cheap=True,
+    test=TestSpec(argdims=(3, 2)),
+    doc="Concat(f, g)",
+)
 
 
 def _onehot_dim(d: int, n: int) -> int:
@@ -608,9 +912,17 @@ def _onehot_ref(x, n):
     )
 
 
-op("OneHot", 1, nparams=1, dim=_onehot_dim, te=_onehot_te, vjp=lambda g, out, x, n: (None,),
-   ref=_onehot_ref, test=TestSpec(argdims=(1,), params=(4,), integer=True, ranges=((0, 4),)),
-   doc="OneHot(f, D): one-hot encoding of round(f)")  # fmt: skip
+op(
+    "OneHot",
+    1,
+    nparams=1,
+    dim=_onehot_dim,
+    te=_onehot_te,
+    vjp=lambda g, out, x, n: (None,),
+    ref=_onehot_ref,
+    test=TestSpec(argdims=(1,), params=(4,), integer=True, ranges=((0, 4),)),
+    doc="OneHot(f, D): one-hot encoding of round(f)",
+)
 
 
 def _mv_dim(a: int, b: int) -> int:
@@ -621,7 +933,9 @@ def _mv_dim(a: int, b: int) -> int:
 def _matvec_te(args: list, params: tuple, dt: str) -> Exprs:
     A, v = args
     p = len(v)
-    return [_sum_te([[A[i * p + k] * v[k] for k in range(p)]], (), dt)[0] for i in range(len(A) // p)]
+    return [
+        _sum_te([[A[i * p + k] * v[k] for k in range(p)]], (), dt)[0] for i in range(len(A) // p)
+    ]
 
 
 def _vecmat_te(args: list, params: tuple, dt: str) -> Exprs:
@@ -635,20 +949,39 @@ def _tensorprod_te(args: list, params: tuple, dt: str) -> Exprs:
     return [u * v for u in a for v in b]
 
 
-op("MatVecMult", 2, dim=_mv_dim, te=_matvec_te,
-   vjp=lambda g, out, A, v: (f("TensorProd", g, v), f("VecMatMult", g, A)),
-   ref=lambda A, v: (A.reshape(*A.shape[:-1], -1, v.shape[-1]) @ v.unsqueeze(-1)).squeeze(-1),
-   zero="any", test=TestSpec(argdims=(6, 2)),
-   doc="MatVecMult(A, v): A (dim n*p, row-major n x p) times v (dim p), dim n")  # fmt: skip
-op("VecMatMult", 2, dim=lambda b, a: _mv_dim(a, b), te=_vecmat_te,
-   vjp=lambda g, out, v, A: (f("MatVecMult", A, g), f("TensorProd", v, g)),
-   ref=lambda v, A: (v.unsqueeze(-2) @ A.reshape(*A.shape[:-1], v.shape[-1], -1)).squeeze(-2),
-   zero="any", test=TestSpec(argdims=(2, 6)),
-   doc="VecMatMult(v, A): v (dim p) times A (dim p*n, row-major p x n), dim n")  # fmt: skip
-op("TensorProd", 2, dim=lambda a, b: a * b, te=_tensorprod_te,
-   vjp=lambda g, out, a, b: (f("MatVecMult", g, b), f("VecMatMult", a, g)),
-   ref=lambda a, b: (a.unsqueeze(-1) * b.unsqueeze(-2)).flatten(-2), zero="any",
-   test=TestSpec(argdims=(3, 2)), doc="TensorProd(f, g): outer product, row-major")  # fmt: skip
+op(
+    "MatVecMult",
+    2,
+    dim=_mv_dim,
+    te=_matvec_te,
+    vjp=lambda g, out, A, v: (f("TensorProd", g, v), f("VecMatMult", g, A)),
+    ref=lambda A, v: (A.reshape(*A.shape[:-1], -1, v.shape[-1]) @ v.unsqueeze(-1)).squeeze(-1),
+    zero="any",
+    test=TestSpec(argdims=(6, 2)),
+    doc="MatVecMult(A, v): A (dim n*p, row-major n x p) times v (dim p), dim n",
+)
+op(
+    "VecMatMult",
+    2,
+    dim=lambda b, a: _mv_dim(a, b),
+    te=_vecmat_te,
+    vjp=lambda g, out, v, A: (f("MatVecMult", A, g), f("TensorProd", v, g)),
+    ref=lambda v, A: (v.unsqueeze(-2) @ A.reshape(*A.shape[:-1], v.shape[-1], -1)).squeeze(-2),
+    zero="any",
+    test=TestSpec(argdims=(2, 6)),
+    doc="VecMatMult(v, A): v (dim p) times A (dim p*n, row-major p x n), dim n",
+)
+op(
+    "TensorProd",
+    2,
+    dim=lambda a, b: a * b,
+    te=_tensorprod_te,
+    vjp=lambda g, out, a, b: (f("MatVecMult", g, b), f("VecMatMult", a, g)),
+    ref=lambda a, b: (a.unsqueeze(-1) * b.unsqueeze(-2)).flatten(-2),
+    zero="any",
+    test=TestSpec(argdims=(3, 2)),
+    doc="TensorProd(f, g): outer product, row-major",
+)
 
 #: Names the parser accepts for the comparison operators.
 COMPARISONS = {

@@ -222,7 +222,9 @@ def parse_aliases(aliases: list[str] | tuple[str, ...]) -> list[Alias]:
     for k, text in enumerate(aliases):
         m = _DECL.match(str(text))
         if not m or m.group(2) not in (*CATS, "Var"):
-            raise ParseError(f"cannot read variable declaration {text!r} (expected e.g. 'x = Vi(3)')")
+            raise ParseError(
+                f"cannot read variable declaration {text!r} (expected e.g. 'x = Vi(3)')"
+            )
         name, kind, inner = m.groups()
         try:
             ints = [int(s) for s in inner.split(",")] if inner.strip() else []
@@ -234,8 +236,9 @@ def parse_aliases(aliases: list[str] | tuple[str, ...]) -> list[Alias]:
             raise ParseError(f"variable declaration {text!r}: {e}") from None
         pos = v.params[0]
         if pos in by_pos and by_pos[pos] is not v:
-            raise ParseError(f"variable declaration {text!r}: position {pos} already declared as "
-                             f"{by_pos[pos]}")  # fmt: skip
+            raise ParseError(
+                f"variable declaration {text!r}: position {pos} already declared as {by_pos[pos]}"
+            )
         if name is not None:
             if name in names:
                 raise ParseError(f"variable name '{name}' declared twice")

@@ -18,8 +18,8 @@ the LogSumExp family needs a scalar F and takes an optional weight G (``formula2
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 import math
+from dataclasses import dataclass
 from typing import Any, Callable, Optional
 
 from . import mathfns
@@ -62,10 +62,10 @@ def _sum(te, root, rows, n, dim, opt, dtype, acc):
         return [x.astype(acc) for x in cs] if acc != dtype else cs
 
     if opt in (None, "direct"):
-        return [te.compute((rows, dim), lambda i, u: te.sum(_select(u, comps(i)), axis=j),
-                           name="red")]  # fmt: skip
+        return [
+            te.compute((rows, dim), lambda i, u: te.sum(_select(u, comps(i)), axis=j), name="red")
+        ]
     if opt == "kahan":
-
         bits = "int32" if acc == "float32" else "int64"
 
         def opaque(e):  # a bit-cast round trip hides t = s + y from TVM's simplifier
@@ -76,17 +76,20 @@ def _sum(te, root, rows, n, dim, opt, dtype, acc):
             t = opaque(a[0] + y)
             return t, (t - a[0]) - y
 
-        red = te.comm_reducer(combine, lambda t0, t1: (tirx.const(0, t0), tirx.const(0, t1)),
-                              name="kahan")  # fmt: skip
+        red = te.comm_reducer(
+            combine, lambda t0, t1: (tirx.const(0, t0), tirx.const(0, t1)), name="kahan"
+        )
         zero = tirx.const(0, acc)
-        return list(te.compute((rows, dim), lambda i, u: red((_select(u, comps(i)), zero), axis=j),
-                               name="red"))  # fmt: skip
+        return list(
+            te.compute(
+                (rows, dim), lambda i, u: red((_select(u, comps(i)), zero), axis=j), name="red"
+            )
+        )
 
     def combine_block(a, b):  # state (total, partial, j); the element is (0, x_j, j)
         full = tirx.floormod(b[2], BLOCK) == BLOCK - 1
         p = a[1] + b[1]
-        return (tirx.Select(full, a[0] + p, a[0]), tirx.Select(full, tirx.const(0, acc), p),
-                b[2])  # fmt: skip
+        return (tirx.Select(full, a[0] + p, a[0]), tirx.Select(full, tirx.const(0, acc), p), b[2])
 
     red = te.comm_reducer(
         combine_block, lambda *ts: tuple(tirx.const(0, t) for t in ts), name="blocksum"
@@ -120,8 +123,11 @@ def _nan_bits(x: Any, dtype: str, nan: bool) -> Any:
     rewrites float tests such as ``not (b < a)`` into ``a <= b`` and ``x != x`` into False,
     which is wrong for NaN."""
     tirx = _tv()[1]
-    bits, mask, inf = (("int32", 0x7FFFFFFF, 0x7F800000) if dtype == "float32"
-                       else ("int64", 0x7FFFFFFFFFFFFFFF, 0x7FF0000000000000))  # fmt: skip
+    bits, mask, inf = (
+        ("int32", 0x7FFFFFFF, 0x7F800000)
+        if dtype == "float32"
+        else ("int64", 0x7FFFFFFFFFFFFFFF, 0x7FF0000000000000)
+    )
     i = tirx.bitwise_and(tirx.reinterpret(bits, x), tirx.const(mask, bits))
     return i > tirx.const(inf, bits) if nan else i <= tirx.const(inf, bits)
 
@@ -149,8 +155,11 @@ def _minmax(is_min: bool, with_index: bool):
                 lambda t: _inf(t, 1.0 if is_min else -1.0),
                 name="minred" if is_min else "maxred",
             )
-            return [te.compute((rows, dim), lambda i, u: red(_select(u, root(i, j)), axis=j),
-                               name="red")]  # fmt: skip
+            return [
+                te.compute(
+                    (rows, dim), lambda i, u: red(_select(u, root(i, j)), axis=j), name="red"
+                )
+            ]
 
         def combine(a, b):
             k = keep(a[0], b[0])
@@ -293,44 +302,132 @@ def _lse_uses(d: int) -> list:
 _with_idx = lambda d, k, dt, acc: [(d, dt), (d, "int32")]  # noqa: E731
 _lse_state = lambda d, k, dt, acc: [(d - 1, acc), (d - 1, acc)]  # noqa: E731
 
-reduction("Sum", kind="sum", state=_sum_state, compute=_sum, finalize=_sum_final, grad="sum",
-          doc="sum_j F; gradient: a Sum again")  # fmt: skip
+reduction(
+    "Sum",
+    kind="sum",
+    state=_sum_state,
+    compute=_sum,
+    finalize=_sum_final,
+    grad="sum",
+    doc="sum_j F; gradient: a Sum again",
+)
 for _name, _is_min in (("Min", True), ("Max", False)):
     _arg = f"Arg{_name}"
-    reduction(_name, kind="select", state=_with_idx, compute=_minmax(_is_min, True),
-              finalize=lambda s, k, dt: s[0], grad="select",
-              doc=f"{_name.lower()} over j, per component; differentiable (beyond pykeops)")  # fmt: skip
-    reduction(_arg, kind="select", state=_with_idx, compute=_minmax(_is_min, True),
-              finalize=lambda s, k, dt: s[1].long(), grad="none",
-              doc=f"int64 index of the {_name.lower()}, per component (lowest on ties)")  # fmt: skip
-    reduction(f"{_name}_{_arg}", kind="select", state=_with_idx, compute=_minmax(_is_min, True),
-              finalize=lambda s, k, dt: (s[0], s[1].long()), grad="select",
-              doc=f"({_name.lower()}, int64 index) pair")  # fmt: skip
-reduction("KMin", kind="kselect", needs_k=True,
-          state=lambda d, k, dt, acc: [(d, dt)] * k + [(d, "int32")] * k, compute=_kmin,
-          finalize=lambda s, k, dt: _kview(s[:k], k), grad="select",
-          doc="the K smallest values, ascending: (n, K) or (n, K, D)")  # fmt: skip
-reduction("ArgKMin", kind="kselect", needs_k=True,
-          state=lambda d, k, dt, acc: [(d, dt)] * k + [(d, "int32")] * k, compute=_kmin,
-          finalize=lambda s, k, dt: _kview(s[k:], k).long(), grad="none",
-          doc="int64 indices of the K smallest values")  # fmt: skip
-reduction("KMin_ArgKMin", kind="kselect", needs_k=True,
-          state=lambda d, k, dt, acc: [(d, dt)] * k + [(d, "int32")] * k, compute=_kmin,
-          finalize=lambda s, k, dt: (_kview(s[:k], k), _kview(s[k:], k).long()), grad="select",
-          doc="(K smallest values, their int64 indices)")  # fmt: skip
-reduction("LogSumExp", kind="lse", state=_lse_state, compute=_lse, finalize=_lse_final,
-          grad="lse", weight="optional", scalar=True, root_uses=_lse_uses,
-          doc="log sum_j exp(F) (F scalar), or log sum_j exp(F) G with formula2 = G")  # fmt: skip
-reduction("LogSumExpWeight", kind="lse", state=_lse_state, compute=_lse, finalize=_lse_final,
-          grad="lse", weight="required", scalar=True, root_uses=_lse_uses, doc="log sum_j exp(F) G")  # fmt: skip
-reduction("SumSoftMaxWeight", kind="lse", state=_lse_state, compute=_lse,
-          finalize=_softmax_final, grad="softmax", weight="required", scalar=True, root_uses=_lse_uses,
-          doc="sum_j exp(F) G / sum_j exp(F)")  # fmt: skip
-reduction("Max_SumShiftExp", kind="lse", state=_lse_state, compute=_lse,
-          finalize=_raw_lse_final, grad="unsupported", weight="optional", scalar=True,
-          root_uses=_lse_uses,
-          doc="raw (m, s) state: m = max F, s = sum exp(F - m)")  # fmt: skip
-reduction("Max_SumShiftExpWeight", kind="lse", state=_lse_state, compute=_lse,
-          finalize=_raw_lse_final, grad="unsupported", weight="required", scalar=True, root_uses=_lse_uses,
-          doc="raw (m, s) state with weight G")  # fmt: skip
+    reduction(
+        _name,
+        kind="select",
+        state=_with_idx,
+        compute=_minmax(_is_min, True),
+        finalize=lambda s, k, dt: s[0],
+        grad="select",
+        doc=f"{_name.lower()} over j, per component; differentiable (beyond pykeops)",
+    )
+    reduction(
+        _arg,
+        kind="select",
+        state=_with_idx,
+        compute=_minmax(_is_min, True),
+        finalize=lambda s, k, dt: s[1].long(),
+        grad="none",
+        doc=f"int64 index of the {_name.lower()}, per component (lowest on ties)",
+    )
+    reduction(
+        f"{_name}_{_arg}",
+        kind="select",
+        state=_with_idx,
+        compute=_minmax(_is_min, True),
+        finalize=lambda s, k, dt: (s[0], s[1].long()),
+        grad="select",
+        doc=f"({_name.lower()}, int64 index) pair",
+    )
+reduction(
+    "KMin",
+    kind="kselect",
+    needs_k=True,
+    state=lambda d, k, dt, acc: [(d, dt)] * k + [(d, "int32")] * k,
+    compute=_kmin,
+    finalize=lambda s, k, dt: _kview(s[:k], k),
+    grad="select",
+    doc="the K smallest values, ascending: (n, K) or (n, K, D)",
+)
+reduction(
+    "ArgKMin",
+    kind="kselect",
+    needs_k=True,
+    state=lambda d, k, dt, acc: [(d, dt)] * k + [(d, "int32")] * k,
+    compute=_kmin,
+    finalize=lambda s, k, dt: _kview(s[k:], k).long(),
+    grad="none",
+    doc="int64 indices of the K smallest values",
+)
+reduction(
+    "KMin_ArgKMin",
+    kind="kselect",
+    needs_k=True,
+    state=lambda d, k, dt, acc: [(d, dt)] * k + [(d, "int32")] * k,
+    compute=_kmin,
+    finalize=lambda s, k, dt: (_kview(s[:k], k), _kview(s[k:], k).long()),
+    grad="select",
+    doc="(K smallest values, their int64 indices)",
+)
+reduction(
+    "LogSumExp",
+    kind="lse",
+    state=_lse_state,
+    compute=_lse,
+    finalize=_lse_final,
+    grad="lse",
+    weight="optional",
+    scalar=True,
+    root_uses=_lse_uses,
+    doc="log sum_j exp(F) (F scalar), or log sum_j exp(F) G with formula2 = G",
+)
+reduction(
+    "LogSumExpWeight",
+    kind="lse",
+    state=_lse_state,
+    compute=_lse,
+    finalize=_lse_final,
+    grad="lse",
+    weight="required",
+    scalar=True,
+    root_uses=_lse_uses,
+    doc="log sum_j exp(F) G",
+)
+reduction(
+    "SumSoftMaxWeight",
+    kind="lse",
+    state=_lse_state,
+    compute=_lse,
+    finalize=_softmax_final,
+    grad="softmax",
+    weight="required",
+    scalar=True,
+    root_uses=_lse_uses,
+    doc="sum_j exp(F) G / sum_j exp(F)",
+)
+reduction(
+    "Max_SumShiftExp",
+    kind="lse",
+    state=_lse_state,
+    compute=_lse,
+    finalize=_raw_lse_final,
+    grad="unsupported",
+    weight="optional",
+    scalar=True,
+    root_uses=_lse_uses,
+    doc="raw (m, s) state: m = max F, s = sum exp(F - m)",
+)
+reduction(
+    "Max_SumShiftExpWeight",
+    kind="lse",
+    state=_lse_state,
+    compute=_lse,
+    finalize=_raw_lse_final,
+    grad="unsupported",
+    weight="required",
+    scalar=True,
+    root_uses=_lse_uses,
+    doc="raw (m, s) state with weight G",
+)
 REDUCTIONS["SoftMax"] = REDUCTIONS["SumSoftMaxWeight"]

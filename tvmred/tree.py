@@ -7,6 +7,7 @@ and gives a canonical text form (``str(node)``) that the cache uses as a key.
 
 from __future__ import annotations
 
+
 class Node:
     """One operation applied to child nodes, with static integer/float parameters.
 

@@ -92,8 +92,11 @@ def tune(
         pos, dim, cat = v.params
         rows = sizes[0] if cat == r.out_cat else sizes[1]
         shape = (dim,) if cat == 2 else (rows, dim)
-        args.append(torch.rand(*shape, generator=gen, dtype=torch.float64, device="cpu")
-                    .to(device=dev, dtype=tdt))  # fmt: skip
+        args.append(
+            torch.rand(*shape, generator=gen, dtype=torch.float64, device="cpu").to(
+                device=dev, dtype=tdt
+            )
+        )
     acc, opt = r.resolve(dtype)
     target = build.target_for(args[0].device)
     key = build.key_text(r.formula, r.red, r.out_cat, dtype, acc, target, opt)
@@ -104,15 +107,23 @@ def tune(
         if progress:
             _progress(n, len(space), f"compiling and timing {config}")
         ex = build.compile_reduction(r.formula, r.red, r.out_cat, dtype, acc, target, opt, config)
-        kernel = build.make_kernel(ex.mod["main"], r.formula, r.red, r.out_cat, target, dtype,
-                                   acc, opt, config)  # fmt: skip
+        kernel = build.make_kernel(
+            ex.mod["main"], r.formula, r.red, r.out_cat, target, dtype, acc, opt, config
+        )
         results.append({"config": config, "time_s": _time(kernel, r, args, repeats)})
     if progress:
         _progress(len(space), len(space), "done")
     best = min(results, key=lambda t: t["time_s"])
-    record = {"config": best["config"], "time_s": best["time_s"],
-              "default_time_s": results[0]["time_s"], "trials": results, "sizes": list(sizes),
-              "formula": formula, "reduction": reduction_op, "date": time.time()}  # fmt: skip
+    record = {
+        "config": best["config"],
+        "time_s": best["time_s"],
+        "default_time_s": results[0]["time_s"],
+        "trials": results,
+        "sizes": list(sizes),
+        "formula": formula,
+        "reduction": reduction_op,
+        "date": time.time(),
+    }
     _write(key, record)
     build._KERNELS.pop(key, None)  # the next call compiles (or loads) the tuned kernel
     build.forget_memos()

@@ -29,11 +29,15 @@ class Genred(_TorchGenred):
         targs = []
         for k, a in enumerate(args):
             if not isinstance(a, np.ndarray):
-                raise TypeError(f"argument {self.reduction.describe(k)} must be a numpy array, "
-                                f"got {type(a).__name__}")  # fmt: skip
+                raise TypeError(
+                    f"argument {self.reduction.describe(k)} must be a numpy array, "
+                    f"got {type(a).__name__}"
+                )
             if a.dtype not in (np.float32, np.float64):
-                raise TypeError(f"argument {self.reduction.describe(k)} has dtype {a.dtype}; "
-                                "tvmred supports float32 and float64")  # fmt: skip
+                raise TypeError(
+                    f"argument {self.reduction.describe(k)} has dtype {a.dtype}; "
+                    "tvmred supports float32 and float64"
+                )
             targs.append(torch.from_numpy(np.ascontiguousarray(a)))
         if ranges is not None:
             ranges = tuple(torch.from_numpy(np.asarray(t)) for t in ranges)

@@ -37,8 +37,9 @@ class _GenredFn(torch.autograd.Function):
         args, rest = saved[: r.nargs], saved[r.nargs :]
         g = grads[0]
         if r.rdef.grad == "unsupported":
-            raise NotImplementedError(f"{r.red} has no gradient (as in pykeops); use LogSumExp "
-                                      "or SumSoftMaxWeight")  # fmt: skip
+            raise NotImplementedError(
+                f"{r.red} has no gradient (as in pykeops); use LogSumExp or SumSoftMaxWeight"
+            )
         out: list[Optional[torch.Tensor]] = [None]
         for k, a in enumerate(args):
             if not ctx.needs_input_grad[k + 1] or g is None or r.rdef.grad == "none":
@@ -90,8 +91,17 @@ def _lse_rule(r, k, args, rest, g):
 def _softmax_specs(r: Reduction, k: int) -> tuple[Reduction, Optional[Reduction]]:
     """out = sum_j p_j w_j, p = softmax_j(F): d out = sum_j p_j (dw_j + (w_j - out) dF_j)."""
     w = r.weight.args[1]  # the user's weight (the formula is Concat(F, Concat(1, w)))
-    lse = Reduction(make("Concat", r.main, f("IntCst", params=(1,))), "LogSumExp", r.out_cat,
-                    r.args, r.names, r.dtype_acc, None, r.main, None)  # fmt: skip
+    lse = Reduction(
+        make("Concat", r.main, f("IntCst", params=(1,))),
+        "LogSumExp",
+        r.out_cat,
+        r.args,
+        r.names,
+        r.dtype_acc,
+        None,
+        r.main,
+        None,
+    )
     gv, sv, lv = r.extra(w.dim), r.extra(w.dim, 1), r.extra(1, 2)
     p = f("Exp", sub(r.main, lv))
     v = r.args[k]
@@ -157,8 +167,9 @@ def _select_rule(r, k, args, rest, g):
             gu = (g[:, kk, u] * valid).unsqueeze(1).contiguous()
             res = _GenredFn.apply(spec, *gathered, gu)
             if r.args[k].params[2] == red_cat:
-                res = torch.zeros(a.shape[0], res.shape[1], dtype=res.dtype,
-                                  device=res.device).index_add(0, Jc, res)
+                res = torch.zeros(
+                    a.shape[0], res.shape[1], dtype=res.dtype, device=res.device
+                ).index_add(0, Jc, res)
             total = res if total is None else total + res
     return total
 
@@ -238,14 +249,19 @@ class Genred:
         use_fast_math: bool = True,
     ) -> None:
         if dtype is not None or cuda_type is not None:
-            warnings.warn("Genred: 'dtype' and 'cuda_type' are deprecated and ignored; the "
-                          "dtype is taken from the arguments", DeprecationWarning, stacklevel=2)  # fmt: skip
+            warnings.warn(
+                "Genred: 'dtype' and 'cuda_type' are deprecated and ignored; the "
+                "dtype is taken from the arguments",
+                DeprecationWarning,
+                stacklevel=2,
+            )
         if use_double_acc:
             dtype_acc = "float64"
         self.formula, self.aliases = formula, list(aliases)
         self.reduction_op, self.axis = reduction_op, axis
-        self.reduction = make_reduction(formula, aliases, reduction_op, axis, dtype_acc,
-                                        opt_arg, formula2, sum_scheme)  # fmt: skip
+        self.reduction = make_reduction(
+            formula, aliases, reduction_op, axis, dtype_acc, opt_arg, formula2, sum_scheme
+        )
 
     def __call__(
         self,
@@ -271,8 +287,10 @@ class Genred:
         return res
 
     def __repr__(self) -> str:
-        return (f"Genred({self.formula!r}, {self.aliases!r}, reduction_op={self.reduction_op!r}, "
-                f"axis={self.axis})")  # fmt: skip
+        return (
+            f"Genred({self.formula!r}, {self.aliases!r}, reduction_op={self.reduction_op!r}, "
+            f"axis={self.axis})"
+        )
 
 
 __all__ = ["Genred"]

@@ -14,7 +14,9 @@ def grid_cluster(x: torch.Tensor, size: Union[float, torch.Tensor]) -> torch.Ten
     ``x`` (N, D), D <= 3, fall in."""
     with torch.no_grad():
         if x.dim() != 2 or not 1 <= x.shape[1] <= 3:
-            raise ValueError(f"grid_cluster needs points of shape (N, D) with D <= 3, got {tuple(x.shape)}")
+            raise ValueError(
+                f"grid_cluster needs points of shape (N, D) with D <= 3, got {tuple(x.shape)}"
+            )
         cells = torch.floor(x / size).long()
         cells = cells - cells.min(0).values
         span = cells.max(0).values + 1
@@ -40,9 +42,13 @@ def cluster_ranges(lab: torch.Tensor, Nlab: Optional[torch.Tensor] = None) -> to
     return torch.stack((ends - Nlab.long(), ends), dim=1).int()
 
 
-def cluster_centroids(x: torch.Tensor, lab: torch.Tensor, Nlab: Optional[torch.Tensor] = None,
-                      weights: Optional[torch.Tensor] = None,
-                      weights_c: Optional[torch.Tensor] = None) -> torch.Tensor:  # fmt: skip
+def cluster_centroids(
+    x: torch.Tensor,
+    lab: torch.Tensor,
+    Nlab: Optional[torch.Tensor] = None,
+    weights: Optional[torch.Tensor] = None,
+    weights_c: Optional[torch.Tensor] = None,
+) -> torch.Tensor:
     """(C, D) (weighted) barycenters of the clusters."""
     if Nlab is None:
         Nlab = torch.bincount(lab).to(x.dtype)
@@ -50,13 +56,19 @@ def cluster_centroids(x: torch.Tensor, lab: torch.Tensor, Nlab: Optional[torch.T
         weights_c = torch.bincount(lab, weights=weights.view(-1))
     denom = (Nlab if weights is None else weights_c).view(-1).to(x.dtype)
     w = None if weights is None else weights.view(-1)
-    cols = [torch.bincount(lab, weights=x[:, d] if w is None else x[:, d] * w, minlength=len(denom))
-            for d in range(x.shape[1])]  # fmt: skip
+    cols = [
+        torch.bincount(lab, weights=x[:, d] if w is None else x[:, d] * w, minlength=len(denom))
+        for d in range(x.shape[1])
+    ]
     return torch.stack(cols, dim=1) / denom[:, None]
 
 
-def cluster_ranges_centroids(x: torch.Tensor, lab: torch.Tensor,
-                             weights: Optional[torch.Tensor] = None, min_weight: float = 1e-9):  # fmt: skip
+def cluster_ranges_centroids(
+    x: torch.Tensor,
+    lab: torch.Tensor,
+    weights: Optional[torch.Tensor] = None,
+    min_weight: float = 1e-9,
+):
     """``(ranges, centroids, weights_c)`` of the clusters (``weights_c``: total weight or count)."""
     Nlab = torch.bincount(lab).to(x.dtype)
     w_c = Nlab if weights is None else torch.bincount(lab, weights=weights.view(-1))
@@ -76,5 +88,11 @@ def from_matrix(ranges_i: torch.Tensor, ranges_j: torch.Tensor, keep: torch.Tens
     return (ranges_i, slices_i, redranges_j, ranges_j, slices_j, redranges_i)
 
 
-__all__ = ["grid_cluster", "sort_clusters", "cluster_ranges", "cluster_centroids",
-           "cluster_ranges_centroids", "from_matrix"]  # fmt: skip
+__all__ = [
+    "grid_cluster",
+    "sort_clusters",
+    "cluster_ranges",
+    "cluster_centroids",
+    "cluster_ranges_centroids",
+    "from_matrix",
+]
