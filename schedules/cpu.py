@@ -1,4 +1,4 @@
-"""LLVM (CPU) schedules.
+"""LLVM (CPU) template.
 
 ``cpu_rowblock``: output rows in blocks of ``row_block`` lanes, blocks run in parallel over the
 cores; inside a block the loop over the reduced index j is outermost, every per-pair stage is
@@ -6,40 +6,65 @@ computed at j for the whole block of lanes (vectorised over the lanes, so each s
 sub-expression is evaluated once per (i, j) pair), and the block's accumulators stay in a local
 (register) buffer laid out component-major so each component is one SIMD vector.  The block's
 rows of every output-indexed input are copied once, before the j loop, into a component-major
-local buffer, so the j loop reads them with contiguous vector loads (reading ``x[i, d]`` for 16
-rows directly is a strided gather, re-executed at every j when the block's inputs do not fit
-in registers: Gaussian D = 64 ran 2.2x slower).  K-selections get an early exit after
-scheduling (``early_exit.py``).
+local buffer, so the j loop reads them with contiguous vector loads instead of strided gathers.
+K-selections get an early exit after scheduling (``early_exit.py``).
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+import functools
+import json
+from typing import TYPE_CHECKING, Any
 
-if TYPE_CHECKING:  # the row-block rules run without importing TVM (cached kernels)
+from .shape import ReductionShape, TargetTemplate
+
+if TYPE_CHECKING:
+    import tvm
     from tvm import s_tir
 
-from .shape import ReductionShape
 
-REGISTER_FLOATS = 512  # what 32 AVX-512 registers hold, in float32
+@functools.lru_cache(maxsize=None)
+def _registers(target_json: str) -> tuple[int, int]:
+    from tvm.target import Target, codegen
+
+    t = Target(json.loads(target_json))
+    has = lambda feature: codegen.llvm_cpu_has_features(feature, t)  # noqa: E731
+    if has("avx512f"):
+        return 32, 512
+    if has("avx"):
+        return 16, 256
+    if has("neon"):
+        return 32, 128
+    return 16, 128  # SSE2 and anything else
 
 
-def cpu_row_block(dtype: str, width: int = 1) -> int:
-    """Lanes per row block: four AVX-512 vectors of the data type, fewer when the block's
-    reduction state (``width`` values per row, kept in registers across the j loop) would not
-    fit in the registers.  The block's inputs do not count: they are read from a local
-    (L1-resident) copy at every j.  Measured on the 2-core AVX-512 machine (kernel alone,
-    N = M = 1e4): Gaussian D = 3 64 lanes 15.2 ms, 32 lanes 17.6 ms; Gaussian D = 64 64 lanes
-    51 ms, 8 lanes 125 ms; ArgKMin K = 10 (20 state values) 16 lanes 6.6 ms, 32 lanes 13.8 ms;
-    float64 Gaussian 32 lanes 29.4 ms, 16 lanes 34.1 ms."""
-    lanes = 64 if dtype == "float32" else 32
-    budget = REGISTER_FLOATS if dtype == "float32" else REGISTER_FLOATS // 2
-    while lanes > 8 and lanes * width > budget:
+def vector_registers(target: dict) -> tuple[int, int]:
+    """(count, bits) of the SIMD registers of the target's CPU, from LLVM's feature list:
+    AVX-512 32 x 512, AVX/AVX2 16 x 256, NEON 32 x 128, else 16 x 128."""
+    return _registers(json.dumps(target, sort_keys=True))
+
+
+def cpu_row_block(target: dict, dtype: str, width: int = 1) -> int:
+    """Lanes per row block: four SIMD vectors of the data type, halved while the block's
+    reduction state (``width`` values per row, kept in registers across the j loop) would
+    not fit in the target's vector registers.  The block's inputs do not count: they are read
+    from a local (L1-resident) copy at every j."""
+    count, bits = vector_registers(target)
+    per_vector = bits // (32 if dtype == "float32" else 64)
+    lanes, budget = 4 * per_vector, count * per_vector
+    while lanes > bits // 64 and lanes * width > budget:
         lanes //= 2
     return lanes
 
 
-def cpu_rowblock(sch: s_tir.Schedule, shape: ReductionShape) -> s_tir.Schedule:
+def cpu_candidates(target: dict, dtype: str, default: int) -> list[dict]:
+    """Row blocks from half a vector to eight vectors (``default`` first)."""
+    per_vector = vector_registers(target)[1] // (32 if dtype == "float32" else 64)
+    blocks = [per_vector // 2 * 2**k for k in range(5)]
+    return [{"row_block": b} for b in [default] + [b for b in blocks if b != default]]
+
+
+def cpu_rowblock(sch: s_tir.Schedule, shape: ReductionShape, target: dict) -> s_tir.Schedule:
     red = sch.get_sblock("red")
     i, u, j = sch.get_loops(red)
     io, ii = sch.split(i, factors=[None, shape.row_block])
@@ -70,5 +95,23 @@ def cpu_rowblock(sch: s_tir.Schedule, shape: ReductionShape) -> s_tir.Schedule:
     return sch
 
 
-def _reads(sch: s_tir.Schedule, block, name: str) -> bool:
+def _reads(sch: s_tir.Schedule, block: Any, name: str) -> bool:
     return any(r.source.name == name for r in sch.get(block).reads)
+
+
+def kselect_early_exit(mod: tvm.IRModule, shape: ReductionShape, target: dict) -> tvm.IRModule:
+    from .early_exit import kselect_early_exit as rewrite
+
+    return rewrite(mod, shape, target)
+
+
+TEMPLATE = TargetTemplate(
+    kind="llvm",
+    device="cpu",
+    math="poly",
+    make_target=lambda device, host: host,
+    row_block=cpu_row_block,
+    candidates=cpu_candidates,
+    schedule=cpu_rowblock,
+    finish=kselect_early_exit,
+)

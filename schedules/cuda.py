@@ -1,37 +1,46 @@
-"""CUDA schedules.
+"""CUDA template.
 
-``cuda_rows``: KeOps' 1D scheme without the shared-memory staging — each thread owns one or two
-output rows (blocks of 128 threads over the padded rows), the whole j loop sequential in the
-thread, every per-pair stage in registers at j, the state accumulators in registers and
-written back once.  Reads of the j-variables are the same address across a warp (broadcast
-through L1).  Symbolic N needs no tail guard (j is never split), so no oversized shared
-buffers appear.  Staging j-tiles through shared memory and the 2D (split-j) scheme need the
-reduced index padded and masked; they are the next step (see issue 5).
+``cuda_rows``: KeOps' 1D scheme without the shared-memory staging -- each thread owns one or
+more adjacent output rows (blocks of 128 threads over the padded rows), the whole j loop
+sequential in the thread, every per-pair stage in registers at j, the state accumulators in
+registers and written back once.  Reads of the j-variables are the same address across a warp
+(broadcast through L1).  Symbolic N needs no tail guard (j is never split), so no oversized
+shared buffers appear.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
-if TYPE_CHECKING:  # the row-block rules run without importing TVM (cached kernels)
+from .shape import ReductionShape, TargetTemplate
+
+if TYPE_CHECKING:
     from tvm import s_tir
 
-from .shape import ReductionShape
 
 THREADS = 128  # threads per block
 
 
-def cuda_row_block(dtype: str, width: int = 1) -> int:
-    """Rows per block = ``THREADS`` x rows per thread; the default is one row per thread.
-    Rows per thread is a tuning knob (``tvmred tune --device cuda``: row blocks 256 and 512 are
-    2 and 4 rows per thread): on an H200, Gaussian D=3 with 2 rows per thread took 0.73 s
-    instead of 1.00 s at M=N=1e6 (each j-row read serves two pairs), but 1.33 instead of 1.06 ms
-    at 1e4 and 0.69 instead of 0.50 ms for the reference example (half as many blocks to fill
-    the 132 SMs) -- M is not known when the kernel is compiled."""
+def cuda_target(device: Any, host: dict) -> dict:
+    import torch
+
+    major, minor = torch.cuda.get_device_capability(device)
+    return {"kind": "cuda", "arch": f"sm_{major}{minor}", "host": host}
+
+
+def cuda_row_block(target: dict, dtype: str, width: int = 1) -> int:
+    """One row per thread by default; rows per thread (row_block = THREADS x rows) is a
+    tuning knob: more rows per thread reuse each j-row read, but leave fewer blocks to fill
+    the GPU when M is small."""
     return THREADS
 
 
-def cuda_rows(sch: s_tir.Schedule, shape: ReductionShape) -> s_tir.Schedule:
+def cuda_candidates(target: dict, dtype: str, default: int) -> list[dict]:
+    blocks = [64, 128, 256, 512]
+    return [{"row_block": b} for b in [default] + [b for b in blocks if b != default]]
+
+
+def cuda_rows(sch: s_tir.Schedule, shape: ReductionShape, target: dict) -> s_tir.Schedule:
     red = sch.get_sblock("red")
     i, u, j = sch.get_loops(red)
     threads = min(THREADS, shape.row_block)
@@ -55,3 +64,14 @@ def cuda_rows(sch: s_tir.Schedule, shape: ReductionShape) -> s_tir.Schedule:
     sch.unroll(u)
     sch.decompose_reduction(red, j)
     return sch
+
+
+TEMPLATE = TargetTemplate(
+    kind="cuda",
+    device="cuda",
+    math="native",
+    make_target=cuda_target,
+    row_block=cuda_row_block,
+    candidates=cuda_candidates,
+    schedule=cuda_rows,
+)

@@ -107,8 +107,3 @@ def kselect_early_exit(mod: tvm.IRModule, shape: ReductionShape, target: dict) -
         return mod
     low["main"] = func.with_body(body)
     return low
-
-
-def has_early_exit(mod: tvm.IRModule) -> bool:
-    """Whether ``mod`` carries the guard (for tests)."""
-    return "llvm.vector.reduce.or" in mod.script()

@@ -1,8 +1,14 @@
-"""What a schedule is allowed to know about a reduction: its shape, never its formula."""
+"""What a schedule is allowed to know about a reduction (its shape, never its formula), and
+the record that describes a target."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Callable
+
+if TYPE_CHECKING:
+    import tvm
+    from tvm import s_tir
 
 
 @dataclass(frozen=True)
@@ -10,10 +16,10 @@ class ReductionShape:
     """A reduction ``out[i, u] = Red_j F_u(i, j)`` as lowered by ``tvmred.lower``.
 
     The lowered PrimFunc has one reduction block named ``red`` (loops ``i, u, j``: output row,
-    state column, reduced index) writing ``outputs`` buffers and zero or more per-pair blocks (``stages``, in
-    producer-before-consumer order), each computing shared sub-expressions of F over ``(i, j)``.
-    Output rows are padded to a multiple of ``row_block`` (the PrimFunc takes ``Mb`` =
-    rows / row_block), so splitting ``i`` by ``row_block`` never needs a tail.
+    state column, reduced index) writing ``outputs`` buffers and zero or more per-pair blocks
+    (``stages``, in producer-before-consumer order), each computing shared sub-expressions of F
+    over ``(i, j)``.  Output rows are padded to a multiple of ``row_block`` (the PrimFunc takes
+    ``Mb`` = rows / row_block), so splitting ``i`` by ``row_block`` never needs a tail.
     """
 
     kind: str  # reduction kind tag: "sum", "select", "kselect", "lse"
@@ -25,3 +31,21 @@ class ReductionShape:
     stages: tuple[str, ...]  # names of the per-pair blocks
     n_inputs: int  # number of tensor inputs
     row_inputs: tuple[tuple[str, int], ...] = ()  # (buffer name, dim) of the output-indexed inputs
+
+
+def _as_is(mod: "tvm.IRModule", shape: ReductionShape, target: dict) -> "tvm.IRModule":
+    return mod
+
+
+@dataclass(frozen=True)
+class TargetTemplate:
+    """Everything tvmred knows about one TVM target kind."""
+
+    kind: str  # TVM target kind ("llvm", "cuda")
+    device: str  # the torch device type whose tensors its kernels take ("cpu", "cuda")
+    math: str  # "poly": tvmred's SIMD exp (tvmred.mathfns); "native": the target's own exp
+    make_target: Callable[[Any, dict], dict]  # (torch device, host CPU target) -> target dict
+    row_block: Callable[[dict, str, int], int]  # (target, dtype, state width) -> rows per block
+    candidates: Callable[[dict, str, int], list]  # (target, dtype, default rows) -> knob dicts
+    schedule: Callable[["s_tir.Schedule", ReductionShape, dict], "s_tir.Schedule"]
+    finish: Callable[["tvm.IRModule", ReductionShape, dict], "tvm.IRModule"] = _as_is

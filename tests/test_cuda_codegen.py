@@ -7,26 +7,28 @@ import subprocess
 
 import pytest
 
-from tvmred.build import compile_reduction, cuda_target
+from tvmred.build import compile_reduction
 from tvmred.parse import parse, parse_aliases
+from tvmred.reductions import Variant
+from tvmred.targets import cuda_target
 
 AL = parse_aliases(["x = Vi(3)", "y = Vj(3)", "b = Vj(3)", "p = Pm(1)"])
 CASES = [
-    ("Sum", "Exp(-SqDist(x,y)*p)*b", "direct"),
-    ("Sum", "Square(p-Elem(b,0))*Exp(x+y)", "block"),
-    ("Sum", "Exp(-SqDist(x,y))*b", "kahan"),
-    ("Min_ArgMin", "SqDist(x,y)", None),
-    ("Max", "Concat(Sin(x), Atan2(y, b))", None),
-    ("KMin_ArgKMin", "SqDist(x,y)", 10),
-    ("LogSumExp", "Concat(-SqDist(x,y)*p, b)", None),
+    ("Sum", "Exp(-SqDist(x,y)*p)*b", Variant(scheme="direct")),
+    ("Sum", "Square(p-Elem(b,0))*Exp(x+y)", Variant(scheme="block")),
+    ("Sum", "Exp(-SqDist(x,y))*b", Variant(scheme="kahan")),
+    ("Min_ArgMin", "SqDist(x,y)", Variant()),
+    ("Max", "Concat(Sin(x), Atan2(y, b))", Variant()),
+    ("KMin_ArgKMin", "SqDist(x,y)", Variant(k=10)),
+    ("LogSumExp", "Concat(-SqDist(x,y)*p, b)", Variant()),
 ]
 
 
 @pytest.mark.parametrize("arch", ["sm_80", "sm_90"])
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
-@pytest.mark.parametrize("red,formula,opt", CASES)
-def test_cuda_kernels_generate(red, formula, opt, dtype, arch, tmp_path):
-    ex = compile_reduction(parse(formula, AL), red, 0, dtype, dtype, cuda_target(arch), opt)
+@pytest.mark.parametrize("red,formula,variant", CASES)
+def test_cuda_kernels_generate(red, formula, variant, dtype, arch, tmp_path):
+    ex, _ = compile_reduction(parse(formula, AL), red, 0, dtype, dtype, cuda_target(arch), variant)
     (dev,) = ex.mod.imports
     src = dev.inspect_source()
     assert "__global__ void __launch_bounds__(128) main_kernel(" in src
@@ -59,19 +61,19 @@ def test_gpu_backend_without_gpu_is_a_clear_error():
         g(torch.rand(3, 1), torch.rand(4, 1), backend="TPU")
 
 
-@pytest.mark.parametrize("red,formula,opt", [CASES[0], CASES[3], CASES[5]])
-def test_cuda_rows_per_thread_knob(red, formula, opt, tmp_path):
+@pytest.mark.parametrize("red,formula,variant", [CASES[0], CASES[3], CASES[5]])
+def test_cuda_rows_per_thread_knob(red, formula, variant, tmp_path):
     """Row blocks of 256 / 512 are 2 / 4 rows per thread of 128: registers stay compact (no
     local array spanning the block) and nvcc accepts the code."""
     for rb, per in ((256, 2), (512, 4)):
-        ex = compile_reduction(
+        ex, _ = compile_reduction(
             parse(formula, AL),
             red,
             0,
             "float32",
             "float32",
             cuda_target("sm_90"),
-            opt,
+            variant,
             {"row_block": rb},
         )
         src = ex.mod.imports[0].inspect_source()

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from tvmred.build import cpu_target
+from tvmred.targets import cpu_target
 
 
 def compiled_exp(dtype):

@@ -313,14 +313,16 @@ def test_cpu_kselect_kernel_has_the_early_exit():
     from tvm import s_tir
 
     from tvmred import schedules
-    from tvmred.build import cpu_target, row_block_for
+    from tvmred.build import row_block_for
     from tvmred.genred import make_reduction
     from tvmred.lower import lower
-    from tvmred.schedules.early_exit import has_early_exit
+    from tvmred.targets import cpu_target
 
     r = make_reduction("SqDist(x,y)", ["x = Vi(3)", "y = Vj(3)"], "ArgKMin", 1, "auto", 10)
-    rb = row_block_for(r.formula, r.red, 0, "llvm", "float32", "float32", 10)
-    low = lower(r.formula, r.rdef, 0, "float32", "float32", rb, 10, "llvm")
-    sch = schedules.schedule(s_tir.Schedule(low.func), low.shape, "llvm")
-    mod = schedules.finish(sch.mod, low.shape, cpu_target())
-    assert isinstance(mod, tvm.IRModule) and has_early_exit(mod)
+    acc, variant = r.resolve("float32")
+    tpl = schedules.template("llvm")
+    rb = row_block_for(r.formula, r.red, cpu_target(), "float32", acc, variant)
+    low = lower(r.formula, r.rdef, 0, "float32", acc, rb, variant, tpl.math)
+    sch = tpl.schedule(s_tir.Schedule(low.func), low.shape, cpu_target())
+    mod = tpl.finish(sch.mod, low.shape, cpu_target())
+    assert isinstance(mod, tvm.IRModule) and "llvm.vector.reduce.or" in mod.script()

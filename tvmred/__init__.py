@@ -14,9 +14,8 @@ if "TVM_NUM_THREADS" not in _os.environ:  # TVM's pool reads it once, at its fir
 
 from .build import __version__  # noqa: E402
 from .cache import clear_cache  # noqa: E402
-from .export import KernelNotExported, export, load  # noqa: E402
-from .ops import DimError, FormulaError  # noqa: E402
-from .parse import ParseError  # noqa: E402
+from .errors import DimError, FormulaError, KernelNotExported, ParseError  # noqa: E402
+from .export import export, load  # noqa: E402
 
 __all__ = [
     "__version__",

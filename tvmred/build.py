@@ -1,11 +1,11 @@
 """The compile pipeline, top to bottom:
 
-    formula tree --lower--> TE PrimFunc --schedule--> scheduled IRModule --tvm.compile-->
-    Executable --cache--> runtime function
+    formula tree --lower--> TE PrimFunc --template.schedule--> scheduled IRModule
+      --template.finish--> --tvm.compile--> Executable --cache--> runtime function
 
-``get_kernel`` is the only entry point; everything it produces is cached in memory and on disk
-(see :mod:`tvmred.cache`), keyed by the canonical formula text, the reduction, dtypes, target
-and the tvmred/TVM versions.
+(``template`` is the target's record in :mod:`tvmred.schedules`.)  ``get_kernel`` is the entry
+point; what it produces is cached in memory and on disk (see :mod:`tvmred.cache`), keyed by the
+canonical formula text, the reduction, dtypes, target and the tvmred/TVM versions.
 """
 
 from __future__ import annotations
@@ -14,11 +14,15 @@ import functools
 import json
 import logging
 import os
+import sys
 from dataclasses import dataclass
 from typing import Any, Optional
 
-from . import cache
-from .reductions import REDUCTIONS
+from . import cache, schedules, tunedb
+from .errors import KernelNotExported
+from .lower import lower
+from .reductions import REDUCTIONS, Variant
+from .targets import target_for, tvm_version
 from .tree import Node, variables
 
 log = logging.getLogger("tvmred")
@@ -28,38 +32,13 @@ DTYPES = ("float32", "float64")
 
 @dataclass(frozen=True)
 class Kernel:
-    """A compiled reduction: ``fn(*inputs, out, Mb, N)`` (see :mod:`tvmred.lower`)."""
+    """A compiled reduction: ``fn(*inputs, *state, Mb, N)`` (see :mod:`tvmred.lower`)."""
 
     fn: Any
     inputs: tuple[Node, ...]
     row_block: int
     state: tuple[tuple[int, str], ...]  # (cols, dtype) of each output buffer
     config: Optional[dict] = None  # tuned schedule knobs, None = the template's defaults
-
-
-@functools.lru_cache(maxsize=None)
-def cpu_target() -> dict:
-    """The LLVM target for this CPU: the explicit CPU name (``-mcpu=native`` is silently
-    generic in TVM 0.27), overridable with ``TVMRED_LLVM_MCPU``."""
-    from .runtime import host_cpu
-
-    return {"kind": "llvm", "mcpu": os.environ.get("TVMRED_LLVM_MCPU") or host_cpu()}
-
-
-def cuda_target(arch: str) -> dict:
-    return {"kind": "cuda", "arch": arch, "host": cpu_target()}
-
-
-def target_for(device: Any) -> dict:
-    """The TVM target for a torch device: LLVM for the CPU, CUDA with the card's sm_XY."""
-    if device.type == "cpu":
-        return cpu_target()
-    if device.type == "cuda":
-        import torch
-
-        major, minor = torch.cuda.get_device_capability(device)
-        return cuda_target(f"sm_{major}{minor}")
-    raise NotImplementedError(f"tvmred runs on CPU and CUDA devices, not on {device.type!r}")
 
 
 @functools.lru_cache(maxsize=None)
@@ -85,16 +64,14 @@ def key_text(
     dtype: str,
     acc: str,
     target: dict,
-    opt: Any = None,
+    variant: Variant,
     config: Optional[dict] = None,
 ) -> str:
     """The cache key; without ``config`` it is also the tuning database's key."""
-    from .runtime import tvm_version
-
     key = {
         "formula": str(formula),
         "red": REDUCTIONS[red].kind + ":" + red,
-        "opt": opt,
+        "variant": variant.key(),
         "out_cat": out_cat,
         "dtype": dtype,
         "acc": acc,
@@ -108,6 +85,21 @@ def key_text(
     return json.dumps(key, sort_keys=True)
 
 
+def row_block_for(
+    formula: Node,
+    red: str,
+    target: dict,
+    dtype: str,
+    acc: str,
+    variant: Variant,
+    config: Optional[dict] = None,
+) -> int:
+    """Rows per block: the tuned value, else the template's rule for the values per row the
+    reduction keeps in registers."""
+    width = REDUCTIONS[red].registers(formula.dim, variant, dtype, acc)
+    return schedules.row_block(target, dtype, config, width)
+
+
 def compile_reduction(
     formula: Node,
     red: str,
@@ -115,56 +107,53 @@ def compile_reduction(
     dtype: str,
     acc: str,
     target: dict,
-    opt: Any = None,
+    variant: Variant,
     config: Optional[dict] = None,
-):
-    """Lower, schedule and compile (no cache): returns a ``tvm.runtime.Executable``."""
+) -> tuple[Any, dict]:
+    """Lower, schedule and compile (no cache): a ``tvm.runtime.Executable`` and its metadata
+    (``kind``: the target kind, ``row_block``)."""
     import tvm
     from tvm import s_tir
 
-    from . import schedules
-    from .lower import lower
-
-    kind = target["kind"]
-    rb = row_block_for(formula, red, out_cat, kind, dtype, acc, opt, config)
-    low = lower(formula, REDUCTIONS[red], out_cat, dtype, acc, rb, opt, kind)
-    sch = schedules.schedule(s_tir.Schedule(low.func), low.shape, kind)
-    mod = schedules.finish(sch.mod, low.shape, target)
-    return tvm.compile(mod, target=tvm.target.Target(target))
+    tpl = schedules.template(target["kind"])
+    rb = row_block_for(formula, red, target, dtype, acc, variant, config)
+    low = lower(formula, REDUCTIONS[red], out_cat, dtype, acc, rb, variant, tpl.math)
+    sch = tpl.schedule(s_tir.Schedule(low.func), low.shape, target)
+    mod = tpl.finish(sch.mod, low.shape, target)
+    return tvm.compile(mod, target=tvm.target.Target(target)), {"kind": tpl.kind, "row_block": rb}
 
 
 def get_kernel(
-    formula: Node, red: str, out_cat: int, dtype: str, acc: str, device: Any, opt: int | None = None
+    formula: Node, red: str, out_cat: int, dtype: str, acc: str, device: Any, variant: Variant
 ) -> Kernel:
     """The compiled kernel for this reduction (memory cache, else disk cache, else compile)."""
     if dtype not in DTYPES:
         raise TypeError(f"tvmred supports {DTYPES}, got {dtype}")
-    pre = _PRELOADED.get((str(formula), red, out_cat, dtype, acc, opt, device.type))
+    pre = _PRELOADED.get((str(formula), red, out_cat, dtype, acc, variant, device.type))
     if pre is not None:
         return pre
     if _runtime_only():
-        from .export import KernelNotExported
-
         raise KernelNotExported(
             f"no exported kernel for {red} over {'i' if out_cat == 1 else 'j'} of {formula} "
-            f"({dtype}, accumulator {acc}, {device.type}{'' if opt is None else f', {opt}'}), "
+            f"({dtype}, accumulator {acc}, {device.type}"
+            f"{''.join(f', {k}={v}' for k, v in variant.key().items())}), "
             "and the TVM compiler is not available (TVM_USE_RUNTIME_LIB=1?) to build it"
         )
     target = target_for(device)
-    base = key_text(formula, red, out_cat, dtype, acc, target, opt)
+    base = key_text(formula, red, out_cat, dtype, acc, target, variant)
     kernel = _KERNELS.get(base)
     if kernel is None:
-        from .tune import lookup
-
-        config = lookup(base)
+        config = tunedb.lookup(base)
         if config is not None:
             log.debug("tvmred: tuned schedule %s for %s %s", config, red, formula)
-        mod = cache.get_or_build(
-            key_text(formula, red, out_cat, dtype, acc, target, opt, config),
-            lambda: compile_reduction(formula, red, out_cat, dtype, acc, target, opt, config),
+        mod, meta = cache.get_or_build(
+            key_text(formula, red, out_cat, dtype, acc, target, variant, config),
+            lambda: compile_reduction(formula, red, out_cat, dtype, acc, target, variant, config),
             {"formula": str(formula), "reduction": red, "schedule": config},
         )
-        kernel = make_kernel(mod["main"], formula, red, out_cat, target, dtype, acc, opt, config)
+        kernel = make_kernel(
+            mod["main"], formula, red, dtype, acc, variant, meta["row_block"], config
+        )
         _KERNELS[base] = kernel
     return kernel
 
@@ -173,62 +162,48 @@ def make_kernel(
     fn: Any,
     formula: Node,
     red: str,
-    out_cat: int,
-    target: dict,
     dtype: str,
     acc: str,
-    opt: Any = None,
+    variant: Variant,
+    row_block: int,
     config: Optional[dict] = None,
 ) -> Kernel:
-    """The :class:`Kernel` around a compiled ``main`` of this reduction and schedule."""
-    rb = row_block_for(formula, red, out_cat, target["kind"], dtype, acc, opt, config)
-    state = tuple(REDUCTIONS[red].state(formula.dim, opt, dtype, acc))
-    return Kernel(fn, tuple(variables(formula)), rb, state, config)
-
-
-def row_block_for(
-    formula: Node,
-    red: str,
-    out_cat: int,
-    kind: str,
-    dtype: str,
-    acc: str,
-    opt: Any = None,
-    config: Optional[dict] = None,
-) -> int:
-    """Rows per block: the tuned value, else the schedule's rule for the shape: ``width`` =
-    values per row that the block keeps in registers across the j loop, its reduction state
-    (a block sum's int32 column is the j counter, the same in every lane: not counted)."""
-    from . import schedules
-
-    rd = REDUCTIONS[red]
-    state = rd.state(formula.dim, opt, dtype, acc)
-    width = sum(c for c, dt in state if not (rd.kind == "sum" and dt == "int32"))
-    return schedules.row_block(kind, dtype, config, width)
+    """The :class:`Kernel` around a compiled ``main`` of this reduction."""
+    state = tuple(REDUCTIONS[red].state(formula.dim, variant, dtype, acc))
+    return Kernel(fn, tuple(variables(formula)), row_block, state, config)
 
 
 _KERNELS: dict[str, Kernel] = {}
 _PRELOADED: dict[tuple, Kernel] = {}  # from tvmred.load(): (formula, red, ..., device type)
 
+#: Bumped whenever the kernel a call would get may have changed (cache cleared, a library
+#: loaded, a tuning stored): memos of kernels above this layer compare it.
+generation = 0
+
+
+def outdate_memos() -> None:
+    global generation
+    generation += 1
+
+
+def invalidate(base_key: Optional[str] = None) -> None:
+    """Forget in-process kernels (the one of ``base_key``, or all) and outdate every memo."""
+    outdate_memos()
+    if base_key is None:
+        _KERNELS.clear()
+    else:
+        _KERNELS.pop(base_key, None)
+
 
 def register_kernel(key: tuple, kernel: Kernel) -> None:
     _PRELOADED[key] = kernel
-    forget_memos()
-
-
-def forget_memos() -> None:
-    """Drop the per-Reduction kernel memo (after a cache clear, a load or a tuning)."""
-    from .genred import _kernel
-
-    _kernel.cache_clear()
+    outdate_memos()
 
 
 def _runtime_only() -> bool:
     """True when this process cannot compile, decided without importing TVM if possible."""
     if os.environ.get("TVM_USE_RUNTIME_LIB") == "1":
         return True
-    import sys
-
     return "tvm" in sys.modules and not compiler_available()
 
 
@@ -240,5 +215,4 @@ def compiler_available() -> bool:
     return tvm.get_global_func("target.build.llvm", allow_missing=True) is not None
 
 
-cache.on_clear.append(_KERNELS.clear)
-cache.on_clear.append(forget_memos)
+cache.on_clear.append(invalidate)

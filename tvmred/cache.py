@@ -2,7 +2,8 @@
 
 Layout: ``$TVMRED_CACHE_DIR`` (default ``~/.cache/tvmred``) holds, per kernel, ``<key>.so``
 (the exported module) and ``<key>.json`` (its manifest: the full key text, the SHA-256 of the
-``.so``, versions).  Writes go to a temporary file and are renamed into place, the manifest
+``.so``, versions, and the kernel's calling convention, e.g. its row block, so that loading
+it needs no compiler).  Writes go to a temporary file and are renamed into place, the manifest
 last, under an exclusive ``<key>.lock`` file lock — so processes compiling the same formula at
 once wait for each other instead of corrupting the entry.  An entry whose ``.so`` does not
 match its manifest's hash (truncated, overwritten) or does not load is rebuilt.
@@ -21,16 +22,15 @@ import tempfile
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
+from .runtime import load_module
+from .settings import cache_dir
+
 log = logging.getLogger("tvmred")
 
 #: Counters, for tests and ``tvmred cache`` diagnostics.
 stats = {"compiled": 0, "disk_hits": 0, "memory_hits": 0, "rebuilt_corrupt": 0}
-_MEMORY: dict[str, Any] = {}
+_MEMORY: dict[str, tuple[Any, dict]] = {}
 on_clear: list[Callable[[], None]] = []  # other in-process caches to drop with this one
-
-
-def cache_dir() -> Path:
-    return Path(os.environ.get("TVMRED_CACHE_DIR") or Path.home() / ".cache" / "tvmred")
 
 
 def key_hash(key_text: str) -> str:
@@ -51,10 +51,9 @@ def _locked(path: Path) -> Iterator[None]:
             fcntl.flock(fh, fcntl.LOCK_UN)
 
 
-def _load(d: Path, h: str, key_text: str) -> Any | None:
-    """The module stored for ``h``, or None if absent; a corrupt entry is removed."""
-    from .runtime import load_module
-
+def _load(d: Path, h: str, key_text: str) -> tuple[Any, dict] | None:
+    """(module, kernel metadata) stored for ``h``, or None if absent; a corrupt entry is
+    removed."""
     so, meta = d / f"{h}.so", d / f"{h}.json"
     if not meta.exists():
         return None
@@ -64,7 +63,8 @@ def _load(d: Path, h: str, key_text: str) -> Any | None:
             raise ValueError("manifest key differs (hash collision or foreign file)")
         if not so.exists() or _sha(so) != info.get("sha256"):
             raise ValueError("shared library missing or its SHA-256 does not match the manifest")
-        return load_module(str(so), json.loads(key_text)["target"]["kind"])
+        meta = info["kernel"]
+        return load_module(str(so), meta["kind"]), meta
     except Exception as e:  # corrupt manifest, truncated .so, failed dlopen
         log.warning("tvmred cache: entry %s is corrupt (%s); rebuilding", h, e)
         stats["rebuilt_corrupt"] += 1
@@ -74,7 +74,7 @@ def _load(d: Path, h: str, key_text: str) -> Any | None:
         return None
 
 
-def _store(d: Path, h: str, key_text: str, executable: Any, extra: dict) -> None:
+def _store(d: Path, h: str, key_text: str, executable: Any, kernel: dict, extra: dict) -> None:
     import tvm
 
     so, meta = d / f"{h}.so", d / f"{h}.json"
@@ -82,7 +82,13 @@ def _store(d: Path, h: str, key_text: str, executable: Any, extra: dict) -> None
     os.close(fd)
     try:
         executable.export_library(tmp)
-        info = {"key": key_text, "sha256": _sha(Path(tmp)), "tvm": tvm.__version__, **extra}
+        info = {
+            "key": key_text,
+            "sha256": _sha(Path(tmp)),
+            "tvm": tvm.__version__,
+            "kernel": kernel,
+            **extra,
+        }
         os.replace(tmp, so)
         fd, tmpm = tempfile.mkstemp(dir=d, prefix=f".{h}.", suffix=".json")
         with os.fdopen(fd, "w") as fh:
@@ -93,14 +99,17 @@ def _store(d: Path, h: str, key_text: str, executable: Any, extra: dict) -> None
             os.unlink(tmp)
 
 
-def get_or_build(key_text: str, build: Callable[[], Any], extra: dict | None = None) -> Any:
-    """The runtime module for ``key_text``: from memory, else disk, else ``build()`` (which
-    returns a ``tvm.runtime.Executable``), stored on disk for the next process."""
+def get_or_build(
+    key_text: str, build: Callable[[], tuple[Any, dict]], extra: dict | None = None
+) -> tuple[Any, dict]:
+    """(runtime module, kernel metadata) for ``key_text``: from memory, else disk, else
+    ``build()`` -- which returns a ``tvm.runtime.Executable`` and its metadata (JSON-able,
+    with ``"kind"``, the target kind) -- stored on disk for the next process."""
     h = key_hash(key_text)
-    mod = _MEMORY.get(h)
-    if mod is not None:
+    hit = _MEMORY.get(h)
+    if hit is not None:
         stats["memory_hits"] += 1
-        return mod
+        return hit
     d = cache_dir()
     try:
         d.mkdir(parents=True, exist_ok=True)
@@ -110,26 +119,27 @@ def get_or_build(key_text: str, build: Callable[[], Any], extra: dict | None = N
     if not writable:
         log.warning("tvmred cache: %s is not writable; compiling without a disk cache", d)
         stats["compiled"] += 1
-        mod = _MEMORY[h] = build().mod
-        return mod
-    mod = _load(d, h, key_text)
-    if mod is None:
+        ex, meta = build()
+        hit = _MEMORY[h] = (ex.mod, meta)
+        return hit
+    hit = _load(d, h, key_text)
+    if hit is None:
         with _locked(d / f"{h}.lock"):
-            mod = _load(d, h, key_text)  # another process may have built it meanwhile
-            if mod is None:
-                ex = build()
+            hit = _load(d, h, key_text)  # another process may have built it meanwhile
+            if hit is None:
+                ex, meta = build()
                 stats["compiled"] += 1
                 try:
-                    _store(d, h, key_text, ex, extra or {})
+                    _store(d, h, key_text, ex, meta, extra or {})
                 except Exception as e:  # no C++ compiler, disk full...: keep going in memory
                     log.warning("tvmred cache: could not store %s (%s)", h, e)
-                mod = ex.mod
+                hit = (ex.mod, meta)
             else:
                 stats["disk_hits"] += 1
     else:
         stats["disk_hits"] += 1
-    _MEMORY[h] = mod
-    return mod
+    _MEMORY[h] = hit
+    return hit
 
 
 def entries() -> list[dict]:

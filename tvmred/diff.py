@@ -9,7 +9,8 @@ No operation-specific code lives here.
 
 from __future__ import annotations
 
-from .ops import REGISTRY, DimError, add, f, zero
+from .errors import DimError
+from .ops import REGISTRY, add, f, zero
 from .tree import Node, postorder, var, variables
 
 

@@ -17,7 +17,7 @@ from typing import Any, Callable, Sequence
 
 import torch
 
-from .genred import Reduction
+from .reductions import Reduction
 
 
 def call(r: Reduction, args: Sequence[Any], fn: Callable, ranges: Any = None) -> Any:

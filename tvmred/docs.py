@@ -21,20 +21,12 @@ def reductions_table() -> str:
     rows = ["| reduction_op | gradient | description |", "|---|---|---|"]
     for name in REDUCTIONS:
         d = REDUCTIONS[name]
-        grad = {
-            "sum": "any order",
-            "lse": "any order",
-            "softmax": "any order",
-            "select": "any order (through the selected indices)",
-            "none": "— (int64)",
-            "unsupported": "no",
-        }[d.grad]
         extra = " (`opt_arg=K`)" if d.needs_k else ""
         extra += {"optional": " (`formula2` optional)", "required": " (`formula2` required)"}.get(
             d.weight or "", ""
         )
-        doc = d.doc if name != "SoftMax" else "alias of SumSoftMaxWeight"
-        rows.append(f"| `{name}`{extra} | {grad} | {doc} |")
+        doc = d.doc if d.name == name else f"alias of {d.name}"
+        rows.append(f"| `{name}`{extra} | {d.grad_doc} | {doc} |")
     return "\n".join(rows)
 
 

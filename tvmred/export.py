@@ -29,11 +29,13 @@ import os
 import time
 import warnings
 from pathlib import Path
-from typing import Any, Iterator, Union
+from typing import Iterator, Union
 
 from . import build
-from .genred import Reduction
-from .tree import var
+from .errors import KernelNotExported
+from .reductions import REDUCTIONS, Reduction, Variant, plan_reductions
+from .targets import cpu_target, device_type
+from .tree import var, variables
 
 GENRED_KEYS = (
     "formula",
@@ -45,10 +47,7 @@ GENRED_KEYS = (
     "dtype_acc",
     "sum_scheme",
 )
-
-
-class KernelNotExported(LookupError):
-    """A loaded library lacks the kernel a call needs (and no compiler is available)."""
+__all__ = ["export", "load", "Library", "KernelNotExported"]
 
 
 def read_spec(spec: Union[str, os.PathLike, dict]) -> dict:
@@ -73,32 +72,29 @@ def _genred(routine: dict, kind: str = "torch"):
 
 def kernels_of(r: Reduction, grads: list[int]) -> Iterator[Reduction]:
     """The reductions a forward call and the backward w.r.t. ``grads`` evaluate."""
-    from .torch import grad_specs
-
     yield r
-    for k in grads:
-        yield from grad_specs(r, k)
+    if r.rdef.vjp is not None:
+        for k in grads:
+            yield from plan_reductions(r.vjp(k))
 
 
 def _sig(r: Reduction, dtype: str) -> tuple:
-    acc, opt = r.resolve(dtype)
-    return r.formula, r.red, r.out_cat, dtype, acc, opt
+    acc, variant = r.resolve(dtype)
+    return r.formula, r.red, r.out_cat, dtype, acc, variant
 
 
 def export(spec: Union[str, os.PathLike, dict], out_dir: Union[str, os.PathLike]) -> Path:
     """Compile everything ``spec`` asks for into ``out_dir``; returns the manifest path."""
     import tvm
 
-    from .reductions import REDUCTIONS
-
     spec = read_spec(spec)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    targets = [dict(t) for t in spec.get("targets", [build.cpu_target()])]
+    targets = [dict(t) for t in spec.get("targets", [cpu_target()])]
     for t in targets:
         if t["kind"] == "cuda":
             t.setdefault("arch", "sm_90")
-            t.setdefault("host", build.cpu_target())
+            t.setdefault("host", cpu_target())
     kernels: dict[str, dict] = {}
     routines = []
     for rt in spec["routines"]:
@@ -118,12 +114,14 @@ def export(spec: Union[str, os.PathLike, dict], out_dir: Union[str, os.PathLike]
         for dtype in rt.get("dtypes", ["float32"]):
             for target in targets:
                 for kr in kernels_of(r, grads):
-                    formula, red, out_cat, dt, acc, opt = _sig(kr, dtype)
-                    key = build.key_text(formula, red, out_cat, dt, acc, target, opt)
+                    formula, red, out_cat, dt, acc, variant = _sig(kr, dtype)
+                    key = build.key_text(formula, red, out_cat, dt, acc, target, variant)
                     h = hashlib.sha256(key.encode()).hexdigest()[:24]
                     if h in kernels:
                         continue
-                    ex = build.compile_reduction(formula, red, out_cat, dt, acc, target, opt)
+                    ex, meta = build.compile_reduction(
+                        formula, red, out_cat, dt, acc, target, variant
+                    )
                     path = out / f"{h}.so"
                     ex.export_library(str(path))
                     kernels[h] = {
@@ -134,14 +132,12 @@ def export(spec: Union[str, os.PathLike, dict], out_dir: Union[str, os.PathLike]
                         "out_cat": out_cat,
                         "dtype": dt,
                         "acc": acc,
-                        "opt": opt,
+                        "variant": variant.key(),
                         "target": target,
-                        "device": "cuda" if target["kind"] == "cuda" else "cpu",
-                        "row_block": build.row_block_for(
-                            formula, red, out_cat, target["kind"], dt, acc, opt
-                        ),
-                        "state": REDUCTIONS[red].state(formula.dim, opt, dt, acc),
-                        "inputs": [list(v.params) for v in build.variables(formula)],
+                        "device": device_type(target),
+                        "row_block": meta["row_block"],
+                        "state": REDUCTIONS[red].state(formula.dim, variant, dt, acc),
+                        "inputs": [list(v.params) for v in variables(formula)],
                     }
     manifest = {
         "tvmred": build.__version__,
@@ -215,7 +211,7 @@ def load(path: Union[str, os.PathLike]) -> Library:
                 k["out_cat"],
                 k["dtype"],
                 k["acc"],
-                _opt(k["opt"]),
+                Variant(**k["variant"]),
                 k["device"],
             ),
             build.Kernel(
@@ -226,10 +222,6 @@ def load(path: Union[str, os.PathLike]) -> Library:
             ),
         )
     return Library(path, manifest)
-
-
-def _opt(o: Any) -> Any:
-    return tuple(o) if isinstance(o, list) else o
 
 
 def _cuda_runtime() -> bool:

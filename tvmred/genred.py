@@ -1,99 +1,23 @@
-"""pykeops-compatible ``Genred``: argument checking, sizes, padding and the kernel call.
-
-This module holds what the torch and numpy bindings share.  A :class:`Reduction` is the
-immutable description of one reduction (formula tree, reduction, output category, argument
-names); its gradient reductions are derived from it symbolically (:meth:`Reduction.grad`).
+"""pykeops-compatible ``Genred``: what the torch and numpy bindings share -- the constructor
+(formula and aliases -> :class:`~tvmred.reductions.Reduction`), argument checking, padding and
+the kernel call.
 """
 
 from __future__ import annotations
 
-import functools
-from dataclasses import dataclass
+import warnings
 from typing import Any, Optional, Sequence
 
 import torch
 
+from . import build
 from .build import DTYPES, get_kernel
-from .diff import grad as sym_grad
-from .ops import DimError, intcst, make
+from .errors import DimError
 from .parse import parse, parse_aliases
-from .reductions import REDUCTIONS, RedDef
-from .tree import Node, var, variables
+from .reductions import REDUCTIONS, Reduction
+from .tree import variables
 
-CAT_LABEL = {0: "Vi", 1: "Vj", 2: "Pm"}
 _TORCH_DTYPES = {torch.float32: "float32", torch.float64: "float64"}
-
-
-@dataclass(frozen=True, eq=False)
-class Reduction:
-    """``red`` of ``formula`` over the index of category ``1 - out_cat``.
-
-    For the LogSumExp family with a weight, ``formula`` is ``Concat(F, G)`` (``main`` = F,
-    ``weight`` = G; for SumSoftMaxWeight G is ``Concat(1, g)``, as in KeOps)."""
-
-    formula: Node
-    red: str
-    out_cat: int  # 0: output indexed by i (axis=1), 1: by j (axis=0)
-    args: tuple[Node, ...]  # declared variable per position
-    names: tuple[str, ...]  # for error messages
-    dtype_acc: str = "auto"
-    opt: Optional[int] = None
-    main: Optional[Node] = None
-    weight: Optional[Node] = None
-    sum_scheme: str = "auto"
-
-    @property
-    def nargs(self) -> int:
-        return len(self.args)
-
-    @property
-    def rdef(self) -> RedDef:
-        return REDUCTIONS[self.red]
-
-    def describe(self, k: int) -> str:
-        pos, dim, cat = self.args[k].params
-        return f"'{self.names[k]}' (argument {k}, declared {CAT_LABEL[cat]}({dim}))"
-
-    def extra(self, dim: int, offset: int = 0) -> Node:
-        """A new output-indexed argument (incoming gradient, saved output) at position
-        ``nargs + offset``."""
-        return var(self.nargs + offset, dim, self.out_cat)
-
-    def with_formula(
-        self, formula: Node, extra: Sequence[tuple[Node, str]] = (), out_cat: Optional[int] = None
-    ) -> "Reduction":
-        """A Sum reduction of ``formula`` over the extended argument list."""
-        return Reduction(
-            formula,
-            "Sum",
-            self.out_cat if out_cat is None else out_cat,
-            (*self.args, *(v for v, _ in extra)),
-            (*self.names, *(n for _, n in extra)),
-            self.dtype_acc,
-            sum_scheme=self.sum_scheme,
-        )
-
-    def resolve(self, dtype: str) -> tuple[str, Any]:
-        """(accumulator dtype, kernel option) for data of ``dtype``: the option is K for the
-        K-min reductions and the resolved sum scheme for Sum."""
-        acc = dtype if self.dtype_acc == "auto" else self.dtype_acc
-        return acc, (self.opt if self.red != "Sum" else sum_scheme(self.sum_scheme, dtype, acc))
-
-    def grad_axis(self, k: int) -> int:
-        """Output category of the gradient w.r.t. argument k (parameters: per output row,
-        summed afterwards)."""
-        cat = self.args[k].params[2]
-        return cat if cat in (0, 1) else self.out_cat
-
-    @functools.cache
-    def grad(self, k: int) -> Optional["Reduction"]:
-        """Sum reductions only: the reduction giving d(self)/d(arg k) contracted with the
-        incoming gradient (a new argument ``nargs``); None when it is identically zero."""
-        g = self.extra(self.formula.dim)
-        fg = sym_grad(self.formula, self.args[k], g)
-        if fg.is_zero:
-            return None
-        return self.with_formula(fg, [(g, "gradient")], self.grad_axis(k))
 
 
 def make_reduction(
@@ -138,17 +62,21 @@ def make_reduction(
             raise ValueError(f"formula uses {v}, which is not among the declared aliases")
     if rd.scalar and main.dim != 1:
         raise DimError(f"reduction_op={reduction_op!r} needs a scalar formula, got dim {main.dim}")
-    tree = main
-    if rd.kind == "lse":
-        if reduction_op in ("SumSoftMaxWeight", "SoftMax"):
-            weight = make("Concat", intcst(1), weight)
-        tree = make("Concat", main, weight if weight is not None else intcst(1))
     names = tuple(by_pos[p].name or f"arg{p}" for p in range(nargs))
     args = tuple(by_pos[p].var for p in range(nargs))
     if sum_scheme not in ("auto", "direct_sum", "block_sum", "kahan_scheme"):
         raise ValueError(f"unknown sum_scheme {sum_scheme!r}")
     return Reduction(
-        tree, rd.name, 1 - axis, args, names, dtype_acc, opt_arg, main, weight, sum_scheme
+        rd.tree(main, weight),
+        rd.name,
+        1 - axis,
+        args,
+        names,
+        dtype_acc,
+        opt_arg,
+        main,
+        weight,
+        sum_scheme,
     )
 
 
@@ -213,24 +141,29 @@ def run_states(r: Reduction, args: Sequence[torch.Tensor]):
     if r.red == "Sum" and r.formula.is_zero:
         zero = torch.zeros(n_out, r.formula.dim, dtype=getattr(torch, dtype), device=dev)
         return zero, [zero]
-    k, opt = _kernel(r, dtype, dev)
+    k, variant = kernel_of(r, dtype, dev)
     call_args, state, mb = kernel_args(r, k, args, n_out)
     if mb:  # no output rows: no launch (a CUDA grid of 0 blocks is an error)
         k.fn(*call_args, *state, mb, n_red)
     state = [s[:n_out] for s in state]
-    return r.rdef.finalize(state, opt, getattr(torch, dtype)), state
+    return r.rdef.finalize(state, variant, getattr(torch, dtype)), state
 
 
-@functools.lru_cache(maxsize=4096)
-def _kernel(r: Reduction, dtype: str, dev: torch.device) -> tuple[Any, Any]:
-    """(compiled kernel, reduction option) of ``r`` for this dtype and device, memoised so a
-    call costs no key computation (the caches behind get_kernel are keyed by text)."""
-    acc, opt = r.resolve(dtype)
+def kernel_of(r: Reduction, dtype: str, dev: torch.device) -> tuple[Any, Any]:
+    """(compiled kernel, its variant) of ``r`` for this dtype and device, memoised on ``r``
+    so a call costs no key computation (the caches behind get_kernel are keyed by text)."""
+    key = ("kernel", dtype, dev)
+    hit = r.memo.get(key)
+    if hit is not None and hit[0] == build.generation:
+        return hit[1], hit[2]
+    acc, variant = r.resolve(dtype)
     try:
-        return get_kernel(r.formula, r.red, r.out_cat, dtype, acc, dev, opt), opt
+        kernel = get_kernel(r.formula, r.red, r.out_cat, dtype, acc, dev, variant)
     except LookupError as e:  # KernelNotExported: say which variables the Var(...) are
         legend = ", ".join(f"{v} = {n}" for v, n in zip(r.args, r.names))
         raise type(e)(f"{e} [{legend}]") from None
+    r.memo[key] = (build.generation, kernel, variant)
+    return kernel, variant
 
 
 def kernel_args(r: Reduction, k: Any, args: Sequence[torch.Tensor], n_out: int):
@@ -264,13 +197,6 @@ def aligned(a: torch.Tensor) -> torch.Tensor:
     if a.data_ptr() % ALIGN:
         a = a.clone()  # fresh allocations are aligned
     return a
-
-
-def sum_scheme(scheme: str, dtype: str, acc: str) -> str:
-    """pykeops' sum_scheme: "auto" is block summation for float32 accumulators, else direct."""
-    if scheme == "auto":
-        return "block" if acc == "float32" else "direct"
-    return {"direct_sum": "direct", "block_sum": "block", "kahan_scheme": "kahan"}[scheme]
 
 
 def copy_into(res: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
@@ -319,3 +245,79 @@ def placement(args: Sequence[torch.Tensor], backend: str, device_id: int):
     if here is not None and here.type == "cuda" and device_id >= 0 and here.index != device_id:
         raise ValueError(f"device_id={device_id} but the arguments are on {here}")
     return here, False
+
+
+class Genred:
+    r"""Generic reduction ``c = Red_{j or i} F(x_i, y_j, p)`` compiled through TVM.
+
+    Parameters
+    ----------
+    formula : str
+        KeOps formula, e.g. ``"Square(p-a)*Exp(x+y)"``.
+    aliases : list of str
+        Variable declarations, e.g. ``["x = Vi(3)", "y = Vj(3)", "a = Vj(1)", "p = Pm(1)"]``.
+    reduction_op : str
+        ``Sum``, ``Max``, ``Min``, ``ArgMax``, ``ArgMin``, ``Max_ArgMax``, ``Min_ArgMin``,
+        ``KMin``, ``ArgKMin``, ``KMin_ArgKMin`` (``opt_arg=K``), ``LogSumExp``,
+        ``LogSumExpWeight``, ``SumSoftMaxWeight`` (``formula2`` = the weight),
+        ``Max_SumShiftExp``, ``Max_SumShiftExpWeight``.
+    axis : int
+        1: reduce over j (output indexed by i); 0: reduce over i (output indexed by j).
+    opt_arg : int
+        K for the K-min reductions.
+    formula2 : str
+        The weight G of the LogSumExp / SoftMax reductions.
+    dtype_acc : str
+        ``"auto"`` (the data dtype) or ``"float64"`` / ``"float32"``: accumulator dtype.
+    use_double_acc : bool
+        Same as ``dtype_acc="float64"``.
+    sum_scheme : str
+        ``"auto"`` (block summation for float32 accumulators), ``"direct_sum"``,
+        ``"block_sum"`` (partial sums of 1024 terms) or ``"kahan_scheme"`` (compensated).
+
+    ``dtype``/``cuda_type`` are deprecated and ignored (as in pykeops); ``enable_chunks``,
+    ``rec_multVar_highdim`` and ``use_fast_math`` are accepted for compatibility.
+
+    Calling ``routine(*args, backend="auto", device_id=-1, ranges=None, out=None)`` returns
+    pykeops' output(s); with torch, values are differentiable to any order w.r.t. every input
+    -- including Min, Max, KMin and their (value, index) forms, which pykeops cannot
+    differentiate.  Index outputs are exact int64.
+    """
+
+    def __init__(
+        self,
+        formula: str,
+        aliases: Sequence[str],
+        reduction_op: str = "Sum",
+        axis: int = 0,
+        dtype: Optional[str] = None,
+        opt_arg: Optional[int] = None,
+        formula2: Optional[str] = None,
+        cuda_type: Optional[str] = None,
+        dtype_acc: str = "auto",
+        use_double_acc: bool = False,
+        sum_scheme: str = "auto",
+        enable_chunks: bool = True,
+        rec_multVar_highdim: bool = False,
+        use_fast_math: bool = True,
+    ) -> None:
+        if dtype is not None or cuda_type is not None:
+            warnings.warn(
+                "Genred: 'dtype' and 'cuda_type' are deprecated and ignored; the "
+                "dtype is taken from the arguments",
+                DeprecationWarning,
+                stacklevel=2,
+            )
+        if use_double_acc:
+            dtype_acc = "float64"
+        self.formula, self.aliases = formula, list(aliases)
+        self.reduction_op, self.axis = reduction_op, axis
+        self.reduction = make_reduction(
+            formula, aliases, reduction_op, axis, dtype_acc, opt_arg, formula2, sum_scheme
+        )
+
+    def __repr__(self) -> str:
+        return (
+            f"{type(self).__name__}({self.formula!r}, {self.aliases!r}, "
+            f"reduction_op={self.reduction_op!r}, axis={self.axis})"
+        )

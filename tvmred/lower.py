@@ -23,8 +23,11 @@ import re
 from dataclasses import dataclass
 from typing import Callable
 
+from . import mathfns
+from ._tvm import te as _te
+from ._tvm import tirx
 from .ops import REGISTRY
-from .reductions import RedDef
+from .reductions import RedDef, Variant
 from .schedules.shape import ReductionShape
 from .tree import Node, postorder, var_cat, variables
 
@@ -32,7 +35,6 @@ from .tree import Node, postorder, var_cat, variables
 @dataclass(frozen=True)
 class Lowered:
     func: object  # tvm.tirx.PrimFunc (unscheduled)
-    inputs: tuple[Node, ...]  # kernel tensor inputs, in order
     shape: ReductionShape
 
 
@@ -45,8 +47,6 @@ def _staged(formula: Node, dtype: str, root_uses: list[int]) -> set[int]:
     """Ids of the nodes that get a per-pair stage: those one of whose components would be
     evaluated more than once per pair if inlined (counted in the scalar expression DAG, seen
     through inlined parents), unless the operation is pure data movement."""
-    from tvm import tirx
-
     order = postorder(formula)
     occ: dict[int, list[list[int]]] = {}  # node -> per output comp -> per (arg, comp) count
     for n in order:
@@ -56,7 +56,7 @@ def _staged(formula: Node, dtype: str, root_uses: list[int]) -> set[int]:
         # names: one expression reading it twice is CSE'd by the compiler, not a reason to stage
         names = [[f"_a{slot_of(n, arg)}_{k}_" for k in range(arg.dim)] for arg in n.args]
         exprs = REGISTRY[n.op].te(
-            [[tirx.Var(s, dtype) for s in row] for row in names], n.params, dtype
+            [[tirx().Var(s, dtype) for s in row] for row in names], n.params, dtype
         )
         flat = [s for a, row in enumerate(names) for s in row if slot_of(n, n.args[a]) == a]
         # 1 if the expression reads that component at all: repeats inside one expression are
@@ -105,20 +105,18 @@ def lower(
     dtype: str,
     acc_dtype: str,
     row_block: int,
-    opt: int | None = None,
-    target_kind: str = "llvm",
+    variant: Variant,
+    math: str = "poly",
 ) -> Lowered:
-    from . import mathfns
-
-    with mathfns.mode("poly" if target_kind == "llvm" else "native"):
-        return _lower(formula, red, out_cat, dtype, acc_dtype, row_block, opt)
-
-
-def _lower(formula, red, out_cat, dtype, acc_dtype, row_block, opt) -> Lowered:
     """Build the unscheduled PrimFunc for ``Red_{reduced index} formula``, output index of
-    category ``out_cat`` (0: i, so reduce over j — ``axis=1``; 1: j, so reduce over i)."""
-    from tvm import te
+    category ``out_cat`` (0: i, so reduce over j -- ``axis=1``; 1: j, so reduce over i).
+    ``math`` is the target's way of evaluating ``exp`` (``TargetTemplate.math``)."""
+    with mathfns.mode(math):
+        return _lower(formula, red, out_cat, dtype, acc_dtype, row_block, variant)
 
+
+def _lower(formula, red, out_cat, dtype, acc_dtype, row_block, variant) -> Lowered:
+    te = _te()
     Mb, N = te.var("Mb"), te.var("N")
     rows = Mb * row_block
     inputs = tuple(variables(formula))
@@ -137,7 +135,7 @@ def _lower(formula, red, out_cat, dtype, acc_dtype, row_block, opt) -> Lowered:
         return lambda i, j: [h[j, k] for k in range(v.dim)]
 
     root_uses = red.root_uses(formula.dim) if red.root_uses else [1] * formula.dim
-    if len(red.state(formula.dim, opt, dtype, acc_dtype)) > 1:
+    if len(red.state(formula.dim, variant, dtype, acc_dtype)) > 1:
         # a tuple reducer's combine reads the new element several times; staging it also
         # keeps extern calls (asinf, ...) out of the reducer's let-bindings, which TVM 0.27
         # miscompiles when they are vectorised
@@ -165,7 +163,7 @@ def _lower(formula, red, out_cat, dtype, acc_dtype, row_block, opt) -> Lowered:
         fns[id(n)] = lambda i, j, ts=ts: [x[i, j] for x in ts]
 
     root = fns[id(formula)]
-    outs = red.compute(te, root, rows, N, formula.dim, opt, dtype, acc_dtype)
+    outs = red.compute(te, root, rows, N, formula.dim, variant, dtype, acc_dtype)
     func = te.create_prim_func([*(holders[id(v)] for v in inputs), *outs, Mb, N])
     cols = int(outs[0].shape[1])
     live = _reachable(outs)  # a stage can be folded away (e.g. a component the output ignores)
@@ -186,4 +184,4 @@ def _lower(formula, red, out_cat, dtype, acc_dtype, row_block, opt) -> Lowered:
         len(inputs),
         row_inputs,
     )
-    return Lowered(func, inputs, shape)
+    return Lowered(func, shape)

@@ -18,8 +18,11 @@ import contextlib
 import contextvars
 from typing import Any, Iterator
 
-#: "poly": the SIMD-friendly expressions below (LLVM targets); "native": TVM's intrinsics
-#: (CUDA, whose expf is a couple of hardware instructions).  Set by the lowering per target.
+from ._tvm import tirx as _tirx
+
+#: "poly": the SIMD-friendly expressions below; "native": TVM's intrinsics (CUDA, whose expf
+#: is a couple of hardware instructions).  Each target's template says which
+#: (``TargetTemplate.math``); ``tvmred.lower`` sets it while it builds the kernel's TE.
 MODE: contextvars.ContextVar[str] = contextvars.ContextVar("tvmred_math_mode", default="poly")
 
 
@@ -74,12 +77,6 @@ _F64 = dict(
 )
 
 
-def _tirx():
-    from tvm import tirx
-
-    return tirx
-
-
 def _pow2(n: Any, k: dict, dt: str) -> Any:
     """2^n for an integer-valued float n with bias-1 <= n+bias <= 2*bias (one normal number)."""
     t = _tirx()
@@ -109,8 +106,16 @@ def exp(x: Any, dt: str) -> Any:
         er = c(1.0) + c(2.0) * (pp / (qq - pp))
     n1 = t.floor(n * c(0.5))  # 2^n = 2^n1 * 2^(n-n1): both factors normal over the range
     y = er * _pow2(n1, k, dt) * _pow2(n - n1, k, dt)
-    bits = t.bitwise_and(t.reinterpret(k["bits"], x), t.const(k["nanmask"], k["bits"]))
-    is_nan = bits > t.const(k["inf"], k["bits"])
     y = t.Select(x > c(k["hi"]), c(float("inf")), y)
     y = t.Select(x < c(k["lo"]), c(0.0), y)
-    return t.Select(is_nan, x, y)
+    return t.Select(is_nan(x, dt), x, y)
+
+
+def is_nan(x: Any, dt: str, nan: bool = True) -> Any:
+    """x is NaN (or, with ``nan=False``, is not), tested on the bits with integer comparisons:
+    TVM's simplifier rewrites float tests such as ``not (b < a)`` into ``a <= b`` and
+    ``x != x`` into False, which is wrong for NaN."""
+    t = _tirx()
+    k = _F32 if dt == "float32" else _F64
+    bits = t.bitwise_and(t.reinterpret(k["bits"], x), t.const(k["nanmask"], k["bits"]))
+    return bits > t.const(k["inf"], k["bits"]) if nan else bits <= t.const(k["inf"], k["bits"])

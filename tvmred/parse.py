@@ -16,7 +16,8 @@ import re
 from dataclasses import dataclass
 
 from . import diff as _diff
-from .ops import COMPARISONS, REGISTRY, DimError, FormulaError, cst, intcst, make
+from .errors import DimError, FormulaError, ParseError
+from .ops import COMPARISONS, REGISTRY, cst, intcst, make
 from .tree import Node, var
 
 CATS = {"Vi": 0, "Vx": 0, "Vj": 1, "Vy": 1, "Pm": 2}
@@ -24,10 +25,6 @@ _TOKEN = re.compile(
     r"\s*(?:(?P<num>\d+\.\d*(?:[eE][-+]?\d+)?|\d*\.\d+(?:[eE][-+]?\d+)?|\d+(?:[eE][-+]?\d+)?)"
     r"|(?P<name>[A-Za-z_][A-Za-z_0-9]*)|(?P<op>==|!=|<=|>=|[-+*/(),|<>]))"
 )
-
-
-class ParseError(FormulaError):
-    """A formula that cannot be read; the message shows where."""
 
 
 @dataclass(frozen=True)

@@ -5,10 +5,8 @@ package), pykeops' import 0.07 s.  A process whose kernels are all in the disk c
 none of it: a cached CPU kernel is a shared library that only calls TVM's small runtime
 library.  So, until something has to be compiled, tvmred
 
-* takes the TVM version from the package metadata, not from ``tvm.__version__``;
-* takes LLVM's name for this CPU (part of the cache key) from ``host.json`` in the cache
-  directory, recorded by the first process that imported TVM on a CPU with the same
-  ``/proc/cpuinfo`` model and flags;
+* takes the TVM version from the package metadata and LLVM's name for this CPU from
+  ``host.json`` (see :mod:`tvmred.targets`);
 * loads a cached CPU kernel with ``tvm_ffi`` after ``libtvm_runtime.so`` (RTLD_GLOBAL).
 
 Anything else (a compile, a CUDA kernel, no metadata, no ``/proc/cpuinfo``, a failed load)
@@ -20,70 +18,10 @@ from __future__ import annotations
 
 import ctypes
 import functools
-import hashlib
-import json
 import os
 import sys
 from pathlib import Path
 from typing import Any
-
-
-@functools.lru_cache(maxsize=None)
-def tvm_version() -> str:
-    if "tvm" not in sys.modules:
-        from importlib import metadata
-
-        try:
-            return metadata.version("apache-tvm")
-        except metadata.PackageNotFoundError:
-            pass
-    import tvm
-
-    return tvm.__version__
-
-
-def _cpu_signature() -> str | None:
-    """A hash of what LLVM's host-CPU detection looks at (vendor, family, model, flags)."""
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return None
-    first = text.split("\n\n")[0]
-    keep = ("vendor_id", "cpu family", "model", "model name", "flags")
-    fields = [ln for ln in first.splitlines() if ln.split(":")[0].strip() in keep]
-    if not fields:
-        return None
-    return hashlib.sha256("\n".join(fields + [tvm_version()]).encode()).hexdigest()[:24]
-
-
-@functools.lru_cache(maxsize=None)
-def host_cpu() -> str:
-    """LLVM's name for this CPU (``znver5``, ...), recorded per CPU signature in the cache
-    directory so that later processes need not import TVM to know it."""
-    from .cache import cache_dir
-
-    sig = _cpu_signature()
-    path = cache_dir() / "host.json"
-    known: dict = {}
-    if sig is not None:
-        try:
-            known = json.loads(path.read_text())
-            if isinstance(known, dict) and isinstance(known.get(sig), str):
-                return known[sig]
-        except (OSError, ValueError):
-            known = {}
-    from tvm.target import codegen
-
-    mcpu = codegen.llvm_get_system_cpu()
-    if sig is not None and isinstance(known, dict):
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_name(f".host.{os.getpid()}.json")
-            tmp.write_text(json.dumps({**known, sig: mcpu}))
-            os.replace(tmp, path)
-        except OSError:
-            pass
-    return mcpu
 
 
 @functools.lru_cache(maxsize=None)

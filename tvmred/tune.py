@@ -1,55 +1,23 @@
-"""Autotuning by measured search over our schedule templates' knobs, and the tuning database.
+"""Autotuning by measured search over our schedule templates' knobs.
 
 MetaSchedule is not used: in apache-tvm 0.27.0.post1 ``meta_schedule.tune_tir`` segfaults in
 ``ToJSONGraph`` while building its TuneContext (even for a 128x128 matmul; see the TVM notes),
 and its search space knows nothing of our reduction layout.  Like AutoTVM, we measure the
-knob settings the template offers (``schedules.candidates``: rows per block / threads per
-block), pick the fastest, and store it.
+knob settings the target's template offers (``TargetTemplate.candidates``: rows per block), pick the fastest, and store it.
 
-Database: ``$TVMRED_CACHE_DIR/tuning.json``, one record per kernel key (the cache key without
-schedule knobs: formula, reduction, dtypes, target, versions).  ``build.get_kernel`` looks
-records up automatically and logs the choice at DEBUG level (logger "tvmred").
+The records go to the tuning database (:mod:`tvmred.tunedb`), which ``build.get_kernel`` reads
+automatically (it logs the choice at DEBUG level, logger "tvmred").
 """
 
 from __future__ import annotations
 
-import contextlib
-import json
-import os
 import sys
 import time
-from pathlib import Path
 from typing import Any, Optional, Sequence
 
-from . import cache
-
-
-def db_path() -> Path:
-    return cache.cache_dir() / "tuning.json"
-
-
-def _read() -> dict:
-    try:
-        return json.loads(db_path().read_text())
-    except (FileNotFoundError, json.JSONDecodeError):
-        return {}
-
-
-def lookup(key: str) -> Optional[dict]:
-    """The tuned knobs for this kernel key, or None."""
-    rec = _read().get(key)
-    return None if rec is None else dict(rec["config"])
-
-
-def _write(key: str, record: dict) -> None:
-    path = db_path()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with cache._locked(path.with_suffix(".lock")):
-        db = _read()
-        db[key] = record
-        tmp = path.with_suffix(f".{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(db, indent=1, sort_keys=True))
-        os.replace(tmp, path)
+from . import build, schedules, tunedb
+from .genred import Genred, check_args, kernel_args
+from .targets import target_for
 
 
 def _progress(i: int, n: int, text: str) -> None:
@@ -79,11 +47,7 @@ def tune(
     (a torch device or its name; default: torch's default device), which picks the target."""
     import torch
 
-    from . import build, schedules
-    from .torch import Genred
-
-    g = Genred(formula, aliases, reduction_op=reduction_op, axis=axis, **genred_kw)
-    r = g.reduction
+    r = Genred(formula, aliases, reduction_op=reduction_op, axis=axis, **genred_kw).reduction
     tdt = getattr(torch, dtype)
     dev = torch.device(device) if device is not None else torch.get_default_device()
     gen = torch.Generator().manual_seed(0)  # a CPU generator: the same data on every device
@@ -97,18 +61,20 @@ def tune(
                 device=dev, dtype=tdt
             )
         )
-    acc, opt = r.resolve(dtype)
-    target = build.target_for(args[0].device)
-    key = build.key_text(r.formula, r.red, r.out_cat, dtype, acc, target, opt)
-    default = build.row_block_for(r.formula, r.red, r.out_cat, target["kind"], dtype, acc, opt)
-    space = schedules.candidates(target["kind"], dtype, default)[: trials or None]
+    acc, variant = r.resolve(dtype)
+    target = target_for(args[0].device)
+    key = build.key_text(r.formula, r.red, r.out_cat, dtype, acc, target, variant)
+    default = build.row_block_for(r.formula, r.red, target, dtype, acc, variant)
+    space = schedules.template(target["kind"]).candidates(target, dtype, default)[: trials or None]
     results = []
     for n, config in enumerate(space):
         if progress:
             _progress(n, len(space), f"compiling and timing {config}")
-        ex = build.compile_reduction(r.formula, r.red, r.out_cat, dtype, acc, target, opt, config)
+        ex, meta = build.compile_reduction(
+            r.formula, r.red, r.out_cat, dtype, acc, target, variant, config
+        )
         kernel = build.make_kernel(
-            ex.mod["main"], r.formula, r.red, r.out_cat, target, dtype, acc, opt, config
+            ex.mod["main"], r.formula, r.red, dtype, acc, variant, meta["row_block"], config
         )
         results.append({"config": config, "time_s": _time(kernel, r, args, repeats)})
     if progress:
@@ -124,16 +90,13 @@ def tune(
         "reduction": reduction_op,
         "date": time.time(),
     }
-    _write(key, record)
-    build._KERNELS.pop(key, None)  # the next call compiles (or loads) the tuned kernel
-    build.forget_memos()
+    tunedb.write(key, record)
+    build.invalidate(key)  # the next call compiles (or loads) the tuned kernel
     return record
 
 
 def _time(kernel: Any, r: Any, args: list, repeats: int) -> float:
     import torch
-
-    from .genred import check_args, kernel_args
 
     dtype, n_out, n_red = check_args(r, args)
     inputs, state, mb = kernel_args(r, kernel, args, n_out)
@@ -147,8 +110,3 @@ def _time(kernel: Any, r: Any, args: list, repeats: int) -> float:
         sync()
         best = min(best, time.perf_counter() - t0)
     return best
-
-
-def clear() -> None:
-    with contextlib.suppress(FileNotFoundError):
-        db_path().unlink()

@@ -10,13 +10,12 @@ from typing import Optional
 import numpy as np
 import torch
 
-from .. import dispatch
+from .. import dispatch, genred
 from ..genred import copy_into, placement, run
-from ..torch import Genred as _TorchGenred
 
 
-class Genred(_TorchGenred):
-    __doc__ = _TorchGenred.__doc__
+class Genred(genred.Genred):
+    __doc__ = genred.Genred.__doc__
 
     def __call__(  # type: ignore[override]
         self,
