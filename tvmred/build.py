@@ -15,6 +15,7 @@ import json
 import logging
 import os
 import sys
+import time
 from dataclasses import dataclass
 from typing import Any, Optional
 
@@ -120,7 +121,11 @@ def compile_reduction(
     low = lower(formula, REDUCTIONS[red], out_cat, dtype, acc, rb, variant, tpl.math)
     sch = tpl.schedule(s_tir.Schedule(low.func), low.shape, target)
     mod = tpl.finish(sch.mod, low.shape, target)
-    return tvm.compile(mod, target=tvm.target.Target(target)), {"kind": tpl.kind, "row_block": rb}
+    # TVM's common-subexpression pass is quadratic in a kernel's size; the lowering already
+    # computes shared sub-formulas once per pair, and LLVM / NVCC eliminate what is left
+    with tvm.transform.PassContext(config={"tirx.disable_cse_tir": True}):
+        ex = tvm.compile(mod, target=tvm.target.Target(target))
+    return ex, {"kind": tpl.kind, "row_block": rb}
 
 
 def get_kernel(
@@ -146,9 +151,15 @@ def get_kernel(
         config = tunedb.lookup(base)
         if config is not None:
             log.debug("tvmred: tuned schedule %s for %s %s", config, red, formula)
+        what = f"{red} over {'ij'[1 - out_cat]} of {formula} ({dtype}, {_describe(target)})"
         mod, meta = cache.get_or_build(
             key_text(formula, red, out_cat, dtype, acc, target, variant, config),
-            lambda: compile_reduction(formula, red, out_cat, dtype, acc, target, variant, config),
+            lambda: _timed(
+                what,
+                lambda: compile_reduction(
+                    formula, red, out_cat, dtype, acc, target, variant, config
+                ),
+            ),
             {"formula": str(formula), "reduction": red, "schedule": config},
         )
         kernel = make_kernel(
@@ -156,6 +167,30 @@ def get_kernel(
         )
         _KERNELS[base] = kernel
     return kernel
+
+
+SLOW_COMPILE = 5.0  # seconds after which a running compile says so on stderr
+
+
+def _timed(what: str, build: Any) -> Any:
+    """``build()``, logged at INFO level with its time (``TVMRED_VERBOSE=1``); one warning
+    line if it runs for more than SLOW_COMPILE seconds, so a long first call is explained."""
+    import threading
+
+    log.info("compiling %s", what)
+    t0 = time.perf_counter()
+    timer = threading.Timer(SLOW_COMPILE, log.warning, (f"tvmred: still compiling {what} ...",))
+    timer.daemon = True
+    timer.start()
+    try:
+        return build()
+    finally:
+        timer.cancel()
+        log.info("compiled in %.2f s", time.perf_counter() - t0)
+
+
+def _describe(target: dict) -> str:
+    return ", ".join(f"{k}={v}" for k, v in target.items() if k != "host")
 
 
 def make_kernel(

@@ -17,12 +17,14 @@ from typing import Any, Callable, Sequence
 
 import torch
 
+from .genred import check_args
 from .reductions import Reduction
 
 
 def call(r: Reduction, args: Sequence[Any], fn: Callable, ranges: Any = None) -> Any:
     shape = batch_shape(r, args)
     if shape is not None:
+        check_args(r, args, batch=True)  # errors name the arguments' full shapes
         if ranges is not None:
             raise NotImplementedError("ranges together with batch dimensions are not supported")
         return _batched(r, args, fn, shape)
@@ -72,9 +74,6 @@ def _ranged(r: Reduction, args: Sequence[torch.Tensor], fn: Callable, ranges: An
             "ranges must be the 6-tuple (ranges_i, slices_i, redranges_j, "
             "ranges_j, slices_j, redranges_i)"
         )
-    rng, slices, red = (
-        torch.as_tensor(t).long().cpu() for t in (ranges[:3] if r.out_cat == 0 else ranges[3:])
-    )
     out_cat, red_cat = r.out_cat, 1 - r.out_cat
     n_out = n_red = 1
     for a, v in zip(args, r.args):
@@ -82,15 +81,7 @@ def _ranged(r: Reduction, args: Sequence[torch.Tensor], fn: Callable, ranges: An
             n_out = a.shape[0]
         elif v.params[2] == red_cat:
             n_red = a.shape[0]
-    rng, red = rng.reshape(-1, 2), red.reshape(-1, 2)
-    if slices.numel() != rng.shape[0] or (slices.numel() and slices[-1] > red.shape[0]):
-        raise ValueError(
-            f"ranges: {rng.shape[0]} output ranges, {slices.numel()} slices and "
-            f"{red.shape[0]} reduced ranges do not match"
-        )
-    for name, t, n in (("output", rng, n_out), ("reduced", red, n_red)):
-        if t.numel() and (t.min() < 0 or t.max() > n or (t[:, 1] < t[:, 0]).any()):
-            raise ValueError(f"ranges: a {name} range is out of bounds (size {n})")
+    rng, slices, red = _read_ranges(ranges, out_cat, n_out, n_red)
     # every reduced index of every cluster at once, then one slice per cluster
     jall = _indices(red)
     lens = red[:, 1] - red[:, 0]
@@ -117,6 +108,68 @@ def _ranged(r: Reduction, args: Sequence[torch.Tensor], fn: Callable, ranges: An
         probe = [a[:0] if v.params[2] in (0, 1) else a for a, v in zip(args, r.args)]
         pieces = [fn(*probe)]
     return _assemble(pieces, rows_t, n_out)
+
+
+RANGE_NAMES = ("ranges_i", "slices_i", "redranges_j", "ranges_j", "slices_j", "redranges_i")
+
+
+def _read_ranges(ranges: Any, out_cat: int, n_out: int, n_red: int) -> tuple:
+    """(output ranges (C, 2), slices (C,), reduced ranges (R, 2)) for this axis, int64 on the
+    CPU, after checking what pykeops assumes: integer tensors of those shapes, ranges inside
+    the sizes with start <= end, non-decreasing slices ending within the reduced ranges,
+    disjoint output ranges (overlapping ones would write a row twice), and disjoint reduced
+    ranges within each output range (overlaps would count reduced rows twice)."""
+    names = RANGE_NAMES[:3] if out_cat == 0 else RANGE_NAMES[3:]
+    picked = ranges[:3] if out_cat == 0 else ranges[3:]
+    out = []
+    for name, t, ndim in zip(names, picked, (2, 1, 2)):
+        t = torch.as_tensor(t)
+        if t.is_floating_point() or t.is_complex() or t.dtype == torch.bool:
+            raise ValueError(f"ranges: {name} must hold integers, got {t.dtype}")
+        if t.dim() != ndim or (ndim == 2 and t.shape[1] != 2):
+            want = "(n, 2)" if ndim == 2 else "(n,)"
+            raise ValueError(f"ranges: {name} must have shape {want}, got {tuple(t.shape)}")
+        out.append(t.long().cpu())
+    rng, slices, red = out
+    if slices.numel() != rng.shape[0]:
+        raise ValueError(
+            f"ranges: {names[0]} has {rng.shape[0]} rows but {names[1]} has {slices.numel()}"
+        )
+    if slices.numel() and (
+        slices.min() < 0 or slices[-1] > red.shape[0] or (slices.diff() < 0).any()
+    ):
+        raise ValueError(
+            f"ranges: {names[1]} must be non-decreasing ends in [0, {red.shape[0]}] "
+            f"(the rows of {names[2]}), got {slices.tolist()[:10]}"
+        )
+    for name, t, n in ((names[0], rng, n_out), (names[2], red, n_red)):
+        if t.numel() and (t.min() < 0 or t.max() > n or (t[:, 1] < t[:, 0]).any()):
+            raise ValueError(f"ranges: a range of {name} is out of bounds (size {n}) or decreasing")
+    if _overlap(rng, torch.zeros(len(rng), dtype=torch.long)):
+        raise ValueError(
+            f"ranges: the rows of {names[0]} overlap (an output row would be written twice)"
+        )
+    owner = torch.repeat_interleave(
+        torch.arange(len(slices)), slices.diff(prepend=slices.new_zeros(1))
+    )
+    if _overlap(red[: len(owner)], owner):
+        raise ValueError(
+            f"ranges: the reduced ranges ({names[2]}) of one output range overlap "
+            "(reduced rows would count twice)"
+        )
+    return rng, slices, red
+
+
+def _overlap(t: torch.Tensor, group: torch.Tensor) -> bool:
+    """Whether two non-empty ranges [start, end) of ``t`` in the same group intersect."""
+    keep = t[:, 1] > t[:, 0]
+    t, group = t[keep], group[keep]
+    if len(t) < 2:
+        return False
+    order = torch.argsort(group * (t[:, 0].max() + 1) + t[:, 0])
+    t, group = t[order], group[order]
+    same = group[1:] == group[:-1]
+    return bool((same & (t[1:, 0] < t[:-1, 1])).any())
 
 
 def _indices(ranges: torch.Tensor) -> torch.Tensor:

@@ -5,6 +5,8 @@ the kernel call.
 
 from __future__ import annotations
 
+import dataclasses
+import numbers
 import warnings
 from typing import Any, Optional, Sequence
 
@@ -13,8 +15,8 @@ import torch
 from . import build
 from .build import DTYPES, get_kernel
 from .errors import DimError
-from .parse import parse, parse_aliases
-from .reductions import REDUCTIONS, Reduction
+from .parse import Alias, parse, parse_aliases
+from .reductions import MAX_K, REDUCTIONS, Reduction
 from .tree import variables
 
 _TORCH_DTYPES = {torch.float32: "float32", torch.float64: "float64"}
@@ -32,22 +34,25 @@ def make_reduction(
 ) -> Reduction:
     decls = parse_aliases(list(aliases))
     by_pos = {a.var.params[0]: a for a in decls}
-    nargs = max(by_pos) + 1 if by_pos else 0
-    missing = [p for p in range(nargs) if p not in by_pos]
-    if missing:
-        raise ValueError(f"aliases declare positions up to {nargs - 1} but not {missing}")
     if reduction_op not in REDUCTIONS:
         raise NotImplementedError(
             f"reduction_op={reduction_op!r} is not supported (available: {sorted(REDUCTIONS)})"
         )
-    if axis not in (0, 1):
-        raise ValueError(f"axis must be 0 (reduce over i) or 1 (reduce over j), got {axis}")
+    if isinstance(axis, bool) or not isinstance(axis, numbers.Integral) or axis not in (0, 1):
+        raise ValueError(f"axis must be 0 (reduce over i) or 1 (reduce over j), got {axis!r}")
     if dtype_acc not in ("auto", *DTYPES):
         raise ValueError(f"dtype_acc must be 'auto', 'float32' or 'float64', got {dtype_acc!r}")
     rd = REDUCTIONS[reduction_op]
     if rd.needs_k:
-        if not isinstance(opt_arg, int) or isinstance(opt_arg, bool) or opt_arg < 1:
+        if not isinstance(opt_arg, numbers.Integral) or isinstance(opt_arg, bool) or opt_arg < 1:
             raise ValueError(f"reduction_op={reduction_op!r} needs opt_arg=K, an integer >= 1")
+        if opt_arg > MAX_K:
+            raise ValueError(
+                f"reduction_op={reduction_op!r}: opt_arg={opt_arg} is above the limit K <= "
+                f"{MAX_K} (the K-selection keeps K values per row, and its compile time grows "
+                "faster than K); for more neighbours, use torch.topk on blocks of a dense matrix"
+            )
+        opt_arg = int(opt_arg)
     elif opt_arg is not None:
         raise ValueError(f"reduction_op={reduction_op!r} takes no opt_arg")
     if rd.weight is None and formula2 is not None:
@@ -57,19 +62,25 @@ def make_reduction(
     main = parse(formula, decls)
     weight = parse(formula2, decls) if formula2 is not None else None
     for v in variables(main) + (variables(weight) if weight is not None else []):
-        pos = v.params[0]
-        if pos >= nargs or by_pos[pos].var is not v:
-            raise ValueError(f"formula uses {v}, which is not among the declared aliases")
+        pos = v.params[0]  # a variable written inline, as Var(pos, dim, cat) or Vi(pos, dim)
+        if pos not in by_pos:
+            by_pos[pos] = Alias(None, v)
+        elif by_pos[pos].var is not v:
+            raise ValueError(f"formula uses {v}, but position {pos} is {by_pos[pos].var}")
+    nargs = max(by_pos) + 1 if by_pos else 0
+    missing = [p for p in range(nargs) if p not in by_pos]
+    if missing:
+        raise ValueError(f"variables are given for positions up to {nargs - 1} but not {missing}")
     if rd.scalar and main.dim != 1:
         raise DimError(f"reduction_op={reduction_op!r} needs a scalar formula, got dim {main.dim}")
-    names = tuple(by_pos[p].name or f"arg{p}" for p in range(nargs))
+    names = tuple(by_pos[p].name or str(by_pos[p].var) for p in range(nargs))
     args = tuple(by_pos[p].var for p in range(nargs))
     if sum_scheme not in ("auto", "direct_sum", "block_sum", "kahan_scheme"):
         raise ValueError(f"unknown sum_scheme {sum_scheme!r}")
     return Reduction(
         rd.tree(main, weight),
         rd.name,
-        1 - axis,
+        1 - int(axis),
         args,
         names,
         dtype_acc,
@@ -80,8 +91,11 @@ def make_reduction(
     )
 
 
-def check_args(r: Reduction, args: Sequence[torch.Tensor]) -> tuple[str, int, int]:
-    """Validate the call's tensors; return (dtype, n_out, n_red).  Raises before compiling."""
+def check_args(
+    r: Reduction, args: Sequence[torch.Tensor], batch: bool = False
+) -> tuple[str, int, int]:
+    """Validate the call's tensors; return (dtype, n_out, n_red).  Raises before compiling.
+    With ``batch``, arguments may have leading batch dimensions (checked by the caller)."""
     if len(args) != r.nargs:
         raise ValueError(
             f"this Genred takes {r.nargs} arguments ({', '.join(r.names)}), got {len(args)}"
@@ -103,30 +117,33 @@ def check_args(r: Reduction, args: Sequence[torch.Tensor]) -> tuple[str, int, in
         detail = ", ".join(f"{r.names[k]}: {a.device}" for k, a in enumerate(args))
         raise ValueError(f"all arguments must be on the same device, got {detail}")
     sizes: dict[int, tuple[int, int]] = {}  # cat -> (size, arg index)
+    lead = "..., " if batch else ""
     for k, (a, v) in enumerate(zip(args, r.args)):
         pos, dim, cat = v.params
-        want = "(dim,)" if cat == 2 else "(rows, dim)"
+        core = 1 if cat == 2 else 2
         if cat == 2:
-            ok = (a.dim() == 1 and a.shape[0] == dim) or (a.dim() == 0 and dim == 1)
+            ok = (a.dim() >= 1 and a.shape[-1] == dim) or (a.dim() == 0 and dim == 1)
         else:
-            ok = a.dim() == 2 and a.shape[1] == dim
-        if not ok:
+            ok = a.dim() >= 2 and a.shape[-1] == dim
+        if not ok or (not batch and a.dim() > core):
+            want = f"({lead}dim,)" if cat == 2 else f"({lead}rows, dim)"
             raise ValueError(
                 f"argument {r.describe(k)} has shape {tuple(a.shape)}; expected "
                 f"{want} with dim = {dim}"
             )
         if cat != 2:
-            if cat in sizes and sizes[cat][0] != a.shape[0]:
+            if cat in sizes and sizes[cat][0] != a.shape[-2]:
                 other = sizes[cat][1]
                 label = "M" if cat == 0 else "N"
                 raise ValueError(
                     f"inconsistent {label}: argument {r.describe(other)} has {sizes[cat][0]} "
-                    f"rows but {r.describe(k)} has {a.shape[0]}"
+                    f"rows but {r.describe(k)} has {a.shape[-2]}"
                 )
-            sizes[cat] = (a.shape[0], k)
+            sizes[cat] = (a.shape[-2], k)
     n_out = sizes.get(r.out_cat, (1, -1))[0]
     n_red = sizes.get(1 - r.out_cat, (1, -1))[0]
-    return _TORCH_DTYPES[args[0].dtype], n_out, n_red
+    dtype = args[0].dtype if args else torch.get_default_dtype()
+    return _TORCH_DTYPES[dtype], n_out, n_red
 
 
 def run(r: Reduction, args: Sequence[torch.Tensor]):
@@ -137,16 +154,46 @@ def run(r: Reduction, args: Sequence[torch.Tensor]):
 def run_states(r: Reduction, args: Sequence[torch.Tensor]):
     """(pykeops' output(s), the kernel's raw state buffers)."""
     dtype, n_out, n_red = check_args(r, args)
-    dev = args[0].device if args else torch.device("cpu")
+    dev = args[0].device if args else torch.get_default_device()
     if r.red == "Sum" and r.formula.is_zero:
         zero = torch.zeros(n_out, r.formula.dim, dtype=getattr(torch, dtype), device=dev)
         return zero, [zero]
-    k, variant = kernel_of(r, dtype, dev)
-    call_args, state, mb = kernel_args(r, k, args, n_out)
-    if mb:  # no output rows: no launch (a CUDA grid of 0 blocks is an error)
-        k.fn(*call_args, *state, mb, n_red)
-    state = [s[:n_out] for s in state]
+    parts = []
+    for part in column_chunks(r, dtype):
+        k, variant = kernel_of(part, dtype, dev)
+        call_args, state, mb = kernel_args(part, k, args, n_out)
+        if mb:  # no output rows: no launch (a CUDA grid of 0 blocks is an error)
+            k.fn(*call_args, *state, mb, n_red)
+        parts.append([s[:n_out] for s in state])
+    state = parts[0] if len(parts) == 1 else [torch.cat(b, dim=1) for b in zip(*parts)]
+    variant = r.resolve(dtype)[1]
     return r.rdef.finalize(state, variant, getattr(torch, dtype)), state
+
+
+#: State values per output row one kernel computes: a wider reduction (a Sum of a 512-vector,
+#: a K-min of a vector formula) runs as several kernels over slices of its state columns, as
+#: KeOps' chunked modes do -- compile time grows faster than linearly with the width.
+MAX_STATE = 64
+
+
+def column_chunks(r: Reduction, dtype: str) -> list[Reduction]:
+    """``r`` itself, or the reductions of consecutive slices of its state columns (each of at
+    most MAX_STATE state values per row) whose states, side by side, are ``r``'s."""
+    key = ("chunks", dtype)
+    if key not in r.memo:
+        acc, variant = r.resolve(dtype)
+        rd, dim = r.rdef, r.formula.dim
+        cols = rd.state(dim, variant, dtype, acc)[0][0]
+        width = max(1, MAX_STATE * cols // rd.registers(dim, variant, dtype, acc))
+        parts = [r]
+        if cols > width:
+            cuts = [(c, min(width, cols - c)) for c in range(0, cols, width)]
+            parts = [
+                dataclasses.replace(r, formula=rd.columns(r.formula, c, n), memo={})
+                for c, n in cuts
+            ]
+        r.memo[key] = parts
+    return r.memo[key]
 
 
 def kernel_of(r: Reduction, dtype: str, dev: torch.device) -> tuple[Any, Any]:
@@ -169,7 +216,7 @@ def kernel_of(r: Reduction, dtype: str, dev: torch.device) -> tuple[Any, Any]:
 def kernel_args(r: Reduction, k: Any, args: Sequence[torch.Tensor], n_out: int):
     """(input tensors, fresh state buffers, row blocks) for ``k.fn``: output-indexed inputs
     padded to whole row blocks, parameters flattened, everything contiguous."""
-    dev = args[0].device if args else torch.device("cpu")
+    dev = args[0].device if args else torch.get_default_device()
     mb = -(-n_out // k.row_block)
     rows = mb * k.row_block
     call_args = []
@@ -191,8 +238,11 @@ ALIGN = 64  # TVM declares kernel buffers 64-byte aligned and emits aligned SIMD
 
 
 def aligned(a: torch.Tensor) -> torch.Tensor:
-    """``a`` contiguous and 64-byte aligned (a view into the middle of a tensor, or a numpy
-    array, may not be: the kernel would fault), copying only when needed."""
+    """``a`` compact and 64-byte aligned, copying only when needed: a view into the middle of
+    a tensor or a numpy array may be misaligned (the kernel would fault), and an empty tensor
+    may keep the strides of what it was cut from (``.contiguous()`` leaves it as it is)."""
+    if a.numel() == 0:
+        return a.new_empty(a.shape)
     a = a.contiguous()
     if a.data_ptr() % ALIGN:
         a = a.clone()  # fresh allocations are aligned

@@ -43,6 +43,9 @@ def slot_of(n: Node, arg: Node) -> int:
     return next(a for a, x in enumerate(n.args) if x is arg)
 
 
+_NAME = re.compile(r"_a\d+_\d+_")  # the placeholder names _staged gives argument components
+
+
 def _staged(formula: Node, dtype: str, root_uses: list[int]) -> set[int]:
     """Ids of the nodes that get a per-pair stage: those one of whose components would be
     evaluated more than once per pair if inlined (counted in the scalar expression DAG, seen
@@ -61,14 +64,17 @@ def _staged(formula: Node, dtype: str, root_uses: list[int]) -> set[int]:
         flat = [s for a, row in enumerate(names) for s in row if slot_of(n, n.args[a]) == a]
         # 1 if the expression reads that component at all: repeats inside one expression are
         # left to the compiler's CSE (staging them would only add register pressure)
-        occ[id(n)] = [
-            [int(bool(re.search(re.escape(s) + r"\b", str(e)))) for s in flat] for e in exprs
-        ]
+        read = [set(_NAME.findall(str(e))) for e in exprs]  # one scan per expression
+        occ[id(n)] = [[int(s in seen) for s in flat] for seen in read]
+    varying = {id(n) for n in order if n.is_var}  # constants fold: never worth a stage
+    for n in order:
+        if any(id(a) in varying for a in n.args):
+            varying.add(id(n))
     uses: dict[int, list[int]] = {id(formula): list(root_uses)}
     staged: set[int] = set()
     for n in reversed(order):
         u = uses.get(id(n), [1] * n.dim)
-        stage = bool(n.args) and not REGISTRY[n.op].cheap and max(u) > 1
+        stage = id(n) in varying and not REGISTRY[n.op].cheap and max(u) > 1
         if stage:
             staged.add(id(n))
         if not n.args:
@@ -83,19 +89,27 @@ def _staged(formula: Node, dtype: str, root_uses: list[int]) -> set[int]:
     return staged
 
 
-def _reachable(outs: list) -> set[str]:
-    seen: set[str] = set()
-    todo = [t.op for t in outs]
+def _live(func) -> tuple[set[str], set[str]]:
+    """(names of all blocks, names of the buffers read by the blocks the reduction block
+    ``red`` depends on) of an unscheduled PrimFunc.  Read from the blocks themselves: TVM
+    folds expressions (``Select`` with a constant condition, ``x - x``), so the TE graph can
+    list inputs that no block reads."""
+    from tvm import s_tir
+
+    sch = s_tir.Schedule(func)
+    blocks = {
+        sch.get(b).name_hint: sch.get(b) for b in sch.get_child_blocks(sch.get_sblock("root"))
+    }
+    reads: set[str] = set()
+    todo = ["red"]
     while todo:
-        o = todo.pop()
-        if o.name not in seen:
-            seen.add(o.name)
-            todo.extend(t.op for t in o.input_tensors)
-    return seen
-
-
-def _component(fn: Callable, k: int) -> Callable:
-    return lambda i, j: fn(i, j)[k]  # (te.compute rejects lambdas with default arguments)
+        for r in blocks[todo.pop()].reads:
+            name = r.source.name
+            if name not in reads:
+                reads.add(name)
+                if name in blocks:
+                    todo.append(name)
+    return set(blocks), reads
 
 
 def lower(
@@ -141,41 +155,28 @@ def _lower(formula, red, out_cat, dtype, acc_dtype, row_block, variant) -> Lower
         # miscompiles when they are vectorised
         root_uses = [2 * u for u in root_uses]
     staged = _staged(formula, dtype, root_uses)
-    fns: dict[int, Callable] = {}
-    stages: list[str] = []
-    for n in postorder(formula):
-        if n.is_var:
-            fns[id(n)] = leaf(n)
-            continue
-        d, kids = REGISTRY[n.op], [fns[id(a)] for a in n.args]
-
-        def inline(i, j, d=d, kids=kids, n=n):
-            return d.te([k(i, j) for k in kids], n.params, dtype)
-
-        if id(n) not in staged:
-            fns[id(n)] = inline
-            continue
-        base = f"s{len(stages)}"
-        ts = []
-        for k in range(n.dim):  # one block per component, all computed at the same j
-            ts.append(te.compute((rows, N), _component(inline, k), name=f"{base}_{k}"))
-            stages.append(f"{base}_{k}")
-        fns[id(n)] = lambda i, j, ts=ts: [x[i, j] for x in ts]
-
-    root = fns[id(formula)]
-    outs = red.compute(te, root, rows, N, formula.dim, variant, dtype, acc_dtype)
-    func = te.create_prim_func([*(holders[id(v)] for v in inputs), *outs, Mb, N])
-    cols = int(outs[0].shape[1])
-    live = _reachable(outs)  # a stage can be folded away (e.g. a component the output ignores)
-    stages = [s for s in stages if s in live]
+    while True:
+        func, outs, blocks_of = _build(te, formula, red, holders, leaf, staged, rows, N, Mb,
+                                       variant, dtype, acc_dtype)  # fmt: skip
+        emitted, live = _live(func)
+        # a stage whose block no live block reads was folded away: inline its node instead
+        dead = {
+            nid
+            for nid, names in blocks_of.items()
+            if any(n in emitted and n not in live for n in names)
+        }
+        if not dead:
+            break
+        staged -= dead
+    stages = [n for names in blocks_of.values() for n in names if n in live]
     row_inputs = tuple(
         (holders[id(v)].name, v.dim)
         for v in inputs
-        if var_cat(v) == out_cat and holders[id(v)].op.name in live
+        if var_cat(v) == out_cat and holders[id(v)].name in live
     )
     shape = ReductionShape(
         red.kind,
-        cols,
+        int(outs[0].shape[1]),
         len(outs),
         dtype,
         acc_dtype,
@@ -185,3 +186,36 @@ def _lower(formula, red, out_cat, dtype, acc_dtype, row_block, variant) -> Lower
         row_inputs,
     )
     return Lowered(func, shape)
+
+
+def _build(te, formula, red, holders, leaf, staged, rows, N, Mb, variant, dtype, acc_dtype):
+    """(PrimFunc, reduction outputs, stage block names per staged node) with the nodes of
+    ``staged`` computed in per-pair stages and the others inlined."""
+    stage: dict[int, list] = {}  # staged node -> its per-component tensors
+    blocks_of: dict[int, list[str]] = {}
+
+    def exprs(root: Node, i, j, inside: bool = False) -> list:
+        """The components of ``root`` at (i, j), reading the stages of staged nodes below it
+        (iterative: formulas may be nested deeper than Python recurses)."""
+        vals: dict[int, list] = {}
+        for n in postorder(root, frozenset(stage)):
+            if id(n) in stage and (n is not root or not inside):
+                vals[id(n)] = [t[i, j] for t in stage[id(n)]]
+            elif n.is_var:
+                vals[id(n)] = leaf(n)(i, j)
+            else:
+                vals[id(n)] = REGISTRY[n.op].te([vals[id(a)] for a in n.args], n.params, dtype)
+        return vals[id(root)]
+
+    for n in postorder(formula):
+        if id(n) in staged:
+            base = f"s{len(blocks_of)}"
+            comp = lambda k, n=n: lambda i, j: exprs(n, i, j, inside=True)[k]  # noqa: E731
+            stage[id(n)] = [
+                te.compute((rows, N), comp(k), name=f"{base}_{k}") for k in range(n.dim)
+            ]
+            blocks_of[id(n)] = [f"{base}_{k}" for k in range(n.dim)]  # all computed at the same j
+    root = lambda i, j: exprs(formula, i, j)  # noqa: E731
+    outs = red.compute(te, root, rows, N, formula.dim, variant, dtype, acc_dtype)
+    inputs = [holders[id(v)] for v in variables(formula)]
+    return te.create_prim_func([*inputs, *outs, Mb, N]), outs, blocks_of

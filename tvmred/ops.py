@@ -16,13 +16,14 @@ differentiation, lowering, README table and ``tests/test_ops.py`` all read this 
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional, Sequence
 
 from . import mathfns
 from ._tvm import tirx
 from .errors import DimError, FormulaError
-from .tree import Node
+from .tree import MAX_DEPTH, Node
 
 Exprs = list  # list[tvm.tirx.PrimExpr], one per component
 
@@ -77,6 +78,8 @@ def make(name: str, *args: Node, params: Sequence = ()) -> Node:
         )
     if d.expand is not None:
         return d.expand(*args, *params)
+    if args and max(a.depth for a in args) >= MAX_DEPTH:
+        raise FormulaError(f"formula nested deeper than {MAX_DEPTH} levels")
     dim = d.dim(*[a.dim for a in args], *params)
     if d.zero == "any" and any(a.is_zero for a in args):
         return zero(dim)
@@ -110,9 +113,10 @@ def intcst(n: int) -> Node:
 
 
 def cst(v: float) -> Node:
-    if float(v) == int(v) and abs(v) < 2**31:
+    v = float(v)
+    if math.isfinite(v) and v == int(v) and abs(v) < 2**31:
         return intcst(int(v))
-    return Node("Cst", (), (float(v),), 1)
+    return Node("Cst", (), (v,), 1)
 
 
 def add(a: Node, b: Node) -> Node:

@@ -12,6 +12,7 @@ Dimension errors are re-raised with the offending piece of the text and a caret.
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass
 
@@ -52,9 +53,25 @@ def _tokens(text: str) -> list[tuple[str, str, int]]:
     return out
 
 
+#: Nesting levels of parentheses, calls and unary minus the parser accepts (each costs several
+#: Python frames; deeper formulas get a ParseError instead of a RecursionError).
+MAX_NESTING = 100
+
+
 class _Parser:
     def __init__(self, text: str, names: dict[str, Node]):
         self.text, self.names, self.toks, self.i = text, names, _tokens(text), 0
+        self.depth = 0
+
+    def nested(self, pos: int, parse):
+        """``parse()`` one nesting level deeper."""
+        self.depth += 1
+        try:
+            if self.depth > MAX_NESTING:
+                raise self.error(pos, f"formula nested deeper than {MAX_NESTING} levels")
+            return parse()
+        finally:
+            self.depth -= 1
 
     def peek(self) -> tuple[str, str, int]:
         return self.toks[self.i]
@@ -113,7 +130,7 @@ class _Parser:
     def unary(self) -> Node:
         if self.peek()[1] == "-":
             pos = self.take()[2]
-            arg = self.unary()
+            arg = self.nested(pos, self.unary)
             if arg.op in ("IntCst", "Cst"):
                 return cst(-arg.params[0])
             return self.build(pos, "Minus", arg)
@@ -123,16 +140,11 @@ class _Parser:
         kind, val, pos = self.take()
         if kind == "num":
             v = float(val)
+            if not math.isfinite(v):
+                raise self.error(pos, f"number {val} is outside the float64 range")
             return intcst(int(v)) if re.fullmatch(r"\d+", val) else cst(v)
         if val == "(":
-            left = self.cmp()
-            if self.peek()[1] == "|":
-                self.take()
-                right = self.cmp()
-                self.take(")")
-                return self.build(pos, "Scalprod", left, right)
-            self.take(")")
-            return left
+            return self.nested(pos, lambda: self.parens(pos))
         if kind != "name":
             raise self.error(pos, f"unexpected {'end of formula' if kind == 'end' else repr(val)}")
         if self.peek()[1] != "(":
@@ -140,6 +152,19 @@ class _Parser:
                 return self.names[val]
             raise self.error(pos, f"unknown variable '{val}' (declared: {sorted(self.names)})")
         self.take("(")
+        return self.nested(pos, lambda: self.call(val, pos, self.arguments()))
+
+    def parens(self, pos: int) -> Node:
+        left = self.cmp()
+        if self.peek()[1] == "|":
+            self.take()
+            right = self.cmp()
+            self.take(")")
+            return self.build(pos, "Scalprod", left, right)
+        self.take(")")
+        return left
+
+    def arguments(self) -> list[tuple[Node, int]]:
         args: list[tuple[Node, int]] = []
         if self.peek()[1] != ")":
             while True:
@@ -149,7 +174,7 @@ class _Parser:
                     break
                 self.take(",")
         self.take(")")
-        return self.call(val, pos, args)
+        return args
 
     def call(self, name: str, pos: int, args: list[tuple[Node, int]]) -> Node:
         if name in ("Grad", "Diff"):

@@ -195,6 +195,11 @@ def _with_idx(d: int, v: Variant, dt: str, acc: str) -> list:
 # ---------------------------------------------------------------------------- K-min
 
 
+#: The largest K of the K-min reductions: the insertion chain keeps K values per row and its
+#: compile time grows faster than K (K=64 about 20 s, K=128 about a minute on a 2-core CPU).
+MAX_K = 128
+
+
 def _kmin(te, root, rows, n, dim, v: Variant, dtype, acc):
     """The K smallest values (ascending) and their indices, by insertion: the state is K
     sorted values then K indices; each new element goes after equal ones (lowest index
@@ -457,6 +462,10 @@ class RedDef:
     variant: Callable[..., Variant] = _plain  # (opt_arg, sum_scheme, dtype, acc) -> Variant
     width: Optional[Callable[[int, Variant, str, str], int]] = None  # default: all state columns
     tree: Callable[[Node, Optional[Node]], Node] = lambda main, weight: main
+    columns: Callable[[Node, int, int], Node] = lambda f, start, n: make(
+        "Extract", f, params=(start, n)
+    )
+    # (kernel formula, start, n) -> the formula of state columns start..start+n-1 alone
     weight: Optional[str] = None  # None: no formula2; "optional"; "required"
     needs_k: bool = False
     scalar: bool = False  # F must have dim 1
@@ -576,6 +585,9 @@ reduction(
     **_kcommon,
 )
 _lcommon = dict(
+    columns=lambda f, start, n: make(
+        "Concat", make("Elem", f, params=(0,)), make("Extract", f, params=(1 + start, n))
+    ),
     kind="lse",
     state=_lse_state,
     compute=_lse,

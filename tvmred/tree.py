@@ -7,6 +7,10 @@ and gives a canonical text form (``str(node)``) that the cache uses as a key.
 
 from __future__ import annotations
 
+#: The deepest formula tree tvmred builds (TVM's C++ passes recurse over expressions: a few
+#: thousand levels overflow its stack).
+MAX_DEPTH = 1000
+
 
 class Node:
     """One operation applied to child nodes, with static integer/float parameters.
@@ -16,13 +20,14 @@ class Node:
     Variables are ``Node("Var", (), (pos, dim, cat))``.
     """
 
-    __slots__ = ("op", "args", "params", "dim", "__weakref__")
+    __slots__ = ("op", "args", "params", "dim", "depth", "__weakref__")
     _table: dict[tuple, "Node"] = {}
 
     op: str
     args: tuple["Node", ...]
     params: tuple
     dim: int
+    depth: int  # 1 for a leaf, else 1 + the deepest argument
 
     def __new__(cls, op: str, args: tuple["Node", ...], params: tuple, dim: int) -> "Node":
         key = (op, tuple(id(a) for a in args), params)
@@ -33,6 +38,7 @@ class Node:
             object.__setattr__(node, "args", tuple(args))
             object.__setattr__(node, "params", tuple(params))
             object.__setattr__(node, "dim", int(dim))
+            object.__setattr__(node, "depth", 1 + max((a.depth for a in args), default=0))
             cls._table[key] = node
         return node
 
@@ -42,12 +48,12 @@ class Node:
     def __reduce__(self):  # pickling re-interns
         return (Node, (self.op, self.args, self.params, self.dim))
 
-    def __repr__(self) -> str:
-        if self.op == "Var":
-            pos, dim, cat = self.params
-            return f"Var({pos},{dim},{cat})"
-        parts = [repr(a) for a in self.args] + [_fmt(p) for p in self.params]
-        return f"{self.op}({','.join(parts)})"
+    def __repr__(self) -> str:  # iterative: formulas may be nested deeper than Python recurses
+        text: dict[int, str] = {}
+        for n in postorder(self):
+            parts = [text[id(a)] for a in n.args] + [_fmt(p) for p in n.params]
+            text[id(n)] = f"{n.op}({','.join(parts)})"
+        return text[id(self)]
 
     __str__ = __repr__
 
@@ -79,8 +85,9 @@ def var_cat(v: Node) -> int:
     return v.params[2]
 
 
-def postorder(root: Node) -> list[Node]:
-    """Distinct nodes of the DAG below ``root``, children before parents."""
+def postorder(root: Node, leaves: frozenset[int] = frozenset()) -> list[Node]:
+    """Distinct nodes of the DAG below ``root``, children before parents; the arguments of
+    nodes whose id is in ``leaves`` (other than ``root``) are not visited."""
     seen: set[int] = set()
     order: list[Node] = []
     stack: list[tuple[Node, bool]] = [(root, False)]
@@ -93,6 +100,8 @@ def postorder(root: Node) -> list[Node]:
             continue
         seen.add(id(node))
         stack.append((node, True))
+        if id(node) in leaves and node is not root:
+            continue
         for a in reversed(node.args):
             if id(a) not in seen:
                 stack.append((a, False))

@@ -67,6 +67,8 @@ def _gathered(plan: Gathered, r: Reduction, k: int, args, idx: torch.Tensor, g: 
     for each selected index and component, the reduced-index arguments' selected rows are
     gathered, and the result scattered back when argument k is reduced-indexed."""
     red_cat = 1 - r.out_cat
+    if any(v.params[2] == red_cat and len(b) == 0 for b, v in zip(args, r.args)):
+        return None  # nothing was selected
     n_out, K, D = idx.shape
     g = g.reshape(n_out, K, D)
     total = None

@@ -1,0 +1,269 @@
+"""Regression tests: valid formulas that used to raise, bad inputs that used to pass or fail
+unclearly, empty inputs -- each against a dense float64 torch reference or a clear error."""
+
+import pytest
+import torch
+
+import tvmred
+from tvmred.genred import MAX_STATE, column_chunks
+from tvmred.torch import Genred
+
+F64 = torch.float64
+
+
+def rand(*shape):
+    return torch.rand(*shape, dtype=F64)
+
+
+# ------------------------------------------------------------- valid formulas that raised
+
+
+@pytest.mark.parametrize(
+    "formula,aliases,ref",
+    [
+        # the simplifier removes every use of an output-indexed variable
+        ("SqDist(x,x)+y", ["x = Vi(3)", "y = Vj(1)"], lambda x, y: y.sum().expand(len(x), 1)),
+        ("(x-x)*y", ["x = Vi(3)", "y = Vj(1)"], lambda x, y: torch.zeros_like(x)),
+        # two aliases of one position
+        (
+            "SqDist(x,z)*y",
+            ["x = Vi(0,3)", "y = Vj(1,1)", "z = Vi(0,3)"],
+            lambda x, y: torch.zeros(len(x), 1, dtype=F64),
+        ),
+        # IfElse with a constant condition ([1, 0] >= 0): the Exp branch was a dead stage
+        (
+            "IfElse(ElemT(IntCst(1),2,0),x*y,Exp(IntCst(1)))",
+            ["x = Vi(3)", "y = Vj(1)"],
+            lambda x, y: None,
+        ),
+    ],
+)
+def test_formulas_the_simplifier_folds(formula, aliases, ref):
+    x, y = rand(39, 3), rand(26, 1)
+    if "IfElse" in formula:  # x*y has dim 3, the condition dim 2: a DimError, as KeOps
+        with pytest.raises(tvmred.DimError):
+            Genred(formula, aliases, axis=1)
+        x = x[:, :1]
+        got = Genred(formula, ["x = Vi(1)", "y = Vj(1)"], axis=1)(x, y)
+        torch.testing.assert_close(got, (x * y.sum()).expand(-1, 2))
+        return
+    torch.testing.assert_close(Genred(formula, aliases, axis=1)(x, y), ref(x, y))
+
+
+def test_logsumexp_gradient_of_a_folded_condition():
+    """The gradient kernel of this LogSumExp had a stage folded away (int32 overflow)."""
+    x = rand(7, 1).requires_grad_()
+    p, y = rand(2), rand(9, 1)
+    g = Genred(
+        "Elem(IfElse(x*(Abs(Zero(2))+0.5),x,p),1)*y",
+        ["x = Vi(1)", "p = Pm(2)", "y = Vj(1)"],
+        reduction_op="LogSumExp",
+        axis=1,
+    )
+    c = g(x, p, y)
+    xr = x.detach().clone().requires_grad_()
+    f = torch.where(xr * 0.5 >= 0, xr, p[1]) * y.T  # Elem(.., 1) of IfElse(cond, x, p)
+    ref = torch.logsumexp(f, 1, keepdim=True)
+    torch.testing.assert_close(c, ref)
+    torch.testing.assert_close(
+        torch.autograd.grad(c.sum(), x)[0], torch.autograd.grad(ref.sum(), xr)[0]
+    )
+
+
+@pytest.mark.parametrize("aliases", [[], ["x = Vi(3)"], ["a = Vi(0, 3)"]])
+def test_inline_variables(aliases):
+    x, y = rand(10, 3), rand(20, 3)
+    formula = "Var(0,3,0)*Var(1,3,1)" if not aliases else f"{aliases[0].split()[0]}*Vj(1,3)"
+    got = Genred(formula, aliases, axis=1)(x, y)
+    torch.testing.assert_close(got, x * y.sum(0))
+
+
+def test_inline_variable_conflicting_with_an_alias():
+    with pytest.raises(ValueError, match=r"uses Var\(0,3,1\), but position 0 is Var\(0,3,0\)"):
+        Genred("x*Var(0,3,1)", ["x = Vi(3)"], axis=1)
+    with pytest.raises(ValueError, match=r"not \[1\]"):
+        Genred("Var(0,3,0)*Var(2,3,1)", [], axis=1)
+
+
+def test_a_formula_without_variables():
+    got = Genred("IntCst(3)*Exp(IntCst(1))", [], axis=1)()
+    torch.testing.assert_close(got.double(), torch.tensor([[3 * 2.718281828459045]], dtype=F64))
+
+
+# ------------------------------------------------------------------------- empty inputs
+
+
+@pytest.mark.parametrize("make_y", ["expanded", "strided"])
+def test_empty_reduced_index_gives_the_identity(make_y):
+    x = rand(10, 1)
+    y = rand(1, 1).expand(0, 1) if make_y == "expanded" else rand(0, 5)[:, 2:3]
+    al = ["x = Vi(1)", "y = Vj(1)"]
+    assert torch.equal(Genred("x*y", al, axis=1)(x, y), torch.zeros(10, 1, dtype=F64))
+    v, i = Genred("x*y", al, reduction_op="Min_ArgMin", axis=1)(x, y)
+    assert torch.all(v == float("inf")) and torch.all(i == -1)
+    assert torch.all(Genred("x*y", al, reduction_op="LogSumExp", axis=1)(x, y) == float("-inf"))
+
+
+DIFFERENTIABLE = [
+    ("Sum", None),
+    ("Min", None),
+    ("Max_ArgMax", None),
+    ("KMin", 2),
+    ("LogSumExp", None),
+]
+
+
+@pytest.mark.parametrize("red,k", DIFFERENTIABLE)
+@pytest.mark.parametrize("empty", ["M", "N"])
+def test_empty_inputs_with_gradients(red, k, empty):
+    M, N = (0, 5) if empty == "M" else (4, 0)
+    x = rand(M, 3).requires_grad_()
+    y = rand(10, 3)[:N].requires_grad_()  # an empty view with the strides of its base
+    g = Genred("(x|y)", ["x = Vi(3)", "y = Vj(3)"], reduction_op=red, opt_arg=k, axis=1)
+    out = g(x, y)
+    out = out[0] if isinstance(out, tuple) else out
+    assert out.shape[0] == M
+    gx, gy = torch.autograd.grad(out.sum(), (x, y), allow_unused=True)
+    assert gx.shape == x.shape and gy.shape == y.shape
+    assert torch.all(gx == 0) and torch.all(gy == 0)
+
+
+# ---------------------------------------------------------------- wide and deep formulas
+
+
+def test_wide_reductions_run_in_column_chunks():
+    """A Sum of a 100-vector, a Min_ArgMin of a 40-vector and a softmax with a 70-vector
+    weight: several kernels over column slices, one result (values and gradients)."""
+    x, y = rand(20, 100).requires_grad_(), rand(30, 100)
+    g = Genred("x*y", ["x = Vi(100)", "y = Vj(100)"], axis=1)
+    assert len(column_chunks(g.reduction, "float64")) == 2
+    c = g(x, y)
+    torch.testing.assert_close(c, x * y.sum(0))
+    torch.testing.assert_close(torch.autograd.grad(c.sum(), x)[0], y.sum(0).expand(20, -1))
+    v, i = Genred("x-y", ["x = Vi(40)", "y = Vj(40)"], reduction_op="Min_ArgMin", axis=1)(
+        x[:, :40], y[:, :40]
+    )
+    d = x[:, None, :40] - y[None, :, :40]
+    torch.testing.assert_close(v, d.min(1).values)
+    assert torch.equal(i, d.min(1).indices)
+    b = rand(30, 70)
+    sm = Genred(
+        "-SqDist(x,y)",
+        ["x = Vi(3)", "y = Vj(3)", "b = Vj(70)"],
+        reduction_op="SumSoftMaxWeight",
+        formula2="b",
+        axis=1,
+    )
+    assert len(column_chunks(sm.reduction, "float64")) == 3
+    s = sm(x[:, :3], y[:, :3], b)
+    torch.testing.assert_close(s, torch.softmax(-(torch.cdist(x[:, :3], y[:, :3]) ** 2), 1) @ b)
+
+
+def test_column_chunks_respect_the_state_budget():
+    from tvmred.genred import make_reduction
+
+    r = make_reduction("x*y", ["x = Vi(300)", "y = Vj(300)"], "Sum", 1, "auto")
+    for dtype in ("float32", "float64"):
+        parts = column_chunks(r, dtype)
+        acc, variant = r.resolve(dtype)
+        widths = [p.formula.dim for p in parts]
+        assert sum(widths) == 300 and len(parts) > 1
+        assert all(r.rdef.registers(w, variant, dtype, acc) <= MAX_STATE for w in widths)
+
+
+def test_too_large_k_is_refused_quickly():
+    with pytest.raises(ValueError, match=r"opt_arg=5000 is above the limit K <= 128"):
+        Genred("SqDist(x,y)", ["x = Vi(3)", "y = Vj(3)"], reduction_op="KMin", opt_arg=5000, axis=1)
+
+
+def test_deep_nesting_is_a_parse_error():
+    for text in ["(" * 300 + "x" + ")" * 300, "Exp(" * 300 + "x" + ")" * 300, "-" * 300 + "x"]:
+        with pytest.raises(tvmred.ParseError, match="nested deeper than 100 levels"):
+            Genred(text, ["x = Vi(1)"], axis=1)
+    with pytest.raises(tvmred.ParseError, match="nested deeper than 1000 levels"):
+        Genred("+".join(["x", "y"] * 600), ["x = Vi(1)", "y = Vj(1)"], axis=1)
+
+
+def test_a_deep_chain_computes_with_gradients():
+    """Depth 250 (deeper than Python's recursion allows a recursive walk): values and
+    gradients against torch."""
+    from tvmred.ops import make
+    from tvmred.reductions import Reduction
+    from tvmred.torch import _GenredFn
+    from tvmred.tree import var
+
+    xv, yv = var(0, 1, 0), var(1, 1, 1)
+    n = make("Mult", xv, yv)
+    for k in range(250):
+        n = make("Sin", n) if k % 2 else make("Add", n, yv)
+    r = Reduction(n, "Sum", 0, (xv, yv), ("x", "y"))
+    x, y = rand(5, 1).requires_grad_(), rand(6, 1)
+    c = _GenredFn.apply(r, x, y)
+    v = x[:, None] * y[None]
+    for k in range(250):
+        v = torch.sin(v) if k % 2 else v + y[None]
+    ref = v.sum(1)
+    torch.testing.assert_close(c, ref)
+    torch.testing.assert_close(
+        torch.autograd.grad(c.sum(), x)[0], torch.autograd.grad(ref.sum(), x)[0]
+    )
+
+
+# ------------------------------------------------------------------------- bad inputs
+
+
+@pytest.mark.parametrize("axis", [True, 1.0, "1", 2, -1])
+def test_bad_axis(axis):
+    with pytest.raises(ValueError, match="axis must be 0"):
+        Genred("x", ["x = Vi(1)"], axis=axis)
+
+
+def test_out_of_range_literal():
+    with pytest.raises(tvmred.ParseError, match="1e400 is outside the float64 range"):
+        Genred("x*1e400", ["x = Vi(1)"], axis=1)
+
+
+def test_batched_shape_error_shows_the_full_shape():
+    g = Genred("x+y", ["x = Vi(3)", "y = Vj(3)"], axis=1)
+    with pytest.raises(ValueError, match=r"has shape \(2, 10, 4\); expected \(\.\.\., rows, dim\)"):
+        g(rand(2, 10, 4), rand(2, 5, 3))
+
+
+def ranges_for(x, y):
+    """Two output ranges [0,5), [5,10), each reducing over [0,4) and [4,8)."""
+    ri = torch.tensor([[0, 5], [5, 10]])
+    rj = torch.tensor([[0, 4], [4, 8], [0, 4], [4, 8]])
+    si = torch.tensor([2, 4])
+    return [ri, si, rj, rj[:2], torch.tensor([1, 2]), ri[:1]]
+
+
+@pytest.mark.parametrize(
+    "damage,match",
+    [
+        (lambda r: r.__setitem__(1, torch.tensor([2.0, 4.0])), "slices_i must hold integers"),
+        (lambda r: r.__setitem__(1, torch.tensor([3, 2])), "non-decreasing"),
+        (lambda r: r.__setitem__(0, torch.tensor([0, 5, 5])), r"ranges_i must have shape \(n, 2\)"),
+        (
+            lambda r: r.__setitem__(0, torch.tensor([[0, 5, 1], [5, 10, 1]])),
+            r"must have shape \(n, 2\)",
+        ),
+        (lambda r: r.__setitem__(0, torch.tensor([[0, 6], [5, 10]])), "ranges_i overlap"),
+        (
+            lambda r: r.__setitem__(0, torch.tensor([[5, 0], [5, 10]])),
+            "out of bounds .* or decreasing",
+        ),
+        (
+            lambda r: r.__setitem__(2, torch.tensor([[0, 4], [3, 8], [0, 4], [4, 8]])),
+            "redranges_j.*overlap",
+        ),
+        (lambda r: r.__setitem__(1, torch.tensor([2])), "has 2 rows but slices_i has 1"),
+    ],
+)
+def test_bad_ranges(damage, match):
+    x, y = rand(10, 1), rand(8, 1)
+    r = ranges_for(x, y)
+    g = Genred("x*y", ["x = Vi(1)", "y = Vj(1)"], axis=1)
+    torch.testing.assert_close(g(x, y, ranges=r), g(x, y))  # the undamaged ranges are dense
+    damage(r)
+    with pytest.raises(ValueError, match=match):
+        g(x, y, ranges=r)
