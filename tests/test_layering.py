@@ -19,7 +19,16 @@ LAYERS = [
     ["runtime", "cache", "tunedb", "lower"],
     ["build"],
     ["genred", "dispatch"],
-    ["torch", "numpy", "export", "tune", "docs", "__main__", "__init__"],  # bindings, tools
+    [
+        "torch",
+        "numpy",
+        "export",
+        "tune",
+        "docs",
+        "doctor",
+        "__main__",
+        "__init__",
+    ],  # bindings, tools
 ]
 LAYER = {name: k for k, names in enumerate(LAYERS) for name in names}
 

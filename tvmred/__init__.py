@@ -12,10 +12,13 @@ if "TVM_NUM_THREADS" not in _os.environ:  # TVM's pool reads it once, at its fir
 
     _os.environ["TVM_NUM_THREADS"] = str(_torch.get_num_threads())
 
+from . import settings as _settings  # noqa: E402
 from .build import __version__  # noqa: E402
 from .cache import clear_cache  # noqa: E402
 from .errors import DimError, FormulaError, KernelNotExported, ParseError  # noqa: E402
 from .export import export, load  # noqa: E402
+
+_settings.setup_logging()
 
 __all__ = [
     "__version__",

@@ -64,6 +64,12 @@ def _tune(args: argparse.Namespace) -> int:
     return 0
 
 
+def _doctor(args: argparse.Namespace) -> int:
+    from .doctor import main as doctor
+
+    return doctor()
+
+
 def _bench(args: argparse.Namespace) -> int:
     import runpy
     from pathlib import Path
@@ -114,6 +120,12 @@ def main(argv: list[str] | None = None) -> int:
     t.add_argument("--formula2", default=None)
     t.add_argument("--device", default="cpu", help="cpu or cuda[:k]: where to measure")
     t.set_defaults(func=_tune)
+    d = sub.add_parser(
+        "doctor",
+        help="print versions, CPU/GPU, cache state and run a tiny formula on each device "
+        "(paste its output into bug reports)",
+    )
+    d.set_defaults(func=_doctor)
     b = sub.add_parser(
         "bench",
         help="run benchmarks/bench_suite.py (tvmred vs pykeops vs "

@@ -3,22 +3,29 @@
 Layout: ``$TVMRED_CACHE_DIR`` (default ``~/.cache/tvmred``) holds, per kernel, ``<key>.so``
 (the exported module) and ``<key>.json`` (its manifest: the full key text, the SHA-256 of the
 ``.so``, versions, and the kernel's calling convention, e.g. its row block, so that loading
-it needs no compiler).  Writes go to a temporary file and are renamed into place, the manifest
-last, under an exclusive ``<key>.lock`` file lock — so processes compiling the same formula at
-once wait for each other instead of corrupting the entry.  An entry whose ``.so`` does not
-match its manifest's hash (truncated, overwritten) or does not load is rebuilt.
+it needs no compiler).  Writes go to a temporary file named after the writing process and are
+renamed into place, the manifest last, under a ``<key>.lock`` file lock (``filelock``: POSIX
+and Windows) -- so processes compiling the same formula at once wait for each other instead of
+corrupting the entry.  An entry whose ``.so`` does not match its manifest's hash (truncated,
+overwritten) or does not load is rebuilt.
+
+Nothing here makes a call fail: a cache directory that cannot be created or written is used
+read-only (or not at all) with one warning, and kernels are then compiled in memory; a lock
+held for longer than ``LOCK_TIMEOUT`` (a compiler that was stopped) is given up with a
+warning; temporary files of writers that died are removed.
 """
 
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import hashlib
 import json
 import logging
 import os
 import shutil
+import sys
 import tempfile
+import time
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
@@ -32,6 +39,18 @@ stats = {"compiled": 0, "disk_hits": 0, "memory_hits": 0, "rebuilt_corrupt": 0}
 _MEMORY: dict[str, tuple[Any, dict]] = {}
 on_clear: list[Callable[[], None]] = []  # other in-process caches to drop with this one
 
+LOCK_TIMEOUT = 600.0  # seconds; the slowest compile we know takes about a minute
+STALE_AGE = 24 * 3600.0  # a temporary file this old belongs to no live writer
+SUFFIX = ".dll" if sys.platform == "win32" else ".so"
+_warned: set[str] = set()
+_corrupt: set[str] = set()
+
+
+def _warn_once(key: str, msg: str, *args: Any) -> None:
+    if key not in _warned:
+        _warned.add(key)
+        log.warning(msg, *args)
+
 
 def key_hash(key_text: str) -> str:
     return hashlib.sha256(key_text.encode()).hexdigest()[:32]
@@ -42,34 +61,92 @@ def _sha(path: Path) -> str:
 
 
 @contextlib.contextmanager
-def _locked(path: Path) -> Iterator[None]:
-    with open(path, "a+") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
+def locked(path: Path, timeout: float | None = None) -> Iterator[bool]:
+    """Hold the file lock ``path`` (yields True), or -- when it cannot be taken within
+    ``timeout`` seconds (default LOCK_TIMEOUT) or the file cannot be created -- go on
+    without it (yields False)."""
+    from filelock import FileLock, Timeout
+
+    timeout = LOCK_TIMEOUT if timeout is None else timeout
+    lock = FileLock(str(path), timeout=timeout)
+    try:
+        lock.acquire()
+    except Timeout:
+        log.warning(
+            "tvmred cache: %s held for more than %.0f s; going on without it", path, timeout
+        )
+        yield False
+        return
+    except OSError as e:
+        _warn_once(f"lock:{path.parent}", "tvmred cache: cannot lock in %s (%s)", path.parent, e)
+        yield False
+        return
+    try:
+        yield True
+    finally:
+        lock.release()
+
+
+def temp_path(d: Path, stem: str, suffix: str) -> Path:
+    """A new temporary file in ``d`` whose name carries this process's id (see ``_stale``)."""
+    fd, tmp = tempfile.mkstemp(dir=d, prefix=f".{stem}.{os.getpid()}.", suffix=suffix)
+    os.close(fd)
+    return Path(tmp)
+
+
+def _stale(path: Path, now: float) -> bool:
+    """A temporary file (``.<stem>.<pid>.<random><suffix>``) whose writer is gone: its process
+    no longer runs (POSIX), or it is older than STALE_AGE."""
+    try:
+        if now - path.stat().st_mtime > STALE_AGE:
+            return True
+        pid = int(path.name.split(".")[2])
+    except (OSError, IndexError, ValueError):
+        return False
+    if os.name != "posix" or pid == os.getpid():
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except OSError:  # exists, owned by someone else
+        return False
+    return False
+
+
+def clean_temporaries(d: Path) -> int:
+    """Remove the temporary files that dead writers left in ``d``; returns how many."""
+    n, now = 0, time.time()
+    with contextlib.suppress(OSError):
+        for p in d.glob(".*"):
+            if p.is_file() and _stale(p, now):
+                with contextlib.suppress(OSError):
+                    p.unlink()
+                    n += 1
+    return n
 
 
 def _load(d: Path, h: str, key_text: str) -> tuple[Any, dict] | None:
     """(module, kernel metadata) stored for ``h``, or None if absent; a corrupt entry is
-    removed."""
-    so, meta = d / f"{h}.so", d / f"{h}.json"
-    if not meta.exists():
+    removed (when it can be)."""
+    so, manifest = d / f"{h}{SUFFIX}", d / f"{h}.json"
+    if not manifest.exists():
         return None
     try:
-        info = json.loads(meta.read_text())
+        info = json.loads(manifest.read_text())
         if info.get("key") != key_text:
             raise ValueError("manifest key differs (hash collision or foreign file)")
         if not so.exists() or _sha(so) != info.get("sha256"):
             raise ValueError("shared library missing or its SHA-256 does not match the manifest")
-        meta = info["kernel"]
-        return load_module(str(so), meta["kind"]), meta
+        kernel = info["kernel"]
+        return load_module(str(so), kernel["kind"]), kernel
     except Exception as e:  # corrupt manifest, truncated .so, failed dlopen
-        log.warning("tvmred cache: entry %s is corrupt (%s); rebuilding", h, e)
-        stats["rebuilt_corrupt"] += 1
-        for p in (meta, so):
-            with contextlib.suppress(FileNotFoundError):
+        if h not in _corrupt:  # (looked at twice: before and under the lock)
+            _corrupt.add(h)
+            log.warning("tvmred cache: entry %s is corrupt (%s); rebuilding", h, e)
+            stats["rebuilt_corrupt"] += 1
+        for p in (manifest, so):
+            with contextlib.suppress(OSError):
                 p.unlink()
         return None
 
@@ -77,26 +154,43 @@ def _load(d: Path, h: str, key_text: str) -> tuple[Any, dict] | None:
 def _store(d: Path, h: str, key_text: str, executable: Any, kernel: dict, extra: dict) -> None:
     import tvm
 
-    so, meta = d / f"{h}.so", d / f"{h}.json"
-    fd, tmp = tempfile.mkstemp(dir=d, prefix=f".{h}.", suffix=".so")
-    os.close(fd)
+    so, manifest = d / f"{h}{SUFFIX}", d / f"{h}.json"
+    tmp = temp_path(d, h, SUFFIX)
+    tmpm = None
     try:
-        executable.export_library(tmp)
+        executable.export_library(str(tmp))
         info = {
             "key": key_text,
-            "sha256": _sha(Path(tmp)),
+            "sha256": _sha(tmp),
             "tvm": tvm.__version__,
             "kernel": kernel,
             **extra,
         }
         os.replace(tmp, so)
-        fd, tmpm = tempfile.mkstemp(dir=d, prefix=f".{h}.", suffix=".json")
-        with os.fdopen(fd, "w") as fh:
-            json.dump(info, fh, indent=1)
-        os.replace(tmpm, meta)
+        tmpm = temp_path(d, h, ".json")
+        tmpm.write_text(json.dumps(info, indent=1))
+        os.replace(tmpm, manifest)
     finally:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
+        for p in (tmp, tmpm):
+            with contextlib.suppress(OSError, TypeError):
+                os.unlink(p)
+
+
+def _usable(d: Path) -> tuple[bool, bool]:
+    """(readable, writable) for the cache directory ``d`` (created if needed)."""
+    try:
+        d.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        _warn_once(f"dir:{d}", "tvmred cache: cannot create %s (%s); compiling in memory", d, e)
+        return False, False
+    readable = d.is_dir() and os.access(d, os.R_OK | os.X_OK)
+    writable = readable and os.access(d, os.W_OK)
+    if readable and not writable:
+        _warn_once(f"ro:{d}", "tvmred cache: %s is read-only; new kernels stay in memory", d)
+    if writable and f"clean:{d}" not in _warned:
+        _warned.add(f"clean:{d}")
+        clean_temporaries(d)
+    return readable, writable
 
 
 def get_or_build(
@@ -104,55 +198,75 @@ def get_or_build(
 ) -> tuple[Any, dict]:
     """(runtime module, kernel metadata) for ``key_text``: from memory, else disk, else
     ``build()`` -- which returns a ``tvm.runtime.Executable`` and its metadata (JSON-able,
-    with ``"kind"``, the target kind) -- stored on disk for the next process."""
+    with ``"kind"``, the target kind) -- stored on disk for the next process.  A kernel
+    stored on disk is loaded back from there: the compiler's in-memory module (LLVM's whole
+    module, about 1.7 MiB a kernel) is released."""
     h = key_hash(key_text)
     hit = _MEMORY.get(h)
     if hit is not None:
         stats["memory_hits"] += 1
         return hit
     d = cache_dir()
-    try:
-        d.mkdir(parents=True, exist_ok=True)
-        writable = os.access(d, os.W_OK)
-    except OSError:
-        writable = False
-    if not writable:
-        log.warning("tvmred cache: %s is not writable; compiling without a disk cache", d)
-        stats["compiled"] += 1
-        ex, meta = build()
-        hit = _MEMORY[h] = (ex.mod, meta)
-        return hit
-    hit = _load(d, h, key_text)
-    if hit is None:
-        with _locked(d / f"{h}.lock"):
-            hit = _load(d, h, key_text)  # another process may have built it meanwhile
-            if hit is None:
-                ex, meta = build()
-                stats["compiled"] += 1
-                try:
-                    _store(d, h, key_text, ex, meta, extra or {})
-                except Exception as e:  # no C++ compiler, disk full...: keep going in memory
-                    log.warning("tvmred cache: could not store %s (%s)", h, e)
-                hit = (ex.mod, meta)
-            else:
-                stats["disk_hits"] += 1
-    else:
+    readable, writable = _usable(d)
+    hit = _load(d, h, key_text) if readable else None
+    if hit is not None:
         stats["disk_hits"] += 1
+    elif not writable:
+        hit = _compile(build)
+    else:
+        with locked(d / f"{h}.lock"):
+            hit = _load(d, h, key_text)  # another process may have built it meanwhile
+            if hit is not None:
+                stats["disk_hits"] += 1
+            else:
+                hit = _compile(
+                    build, lambda ex, meta: _store(d, h, key_text, ex, meta, extra or {})
+                )
+                stored = _load(d, h, key_text) if hit[1].get("stored") else None
+                if stored is not None:
+                    hit = stored
     _MEMORY[h] = hit
     return hit
+
+
+def _compile(build: Callable, store: Callable | None = None) -> tuple[Any, dict]:
+    ex, meta = build()
+    stats["compiled"] += 1
+    if store is not None:
+        try:
+            store(ex, meta)
+            return ex.mod, {**meta, "stored": True}
+        except Exception as e:  # no C++ compiler, disk full...: keep going in memory
+            log.warning("tvmred cache: could not store a kernel (%s); it stays in memory", e)
+    return _detached(ex, meta), meta
+
+
+def _detached(ex: Any, meta: dict) -> Any:
+    """The compiled module, exported to a private temporary file and loaded back from it, so
+    that the compiler's in-memory module is released (1.5 MiB a kernel instead of 40 KiB);
+    ``ex.mod`` itself if that fails."""
+    d = Path(tempfile.mkdtemp(prefix="tvmred-"))
+    try:
+        path = d / f"kernel{SUFFIX}"
+        ex.export_library(str(path))
+        return load_module(str(path), meta["kind"])
+    except Exception:
+        return ex.mod
+    finally:
+        shutil.rmtree(d, ignore_errors=True)
 
 
 def entries() -> list[dict]:
     """Manifests of the kernels stored on disk."""
     d = cache_dir()
     out = []
-    for meta in sorted(d.glob("*.json")) if d.exists() else []:
-        if meta.name in ("tuning.json", "host.json"):
+    for manifest in sorted(d.glob("*.json")) if d.is_dir() else []:
+        if manifest.name in ("tuning.json", "host.json"):
             continue
         with contextlib.suppress(Exception):
-            info = json.loads(meta.read_text())
-            so = meta.with_suffix(".so")
-            info.update(hash=meta.stem, bytes=so.stat().st_size if so.exists() else 0)
+            info = json.loads(manifest.read_text())
+            so = manifest.with_suffix(SUFFIX)
+            info.update(hash=manifest.stem, bytes=so.stat().st_size if so.exists() else 0)
             out.append(info)
     return out
 
@@ -163,13 +277,13 @@ def clear_cache(disk: bool = True) -> None:
     for fn in on_clear:
         fn()
     d = cache_dir()
-    if disk and d.exists():
+    if disk and d.is_dir():
         for p in d.iterdir():
             if p.name in ("tuning.json", "tuning.lock"):
-                continue  # tuning records outlive compiled kernels (tvmred.tune.clear())
-            if p.suffix in (".so", ".json", ".lock") or p.name.startswith("."):
+                continue  # tuning records outlive compiled kernels (tvmred.tunedb.clear())
+            if p.suffix in (SUFFIX, ".json", ".lock") or p.name.startswith("."):
                 if p.is_dir():
                     shutil.rmtree(p, ignore_errors=True)
                 else:
-                    with contextlib.suppress(FileNotFoundError):
+                    with contextlib.suppress(OSError):
                         p.unlink()

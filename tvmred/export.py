@@ -32,7 +32,9 @@ from pathlib import Path
 from typing import Iterator, Union
 
 from . import build
+from .cache import SUFFIX, clean_temporaries, temp_path
 from .errors import KernelNotExported
+from .genred import column_chunks
 from .reductions import REDUCTIONS, Reduction, Variant, plan_reductions
 from .targets import cpu_target, device_type
 from .tree import var, variables
@@ -70,12 +72,15 @@ def _genred(routine: dict, kind: str = "torch"):
     return Genred(**kw)
 
 
-def kernels_of(r: Reduction, grads: list[int]) -> Iterator[Reduction]:
-    """The reductions a forward call and the backward w.r.t. ``grads`` evaluate."""
-    yield r
+def kernels_of(r: Reduction, grads: list[int], dtype: str) -> Iterator[Reduction]:
+    """The kernels' reductions a forward call and the backward w.r.t. ``grads`` evaluate
+    (a wide reduction is several kernels: ``genred.column_chunks``)."""
+    todo = [r]
     if r.rdef.vjp is not None:
         for k in grads:
-            yield from plan_reductions(r.vjp(k))
+            todo += plan_reductions(r.vjp(k))
+    for red in todo:
+        yield from column_chunks(red, dtype)
 
 
 def _sig(r: Reduction, dtype: str) -> tuple:
@@ -90,6 +95,7 @@ def export(spec: Union[str, os.PathLike, dict], out_dir: Union[str, os.PathLike]
     spec = read_spec(spec)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    clean_temporaries(out)
     targets = [dict(t) for t in spec.get("targets", [cpu_target()])]
     for t in targets:
         if t["kind"] == "cuda":
@@ -113,7 +119,7 @@ def export(spec: Union[str, os.PathLike, dict], out_dir: Union[str, os.PathLike]
         )
         for dtype in rt.get("dtypes", ["float32"]):
             for target in targets:
-                for kr in kernels_of(r, grads):
+                for kr in kernels_of(r, grads, dtype):
                     formula, red, out_cat, dt, acc, variant = _sig(kr, dtype)
                     key = build.key_text(formula, red, out_cat, dt, acc, target, variant)
                     h = hashlib.sha256(key.encode()).hexdigest()[:24]
@@ -122,8 +128,10 @@ def export(spec: Union[str, os.PathLike, dict], out_dir: Union[str, os.PathLike]
                     ex, meta = build.compile_reduction(
                         formula, red, out_cat, dt, acc, target, variant
                     )
-                    path = out / f"{h}.so"
-                    ex.export_library(str(path))
+                    path = out / f"{h}{SUFFIX}"
+                    tmp = temp_path(out, h, SUFFIX)  # a killed export leaves no partial kernel
+                    ex.export_library(str(tmp))
+                    os.replace(tmp, path)
                     kernels[h] = {
                         "file": path.name,
                         "sha256": hashlib.sha256(path.read_bytes()).hexdigest(),
@@ -148,7 +156,9 @@ def export(spec: Union[str, os.PathLike, dict], out_dir: Union[str, os.PathLike]
         "kernels": kernels,
     }
     path = out / "manifest.json"
-    path.write_text(json.dumps(manifest, indent=1))
+    tmp = temp_path(out, "manifest", ".json")
+    tmp.write_text(json.dumps(manifest, indent=1))
+    os.replace(tmp, path)
     return path
 
 

@@ -170,9 +170,10 @@ def run_states(r: Reduction, args: Sequence[torch.Tensor]):
     return r.rdef.finalize(state, variant, getattr(torch, dtype)), state
 
 
-#: State values per output row one kernel computes: a wider reduction (a Sum of a 512-vector,
-#: a K-min of a vector formula) runs as several kernels over slices of its state columns, as
-#: KeOps' chunked modes do -- compile time grows faster than linearly with the width.
+#: State values per output row one kernel computes (columns x state buffers): a wider
+#: reduction (a Sum of a 512-vector, a K-min of a vector formula) runs as several kernels
+#: over slices of its state columns, as KeOps' chunked modes do -- compile time grows faster
+#: than linearly with the width.
 MAX_STATE = 64
 
 
@@ -183,8 +184,9 @@ def column_chunks(r: Reduction, dtype: str) -> list[Reduction]:
     if key not in r.memo:
         acc, variant = r.resolve(dtype)
         rd, dim = r.rdef, r.formula.dim
-        cols = rd.state(dim, variant, dtype, acc)[0][0]
-        width = max(1, MAX_STATE * cols // rd.registers(dim, variant, dtype, acc))
+        state = rd.state(dim, variant, dtype, acc)  # every buffer has one column per column
+        cols = state[0][0]
+        width = max(1, MAX_STATE // len(state))
         parts = [r]
         if cols > width:
             cuts = [(c, min(width, cols - c)) for c in range(0, cols, width)]

@@ -515,7 +515,8 @@ reduction(
     vjp=_sum_vjp,
     grad_doc=_ANY,
     variant=_sum_variant,
-    width=lambda d, v, dt, acc: d * (1 if v.scheme == "direct" else 2),
+    width=lambda d, v, dt, acc: d * (2 if v.scheme == "kahan" else 1),  # a block sum's total
+    # changes once in BLOCK steps: only its partial sums count
     doc="sum_j F; gradient: a Sum again",
 )
 for _name, _is_min in (("Min", True), ("Max", False)):

@@ -1,9 +1,11 @@
 """TVM targets: the host CPU's LLVM target, CUDA targets, and the target for a torch device.
 
 LLVM's name for this CPU (``znver5``, ``emeraldrapids``, ...) is part of every CPU kernel's
-cache key.  Asking LLVM needs ``import tvm`` (about a second), so the answer is recorded in
-``host.json`` in the cache directory, per CPU signature (what LLVM's detection looks at:
-vendor, family, model, flags), and a later process on the same CPU reads it from there.
+cache key.  Asking LLVM needs ``import tvm`` (a second or two), so on Linux the answer is
+recorded in ``host.json`` in the cache directory, per CPU signature (what LLVM's detection
+looks at: vendor, family, model, flags, from /proc/cpuinfo) together with the ISA extensions
+it implies, and a later process on the same CPU reads it from there after checking those
+extensions against the running CPU.  Elsewhere (macOS, Windows) LLVM is asked every time.
 """
 
 from __future__ import annotations
@@ -35,45 +37,92 @@ def tvm_version() -> str:
     return tvm.__version__
 
 
-def _cpu_signature() -> str | None:
-    """A hash of what LLVM's host-CPU detection looks at (vendor, family, model, flags)."""
+#: ISA extensions recorded with the CPU name and checked against the running CPU (LLVM's
+#: feature name -> /proc/cpuinfo's); a kernel compiled for a CPU that has one of them would
+#: fault on a CPU that lacks it.
+_FEATURES = {"sse4.2": "sse4_2", "avx": "avx", "avx2": "avx2", "fma": "fma", "avx512f": "avx512f",
+             "avx512bw": "avx512bw", "avx512dq": "avx512dq", "avx512vl": "avx512vl",
+             "neon": "asimd"}  # fmt: skip
+
+
+def _cpuinfo() -> tuple[str, set[str]] | None:
+    """(signature, ISA flags) of this CPU from /proc/cpuinfo (Linux), None elsewhere: the
+    signature hashes what LLVM's host-CPU detection looks at (vendor, family, model, flags)."""
     try:
-        text = Path("/proc/cpuinfo").read_text()
+        first = Path("/proc/cpuinfo").read_text().split("\n\n")[0]
     except OSError:
         return None
-    first = text.split("\n\n")[0]
-    keep = ("vendor_id", "cpu family", "model", "model name", "flags")
+    keep = ("vendor_id", "cpu family", "model", "model name", "flags", "CPU implementer",
+            "CPU part", "CPU variant", "Features")  # fmt: skip
     fields = [ln for ln in first.splitlines() if ln.split(":")[0].strip() in keep]
-    if not fields:
+    flags = {f for ln in fields if ln.split(":")[0].strip() in ("flags", "Features")
+             for f in ln.split(":", 1)[1].split()}  # fmt: skip
+    if not flags:
         return None
-    return hashlib.sha256("\n".join(fields + [tvm_version()]).encode()).hexdigest()[:24]
+    sig = hashlib.sha256("\n".join(fields + [tvm_version()]).encode()).hexdigest()[:24]
+    return sig, flags
+
+
+def _detect() -> dict:
+    """LLVM's name for this CPU and the ISA extensions it implies (imports TVM)."""
+    from tvm.target import Target, codegen
+
+    mcpu = codegen.llvm_get_system_cpu()
+    target = Target({"kind": "llvm", "mcpu": mcpu})
+    features = [f for f in _FEATURES if codegen.llvm_cpu_has_features(f, target)]
+    return {"mcpu": mcpu, "features": features}
 
 
 @functools.lru_cache(maxsize=None)
 def host_cpu() -> str:
-    """LLVM's name for this CPU, recorded per CPU signature in ``host.json``."""
-    sig = _cpu_signature()
+    """LLVM's name for this CPU, recorded per CPU signature in ``host.json``.  A recorded
+    entry is used only if every ISA extension it implies is in the running CPU's flags."""
+    info = _cpuinfo()
     path = cache_dir() / "host.json"
     known: dict = {}
-    if sig is not None:
+    if info is not None:
+        sig, flags = info
         try:
             known = json.loads(path.read_text())
-            if isinstance(known, dict) and isinstance(known.get(sig), str):
-                return known[sig]
-        except (OSError, ValueError):
+            entry = known.get(sig) if isinstance(known, dict) else None
+            if _valid(entry, flags):
+                return entry["mcpu"]
+        except (OSError, ValueError, AttributeError):
             known = {}
-    from tvm.target import codegen
-
-    mcpu = codegen.llvm_get_system_cpu()
-    if sig is not None and isinstance(known, dict):
+    detected = _detect()
+    if info is not None and isinstance(known, dict):
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             tmp = path.with_name(f".host.{os.getpid()}.json")
-            tmp.write_text(json.dumps({**known, sig: mcpu}))
+            tmp.write_text(json.dumps({**known, info[0]: detected}))
             os.replace(tmp, path)
         except OSError:
             pass
-    return mcpu
+    return detected["mcpu"]
+
+
+def host_known() -> bool:
+    """Whether this CPU's LLVM name is known without importing TVM (``TVMRED_LLVM_MCPU``, or
+    a valid ``host.json`` entry)."""
+    if os.environ.get("TVMRED_LLVM_MCPU") or host_cpu.cache_info().currsize:
+        return True
+    info = _cpuinfo()
+    if info is None:
+        return False
+    try:
+        known = json.loads((cache_dir() / "host.json").read_text())
+        return isinstance(known, dict) and _valid(known.get(info[0]), info[1])
+    except (OSError, ValueError):
+        return False
+
+
+def _valid(entry: Any, flags: set[str]) -> bool:
+    if not isinstance(entry, dict) or not isinstance(entry.get("mcpu"), str):
+        return False
+    features = entry.get("features")
+    if not isinstance(features, list) or any(f not in _FEATURES for f in features):
+        return False
+    return all(_FEATURES[f] in flags for f in features)
 
 
 @functools.lru_cache(maxsize=None)

@@ -19,27 +19,40 @@ def db_path() -> Path:
 
 
 def _read() -> dict:
+    """The database; empty when it is absent, unreadable (a warning) or not a JSON object."""
     try:
-        return json.loads(db_path().read_text())
-    except (FileNotFoundError, json.JSONDecodeError):
+        db = json.loads(db_path().read_text())
+    except (FileNotFoundError, NotADirectoryError):
         return {}
+    except (OSError, ValueError) as e:
+        cache._warn_once(
+            f"tuning:{db_path()}", "tvmred: ignoring the tuning database %s (%s)", db_path(), e
+        )
+        return {}
+    return db if isinstance(db, dict) else {}
 
 
 def lookup(key: str) -> Optional[dict]:
     """The tuned knobs for this kernel key, or None."""
     rec = _read().get(key)
-    return None if rec is None else dict(rec["config"])
+    if not isinstance(rec, dict) or not isinstance(rec.get("config"), dict):
+        return None
+    return dict(rec["config"])
 
 
 def write(key: str, record: dict) -> None:
+    """Store ``record`` for ``key``; raises OSError naming the file when it cannot."""
     path = db_path()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with cache._locked(path.with_suffix(".lock")):
-        db = _read()
-        db[key] = record
-        tmp = path.with_suffix(f".{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(db, indent=1, sort_keys=True))
-        os.replace(tmp, path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with cache.locked(path.with_suffix(".lock")):
+            db = _read()
+            db[key] = record
+            tmp = cache.temp_path(path.parent, "tuning", ".json")
+            tmp.write_text(json.dumps(db, indent=1, sort_keys=True))
+            os.replace(tmp, path)
+    except OSError as e:
+        raise OSError(f"cannot store the tuning record in {path}: {e}") from e
 
 
 def clear() -> None:

@@ -1,0 +1,103 @@
+"""Other CPUs: the row-block rule follows the target's vector registers; kernels compiled for
+an AVX2 CPU run correctly here; AArch64, macOS and Windows code generation works (cross,
+not run)."""
+
+import re
+from pathlib import Path
+
+import pytest
+import torch
+
+from tvmred import build
+from tvmred.genred import kernel_args, make_reduction
+from tvmred.schedules.cpu import cpu_row_block, vector_registers
+
+AVX512 = {"kind": "llvm", "mcpu": "znver5"}
+AVX2 = {"kind": "llvm", "mcpu": "haswell"}
+NEON = {"kind": "llvm", "mtriple": "aarch64-linux-gnu", "mcpu": "neoverse-n1"}
+SSE2 = {"kind": "llvm", "mcpu": "x86-64"}
+
+GAUSS = ("Exp(-SqDist(x,y))*b", ["x = Vi(3)", "y = Vj(3)", "b = Vj(3)"], "Sum", None)
+KNN = ("SqDist(x,y)", ["x = Vi(3)", "y = Vj(3)"], "ArgKMin", 10)
+LSE = ("-SqDist(x,y)", ["x = Vi(3)", "y = Vj(3)"], "LogSumExp", None)
+
+
+@pytest.mark.parametrize(
+    "target,regs", [(AVX512, (32, 512)), (AVX2, (16, 256)), (NEON, (32, 128)), (SSE2, (16, 128))]
+)
+def test_vector_registers_follow_the_target(target, regs):
+    assert vector_registers(target) == regs
+
+
+@pytest.mark.parametrize(
+    "target,gauss,knn",
+    [(AVX512, 64, 16), (AVX2, 32, 8), (NEON, 16, 4), (SSE2, 16, 4)],
+)
+def test_row_blocks_follow_the_target(target, gauss, knn):
+    """Four vectors, fewer while the state would not fit the registers, at least one vector:
+    Gaussian conv (3 state values per row), ArgKMin K=10 (20)."""
+    for case, want in ((GAUSS, gauss), (KNN, knn)):
+        r = make_reduction(*case[:3], 1, "auto", case[3])
+        acc, v = r.resolve("float32")
+        assert build.row_block_for(r.formula, r.red, target, "float32", acc, v) == want
+    assert cpu_row_block(AVX2, "float64", 3) == 16  # four float64 vectors of 4
+
+
+def cpu_has(flag: str) -> bool:
+    try:
+        return flag in Path("/proc/cpuinfo").read_text().split()
+    except OSError:
+        return False
+
+
+def dense(case, args):
+    x, y = (a.double() for a in args[:2])
+    d2 = ((x[:, None] - y[None]) ** 2).sum(-1)
+    if case is GAUSS:
+        return torch.exp(-d2) @ args[2].double()
+    if case is KNN:
+        return d2.topk(10, dim=1, largest=False).indices
+    return torch.logsumexp(-d2, 1, keepdim=True)
+
+
+@pytest.mark.parametrize("case", [GAUSS, KNN, LSE], ids=["gauss", "argkmin", "logsumexp"])
+def test_avx2_kernels_run_here(case):
+    """Kernels compiled for haswell (16 ymm registers, no AVX-512) give the right values on
+    this machine; the code really is AVX2 code."""
+    if not cpu_has("avx2"):
+        pytest.skip("this CPU has no AVX2 (or no /proc/cpuinfo to tell)")
+    r = make_reduction(*case[:3], 1, "auto", case[3])
+    acc, v = r.resolve("float32")
+    ex, meta = build.compile_reduction(r.formula, r.red, r.out_cat, "float32", acc, AVX2, v)
+    asm = ex.mod.inspect_source("asm")
+    assert "%ymm" in asm and "%zmm" not in asm
+    kern = build.make_kernel(ex.mod["main"], r.formula, r.red, "float32", acc, v, meta["row_block"])
+    g = torch.Generator().manual_seed(0)
+    M, N = 301, 523
+    args = [torch.rand(M if "Vi" in a else N, int(a[-2]), generator=g) for a in case[1]]
+    call, state, mb = kernel_args(r, kern, args, M)
+    kern.fn(*call, *state, mb, N)
+    out = r.rdef.finalize([s[:M] for s in state], v, torch.float32)
+    want = dense(case, args)
+    if want.dtype == torch.int64:
+        assert (out == want).float().mean() > 0.999  # float32 distances: rare near-ties
+    else:
+        torch.testing.assert_close(out.double(), want, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    "target,isa",
+    [
+        (NEON, r"\bfmla\s+v\d+\.4s"),
+        # Apple's assembler syntax puts the arrangement on the mnemonic
+        ({"kind": "llvm", "mtriple": "arm64-apple-macos", "mcpu": "apple-m1"}, r"\bfmla\.4s\s"),
+        ({"kind": "llvm", "mtriple": "x86_64-pc-windows-msvc", "mcpu": "haswell"}, r"%ymm"),
+    ],
+    ids=["linux-aarch64", "macos-arm64", "windows-x86_64"],
+)
+def test_cross_compiles(target, isa):
+    """Code generation for other platforms (not run: no such machine here)."""
+    r = make_reduction(*GAUSS[:3], 1, "auto")
+    acc, v = r.resolve("float32")
+    ex, _ = build.compile_reduction(r.formula, r.red, r.out_cat, "float32", acc, target, v)
+    assert re.search(isa, ex.mod.inspect_source("asm"))
