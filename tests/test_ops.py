@@ -79,3 +79,29 @@ def test_value_float32(name):
     ref = dense(name, [a.double() for a in args], 1)
     assert c.dtype == torch.float32
     torch.testing.assert_close(c.double(), ref, rtol=1e-4, atol=1e-4 * scale(ref))
+
+
+SPECIAL = sorted(name for name, d in REGISTRY.items() if d.test is not None and d.test.points)
+
+
+@pytest.mark.parametrize("name", SPECIAL)
+def test_special_points(name):
+    """Each op's special inputs (0 for Sqrt, Rsqrt, XLogX, SinXDivX, Abs, ReLU...; ties for
+    Round and OneHot; OneHot outside 0..D-1), value against the op's torch reference and
+    derivative against an independent derivative reference (``TestSpec.dref``, which
+    states the conventions: Sqrt'(0) = 0 and ReLU'(0) = 1 as KeOps, SinXDivX'(0) = 0)."""
+    d = REGISTRY[name]
+    spec = d.test
+    dim = (spec.argdims or (3,))[0]
+    points = torch.tensor(spec.points, dtype=torch.float64)
+    x = torch.cat([points[:, None].expand(-1, dim), 2 * torch.rand(5, dim, dtype=torch.float64)])
+    x.requires_grad_()
+    z = torch.rand(3, 1, dtype=torch.float64)
+    params = "".join(f",{p}" for p in spec.params)
+    c = Genred(f"{name}(x{params})", [f"x = Vi({dim})", "z = Vj(1)"], axis=1)(x, z)
+    want = 3 * d.ref(x.detach(), *spec.params)
+    torch.testing.assert_close(c.detach(), want, equal_nan=True, msg=f"{name} at {spec.points}")
+    if spec.dref is not None:
+        e = torch.randn_like(c)
+        (g,) = torch.autograd.grad(c, x, e)
+        torch.testing.assert_close(g, 3 * e * spec.dref(x.detach()), equal_nan=True, msg=f"{name}'")

@@ -35,6 +35,8 @@ class TestSpec:
     ranges: tuple[tuple[float, float], ...] = ()  # per argument; default (-1, 1)
     integer: bool = False  # draw integer-valued inputs (comparisons, OneHot)
     grad: bool = True  # compare gradients too
+    points: tuple[float, ...] = ()  # special inputs of a unary op (tests/test_ops.py)
+    dref: Optional[Callable[..., Any]] = None  # its derivative there: an independent reference
 
 
 @dataclass(frozen=True)
@@ -187,6 +189,15 @@ def sel(cond, a, b):
     return tirx().Select(cond, a, b)
 
 
+def divide(a, b, dt: str):
+    """a / b, IEEE (x/0 = inf, 0/0 = NaN) even when TVM's simplifier sees b fold to 0 (it folds
+    float x - x, an ArgMin of one component...) and would stop with "Divide by zero": the
+    divisor goes through a bit-cast round trip that TVM does not look through (LLVM does)."""
+    t = tirx()
+    bits = "int32" if dt == "float32" else "int64"
+    return a / t.reinterpret(dt, t.reinterpret(bits, b))
+
+
 def elementwise(fn: Callable[..., Any]) -> Callable[..., Exprs]:
     """Lift a scalar rule ``fn(*scalars, *params, dt)`` to vectors with 1-vs-d broadcasting."""
 
@@ -313,7 +324,7 @@ op(
     "Divide",
     2,
     dim=elementwise_dim,
-    te=elementwise(lambda a, b, dt: a / b),
+    te=elementwise(divide),
     vjp=lambda g, out, a, b: (unbroadcast(div(g, b), a), unbroadcast(neg(div(mul(g, out), b)), b)),
     ref=lambda a, b: a / b,
     test=TestSpec(argdims=(3, 1), ranges=((-1, 1), (0.5, 2))),
@@ -321,12 +332,18 @@ op(
 )
 
 
+def _mask(fn: Callable) -> Callable:
+    if fn(2, 3) and fn(3, 2):  # !=: TVM emits an ordered compare (false for NaN), so test ==
+        return lambda a, b, dt: sel(a == b, c(0, dt), c(1, dt))
+    return lambda a, b, dt: sel(fn(a, b), c(1, dt), c(0, dt))
+
+
 def _cmp(name: str, sym: str, fn: Callable, ref: Callable) -> None:
     op(
         name,
         2,
         dim=elementwise_dim,
-        te=elementwise(lambda a, b, dt: sel(fn(a, b), c(1, dt), c(0, dt))),
+        te=elementwise(_mask(fn)),
         vjp=lambda g, out, a, b: (None, None),
         ref=lambda a, b: ref(a, b).to(a.dtype),
         test=TestSpec(argdims=(3, 1), integer=True, ranges=((0, 3), (0, 3))),
@@ -362,6 +379,8 @@ unary(
     lambda x, out: f("Inv", x),
     ((0.5, 2.0),),
     doc="natural log",
+    points=(0.0,),
+    dref=lambda x: 1 / x,
 )
 unary("Sin", _te("sin"), lambda x: _t().sin(x), lambda x, out: f("Cos", x), doc="sine")
 unary("Cos", _te("cos"), lambda x: _t().cos(x), lambda x, out: neg(f("Sin", x)), doc="cosine")
@@ -390,11 +409,13 @@ unary(
 )
 unary(
     "Inv",
-    lambda x, dt: c(1, dt) / x,
+    lambda x, dt: divide(c(1, dt), x, dt),
     lambda x: 1 / x,
     lambda x, out: neg(f("Square", out)),
     ((0.5, 2.0),),
     doc="1/x",
+    points=(0.0,),
+    dref=lambda x: -1 / (x * x),
 )
 unary("Square", lambda x, dt: x * x, lambda x: x * x, lambda x, out: mul(intcst(2), x), doc="x^2")
 unary(
@@ -404,6 +425,8 @@ unary(
     lambda x, out: mul(cst(0.5), f("Rsqrt", x)),
     ((0.5, 2.0),),
     doc="square root; derivative uses Rsqrt (so 0 at x = 0, as KeOps)",
+    points=(0.0,),
+    dref=lambda x: _t().where(x == 0, 0.0, 0.5 / _t().sqrt(x)),
 )
 unary(
     "Rsqrt",
@@ -411,46 +434,75 @@ unary(
     lambda x: _t().where(x == 0, _t().zeros_like(x), _t().rsqrt(x)),
     lambda x, out: mul(cst(-0.5), f("Pow", out, params=(3,))),
     ((0.5, 2.0),),
-    doc="1/sqrt(x), 0 at x = 0 (as KeOps)",
+    doc="1/sqrt(x), 0 at x = 0 (as KeOps; so is its derivative)",
+    points=(0.0,),
+    dref=lambda x: _t().where(x == 0, 0.0, -0.5 * x ** (-1.5)),
 )
-unary("Abs", _te("abs"), lambda x: _t().abs(x), lambda x, out: f("Sign", x), doc="|x|")
+unary(
+    "Abs",
+    _te("abs"),
+    lambda x: _t().abs(x),
+    lambda x, out: f("Sign", x),
+    doc="|x|; derivative Sign(x), 0 at 0",
+    points=(0.0,),
+    dref=lambda x: _t().sign(x),
+)
 unary(
     "Sign",
     lambda x, dt: sel(x > c(0, dt), c(1, dt), sel(x < c(0, dt), c(-1, dt), c(0, dt))),
-    lambda x: _t().sign(x),
+    lambda x: (x > 0).to(x.dtype) - (x < 0).to(x.dtype),
     None,
-    doc="-1, 0 or 1",
+    doc="-1, 0 or 1 (0 for NaN, as KeOps)",
+    points=(0.0, math.nan),
+    dref=lambda x: _t().zeros_like(x),
 )
 unary(
     "Step",
     lambda x, dt: sel(x < c(0, dt), c(0, dt), c(1, dt)),
-    lambda x: (x >= 0).to(x.dtype),
+    lambda x: 1 - (x < 0).to(x.dtype),
     None,
-    doc="0 if x < 0 else 1",
+    doc="0 if x < 0 else 1 (1 for NaN, as KeOps)",
+    points=(0.0, math.nan),
+    dref=lambda x: _t().zeros_like(x),
 )
 unary(
     "ReLU",
     lambda x, dt: sel(x < c(0, dt), c(0, dt), x),
     lambda x: _t().relu(x),
     lambda x, out: f("Step", x),
-    doc="max(x, 0)",
+    doc="max(x, 0); derivative Step(x), 1 at 0 (as KeOps)",
+    points=(0.0,),
+    dref=lambda x: (x >= 0).to(x.dtype),
 )
-unary("Floor", _te("floor"), lambda x: _t().floor(x), None, ((-3.0, 3.0),), doc="floor")
+unary(
+    "Floor",
+    _te("floor"),
+    lambda x: _t().floor(x),
+    None,
+    ((-3.0, 3.0),),
+    doc="floor",
+    points=(-1.0, 0.0, 2.0, -0.5),
+    dref=lambda x: _t().zeros_like(x),
+)
 unary(
     "XLogX",
     lambda x, dt: sel(x == c(0, dt), c(0, dt), x * tirx().log(x)),
     lambda x: _t().where(x == 0, _t().zeros_like(x), x * _t().log(x)),
     lambda x, out: add(f("Log", x), intcst(1)),
     ((0.1, 2.0),),
-    doc="x log x, 0 at 0",
+    doc="x log x, 0 at 0 (derivative -inf there)",
+    points=(0.0,),
+    dref=lambda x: _t().log(x) + 1,
 )
 unary(
     "SinXDivX",
-    lambda x, dt: sel(x == c(0, dt), c(1, dt), tirx().sin(x) / x),
+    lambda x, dt: sel(x == c(0, dt), c(1, dt), divide(tirx().sin(x), x, dt)),
     lambda x: _t().where(x == 0, _t().ones_like(x), _t().sin(x) / x),
-    lambda x, out: sub(div(f("Cos", x), x), div(f("Sin", x), f("Square", x))),
+    lambda x, out: f("IfElse", neg(f("Square", x)), zero(1), sub(div(f("Cos", x), x), div(out, x))),
     ((0.2, 2.0),),
-    doc="sin(x)/x, 1 at 0",
+    doc="sin(x)/x, 1 at 0 (derivative 0 there)",
+    points=(0.0,),
+    dref=lambda x: _t().where(x == 0, 0.0, (x * _t().cos(x) - _t().sin(x)) / (x * x)),
 )
 
 
@@ -464,7 +516,7 @@ def _pow_te(x, n: int, dt: str):
         e >>= 1
         if e:
             base = base * base
-    return c(1, dt) / acc if n < 0 else acc
+    return divide(c(1, dt), acc, dt) if n < 0 else acc
 
 
 def _pow_vjp(g: Node, out: Node, x: Node, n: int) -> tuple:
@@ -495,11 +547,36 @@ op(
 )
 
 
+def _round_half_away(x, dt: str):
+    """round(x), halves away from zero (C's round, as KeOps), exactly: x - trunc(x) is exact."""
+    t = tirx()
+    whole = t.trunc(x)
+    frac = x - whole
+    step = sel(frac >= c(0.5, dt), c(1, dt), sel(frac <= c(-0.5, dt), c(-1, dt), c(0, dt)))
+    return whole + step
+
+
 def _round_te(x, d: int, dt: str):
     if d == 0:
-        return tirx().round(x)
+        return _round_half_away(x, dt)
     s = c(10.0**d, dt)
-    return tirx().round(x * s) / s
+    return _round_half_away(x * s, dt) / s
+
+
+def _round_ref(x, d: int):
+    """Decimal rounding (ROUND_HALF_UP: halves away from zero) of x * 10^d, then / 10^d."""
+    import decimal
+
+    def one(v: float) -> float:
+        if not math.isfinite(v):
+            return v
+        q = decimal.Decimal(v * 10.0**d).quantize(
+            decimal.Decimal(1), rounding=decimal.ROUND_HALF_UP
+        )
+        return float(q) / 10.0**d if d else float(q)
+
+    flat = [one(v) for v in x.reshape(-1).tolist()]
+    return _t().tensor(flat, dtype=x.dtype, device=x.device).reshape(x.shape)
 
 
 op(
@@ -509,9 +586,9 @@ op(
     dim=same_dim,
     te=elementwise(_round_te),
     vjp=lambda g, o, x, d: (None,),
-    ref=lambda x, d: _t().round(x * 10**d) / 10**d,
-    test=TestSpec(params=(2,), ranges=((-3, 3),)),
-    doc="Round(f, d): round to d decimals",
+    ref=_round_ref,
+    test=TestSpec(params=(2,), ranges=((-3, 3),), points=(0.125, -0.125, 1.375, -2.625, 0.0)),
+    doc="Round(f, d): round to d decimals, halves away from zero (as C's round, KeOps)",
 )
 
 
@@ -580,7 +657,7 @@ op(
     "Mod",
     3,
     expand=lambda x, m, o: sub(x, mul(m, f("Floor", div(sub(x, o), m)))),
-    ref=lambda x, m, o: x - m * _t().floor((x - o) / m),
+    ref=lambda x, m, o: _t().remainder(x - o, m) + o,
     test=TestSpec(argdims=(3, 1, 1), ranges=((-3, 3), (1, 2), (-0.5, 0.5))),
     doc="Mod(f, m, off) = f - m*Floor((f - off)/m)",
 )
@@ -603,47 +680,46 @@ op(
 # ----------------------------------------------------------------------------------------------
 
 
-def _argbest(better: Callable) -> Callable:
+def _best(better: Callable, index: bool) -> Callable:
+    """The best component (``index``: its position): the first NaN if there is one (NaN
+    propagates, as in torch), else the first best one."""
+
     def rule(args: list, params: tuple, dt: str) -> Exprs:
         (x,) = args
+        t = tirx()
         best, idx = x[0], c(0, dt)
         for k in range(1, len(x)):
-            take = better(x[k], best)
+            new_nan = mathfns.is_nan(x[k], dt)
+            take = t.And(mathfns.is_nan(best, dt, False), t.Or(new_nan, better(x[k], best)))
             best, idx = sel(take, x[k], best), sel(take, c(k, dt), idx)
-        return [idx]
+        return [idx if index else best]
 
     return rule
 
 
-def _minmax(name: str, tname: str, arg: str, better: Callable, tref: Callable) -> None:
-    def te_rule(args: list, params: tuple, dt: str) -> Exprs:
-        acc = args[0][0]
-        for v in args[0][1:]:
-            acc = getattr(tirx(), tname)(acc, v)
-        return [acc]
-
+def _minmax(name: str, arg: str, better: Callable, tref: Callable) -> None:
     op(
         name,
         1,
         dim=scalar_dim,
-        te=te_rule,
+        te=_best(better, False),
         vjp=lambda g, out, x: (mul(g, f("OneHot", f(arg, x), params=(x.dim,))),),
         ref=lambda x: tref(x, -1, keepdim=True).values,
-        doc=f"{name.lower()} of the components",
+        doc=f"{name.lower()} of the components (NaN if one is NaN)",
     )
     op(
         arg,
         1,
         dim=scalar_dim,
-        te=_argbest(better),
+        te=_best(better, True),
         vjp=lambda g, out, x: (None,),
         ref=lambda x: tref(x, -1, keepdim=True).indices.to(x.dtype),
-        doc=f"index of the {name.lower()} component (first one on ties)",
+        doc=f"index of the {name.lower()} component (first one on ties; of the first NaN)",
     )
 
 
-_minmax("Max", "max", "ArgMax", lambda a, b: a > b, lambda *a, **k: _t().max(*a, **k))
-_minmax("Min", "min", "ArgMin", lambda a, b: a < b, lambda *a, **k: _t().min(*a, **k))
+_minmax("Max", "ArgMax", lambda a, b: a > b, lambda *a, **k: _t().max(*a, **k))
+_minmax("Min", "ArgMin", lambda a, b: a < b, lambda *a, **k: _t().min(*a, **k))
 
 
 def _sum_te(args: list, params: tuple, dt: str) -> Exprs:
@@ -887,15 +963,16 @@ def _onehot_dim(d: int, n: int) -> int:
 
 
 def _onehot_te(args: list, params: tuple, dt: str) -> Exprs:
-    r = tirx().floor(args[0][0] + c(0.5, dt))
+    x = args[0][0]
+    low = tirx().floor(x)
+    r = low + sel(x - low >= c(0.5, dt), c(1, dt), c(0, dt))  # exact: x - floor(x) is exact
     return [sel(r == c(k, dt), c(1, dt), c(0, dt)) for k in range(params[0])]
 
 
 def _onehot_ref(x, n):
-    t = _t()
-    return t.nn.functional.one_hot(t.floor(x[..., 0] + 0.5).long().clamp(0, n), n + 1)[..., :n].to(
-        x.dtype
-    )
+    """Component k is 1 where k - 1/2 <= x < k + 1/2."""
+    k = _t().arange(n, dtype=x.dtype, device=x.device)
+    return ((k - 0.5 <= x) & (x < k + 0.5)).to(x.dtype)
 
 
 op(
@@ -906,8 +983,14 @@ op(
     te=_onehot_te,
     vjp=lambda g, out, x, n: (None,),
     ref=_onehot_ref,
-    test=TestSpec(argdims=(1,), params=(4,), integer=True, ranges=((0, 4),)),
-    doc="OneHot(f, D): one-hot encoding of round(f)",
+    test=TestSpec(
+        argdims=(1,),
+        params=(4,),
+        integer=True,
+        ranges=((-2, 6),),
+        points=(-0.5, 0.5, 3.5, 3.49999999999999956, -0.5000000000000001, 0.49999999999999994),
+    ),
+    doc="OneHot(f, D): 1 at round(f) (halves up: k - 1/2 <= f < k + 1/2), zeros when outside 0..D-1",
 )
 
 

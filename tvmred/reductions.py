@@ -145,12 +145,16 @@ def _sum_combine(states: list, v: Variant) -> list:
 
 
 def _keep(is_min: bool, dtype: str) -> Callable:
-    """a (the accumulator) is kept over b when a is NaN (NaN propagates, as in torch) or when
-    b is not NaN and a <= b (a >= b for max): ties keep the lowest index."""
+    """The accumulator (value a, index ia) is kept over b when it holds an element (ia >= 0:
+    the identity never beats one, so a column of +inf still gets an index, as in torch) and a
+    is NaN (NaN propagates) or b is not NaN and a <= b (a >= b for max): ties keep the lowest
+    index."""
 
-    def keep(a, b):
+    def keep(a, ia, b):
+        t = tirx()
         cmp = a <= b if is_min else a >= b
-        return tirx().Or(mathfns.is_nan(a, dtype), tirx().And(cmp, mathfns.is_nan(b, dtype, False)))
+        better = t.Or(mathfns.is_nan(a, dtype), t.And(cmp, mathfns.is_nan(b, dtype, False)))
+        return t.And(ia >= 0, better)
 
     return keep
 
@@ -162,7 +166,7 @@ def _minmax(is_min: bool) -> Callable:
         j = te.reduce_axis((0, n), name="j")
 
         def combine(a, b):
-            k = keep(a[0], b[0])
+            k = keep(a[0], a[1], b[0])
             return t.Select(k, a[0], b[0]), t.Select(k, a[1], b[1])
 
         def identity(tv, ti):
@@ -181,7 +185,8 @@ def _minmax_combine(is_min: bool) -> Callable:
         bv, bi = vals[0], idx[0]
         for p in range(1, vals.shape[0]):  # the kernel's rule, folded over the ranges in order
             a, b = bv, vals[p]
-            keep = a.isnan() | (((a <= b) if is_min else (a >= b)) & ~b.isnan())
+            better = a.isnan() | (((a <= b) if is_min else (a >= b)) & ~b.isnan())
+            keep = (bi >= 0) & better
             bv, bi = _torch().where(keep, a, b), _torch().where(keep, bi, idx[p])
         return [bv, bi]
 
@@ -306,8 +311,11 @@ def _lse_final(s, v, dtype):
 
 
 def _softmax_final(s, v, dtype):
+    """NaN where the max of F is infinite (+inf somewhere, or -inf everywhere), as
+    torch.softmax: the weights are undefined there."""
     m, sm = s
-    return (sm[:, 1:] / sm[:, :1]).to(dtype)
+    ratio = sm[:, 1:] / sm[:, :1]
+    return _torch().where(m[:, :1].isinf(), math.nan, ratio).to(dtype)
 
 
 def _raw_lse_final(s, v, dtype):

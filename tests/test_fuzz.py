@@ -1,0 +1,265 @@
+"""Property-based fuzzing: random formulas built from the whole operation registry, reduced with
+every reduction over both axes, in float64 (values and gradients against torch autograd on a
+dense float64 evaluation) and float32 (values, as accurate as torch's own float32).
+
+The default (CI) profile checks a fixed set of seeds; ``TVMRED_FUZZ=<n>`` runs n seeds from
+``TVMRED_FUZZ_START`` (default 1000), e.g. ``TVMRED_FUZZ=500 pytest tests/test_fuzz.py -k long``
+(the long profile; a failure prints the seed, the formula and how to replay it).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import random
+
+import pytest
+import torch
+
+from tvmred.errors import DimError, FormulaError
+from tvmred.ops import REGISTRY, cst, intcst, make
+from tvmred.reductions import REDUCTIONS
+from tvmred.torch import Genred
+from tvmred.tree import Node, postorder, var
+
+M, N = 23, 31
+LEAF_NAMES = {0: "x", 1: "y", 2: "p"}
+# the operations a random tree draws from: everything with a reference, macros included
+OPS = sorted(name for name, d in REGISTRY.items() if d.ref is not None)
+REDS = [
+    "Sum",
+    "Min",
+    "Max",
+    "ArgMin",
+    "Min_ArgMin",
+    "KMin_ArgKMin",
+    "LogSumExp",
+    "SumSoftMaxWeight",
+]
+
+
+def params_for(rng: random.Random, name: str, dims: list[int]) -> tuple:
+    d = REGISTRY[name]
+    if d.nparams == 0:
+        return ()
+    if name == "Elem":
+        return (rng.randrange(dims[0]),)
+    if name == "Extract":
+        start = rng.randrange(dims[0])
+        return (start, rng.randint(1, dims[0] - start))
+    if name in ("ElemT", "ExtractT"):
+        n = rng.randint(dims[0], dims[0] + 2)
+        return (n, rng.randrange(n)) if name == "ElemT" else (rng.randint(0, n - dims[0]), n)
+    if name == "SumT":
+        return (rng.randint(1, 3),)
+    if name == "OneHot":
+        return (rng.randint(1, 4),)
+    if name == "Pow":
+        return (rng.randint(-2, 3),)
+    if name == "Round":
+        return (rng.randint(0, 2),)
+    if name == "ClampInt":
+        a = rng.randint(-1, 1)
+        return (a, a + rng.randint(0, 2))
+    raise AssertionError(f"no parameter rule for {name}")
+
+
+def leaf(rng: random.Random, leaves: list[Node]) -> Node:
+    r = rng.random()
+    if r < 0.8:
+        return rng.choice(leaves)
+    return intcst(rng.randint(-2, 3)) if r < 0.9 else cst(rng.choice([0.5, -1.5, 0.25]))
+
+
+def tree(rng: random.Random, depth: int, leaves: list[Node]) -> Node:
+    if depth == 0:
+        return leaf(rng, leaves)
+    for _ in range(50):
+        name = rng.choice(OPS)
+        d = REGISTRY[name]
+        args = [
+            tree(rng, depth - 1 if k == 0 else rng.randint(0, depth - 1), leaves)
+            for k in range(d.nargs)
+        ]
+        try:
+            return make(name, *args, params=params_for(rng, name, [a.dim for a in args]))
+        except (DimError, FormulaError, AssertionError):
+            continue
+    return leaf(rng, leaves)
+
+
+def text(node: Node) -> str:
+    """Formula text for ``node``, with the aliases x, y, p for the variables."""
+    out: dict[int, str] = {}
+    for n in postorder(node):
+        if n.is_var:
+            out[id(n)] = LEAF_NAMES[n.params[2]]
+        elif n.op == "IntCst":
+            out[id(n)] = str(n.params[0]) if n.params[0] >= 0 else f"({n.params[0]})"
+        elif n.op == "Cst":
+            out[id(n)] = repr(n.params[0]) if n.params[0] >= 0 else f"({n.params[0]!r})"
+        else:
+            parts = [out[id(a)] for a in n.args] + [str(p) for p in n.params]
+            out[id(n)] = f"{n.op}({','.join(parts)})"
+    return out[id(node)]
+
+
+def evaluate(node: Node, values: dict[int, torch.Tensor]) -> torch.Tensor:
+    """Dense evaluation on the (M, N) grid with each operation's torch reference."""
+    out: dict[int, torch.Tensor] = {}
+    dt = values[0].dtype
+    for n in postorder(node):
+        if n.is_var:
+            out[id(n)] = values[n.params[2]]
+        elif n.op in ("IntCst", "Cst"):
+            out[id(n)] = torch.full((1, 1, 1), float(n.params[0]), dtype=dt)
+        elif n.op == "Zero":
+            out[id(n)] = torch.zeros(1, 1, n.params[0], dtype=dt)
+        else:
+            args = [out[id(a)] for a in n.args]
+            shape = torch.broadcast_shapes(*(a.shape[:-1] for a in args))
+            args = [a.expand(*shape, a.shape[-1]) for a in args]
+            out[id(n)] = REGISTRY[n.op].ref(*args, *n.params)
+    return out[id(node)].expand(M, N, node.dim)
+
+
+def case(seed: int) -> dict:
+    rng = random.Random(seed)
+    dims = [rng.randint(1, 3) for _ in range(3)]
+    leaves = [var(k, dims[k], k) for k in range(3)]
+    f = tree(rng, rng.randint(2, 4), leaves)
+    red = REDS[seed % len(REDS)]
+    g = tree(rng, rng.randint(1, 2), leaves) if red == "SumSoftMaxWeight" else None
+    if REDUCTIONS[red].scalar and f.dim != 1:
+        f = make("Sum", f)
+    return {"seed": seed, "f": f, "g": g, "red": red, "axis": rng.randint(0, 1), "dims": dims}
+
+
+def data(c: dict, dtype: torch.dtype) -> list[torch.Tensor]:
+    gen = torch.Generator().manual_seed(c["seed"])
+    x, y, p = (
+        2 * torch.rand(n, d, generator=gen, dtype=torch.float64) - 1
+        for n, d in zip((M, N, 1), c["dims"])
+    )
+    return [x.to(dtype), y.to(dtype), p[0].to(dtype)]
+
+
+def dense(c: dict, args: list[torch.Tensor]):
+    """The reduction of the dense grid, in the args' dtype, by torch."""
+    x, y, p = args
+    grid = {0: x[:, None, :], 1: y[None, :, :], 2: p[None, None, :]}
+    F = evaluate(c["f"], grid)
+    if c["axis"] == 0:
+        F = F.transpose(0, 1)
+    red = c["red"]
+    if red == "Sum":
+        return F.sum(1)
+    if red in ("Min", "Max", "ArgMin", "Min_ArgMin"):
+        v, i = F.min(1) if "Min" in red else F.max(1)
+        return {"Min": v, "Max": v, "ArgMin": i}.get(red, (v, i))
+    if red == "KMin_ArgKMin":
+        key = torch.where(F.isnan() | (F == math.inf), math.inf, F)  # never inserted
+        v, i = key.sort(dim=1, stable=True)
+        v, i = v[:, :3], torch.where(v[:, :3] == math.inf, -1, i[:, :3])
+        return v.squeeze(-1) if v.shape[-1] == 1 else v, i.squeeze(-1) if i.shape[-1] == 1 else i
+    if red == "LogSumExp":
+        return torch.logsumexp(F, 1)
+    G = evaluate(c["g"], grid)
+    G = G.transpose(0, 1) if c["axis"] == 0 else G
+    return torch.einsum("mn,mnd->md", torch.softmax(F[..., 0], 1), G)
+
+
+def routine(c: dict) -> Genred:
+    aliases = [f"x = Vi({c['dims'][0]})", f"y = Vj({c['dims'][1]})", f"p = Pm({c['dims'][2]})"]
+    return Genred(
+        text(c["f"]),
+        aliases,
+        reduction_op=c["red"],
+        axis=c["axis"],
+        opt_arg=3 if "KMin" in c["red"] else None,
+        formula2=text(c["g"]) if c["g"] is not None else None,
+    )
+
+
+def close(got: torch.Tensor, want: torch.Tensor, tol: torch.Tensor | float, what: str) -> None:
+    assert got.shape == want.shape, f"{what}: shape {tuple(got.shape)} != {tuple(want.shape)}"
+    if want.dtype == torch.int64:
+        assert torch.equal(got, want), f"{what}: indices differ"
+        return
+    got, want = got.double(), want.double()
+    same = (got == want) | (got.isnan() & want.isnan())
+    ok = same | ((got - want).abs() <= tol)
+    assert bool(ok.all()), (
+        f"{what}: max error {(got - want).abs()[~ok].max().item():.3g} at {(~ok).sum().item()} entries"
+    )
+
+
+def outputs(v) -> tuple:
+    return v if isinstance(v, tuple) else (v,)
+
+
+def magnitude(ts) -> float:
+    finite = [t.detach().abs()[t.isfinite()] for t in ts if t.is_floating_point()]
+    return max([1.0] + [f.max().item() for f in finite if f.numel()])
+
+
+def check(seed: int) -> None:
+    c = case(seed)
+    replay = f"seed {seed}: {c['red']} axis={c['axis']} of {text(c['f'])}"
+    replay += f" weight {text(c['g'])}" if c["g"] is not None else ""
+    g = routine(c)
+    # float64: values, then gradients w.r.t. x, y, p against torch autograd
+    args = [a.requires_grad_() for a in data(c, torch.float64)]
+    refs = [a.detach().clone().requires_grad_() for a in args]
+    got, want = outputs(g(*args)), outputs(dense(c, refs))
+    scale = magnitude(want)
+    for a, b in zip(got, want):
+        close(a.detach(), b.detach(), 1e-7 * scale, f"{replay} [float64 value]")
+    v, w = got[0], want[0]
+    if v.requires_grad and bool(w.isfinite().all()):
+        e = torch.randn_like(w)
+        got_g = torch.autograd.grad(v, args, e, allow_unused=True)
+        want_g = (
+            torch.autograd.grad(w, refs, e, allow_unused=True) if w.requires_grad else [None] * 3
+        )
+        want_g = [torch.zeros_like(r) if t is None else t for t, r in zip(want_g, refs)]
+        gscale = magnitude(want_g)
+        for name, a, b in zip("xyp", got_g, want_g):
+            if bool(b.isfinite().all()):
+                close(
+                    torch.zeros_like(b) if a is None else a,
+                    b,
+                    1e-7 * gscale,
+                    f"{replay} [d/d{name}]",
+                )
+    # float32 values: as accurate as torch's own float32 evaluation (10x slack)
+    args32 = data(c, torch.float32)
+    got32 = outputs(routine(c)(*args32))
+    want64, want32 = outputs(dense(c, [a.double() for a in args32])), outputs(dense(c, args32))
+    for a, b, t in zip(got32, want64, want32):
+        if b.dtype == torch.int64:
+            continue  # float32 rounding legitimately changes which of two close values wins
+        slack = (t.double() - b).abs().nan_to_num(0.0, 0.0, 0.0)
+        close(a, b, 10 * slack + 1e-4 * magnitude([b]), f"{replay} [float32 value]")
+
+
+CI_SEEDS = list(range(24))
+
+
+@pytest.mark.parametrize("seed", CI_SEEDS)
+def test_random_formula(seed):
+    check(seed)
+
+
+@pytest.mark.skipif(
+    "TVMRED_FUZZ" not in os.environ, reason="the long profile: set TVMRED_FUZZ=<number of seeds>"
+)
+def test_long_profile():
+    start = int(os.environ.get("TVMRED_FUZZ_START", "1000"))
+    failures = []
+    for seed in range(start, start + int(os.environ["TVMRED_FUZZ"])):
+        try:
+            check(seed)
+        except Exception as e:  # collect them all, then report
+            failures.append(f"{type(e).__name__}: {e}")
+    assert not failures, f"{len(failures)} failure(s):\n" + "\n".join(failures)
