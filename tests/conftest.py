@@ -1,8 +1,9 @@
 import os
 import tempfile
 
-# Each test session gets its own kernel cache, so tests never depend on an earlier run.
-os.environ.setdefault("TVMRED_CACHE_DIR", tempfile.mkdtemp(prefix="tvmred-test-cache-"))
+# Each test session gets its own, empty kernel cache, so tests never depend on an earlier run
+# (nor on a TVMRED_CACHE_DIR the environment may set).
+os.environ["TVMRED_CACHE_DIR"] = tempfile.mkdtemp(prefix="tvmred-test-cache-")
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
