@@ -38,6 +38,11 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Optional
 
+# see bench_suite.py / README "Performance": torch's spinning OpenMP threads would steal the
+# cores of the next kernel; set before torch loads its OpenMP runtime (and inherited by the
+# subprocesses of the cold measurements)
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "benchmarks"))
 from timing import min_time as _min_time  # noqa: E402

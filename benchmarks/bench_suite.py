@@ -1,10 +1,13 @@
 """tvmred vs pykeops 2.3 vs dense torch, side by side in one process, on the CPU.
 
 Each case is timed for every library in the same run (min over repeats after a warm-up, all
-cores); the table prints times and the ratios pykeops/tvmred and torch/tvmred.  Dense torch is
-skipped where its (M, N) intermediates would not fit in ~4 GB.  pykeops is imported lazily and
-skipped if absent (``pip install -e ".[bench]"``); its first call per formula compiles with g++
-(excluded from the timings, reported as "compile").
+cores); the table prints times and the ratios pykeops/tvmred and torch/tvmred.  Before it is
+timed, every library's answer is compared with a float64 dense reference (its first 256 output
+rows; the selected distances for ArgKMin): a wrong answer is reported, not timed.  Dense
+torch is skipped where its (M, N) intermediates would not fit in ~4 GB.  pykeops is imported
+lazily and skipped if absent (``pip install -e ".[bench]"``).  The first call of each case
+(``*_first_call_s``) runs with empty kernel caches (a fresh ``TVMRED_CACHE_DIR`` / pykeops
+build folder): compile + run, TVM already imported.
 
     python benchmarks/bench_suite.py [--quick] [--only NAME ...] [--out PATH] [--plot PATH]
 
@@ -19,6 +22,7 @@ import json
 import os
 import platform
 import sys
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -57,8 +61,8 @@ def gauss_dense(x, y, b):
     return torch.exp(-(torch.cdist(x, y) ** 2)) @ b
 
 
-def lse_dense(x, y):
-    return torch.logsumexp(-(torch.cdist(x, y) ** 2) / 0.1, dim=1, keepdim=True)
+def lse_dense(x, y, g):
+    return torch.logsumexp(-(torch.cdist(x, y) ** 2) * g, dim=1, keepdim=True)
 
 
 def argkmin_dense(x, y):
@@ -116,7 +120,7 @@ def cases(quick: bool) -> list[Case]:
             10_000,
             10_000,
             reduction="LogSumExp",
-            dense=None,
+            dense=lse_dense,
         ),
         Case(
             "ArgKMin K=10 D=3 N=M=1e4",
@@ -188,10 +192,52 @@ def runner(lib: str, case: Case, args: list[torch.Tensor]) -> Optional[Callable]
     return lambda *a: r(*a, **kw)
 
 
+CHECK_ROWS = 256  # output rows checked against the float64 dense reference
+
+
+def reference(case: Case, args: list[torch.Tensor]) -> Any:
+    """The float64 dense answer on the first CHECK_ROWS output rows (the gradient w.r.t. a
+    j-variable needs every row: the reference example is small enough for it)."""
+    a64 = [t.detach().double() for t in args]
+    dense = case.dense
+    if case.grad_of is None:
+        return dense(a64[0][:CHECK_ROWS], *a64[1:])
+    a64[case.grad_of].requires_grad_()
+    rows = CHECK_ROWS if case.grad_of == 0 else case.M
+    c = dense(a64[0][:rows], *a64[1:])
+    (g,) = torch.autograd.grad(c, a64[case.grad_of], torch.ones_like(c))
+    return g[:CHECK_ROWS]
+
+
+def wrong(case: Case, args: list[torch.Tensor], out: Any) -> Optional[str]:
+    """None if ``out`` (a library's answer) matches the reference, else what is wrong."""
+    got = out[0] if isinstance(out, tuple) else out
+    got = got[:CHECK_ROWS].detach()
+    want = reference(case, args)
+    if case.reduction == "ArgKMin":  # compare the distances of the selected points
+        x, y = (t.detach().double() for t in args[:2])
+        d2 = ((x[:CHECK_ROWS, None] - y[None]) ** 2).sum(-1)
+        got, want = d2.gather(1, got.long()), d2.gather(1, want)
+    tol = 1e-10 if case.dtype == torch.float64 else 1e-4
+    err = ((got.double() - want).abs().max() / want.abs().max()).item()
+    return None if err <= tol else f"relative error {err:.1e} > {tol:.0e}"
+
+
+def fresh_caches(lib: str) -> None:
+    """Empty kernel caches for ``lib``, so that its first call compiles."""
+    if lib == "tvmred":
+        import tvmred
+
+        os.environ["TVMRED_CACHE_DIR"] = tempfile.mkdtemp(prefix="bench-tvmred-")
+        tvmred.clear_cache(disk=False)
+    elif lib == "pykeops":
+        import pykeops  # type: ignore
+
+        pykeops.set_build_folder(tempfile.mkdtemp(prefix="bench-pykeops-"))
+
+
 def time_case(lib: str, case: Case, repeats: int) -> Optional[dict]:
     args = make_inputs(case)
-    if case.name.startswith("LogSumExp") and lib == "torch":
-        return {"s": best_time(lambda: lse_dense(args[0], args[1]), repeats)}
     fn = runner(lib, case, args)
     if fn is None:
         return None
@@ -207,10 +253,16 @@ def time_case(lib: str, case: Case, repeats: int) -> Optional[dict]:
             with torch.no_grad():
                 return fn(*args)
 
+    if lib != "torch":
+        fresh_caches(lib)
     t0 = time.perf_counter()
-    call()
+    out = call()
     first = time.perf_counter() - t0
-    return {"s": best_time(call, repeats), "first_call_s": first}
+    bad = wrong(case, args, out)  # checked before timing: a fast wrong answer is no result
+    if bad is not None:
+        print(f"  {lib}: WRONG answer on {case.name}: {bad}", flush=True)
+        return {"s": None, "first_call_s": first, "wrong": bad}
+    return {"s": best_time(call, repeats), "first_call_s": first, "wrong": None}
 
 
 def machine() -> dict:
@@ -262,6 +314,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         row = {
             "case": case.name,
             **{f"{k}_s": (v or {}).get("s") for k, v in res.items()},
+            **{f"{k}_wrong": v["wrong"] for k, v in res.items() if v and v.get("wrong")},
             "tvmred_first_call_s": t.get("first_call_s"),
             "pykeops_first_call_s": (res.get("pykeops") or {}).get("first_call_s"),
         }
