@@ -17,7 +17,8 @@ from .parse import parse, parse_aliases
 from .reductions import REDUCTIONS, Reduction
 from .tree import variables
 
-_TORCH_DTYPES = {torch.float32: "float32", torch.float64: "float64"}
+TORCH_DTYPES = {torch.float32: "float32", torch.float64: "float64"}
+_TORCH_DTYPES = TORCH_DTYPES
 
 
 def make_reduction(
