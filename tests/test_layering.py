@@ -18,7 +18,7 @@ LAYERS = [
     ["parse", "reductions"],
     ["runtime", "cache", "tunedb", "lower"],
     ["build"],
-    ["genred", "dispatch"],
+    ["genred", "dispatch", "lazynodes", "lazyops", "lazy"],
     ["torch", "numpy", "export", "tune", "docs", "__main__", "__init__"],  # bindings, tools
 ]
 LAYER = {name: k for k, names in enumerate(LAYERS) for name in names}

@@ -21,6 +21,8 @@ from .reductions import Reduction
 
 
 def call(r: Reduction, args: Sequence[Any], fn: Callable, ranges: Any = None) -> Any:
+    """``fn(*args)`` for plain arguments, else batch by batch or cluster by cluster.  ``r``
+    is a :class:`Reduction` or anything with its ``nargs``, ``cats``, ``out_cat``, ``names``."""
     shape = batch_shape(r, args)
     if shape is not None:
         if ranges is not None:
@@ -32,7 +34,7 @@ def call(r: Reduction, args: Sequence[Any], fn: Callable, ranges: Any = None) ->
 
 
 def _core(r: Reduction, k: int) -> int:
-    return 1 if r.args[k].params[2] == 2 else 2
+    return 1 if r.cats[k] == 2 else 2
 
 
 def batch_shape(r: Reduction, args: Sequence[Any]) -> torch.Size | None:
@@ -77,10 +79,10 @@ def _ranged(r: Reduction, args: Sequence[torch.Tensor], fn: Callable, ranges: An
     )
     out_cat, red_cat = r.out_cat, 1 - r.out_cat
     n_out = n_red = 1
-    for a, v in zip(args, r.args):
-        if v.params[2] == out_cat:
+    for a, cat in zip(args, r.cats):
+        if cat == out_cat:
             n_out = a.shape[0]
-        elif v.params[2] == red_cat:
+        elif cat == red_cat:
             n_red = a.shape[0]
     rng, red = rng.reshape(-1, 2), red.reshape(-1, 2)
     if slices.numel() != rng.shape[0] or (slices.numel() and slices[-1] > red.shape[0]):
@@ -105,8 +107,7 @@ def _ranged(r: Reduction, args: Sequence[torch.Tensor], fn: Callable, ranges: An
             continue
         jidx = jall[cuts[c] : cuts[c + 1]]
         sub = []
-        for a, v in zip(args, r.args):
-            cat = v.params[2]
+        for a, cat in zip(args, r.cats):
             sub.append(
                 a[o0:o1] if cat == out_cat else a.index_select(0, jidx) if cat == red_cat else a
             )
@@ -114,7 +115,7 @@ def _ranged(r: Reduction, args: Sequence[torch.Tensor], fn: Callable, ranges: An
         rows.append(torch.arange(o0, o1, device=dev))
     rows_t = torch.cat(rows) if rows else torch.zeros(0, dtype=torch.long, device=dev)
     if not pieces:  # nothing to compute: run an empty problem for the output's shape
-        probe = [a[:0] if v.params[2] in (0, 1) else a for a, v in zip(args, r.args)]
+        probe = [a[:0] if cat in (0, 1) else a for a, cat in zip(args, r.cats)]
         pieces = [fn(*probe)]
     return _assemble(pieces, rows_t, n_out)
 

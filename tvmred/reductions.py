@@ -730,6 +730,10 @@ class Reduction:
     weight: Optional[Node] = None
     sum_scheme: str = "auto"
     memo: dict = field(default_factory=dict, repr=False, compare=False)
+    cats: tuple = field(init=False, repr=False, compare=False)  # category per argument
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "cats", tuple(v.params[2] for v in self.args))
 
     def __getstate__(self) -> dict:
         return {**self.__dict__, "memo": {}}  # compiled kernels do not pickle

@@ -10,5 +10,6 @@ The kernel call is the ``tvmred::genred`` custom op (:mod:`tvmred.torch.library`
 from __future__ import annotations
 
 from .genred import Genred
+from .lazytensor import LazyTensor, Pm, Vi, Vj
 
-__all__ = ["Genred"]
+__all__ = ["Genred", "LazyTensor", "Pm", "Vi", "Vj"]

@@ -12,7 +12,7 @@ op is called directly (its registered autograd gives the backward).
 
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Any, Optional, Union
 
 import torch
 
@@ -20,7 +20,7 @@ from .. import dispatch
 from ..genred import copy_into, placement
 from ..reductions import Reduction
 from . import plans
-from .library import genred, key_of, outputs
+from .library import Signature, genred, key_of, outputs
 
 
 def _setup(ctx, r: Reduction, args, output) -> None:
@@ -95,13 +95,16 @@ def _saved(ctx) -> tuple:
     return args, rest[: len(rest) - nsel], rest[len(rest) - nsel :]
 
 
-def apply(r: Reduction, *args: torch.Tensor) -> Any:
+def apply(r: Union[Reduction, Signature], *args: torch.Tensor) -> Any:
     """pykeops' output(s) of one plain reduction, differentiable."""
-    if torch.compiler.is_compiling():
-        outs = genred(key_of(r), list(args))
+    if isinstance(r, Signature):  # torch.compile, from a LazyTensor
+        outs, nsel = genred(r.key, list(args)), r.nsel
     else:
-        outs = _function(r, *args)
-    n = len(outs) - int(r.rdef.index_states is not None)
+        nsel = int(r.rdef.index_states is not None)
+        outs = (
+            genred(key_of(r), list(args)) if torch.compiler.is_compiling() else _function(r, *args)
+        )
+    n = len(outs) - nsel
     return outs[0] if n == 1 else tuple(outs[:n])
 
 
@@ -111,7 +114,7 @@ def apply_fn(r: Reduction, *args: torch.Tensor) -> torch.Tensor:
 
 
 def call(
-    r: Reduction,
+    r: Union[Reduction, Signature],
     args,
     backend: str = "auto",
     device_id: int = -1,
@@ -127,7 +130,7 @@ def call(
         with torch.no_grad():
             res = dispatch.call(r, args, lambda *a: apply(r, *a), ranges)
         if isinstance(res, tuple):
-            raise ValueError(f"out= is not supported for {r.red} (two outputs)")
+            raise ValueError("out= is not supported for a reduction with two outputs")
         return copy_into(res.cpu() if host else res, out)
     res = dispatch.call(r, args, lambda *a: apply(r, *a), ranges)
     if host:

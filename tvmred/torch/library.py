@@ -20,6 +20,7 @@ from __future__ import annotations
 import base64
 import pickle
 import zlib
+from typing import NamedTuple
 
 import torch
 
@@ -41,6 +42,23 @@ def key_of(r: Reduction) -> str:
         REGISTRY.setdefault(key, r)
         r.memo["key"] = key
     return key
+
+
+class Signature(NamedTuple):
+    """What the call path needs of a reduction under ``torch.compile`` when the
+    :class:`Reduction` object is out of the traced code's reach: plain constants."""
+
+    key: str
+    nargs: int
+    cats: tuple
+    out_cat: int
+    names: tuple
+    nsel: int  # 1 when the op's last output is the selected positions
+
+
+def signature(r: Reduction) -> Signature:
+    nsel = int(r.rdef.index_states is not None)
+    return Signature(key_of(r), r.nargs, r.cats, r.out_cat, r.names, nsel)
 
 
 def lookup(key: str) -> Reduction:
