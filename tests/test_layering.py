@@ -18,8 +18,17 @@ LAYERS = [
     ["parse", "reductions"],
     ["runtime", "cache", "tunedb", "lower"],
     ["build"],
-    ["genred", "dispatch", "lazynodes", "lazyops", "lazy"],
-    ["torch", "numpy", "export", "tune", "docs", "__main__", "__init__"],  # bindings, tools
+    ["genred", "dispatch", "lazynodes", "lazyops", "lazy", "solve", "generic"],
+    [
+        "torch",
+        "numpy",
+        "export",
+        "tune",
+        "docs",
+        "compat",
+        "__main__",
+        "__init__",
+    ],  # bindings, tools
 ]
 LAYER = {name: k for k, names in enumerate(LAYERS) for name in names}
 

@@ -109,7 +109,8 @@ class GenericLazyTensor(LazyOps):
         (Genred's call options in ``kwargs``)."""
         raise NotImplementedError
 
-    def kernel_solve(self, r: Any, pos: int, args: list, alpha: float, kwargs: dict) -> Any:
+    def solve_spec(self, spec: tuple, pos: int, args: list, alpha: float, kwargs: dict) -> Any:
+        """Solve ``(alpha Id + K) a = b`` for the Sum reduction ``spec``, b in ``args[pos]``."""
         raise NotImplementedError
 
     # ---------------------------------------------------------------------- construction
@@ -398,6 +399,9 @@ class LazyReduction:
         self.reduction_op, self.axis = spec[2], spec[3]
         self.kwargs = {k: meta[k] for k in ("ranges", "backend") if meta.get(k) is not None}
         self.kwargs.update(kw)
+
+    def full_arguments(self, args: Sequence) -> list:
+        return arguments(self.lt, self.leaves, args)
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         if len(args) != self.nsym:

@@ -436,6 +436,33 @@ class LazyOps:
         kv = kv.sum(kv.dim() - 2)
         return kv.reshape(-1) if len(v.shape) == 1 else kv
 
+    def solve(self, other, var=None, call: bool = True, **kwargs):
+        """``a`` solving ``(alpha Id + K) a = b`` by conjugate gradient (``alpha`` keyword,
+        default 1e-10, and ``eps``; K symmetric positive definite, not checked): with
+        ``var=None``, ``K @ a = sum_j K_ij a_j``; else the LazyTensor is linear in the
+        symbolic variable ``var``.  ``b`` (``other``) is an i-indexed (M, D) array (or a
+        LazyTensor variable)."""
+        b = other if isinstance(other, LazyOps) else type(self)(other, axis=0)
+        if len(b.leaves) != 1 or b.leaves[0].cat not in (0, 1):
+            raise ValueError("solve: the right-hand side must be an i- or j-indexed variable")
+        axis = 1 - b.leaves[0].cat  # reduce over the other index
+        if var is None:
+            ind = 1 + max((leaf.ind for leaf in self.leaves if leaf.data is None), default=-1)
+            var = type(self)((ind, b.ndim, axis))
+            res = self * var
+        else:
+            res = self
+        if len(var.leaves) != 1 or var.leaves[0].data is not None:
+            raise ValueError("solve: var must be a symbolic variable, e.g. Vj(0, D)")
+        alpha, eps = kwargs.pop("alpha", 1e-10), kwargs.pop("eps", 1e-6)
+        red = res.reduction("Sum", axis=axis + self.nbatchdims, call=False, **kwargs)
+        pos = var.leaves[0].ind
+        if red.nsym != pos + 1:
+            raise ValueError("solve: the LazyTensor has other symbolic variables than var")
+        data = b.leaves[0].data
+        kw = {**red.kwargs, "eps": eps}
+        return self.solve_spec(red.spec, pos, red.full_arguments([data]), alpha, kw)
+
     def matvec(self, v):
         return self @ v
 

@@ -13,6 +13,7 @@ from ..genred import TORCH_DTYPES
 from ..lazy import GenericLazyTensor
 from .autograd import call
 from .library import Signature, signature
+from .solve import kernel_solve
 
 
 @torch.compiler.assume_constant_result  # torch.compile runs it, never traces it
@@ -44,6 +45,9 @@ class LazyTensor(GenericLazyTensor):
         if torch.compiler.is_compiling():  # constants only: the Reduction stays untraced
             return call(Signature(*_signature(spec)), args, **kwargs)
         return call(ln.reduction(spec), args, **kwargs)
+
+    def solve_spec(self, spec: tuple, pos: int, args: list, alpha: float, kwargs: dict) -> Any:
+        return kernel_solve(ln.reduction(spec), pos, args, alpha=alpha, **kwargs)
 
 
 def Var(x_or_ind: Any, dim: Optional[int] = None, cat: Optional[int] = None) -> LazyTensor:
