@@ -358,19 +358,17 @@ def _merge_meta(a: dict, b: dict) -> dict:
         return b
     out = {**a, **b}
     for k in a.keys() & b.keys():
-        va, vb = a[k], b[k]
-        if va is not vb:
-            out[k] = broadcast(va, vb) if k == "batchdims" else _merge(k, va, vb)
+        out[k] = broadcast(a[k], b[k]) if k == "batchdims" else _merge(k, a[k], b[k])
     return out
 
 
 def _merge(name: str, a: Any, b: Any) -> Any:
-    if a is None or b is None or a is b:
+    if a is None or b is None:
         return b if a is None else a
     if name == "ranges":
         if len(a) == len(b) and all(x is y or _same(x, y) for x, y in zip(a, b)):
             return a
-    elif a == b:
+    elif a == b:  # (no `is`: torch.compile does not trace it on tuples)
         return a
     raise ValueError(f"incompatible values for attribute {name}: {a} and {b}")
 

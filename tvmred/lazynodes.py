@@ -45,11 +45,36 @@ def nid_of(n: Node) -> int:
 @constant
 def leaf(pos: int, dim: int, cat: int) -> int:
     """The variable ``Var(pos, dim, cat)``."""
-    key = ("leaf", pos, dim, cat)
-    hit = _MEMO.get(key)
+    key = (pos, dim, cat)
+    hit = _LEAVES.get(key)
     if hit is None:
-        hit = _MEMO[key] = nid_of(var(pos, dim, cat))
-    return hit  # type: ignore[return-value]
+        hit = _LEAVES[key] = nid_of(var(pos, dim, cat))
+    return hit
+
+
+_LEAVES: dict[tuple, int] = {}
+_OPS: dict[tuple, tuple[int, int]] = {}
+
+
+@constant
+def binary(name: str, a: int, b: int, pos: int) -> tuple[int, int]:
+    """(id, dim) of ``name(a, b)``, b's single variable renumbered ``pos`` (-1: b as is):
+    the common binary operation, in one lookup."""
+    key = (name, a, b, pos)
+    hit = _OPS.get(key)
+    if hit is None:
+        hit = _OPS[key] = apply(name, (a, b if pos < 0 else remap(b, (pos,))), ())
+    return hit
+
+
+@constant
+def unary(name: str, a: int, params: tuple) -> tuple[int, int]:
+    """(id, dim) of ``name(a; params)``, one lookup."""
+    key = (name, a, params)
+    hit = _OPS.get(key)
+    if hit is None:
+        hit = _OPS[key] = apply(name, (a,), params)
+    return hit
 
 
 @constant

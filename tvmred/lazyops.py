@@ -13,9 +13,11 @@ from typing import Any, Optional
 
 from . import lazynodes as ln
 
+_NUMBERS = (int, float)
+
 
 def _is_number(x: Any, val: float) -> bool:
-    return isinstance(x, (int, float)) and not isinstance(x, bool) and x == val
+    return x.__class__ in _NUMBERS and x == val
 
 
 def _ints(*xs: Any) -> bool:
@@ -79,7 +81,7 @@ class LazyOps:
     def __pow__(self, other):
         """F ** n: Square for 2, Pow(F, n) for other integers, Sqrt / Rsqrt for 0.5 / -0.5,
         else Powf(F, G) = Exp(G * Log(F))."""
-        if _ints(other):
+        if other.__class__ is int:
             return self.unary("Square") if other == 2 else self.unary("Pow", (other,))
         if isinstance(other, float) and other in (0.5, -0.5):
             return self.unary("Sqrt" if other == 0.5 else "Rsqrt")
