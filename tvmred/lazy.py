@@ -220,26 +220,30 @@ class GenericLazyTensor(LazyOps):
 
     def binary(self, name: str, other: Any, first: int = 0) -> "GenericLazyTensor":
         """``name(self, other)`` (``first = 1``: ``name(other, self)``)."""
+        cls = self.__class__
         if not isinstance(other, GenericLazyTensor):
-            other = type(self)(other)
+            other = cls(other)
         a, b = (self, other) if first == 0 else (other, self)
         la, lb = a.leaves, b.leaves
-        if la and lb:
-            if len(lb) == 1 and lb[0] not in la:  # the common case (leaves compare by identity)
-                leaves, nb = la + lb, ln.remap(b.nid, (len(la),))
-            else:
-                (_, nb), leaves, _ = self._combine((a, b))
+        if not (la and lb):
+            leaves = la or lb
+            nid, dim = ln.binary(name, a.nid, b.nid, -1)
+        elif len(lb) == 1 and lb[0] not in la:  # the common case (leaves compare by identity)
+            leaves = la + lb
+            nid, dim = ln.binary(name, a.nid, b.nid, len(la))
         else:
-            leaves, nb = la or lb, b.nid
-        nid, dim = ln.apply(name, (a.nid, nb), ())
-        res = object.__new__(type(self))
+            nids, leaves, _ = self._combine((a, b))
+            nid, dim = ln.apply(name, tuple(nids), ())
+        res = object.__new__(cls)
         res.nid, res.ndim, res.leaves = nid, dim, leaves
         res._meta = _merge_meta(a._meta, b._meta)
         return res
 
     def unary(self, name: str, params: tuple = ()) -> "GenericLazyTensor":
-        nid, dim = ln.apply(name, (self.nid,), params)
-        return self._derive(nid, dim, self.leaves, self._meta)
+        nid, dim = ln.unary(name, self.nid, params)
+        res = object.__new__(self.__class__)
+        res.nid, res.ndim, res.leaves, res._meta = nid, dim, self.leaves, self._meta
+        return res
 
     # ------------------------------------------------------------------------- shapes
 
@@ -309,9 +313,9 @@ class GenericLazyTensor(LazyOps):
             opts = (reduction_op, axis - nb, opt_arg, "auto", "auto")
         spec, nsym = ln.plan(nids, tuple([leaf.sig for leaf in leaves]), opts)
         if call and not nsym:  # evaluate now (the common case: no callable object)
-            kw = {k: meta[k] for k in ("ranges", "backend") if k in meta} if meta else {}
-            kw = {**kw, **call_kw} if call_kw else kw
-            return self.evaluate(spec, arguments(self, leaves, ()), kw)
+            if "ranges" in meta or "backend" in meta:
+                call_kw = {**{k: meta[k] for k in ("ranges", "backend") if k in meta}, **call_kw}
+            return self.evaluate(spec, arguments(self, leaves, ()), call_kw)
         return LazyReduction(self, spec, nsym, leaves, meta, call_kw)
 
 
