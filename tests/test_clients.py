@@ -42,14 +42,19 @@ def client(name: str, modules: list):
 def calls(monkeypatch):
     """Counts tvmred reductions (Genred calls and LazyTensor reductions), with their ranges."""
     seen = []
-    for mod in (tvmred.torch.genred, tvmred.torch.lazytensor):
-        real = mod.call
+    for mod, name in (
+        (tvmred.torch.genred, "call"),
+        (tvmred.torch.lazytensor, "call"),
+        (tvmred.torch.lazytensor, "apply"),  # a plain LazyTensor reduction
+    ):
+        real = getattr(mod, name)
 
-        def counted(r, args, *a, _real=real, **kw):
-            seen.append(kw.get("ranges", a[2] if len(a) > 2 else None))
-            return _real(r, args, *a, **kw)
+        def counted(r, *args, _real=real, _call=name == "call", **kw):
+            # call(r, args, backend, device_id, ranges, out); apply(r, *tensors)
+            seen.append(kw.get("ranges", args[3] if _call and len(args) > 3 else None))
+            return _real(r, *args, **kw)
 
-        monkeypatch.setattr(mod, "call", counted)
+        monkeypatch.setattr(mod, name, counted)
     return seen
 
 

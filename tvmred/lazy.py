@@ -104,9 +104,10 @@ class GenericLazyTensor(LazyOps):
         """A 1-D array of ``values`` with the dtype and device of ``like``."""
         raise NotImplementedError
 
-    def evaluate(self, spec: tuple, args: list, kwargs: dict) -> Any:
+    def evaluate(self, spec: tuple, args: list, kwargs: Optional[dict]) -> Any:
         """Run the reduction ``spec`` (:func:`tvmred.lazynodes.reduction`) on ``args``
-        (Genred's call options in ``kwargs``)."""
+        (Genred's call options in ``kwargs``; None: a plain call, without batch dimensions,
+        ranges or options)."""
         raise NotImplementedError
 
     def solve_spec(self, spec: tuple, pos: int, args: list, alpha: float, kwargs: dict) -> Any:
@@ -313,6 +314,8 @@ class GenericLazyTensor(LazyOps):
             opts = (reduction_op, axis - nb, opt_arg, "auto", "auto")
         spec, nsym = ln.plan(nids, tuple([leaf.sig for leaf in leaves]), opts)
         if call and not nsym:  # evaluate now (the common case: no callable object)
+            if not call_kw and not ("batchdims" in meta or "ranges" in meta or "backend" in meta):
+                return self.evaluate(spec, arguments(self, leaves, ()), None)  # plain
             if "ranges" in meta or "backend" in meta:
                 call_kw = {**{k: meta[k] for k in ("ranges", "backend") if k in meta}, **call_kw}
             return self.evaluate(spec, arguments(self, leaves, ()), call_kw)

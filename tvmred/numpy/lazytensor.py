@@ -33,8 +33,8 @@ class LazyTensor(GenericLazyTensor):
     def param(values: list, like: np.ndarray) -> np.ndarray:
         return np.array(values, dtype=like.dtype)
 
-    def evaluate(self, spec: tuple, args: list, kwargs: dict) -> Any:
-        return call(ln.reduction(spec), args, **kwargs)
+    def evaluate(self, spec: tuple, args: list, kwargs: Optional[dict]) -> Any:
+        return call(ln.reduction(spec), args, **(kwargs or {}))
 
     def solve_spec(self, spec: tuple, pos: int, args: list, alpha: float, kwargs: dict) -> Any:
         return kernel_solve(ln.reduction(spec), pos, args, alpha=alpha, **kwargs)

@@ -11,7 +11,7 @@ import torch
 from .. import lazynodes as ln
 from ..genred import TORCH_DTYPES
 from ..lazy import GenericLazyTensor
-from .autograd import call
+from .autograd import apply, call
 from .library import Signature, signature
 from .solve import kernel_solve
 
@@ -41,9 +41,11 @@ class LazyTensor(GenericLazyTensor):
     def param(values: list, like: torch.Tensor) -> torch.Tensor:
         return torch.tensor(values, dtype=like.dtype, device=like.device)
 
-    def evaluate(self, spec: tuple, args: list, kwargs: dict) -> Any:
+    def evaluate(self, spec: tuple, args: list, kwargs: Optional[dict]) -> Any:
         if torch.compiler.is_compiling():  # constants only: the Reduction stays untraced
-            return call(Signature(*_signature(spec)), args, **kwargs)
+            return call(Signature(*_signature(spec)), args, **(kwargs or {}))
+        if kwargs is None:  # one plain reduction: no placement, batch or ranges to handle
+            return apply(ln.reduction(spec), *args)
         return call(ln.reduction(spec), args, **kwargs)
 
     def solve_spec(self, spec: tuple, pos: int, args: list, alpha: float, kwargs: dict) -> Any:
