@@ -3,8 +3,8 @@
 transforms see an operator they know.
 
 * ``key`` names a :class:`~tvmred.reductions.Reduction` in a process-level registry; it is
-  the reduction's pickle, so a process that loads a compiled graph from torch's caches
-  rebuilds the reductions it has not traced itself;
+  the reduction's serialisation, so a process that loads a compiled graph from torch's
+  caches rebuilds the reductions it has not traced itself;
 * the outputs are pykeops' output(s) of one plain ``(M, N)`` reduction, followed, for the
   Min/Max/KMin family, by the selected positions ``(n, K, D)`` (int64) that their gradient
   needs; batch dimensions and ``ranges`` are handled around the op (:mod:`tvmred.dispatch`);
@@ -26,6 +26,7 @@ import torch
 
 from ..genred import TORCH_DTYPES, run_states
 from ..reductions import Reduction
+from ..tree import Node, postorder
 from . import plans
 
 REGISTRY: dict[str, Reduction] = {}
@@ -34,14 +35,40 @@ REGISTRY: dict[str, Reduction] = {}
 @torch.compiler.assume_constant_result  # torch.compile runs it, never traces it
 def key_of(r: Reduction) -> str:
     """The registry key of ``r`` (registering it on first use; memoised on ``r``): its
-    pickle, so that any process can rebuild the reduction from a key found in a cached
-    compiled graph."""
+    serialisation, so that any process can rebuild the reduction from a key found in a
+    cached compiled graph."""
     key = r.memo.get("key")
     if key is None:
-        key = base64.b64encode(zlib.compress(pickle.dumps(r, protocol=4), 9)).decode()
+        key = base64.b64encode(zlib.compress(pickle.dumps(_flat(r), protocol=4), 9)).decode()
         REGISTRY.setdefault(key, r)
         r.memo["key"] = key
     return key
+
+
+def _flat(r: Reduction) -> tuple:
+    """``r`` with its formula nodes as one postorder table (op, argument rows, params, dim):
+    no recursion, whatever the formula's depth."""
+    rows: dict[int, int] = {}
+    table: list[tuple] = []
+    roots = [r.formula, *r.args, r.main, r.weight]
+    for root in roots:
+        for n in postorder(root) if root is not None else ():
+            if id(n) not in rows:
+                rows[id(n)] = len(table)
+                table.append((n.op, tuple(rows[id(a)] for a in n.args), n.params, n.dim))
+    refs = [-1 if n is None else rows[id(n)] for n in roots]
+    return table, refs, (r.red, r.out_cat, r.names, r.dtype_acc, r.k, r.sum_scheme)
+
+
+def _unflat(flat: tuple) -> Reduction:
+    table, refs, (red, out_cat, names, dtype_acc, k, sum_scheme) = flat
+    nodes: list[Node] = []
+    for op, args, params, dim in table:
+        nodes.append(Node(op, tuple(nodes[i] for i in args), params, dim))
+    formula, *args, main, weight = (None if i < 0 else nodes[i] for i in refs)
+    return Reduction(
+        formula, red, out_cat, tuple(args), names, dtype_acc, k, main, weight, sum_scheme
+    )
 
 
 class Signature(NamedTuple):
@@ -65,11 +92,9 @@ def lookup(key: str) -> Reduction:
     r = REGISTRY.get(key)
     if r is None:  # a key from a compiled graph that this process has not traced
         try:
-            r = pickle.loads(zlib.decompress(base64.b64decode(key)))
+            r = _unflat(pickle.loads(zlib.decompress(base64.b64decode(key))))
         except Exception as e:
             raise KeyError(f"tvmred::genred: {key[:40]!r}... is not a reduction key") from e
-        if not isinstance(r, Reduction):
-            raise KeyError(f"tvmred::genred: {key[:40]!r}... is not a reduction key")
         r.memo["key"] = key
         REGISTRY[key] = r
     return r
