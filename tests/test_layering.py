@@ -18,7 +18,7 @@ LAYERS = [
     ["parse", "reductions"],
     ["runtime", "cache", "tunedb", "lower"],
     ["build"],
-    ["genred", "dispatch"],
+    ["genred", "dispatch", "lazynodes", "lazyops", "lazy", "solve", "generic"],
     [
         "torch",
         "numpy",
@@ -26,6 +26,7 @@ LAYERS = [
         "tune",
         "docs",
         "doctor",
+        "compat",
         "__main__",
         "__init__",
     ],  # bindings, tools

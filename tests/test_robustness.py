@@ -190,7 +190,7 @@ def test_a_deep_chain_computes_with_gradients():
     gradients against torch."""
     from tvmred.ops import make
     from tvmred.reductions import Reduction
-    from tvmred.torch import _GenredFn
+    from tvmred.torch.autograd import apply_fn
     from tvmred.tree import var
 
     xv, yv = var(0, 1, 0), var(1, 1, 1)
@@ -199,7 +199,7 @@ def test_a_deep_chain_computes_with_gradients():
         n = make("Sin", n) if k % 2 else make("Add", n, yv)
     r = Reduction(n, "Sum", 0, (xv, yv), ("x", "y"))
     x, y = rand(5, 1).requires_grad_(), rand(6, 1)
-    c = _GenredFn.apply(r, x, y)
+    c = apply_fn(r, x, y)
     v = x[:, None] * y[None]
     for k in range(250):
         v = torch.sin(v) if k % 2 else v + y[None]

@@ -22,6 +22,8 @@ from .reductions import Reduction
 
 
 def call(r: Reduction, args: Sequence[Any], fn: Callable, ranges: Any = None) -> Any:
+    """``fn(*args)`` for plain arguments, else batch by batch or cluster by cluster.  ``r``
+    is a :class:`Reduction` or anything with its ``nargs``, ``cats``, ``out_cat``, ``names``."""
     shape = batch_shape(r, args)
     if shape is not None:
         check_args(r, args, batch=True)  # errors name the arguments' full shapes
@@ -34,7 +36,7 @@ def call(r: Reduction, args: Sequence[Any], fn: Callable, ranges: Any = None) ->
 
 
 def _core(r: Reduction, k: int) -> int:
-    return 1 if r.args[k].params[2] == 2 else 2
+    return 1 if r.cats[k] == 2 else 2
 
 
 def batch_shape(r: Reduction, args: Sequence[Any]) -> torch.Size | None:
@@ -76,10 +78,10 @@ def _ranged(r: Reduction, args: Sequence[torch.Tensor], fn: Callable, ranges: An
         )
     out_cat, red_cat = r.out_cat, 1 - r.out_cat
     n_out = n_red = 1
-    for a, v in zip(args, r.args):
-        if v.params[2] == out_cat:
+    for a, cat in zip(args, r.cats):
+        if cat == out_cat:
             n_out = a.shape[0]
-        elif v.params[2] == red_cat:
+        elif cat == red_cat:
             n_red = a.shape[0]
     rng, slices, red = _read_ranges(ranges, out_cat, n_out, n_red)
     # every reduced index of every cluster at once, then one slice per cluster
@@ -96,8 +98,7 @@ def _ranged(r: Reduction, args: Sequence[torch.Tensor], fn: Callable, ranges: An
             continue
         jidx = jall[cuts[c] : cuts[c + 1]]
         sub = []
-        for a, v in zip(args, r.args):
-            cat = v.params[2]
+        for a, cat in zip(args, r.cats):
             sub.append(
                 a[o0:o1] if cat == out_cat else a.index_select(0, jidx) if cat == red_cat else a
             )
@@ -105,7 +106,7 @@ def _ranged(r: Reduction, args: Sequence[torch.Tensor], fn: Callable, ranges: An
         rows.append(torch.arange(o0, o1, device=dev))
     rows_t = torch.cat(rows) if rows else torch.zeros(0, dtype=torch.long, device=dev)
     if not pieces:  # nothing to compute: run an empty problem for the output's shape
-        probe = [a[:0] if v.params[2] in (0, 1) else a for a, v in zip(args, r.args)]
+        probe = [a[:0] if cat in (0, 1) else a for a, cat in zip(args, r.cats)]
         pieces = [fn(*probe)]
     return _assemble(pieces, rows_t, n_out)
 

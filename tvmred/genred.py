@@ -17,9 +17,10 @@ from .build import DTYPES, get_kernel
 from .errors import DimError
 from .parse import Alias, parse, parse_aliases
 from .reductions import MAX_K, REDUCTIONS, Reduction
-from .tree import variables
+from .tree import Node, variables
 
-_TORCH_DTYPES = {torch.float32: "float32", torch.float64: "float64"}
+TORCH_DTYPES = {torch.float32: "float32", torch.float64: "float64"}
+_TORCH_DTYPES = TORCH_DTYPES
 
 
 def make_reduction(
@@ -34,6 +35,34 @@ def make_reduction(
 ) -> Reduction:
     decls = parse_aliases(list(aliases))
     by_pos = {a.var.params[0]: a for a in decls}
+    main = parse(formula, decls)
+    weight = parse(formula2, decls) if formula2 is not None else None
+    for v in variables(main) + (variables(weight) if weight is not None else []):
+        pos = v.params[0]  # a variable written inline, as Var(pos, dim, cat) or Vi(pos, dim)
+        if pos not in by_pos:
+            by_pos[pos] = Alias(None, v)
+        elif by_pos[pos].var is not v:
+            raise ValueError(f"formula uses {v}, but position {pos} is {by_pos[pos].var}")
+    nargs = max(by_pos) + 1 if by_pos else 0
+    missing = [p for p in range(nargs) if p not in by_pos]
+    if missing:
+        raise ValueError(f"variables are given for positions up to {nargs - 1} but not {missing}")
+    names = tuple(by_pos[p].name or str(by_pos[p].var) for p in range(nargs))
+    args = tuple(by_pos[p].var for p in range(nargs))
+    return build_reduction(
+        main, weight, args, names, reduction_op, axis, dtype_acc, opt_arg, sum_scheme
+    )
+
+
+def check_options(
+    reduction_op: str,
+    axis: int,
+    dtype_acc: str,
+    opt_arg: Optional[int],
+    has_weight: bool,
+    sum_scheme: str,
+) -> None:
+    """The reduction options are valid (ValueError / NotImplementedError naming the problem)."""
     if reduction_op not in REDUCTIONS:
         raise NotImplementedError(
             f"reduction_op={reduction_op!r} is not supported (available: {sorted(REDUCTIONS)})"
@@ -52,31 +81,36 @@ def make_reduction(
                 f"{MAX_K} (the K-selection keeps K values per row, and its compile time grows "
                 "faster than K); for more neighbours, use torch.topk on blocks of a dense matrix"
             )
-        opt_arg = int(opt_arg)
     elif opt_arg is not None:
         raise ValueError(f"reduction_op={reduction_op!r} takes no opt_arg")
-    if rd.weight is None and formula2 is not None:
+    if rd.weight is None and has_weight:
         raise ValueError(f"reduction_op={reduction_op!r} takes no formula2")
-    if rd.weight == "required" and formula2 is None:
+    if rd.weight == "required" and not has_weight:
         raise ValueError(f"reduction_op={reduction_op!r} requires formula2 (the weight)")
-    main = parse(formula, decls)
-    weight = parse(formula2, decls) if formula2 is not None else None
-    for v in variables(main) + (variables(weight) if weight is not None else []):
-        pos = v.params[0]  # a variable written inline, as Var(pos, dim, cat) or Vi(pos, dim)
-        if pos not in by_pos:
-            by_pos[pos] = Alias(None, v)
-        elif by_pos[pos].var is not v:
-            raise ValueError(f"formula uses {v}, but position {pos} is {by_pos[pos].var}")
-    nargs = max(by_pos) + 1 if by_pos else 0
-    missing = [p for p in range(nargs) if p not in by_pos]
-    if missing:
-        raise ValueError(f"variables are given for positions up to {nargs - 1} but not {missing}")
-    if rd.scalar and main.dim != 1:
-        raise DimError(f"reduction_op={reduction_op!r} needs a scalar formula, got dim {main.dim}")
-    names = tuple(by_pos[p].name or str(by_pos[p].var) for p in range(nargs))
-    args = tuple(by_pos[p].var for p in range(nargs))
     if sum_scheme not in ("auto", "direct_sum", "block_sum", "kahan_scheme"):
         raise ValueError(f"unknown sum_scheme {sum_scheme!r}")
+
+
+def build_reduction(
+    main: Node,
+    weight: Optional[Node],
+    args: tuple[Node, ...],
+    names: tuple[str, ...],
+    reduction_op: str,
+    axis: int,
+    dtype_acc: str,
+    opt_arg: Optional[int] = None,
+    sum_scheme: str = "auto",
+) -> Reduction:
+    """The :class:`Reduction` of formula ``main`` (and weight) over declared ``args``."""
+    check_options(reduction_op, axis, dtype_acc, opt_arg, weight is not None, sum_scheme)
+    rd = REDUCTIONS[reduction_op]
+    for v in variables(main) + (variables(weight) if weight is not None else []):
+        pos = v.params[0]
+        if pos >= len(args) or args[pos] is not v:
+            raise ValueError(f"formula uses {v}, which is not among the declared variables")
+    if rd.scalar and main.dim != 1:
+        raise DimError(f"reduction_op={reduction_op!r} needs a scalar formula, got dim {main.dim}")
     return Reduction(
         rd.tree(main, weight),
         rd.name,
@@ -84,7 +118,7 @@ def make_reduction(
         args,
         names,
         dtype_acc,
-        opt_arg,
+        None if opt_arg is None else int(opt_arg),
         main,
         weight,
         sum_scheme,

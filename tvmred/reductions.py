@@ -30,6 +30,7 @@ from typing import Any, Callable, Optional, Sequence, Union
 
 from . import mathfns
 from ._tvm import tirx
+from .diff import diff as sym_diff
 from .diff import grad as sym_grad
 from .ops import add, f, intcst, make, mul, sub
 from .tree import Node, postorder, var
@@ -435,6 +436,68 @@ def plan_reductions(plan: Plan) -> list["Reduction"]:
     return []
 
 
+# ------------------------------------------------------------- forward mode (JVP) plans
+# A JVP plan is a Chain whose steps take, after the forward call's arguments, the tangents of
+# the arguments ``ks`` ("tangents"), then the forward output ("out") or earlier results.
+
+
+def _tangent_diff(r: "Reduction", node: Node, ks: tuple) -> Node:
+    """dF = sum_k (dF/dv_k) t_k, the tangent t_k of argument k at position nargs + n."""
+    out = None
+    for n, k in enumerate(ks):
+        d = sym_diff(node, r.args[k], r.tangent(n, k))
+        out = d if out is None else add(out, d)
+    return out
+
+
+def _sum_jvp(r: "Reduction", ks: tuple) -> Plan:
+    """d sum_j F = sum_j dF: a Sum again, over the same index."""
+    dF = _tangent_diff(r, r.formula, ks)
+    return Chain((Step(r.sum_with(dF, r.tangent_extra(ks)), ("tangents",)),))
+
+
+def _lse_jvp(r: "Reduction", ks: tuple) -> Plan:
+    """L = log sum_j e^F G: dL = sum_j e^(F - L) (G dF + dG) (G = 1 without a weight)."""
+    dF = _tangent_diff(r, r.main, ks)
+    lv = r.extra(r.formula.dim - 1, len(ks))
+    inner = dF if r.weight is None else add(mul(r.weight, dF), _tangent_diff(r, r.weight, ks))
+    fg = mul(f("Exp", sub(r.main, lv)), inner)
+    return Chain(
+        (Step(r.sum_with(fg, [*r.tangent_extra(ks), (lv, "output")]), ("tangents", "out")),)
+    )
+
+
+def _softmax_jvp(r: "Reduction", ks: tuple) -> Plan:
+    """out = sum_j p_j w_j, p = softmax_j(F): d out = sum_j p_j (dw_j + (w_j - out) dF_j)."""
+    w = r.weight
+    ov, lv = r.extra(w.dim, len(ks)), r.extra(1, len(ks) + 1)
+    inner = add(_tangent_diff(r, w, ks), mul(sub(w, ov), _tangent_diff(r, r.main, ks)))
+    fg = mul(f("Exp", sub(r.main, lv)), inner)
+    lse = dataclasses.replace(
+        r, formula=make("Concat", r.main, intcst(1)), red="LogSumExp", weight=None, memo={}
+    )
+    extra = [*r.tangent_extra(ks), (ov, "output"), (lv, "logsumexp")]
+    return Chain((Step(lse), Step(r.sum_with(fg, extra), ("tangents", "out", 0))))
+
+
+def _select_jvp(r: "Reduction", ks: tuple) -> Plan:
+    """Min/Max/KMin: the tangent of a selected value is dF at the selected (i, j) pair:
+    ``parts[u]`` evaluates component u of dF with output-indexed variables only, on the
+    reduced-index arguments (and their tangents) gathered at the selected rows."""
+    out_cat, red_cat = r.out_cat, 1 - r.out_cat
+    dF = _recast(_tangent_diff(r, r.formula, ks), red_cat, out_cat)
+    extra = [(_recast(v, red_cat, out_cat), n) for v, n in r.tangent_extra(ks)]
+    args = tuple(_recast(a, red_cat, out_cat) for a in r.args)
+    parts = []
+    for u in range(r.formula.dim):
+        comp = dF if dF.dim == 1 else f("Elem", dF, params=(u,))
+        names = (*r.names, *(n for _, n in extra))
+        parts.append(
+            Reduction(comp, "Sum", out_cat, (*args, *(v for v, _ in extra)), names, r.dtype_acc)
+        )
+    return Gathered(tuple(parts))
+
+
 # ------------------------------------------------------------------------------ registry
 
 
@@ -465,6 +528,7 @@ class RedDef:
     combine: Callable[[list, Variant], list]  # partial states (P, rows, cols) -> states
     vjp: Optional[Callable[["Reduction", int], Plan]]  # None: no gradient
     grad_doc: str  # the README's "gradient" column
+    jvp: Optional[Callable[["Reduction", tuple], Plan]] = None  # forward mode; None: none
     index_states: Optional[Callable[[Optional[int]], slice]] = None  # K -> the state buffers
     # holding positions along the reduced index (int32, -1: none), K of them
     variant: Callable[..., Variant] = _plain  # (opt_arg, sum_scheme, dtype, acc) -> Variant
@@ -521,6 +585,7 @@ reduction(
     finalize=_sum_final,
     combine=_sum_combine,
     vjp=_sum_vjp,
+    jvp=_sum_jvp,
     grad_doc=_ANY,
     variant=_sum_variant,
     width=lambda d, v, dt, acc: d * (2 if v.scheme == "kahan" else 1),  # a block sum's total
@@ -540,6 +605,7 @@ for _name, _is_min in (("Min", True), ("Max", False)):
         _name,
         finalize=lambda s, v, dt: s[0],
         vjp=_select_vjp,
+        jvp=_select_jvp,
         grad_doc=_SELECTED,
         doc=f"{_low} over j, per component; differentiable (beyond pykeops)",
         **_common,
@@ -556,6 +622,7 @@ for _name, _is_min in (("Min", True), ("Max", False)):
         f"{_name}_{_arg}",
         finalize=lambda s, v, dt: (s[0], s[1].long()),
         vjp=_select_vjp,
+        jvp=_select_jvp,
         grad_doc=_SELECTED,
         doc=f"({_low}, int64 index) pair",
         **_common,
@@ -573,6 +640,7 @@ reduction(
     "KMin",
     finalize=lambda s, v, dt: _kview(s[: v.k]),
     vjp=_select_vjp,
+    jvp=_select_jvp,
     grad_doc=_SELECTED,
     doc="the K smallest values, ascending: (n, K) or (n, K, D)",
     **_kcommon,
@@ -589,6 +657,7 @@ reduction(
     "KMin_ArgKMin",
     finalize=lambda s, v, dt: (_kview(s[: v.k]), _kview(s[v.k :]).long()),
     vjp=_select_vjp,
+    jvp=_select_jvp,
     grad_doc=_SELECTED,
     doc="(K smallest values, their int64 indices)",
     **_kcommon,
@@ -609,6 +678,7 @@ reduction(
     "LogSumExp",
     finalize=_lse_final,
     vjp=_lse_vjp,
+    jvp=_lse_jvp,
     grad_doc=_ANY,
     weight="optional",
     doc="log sum_j exp(F) (F scalar), or log sum_j exp(F) G with formula2 = G",
@@ -618,6 +688,7 @@ reduction(
     "LogSumExpWeight",
     finalize=_lse_final,
     vjp=_lse_vjp,
+    jvp=_lse_jvp,
     grad_doc=_ANY,
     weight="required",
     doc="log sum_j exp(F) G",
@@ -627,6 +698,7 @@ reduction(
     "SumSoftMaxWeight",
     finalize=_softmax_final,
     vjp=_softmax_vjp,
+    jvp=_softmax_jvp,
     grad_doc=_ANY,
     weight="required",
     doc="sum_j exp(F) G / sum_j exp(F)",
@@ -679,6 +751,10 @@ class Reduction:
     weight: Optional[Node] = None
     sum_scheme: str = "auto"
     memo: dict = field(default_factory=dict, repr=False, compare=False)
+    cats: tuple = field(init=False, repr=False, compare=False)  # category per argument
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "cats", tuple(v.params[2] for v in self.args))
 
     def __getstate__(self) -> dict:
         return {**self.__dict__, "memo": {}}  # compiled kernels do not pickle
@@ -723,6 +799,41 @@ class Reduction:
             self.dtype_acc,
             sum_scheme=self.sum_scheme,
         )
+
+    def tangent(self, n: int, k: int) -> Node:
+        """The tangent of argument k, the n-th tangent argument (position ``nargs + n``)."""
+        pos, dim, cat = self.args[k].params
+        return var(self.nargs + n, dim, cat)
+
+    def tangent_extra(self, ks: Sequence[int]) -> list[tuple[Node, str]]:
+        return [(self.tangent(n, k), f"tangent of {self.names[k]}") for n, k in enumerate(ks)]
+
+    def sum_with(self, formula: Node, extra: Sequence[tuple[Node, str]]) -> "Reduction":
+        """A Sum of ``formula`` over the same index as this reduction, over the arguments plus
+        ``extra``."""
+        return Reduction(
+            formula,
+            "Sum",
+            self.out_cat,
+            (*self.args, *(v for v, _ in extra)),
+            (*self.names, *(n for _, n in extra)),
+            self.dtype_acc,
+            sum_scheme=self.sum_scheme,
+        )
+
+    def jvp(self, ks: tuple[int, ...]) -> Plan:
+        """How to compute the forward-mode derivative (JVP) given tangents of the arguments
+        ``ks`` (memoised).  Raises NotImplementedError for a reduction without a rule."""
+        rule = self.rdef.jvp
+        if rule is None:
+            raise NotImplementedError(
+                f"{self.red} has no forward-mode derivative (jvp); Sum, Min, Max, KMin and "
+                "their Arg pairs, LogSumExp and SumSoftMaxWeight have one"
+            )
+        key = ("jvp", tuple(ks))
+        if key not in self.memo:
+            self.memo[key] = rule(self, tuple(ks))
+        return self.memo[key]
 
     def vjp(self, k: int) -> Plan:
         """How to compute the gradient w.r.t. argument k (memoised); None: identically zero.

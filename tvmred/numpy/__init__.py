@@ -1,54 +1,25 @@
-"""NumPy binding: ``from tvmred.numpy import Genred`` (drop-in for ``pykeops.numpy.Genred``).
-
-Arrays are shared with the kernels without copies (through torch's zero-copy ``from_numpy``);
-non-contiguous arrays are copied once.  No autograd."""
+"""NumPy binding (drop-in for ``pykeops.numpy``): ``Genred``, ``LazyTensor`` / ``Vi`` /
+``Vj`` / ``Pm``, ``KernelSolve``, ``generic_sum`` / ``generic_logsumexp`` /
+``generic_argmin`` / ``generic_argkmin``.  Arrays are shared with the kernels without copies
+(through torch's zero-copy ``from_numpy``); non-contiguous arrays are copied once.  No
+autograd."""
 
 from __future__ import annotations
 
-from typing import Optional
+from .generic import generic_argkmin, generic_argmin, generic_logsumexp, generic_sum
+from .genred import Genred
+from .lazytensor import LazyTensor, Pm, Vi, Vj
+from .solve import KernelSolve
 
-import numpy as np
-import torch
-
-from .. import dispatch, genred
-from ..genred import copy_into, placement, run
-
-
-class Genred(genred.Genred):
-    __doc__ = genred.Genred.__doc__
-
-    def __call__(  # type: ignore[override]
-        self,
-        *args: np.ndarray,
-        backend: str = "auto",
-        device_id: int = -1,
-        ranges: object = None,
-        out: Optional[np.ndarray] = None,
-    ) -> np.ndarray:
-        targs = []
-        for k, a in enumerate(args):
-            if not isinstance(a, np.ndarray):
-                raise TypeError(
-                    f"argument {self.reduction.describe(k)} must be a numpy array, "
-                    f"got {type(a).__name__}"
-                )
-            if a.dtype not in (np.float32, np.float64):
-                raise TypeError(
-                    f"argument {self.reduction.describe(k)} has dtype {a.dtype}; "
-                    "tvmred supports float32 and float64"
-                )
-            targs.append(torch.from_numpy(np.ascontiguousarray(a)))
-        if ranges is not None:
-            ranges = tuple(torch.from_numpy(np.asarray(t)) for t in ranges)
-        dev, host = placement(targs, backend, device_id)
-        if host:
-            targs = [t.to(dev) for t in targs]
-        res = dispatch.call(self.reduction, targs, lambda *a: run(self.reduction, a), ranges)
-        res = tuple(t.cpu() for t in res) if isinstance(res, tuple) else res.cpu()
-        if out is not None:
-            copy_into(res, torch.from_numpy(out))
-            return out
-        return tuple(t.numpy() for t in res) if isinstance(res, tuple) else res.numpy()
-
-
-__all__ = ["Genred"]
+__all__ = [
+    "Genred",
+    "KernelSolve",
+    "LazyTensor",
+    "Pm",
+    "Vi",
+    "Vj",
+    "generic_argkmin",
+    "generic_argmin",
+    "generic_logsumexp",
+    "generic_sum",
+]

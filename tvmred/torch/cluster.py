@@ -1,6 +1,7 @@
 """Block-sparsity helpers, as ``pykeops.torch.cluster``: cluster points, sort them by
 cluster, and turn a cluster-level boolean mask into the ``ranges`` 6-tuple that
-``Genred(...)(..., ranges=...)`` accepts."""
+``Genred(...)(..., ranges=...)`` and ``LazyTensor.ranges`` accept (``swap_axes`` for the
+transposed problem)."""
 
 from __future__ import annotations
 
@@ -88,7 +89,14 @@ def from_matrix(ranges_i: torch.Tensor, ranges_j: torch.Tensor, keep: torch.Tens
     return (ranges_i, slices_i, redranges_j, ranges_j, slices_j, redranges_i)
 
 
+def swap_axes(ranges: Optional[tuple]) -> Optional[tuple]:
+    """The ``ranges`` of the transposed problem (i and j exchanged): the last three arrays
+    first; None stays None."""
+    return None if ranges is None else (*ranges[3:6], *ranges[0:3])
+
+
 __all__ = [
+    "swap_axes",
     "grid_cluster",
     "sort_clusters",
     "cluster_ranges",

@@ -1,0 +1,421 @@
+"""``LazyTensor``: pykeops' symbolic matrices, built directly on tvmred's formula trees.
+
+A LazyTensor ``K`` of shape ``(..., M, N, D)`` is a formula ``F(x_i, y_j, p)`` and the small
+arrays it reads: ``K[..., i, j, :] = F(x_i, y_j, p)``.  Operators and math methods build the
+formula (one memoised node per operation, :mod:`tvmred.lazynodes`); a reduction
+(``K.sum(dim=1)``, ``K.logsumexp(1)``, ``K.argKmin(5, dim=1)``, ``K @ v``, ...) turns it into a
+:class:`~tvmred.reductions.Reduction` -- memoised too, so that its compiled kernel is found
+again on the next call -- and evaluates it as ``Genred`` does.
+
+This module is binding-agnostic; ``tvmred.torch.LazyTensor`` and ``tvmred.numpy.LazyTensor``
+supply the array type and the call (:class:`Binding`).
+"""
+
+from __future__ import annotations
+
+import operator
+from typing import Any, Optional, Sequence
+
+from . import lazynodes as ln
+from .lazyops import LazyOps
+
+
+class _Leaf:
+    """One variable: an array (i-, j-indexed or parameter), numbers (a parameter whose
+    dtype is the data's), or a symbolic variable ``Var(ind, dim, cat)`` given at call time."""
+
+    __slots__ = ("data", "cat", "dim", "ind", "sig")
+
+    def __init__(self, data: Any, cat: int, dim: int, ind: Optional[int] = None) -> None:
+        self.data, self.cat, self.dim, self.ind = data, cat, dim, ind
+        self.sig = (dim, cat, -1 if ind is None else ind)
+
+    def swapped(self) -> "_Leaf":
+        """The same data as the other index (i <-> j); parameters stay."""
+        return self if self.cat == 2 else _Leaf(self.data, 1 - self.cat, self.dim, self.ind)
+
+
+_INIT_KW = ("dtype_acc", "use_double_acc", "sum_scheme", "enable_chunks", "use_fast_math")
+_INIT_KW += ("optional_flags",)
+_CALL_KW = ("backend", "device_id", "ranges", "out")
+
+
+class GenericLazyTensor(LazyOps):
+    """The binding-agnostic LazyTensor (pykeops' ``GenericLazyTensor``).
+
+    ``LazyTensor(x)`` with ``x`` an array of shape ``(..., M, 1, D)`` (an i-variable),
+    ``(..., 1, N, D)`` (a j-variable) or ``(..., 1, 1, D)`` / ``(D,)`` (a parameter); a 2-D
+    array with ``axis=0`` (i) or ``axis=1`` (j); a float or list of floats (a parameter); an
+    int (a compile-time constant); a tuple ``(ind, dim, cat)`` (a symbolic variable, given
+    when the reduction is called).  Dimensions before the last three are batch dimensions,
+    broadcast between variables."""
+
+    __array_ufunc__ = None  # numpy defers to our reflected operators
+    float_types: tuple = (float,)
+    nid, ndim, leaves = -1, 1, ()
+    _meta: dict = {}  # _dtype, ni, nj, batchdims, ranges, backend (None: absent); shared
+
+    def __init__(self, x: Any = None, axis: Optional[int] = None) -> None:
+        if x is None:
+            return
+        if self.is_array(x):
+            return self._array(x, axis)
+        if isinstance(x, tuple):
+            return self._symbolic(x, axis)
+        if isinstance(x, int) and not isinstance(x, bool):
+            self.nid = ln.integer(x)
+            return
+        if isinstance(x, self.float_types) and not isinstance(x, bool):
+            x = [float(x)]
+        if isinstance(x, list):
+            return self._numbers(x, axis)
+        raise TypeError(
+            f"LazyTensors are built from {self.array_name}, float/integer numbers, lists of "
+            f"floats or (ind, dim, cat) triplets; got {type(x).__name__}"
+        )
+
+    def _get(name: str):  # type: ignore[misc]
+        def get(self) -> Any:
+            return self._meta.get(name)
+
+        def put(self, value: Any) -> None:
+            self._meta = {**self._meta, name: value}
+
+        return property(get, put)
+
+    ni, nj, batchdims = _get("ni"), _get("nj"), _get("batchdims")
+    ranges, backend, _dtype = _get("ranges"), _get("backend"), _get("_dtype")
+    del _get
+
+    # ------------------------------------------------------------------ the binding's part
+
+    array_name = "arrays"
+
+    @staticmethod
+    def is_array(x: Any) -> bool:
+        raise NotImplementedError
+
+    @staticmethod
+    def dtype_name(x: Any) -> str:
+        raise NotImplementedError
+
+    @staticmethod
+    def param(values: list, like: Any) -> Any:
+        """A 1-D array of ``values`` with the dtype and device of ``like``."""
+        raise NotImplementedError
+
+    def evaluate(self, spec: tuple, args: list, kwargs: Optional[dict]) -> Any:
+        """Run the reduction ``spec`` (:func:`tvmred.lazynodes.reduction`) on ``args``
+        (Genred's call options in ``kwargs``; None: a plain call, without batch dimensions,
+        ranges or options)."""
+        raise NotImplementedError
+
+    def solve_spec(self, spec: tuple, pos: int, args: list, alpha: float, kwargs: dict) -> Any:
+        """Solve ``(alpha Id + K) a = b`` for the Sum reduction ``spec``, b in ``args[pos]``."""
+        raise NotImplementedError
+
+    # ---------------------------------------------------------------------- construction
+
+    def _symbolic(self, x: tuple, axis: Optional[int]) -> None:
+        if len(x) != 3 or not all(isinstance(v, int) for v in x):
+            raise ValueError("LazyTensor(tuple) needs a triplet of integers (ind, dim, cat)")
+        if axis is not None:
+            raise ValueError("'axis' must not be given with a symbolic variable (ind, dim, cat)")
+        ind, dim, cat = x
+        if ind < 0 or dim < 1 or cat not in (0, 1, 2):
+            raise ValueError(f"invalid symbolic variable (ind={ind}, dim={dim}, cat={cat})")
+        self._set_leaf(_Leaf(None, cat, dim, ind))
+
+    def _numbers(self, x: list, axis: Optional[int]) -> None:
+        if axis not in (None, 2):
+            raise ValueError("lists of numbers are parameters: axis must be None or 2")
+        if not x or not all(isinstance(v, (int, float)) for v in x):
+            raise TypeError("a list makes a parameter: it must hold real numbers")
+        self._set_leaf(_Leaf([float(v) for v in x], 2, len(x)))
+
+    def _array(self, x: Any, axis: Optional[int]) -> None:
+        meta = {"_dtype": self.dtype_name(x)}
+        shape = x.shape
+        nd = len(shape)
+        if nd >= 3:
+            if axis is not None:
+                raise ValueError("'axis' must not be given for a 3D+ array: it is inferred")
+            if shape[-3] == 1 and shape[-2] == 1:  # (.., 1, 1, D): a parameter
+                x, axis = x.reshape(tuple(shape[:-3]) + (shape[-1],)), 2
+            elif shape[-3] == 1:  # (.., 1, N, D): a j-variable
+                x, axis, n = x.squeeze(-3), 1, shape[-2]
+            elif shape[-2] == 1:  # (.., M, 1, D): an i-variable
+                x, axis, n = x.squeeze(-2), 0, shape[-3]
+            else:
+                raise ValueError(
+                    f"a 3D+ array must have a shape (.., M, 1, D), (.., 1, N, D) or "
+                    f"(.., 1, 1, D); got {tuple(shape)}"
+                )
+            if nd > 3:
+                meta["batchdims"] = tuple(shape[:-3])
+        elif nd == 2 and axis != 2:
+            if axis not in (0, 1):
+                raise ValueError(
+                    "a 2D array needs an explicit axis: 0 (i-variable) or 1 (j-variable)"
+                )
+            n = shape[0]
+        elif axis not in (None, 2):
+            raise ValueError("a 0D or 1D array is a parameter: axis must be None or 2")
+        else:
+            if nd == 0:
+                x = x.reshape(1)
+            elif nd == 2:
+                meta["batchdims"] = (shape[0],)
+            axis = 2
+        dim = operator.index(shape[-1]) if nd else 1  # specialised under torch.compile
+        if axis != 2:
+            meta["ni" if axis == 0 else "nj"] = n
+        leaf = _Leaf(x, axis, dim)
+        self.leaves, self.ndim, self._meta = (leaf,), dim, meta
+        self.nid = ln.leaf(0, dim, axis)
+
+    def _set_leaf(self, leaf: _Leaf) -> None:
+        self.leaves, self.ndim = (leaf,), leaf.dim
+        self.nid = ln.leaf(0, leaf.dim, leaf.cat)
+
+    def lift(self, x: Any) -> "GenericLazyTensor":
+        return x if isinstance(x, GenericLazyTensor) else type(self)(x)
+
+    # ------------------------------------------------------------------------- combining
+
+    def _combine(self, operands: Sequence["GenericLazyTensor"]) -> tuple[list, tuple, dict]:
+        """(formula ids renumbered into one variable list, that list, merged attributes)."""
+        first = operands[0]
+        leaves, nids, meta = first.leaves, [first.nid], first._meta
+        for o in operands[1:]:
+            if o.leaves and leaves:
+                perm = []
+                for leaf in o.leaves:
+                    for k, m in enumerate(leaves):
+                        if m is leaf:
+                            break
+                    else:
+                        k, leaves = len(leaves), (*leaves, leaf)
+                    perm.append(k)
+                same = all(p == n for n, p in enumerate(perm))
+                nids.append(o.nid if same else ln.remap(o.nid, tuple(perm)))
+            else:
+                nids.append(o.nid)
+                leaves = leaves or o.leaves
+            meta = _merge_meta(meta, o._meta)
+        return nids, leaves, meta
+
+    def _derive(self, nid: int, ndim: int, leaves: tuple, meta: dict) -> "GenericLazyTensor":
+        res = object.__new__(type(self))
+        res.nid, res.ndim, res.leaves, res._meta = nid, ndim, leaves, meta
+        return res
+
+    def op(self, name: str, *others: Any, params: tuple = (), first: int = 0) -> Any:
+        """``name(operands; params)`` with ``self`` at position ``first`` among the operands
+        (``first = 1``: the reflected operators)."""
+        ops = [o if isinstance(o, GenericLazyTensor) else type(self)(o) for o in others]
+        ops.insert(first, self)
+        nids, leaves, meta = self._combine(ops)
+        nid, dim = ln.apply(name, tuple(nids), params)
+        return self._derive(nid, dim, leaves, meta)
+
+    def binary(self, name: str, other: Any, first: int = 0) -> "GenericLazyTensor":
+        """``name(self, other)`` (``first = 1``: ``name(other, self)``)."""
+        cls = self.__class__
+        if not isinstance(other, GenericLazyTensor):
+            other = cls(other)
+        a, b = (self, other) if first == 0 else (other, self)
+        la, lb = a.leaves, b.leaves
+        if not (la and lb):
+            leaves = la or lb
+            nid, dim = ln.binary(name, a.nid, b.nid, -1)
+        elif len(lb) == 1 and lb[0] not in la:  # the common case (leaves compare by identity)
+            leaves = la + lb
+            nid, dim = ln.binary(name, a.nid, b.nid, len(la))
+        else:
+            nids, leaves, _ = self._combine((a, b))
+            nid, dim = ln.apply(name, tuple(nids), ())
+        res = object.__new__(cls)
+        res.nid, res.ndim, res.leaves = nid, dim, leaves
+        res._meta = _merge_meta(a._meta, b._meta)
+        return res
+
+    def unary(self, name: str, params: tuple = ()) -> "GenericLazyTensor":
+        nid, dim = ln.unary(name, self.nid, params)
+        res = object.__new__(self.__class__)
+        res.nid, res.ndim, res.leaves, res._meta = nid, dim, self.leaves, self._meta
+        return res
+
+    # ------------------------------------------------------------------------- shapes
+
+    @property
+    def dtype(self) -> Optional[str]:
+        return self._dtype
+
+    @property
+    def _shape(self) -> tuple:
+        m = self._meta
+        return (*(m.get("batchdims") or ()), m.get("ni") or 1, m.get("nj") or 1, self.ndim)
+
+    @property
+    def shape(self) -> tuple:
+        s = self._shape
+        return s[:-1] if s[-1] == 1 else s
+
+    def dim(self) -> int:
+        return len(self._shape)
+
+    @property
+    def nbatchdims(self) -> int:
+        batch = self._meta.get("batchdims")
+        return len(batch) if batch else 0
+
+    @property
+    def formula(self) -> str:
+        return ln.text(self.nid)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}\n    formula: {self.formula}\n    shape: {self.shape}"
+
+    __str__ = __repr__
+
+    # ------------------------------------------------------------------------ reductions
+
+    def reduction(
+        self,
+        reduction_op: str,
+        other: Any = None,
+        opt_arg: Optional[int] = None,
+        axis: Optional[int] = None,
+        dim: Optional[int] = None,
+        call: bool = True,
+        **kwargs: Any,
+    ) -> Any:
+        """``reduction_op`` over i (``axis = nbatchdims``) or j (``nbatchdims + 1``); ``other``
+        is the weight of LogSumExp / SumSoftMaxWeight.  ``call=False`` (or symbolic
+        variables) returns a callable; else the result array(s)."""
+        axis = dim if axis is None else axis
+        nb = self.nbatchdims
+        if axis.__class__ is not int or not nb <= axis <= nb + 1:
+            raise ValueError(
+                f"reductions need axis (or dim) = {nb} (over i) or {nb + 1} (over j), the "
+                f"number of batch dimensions + 0 or 1; got {axis}"
+            )
+        init, call_kw = _split_kwargs(kwargs) if kwargs else (kwargs, kwargs)
+        if other is None:
+            nids, leaves, meta = (self.nid,), self.leaves, self._meta
+        else:
+            nids, leaves, meta = self._combine((self, self.lift(other)))
+            nids = tuple(nids)
+        if init:
+            acc = "float64" if init.get("use_double_acc") else init.get("dtype_acc", "auto")
+            opts = (reduction_op, axis - nb, opt_arg, acc, init.get("sum_scheme", "auto"))
+        else:
+            opts = (reduction_op, axis - nb, opt_arg, "auto", "auto")
+        spec, nsym = ln.plan(nids, tuple([leaf.sig for leaf in leaves]), opts)
+        if call and not nsym:  # evaluate now (the common case: no callable object)
+            if not call_kw and not ("batchdims" in meta or "ranges" in meta or "backend" in meta):
+                return self.evaluate(spec, arguments(self, leaves, ()), None)  # plain
+            if "ranges" in meta or "backend" in meta:
+                call_kw = {**{k: meta[k] for k in ("ranges", "backend") if k in meta}, **call_kw}
+            return self.evaluate(spec, arguments(self, leaves, ()), call_kw)
+        return LazyReduction(self, spec, nsym, leaves, meta, call_kw)
+
+
+def _split_kwargs(kwargs: dict) -> tuple[dict, dict]:
+    """(Genred constructor options, call options); TypeError for anything else."""
+    init, call = {}, {}
+    for k, v in kwargs.items():
+        if k in _INIT_KW:
+            init[k] = v
+        elif k in _CALL_KW:
+            call[k] = v
+        else:
+            raise TypeError(f"unexpected keyword argument {k!r}")
+    return init, call
+
+
+def arguments(lt: "GenericLazyTensor", leaves: tuple, args: Sequence) -> list:
+    """The kernel's arguments: the symbolic ones (``args``), then the data, numbers as
+    arrays with the data's dtype and device."""
+    out = list(args)
+    numbers = False
+    for leaf in leaves:
+        data = leaf.data
+        if data is not None:
+            out.append(data)
+            numbers = numbers or data.__class__ is list
+    if numbers:
+        like = None
+        for a in out:
+            if a.__class__ is not list:
+                like = a
+                break
+        if like is None:
+            raise ValueError("a LazyTensor of numbers only has no dtype: give an array")
+        out = [lt.param(a, like) if a.__class__ is list else a for a in out]
+    return out
+
+
+def _merge_meta(a: dict, b: dict) -> dict:
+    """The attributes of a combination: each set in one operand, or equal in both."""
+    if a is b or not b:
+        return a
+    if not a:
+        return b
+    out = {**a, **b}
+    for k in a.keys() & b.keys():
+        out[k] = broadcast(a[k], b[k]) if k == "batchdims" else _merge(k, a[k], b[k])
+    return out
+
+
+def _merge(name: str, a: Any, b: Any) -> Any:
+    if a is None or b is None:
+        return b if a is None else a
+    if name == "ranges":
+        if len(a) == len(b) and all(x is y or _same(x, y) for x, y in zip(a, b)):
+            return a
+    elif a == b:  # (no `is`: torch.compile does not trace it on tuples)
+        return a
+    raise ValueError(f"incompatible values for attribute {name}: {a} and {b}")
+
+
+def _same(x: Any, y: Any) -> bool:
+    return tuple(x.shape) == tuple(y.shape) and bool((x == y).all())
+
+
+def broadcast(a: Optional[tuple], b: Optional[tuple]) -> Optional[tuple]:
+    """Broadcast batch shapes (numpy's rule); ValueError if they do not broadcast."""
+    if a is None or b is None:
+        return b if a is None else a
+    n = max(len(a), len(b))
+    a, b = (1,) * (n - len(a)) + tuple(a), (1,) * (n - len(b)) + tuple(b)
+    if any(x != y and 1 not in (x, y) for x, y in zip(a, b)):
+        raise ValueError(f"incompatible batch dimensions: {a} and {b}")
+    return tuple(max(x, y) for x, y in zip(a, b))
+
+
+class LazyReduction:
+    """A reduced LazyTensor: calling it evaluates the reduction (pykeops' ``call=False``
+    result).  Symbolic variables are given as positional arguments, in position order."""
+
+    def __init__(self, lt, spec: tuple, nsym: int, leaves: tuple, meta: dict, kw: dict) -> None:
+        self.lt, self.spec, self.nsym, self.leaves = lt, spec, nsym, leaves
+        self.reduction_op, self.axis = spec[2], spec[3]
+        self.kwargs = {k: meta[k] for k in ("ranges", "backend") if meta.get(k) is not None}
+        self.kwargs.update(kw)
+
+    def full_arguments(self, args: Sequence) -> list:
+        return arguments(self.lt, self.leaves, args)
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        if len(args) != self.nsym:
+            raise ValueError(
+                f"this reduction takes {self.nsym} argument(s) for its symbolic variables, "
+                f"got {len(args)}"
+            )
+        kw = {**self.kwargs, **kwargs} if kwargs else self.kwargs
+        return self.lt.evaluate(self.spec, arguments(self.lt, self.leaves, args), kw)
+
+
+__all__ = ["GenericLazyTensor", "LazyReduction"]

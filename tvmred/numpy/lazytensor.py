@@ -1,0 +1,62 @@
+"""``tvmred.numpy.LazyTensor``, ``Vi``, ``Vj``, ``Pm``: pykeops' LazyTensor on numpy arrays
+(the core is :class:`tvmred.lazy.GenericLazyTensor`; no autograd)."""
+
+from __future__ import annotations
+
+from typing import Any, Optional
+
+import numpy as np
+
+from .. import lazynodes as ln
+from ..lazy import GenericLazyTensor
+from .genred import call
+from .solve import kernel_solve
+
+
+class LazyTensor(GenericLazyTensor):
+    __doc__ = GenericLazyTensor.__doc__
+    array_name = "numpy arrays"
+    float_types = (float, np.floating)
+
+    @staticmethod
+    def is_array(x: Any) -> bool:
+        return isinstance(x, np.ndarray)
+
+    @staticmethod
+    def dtype_name(x: np.ndarray) -> str:
+        if x.dtype not in (np.float32, np.float64):
+            what = "complex LazyTensors are" if x.dtype.kind == "c" else f"dtype {x.dtype} is"
+            raise TypeError(f"{what} not supported: tvmred supports float32 and float64")
+        return str(x.dtype)
+
+    @staticmethod
+    def param(values: list, like: np.ndarray) -> np.ndarray:
+        return np.array(values, dtype=like.dtype)
+
+    def evaluate(self, spec: tuple, args: list, kwargs: Optional[dict]) -> Any:
+        return call(ln.reduction(spec), args, **(kwargs or {}))
+
+    def solve_spec(self, spec: tuple, pos: int, args: list, alpha: float, kwargs: dict) -> Any:
+        return kernel_solve(ln.reduction(spec), pos, args, alpha=alpha, **kwargs)
+
+
+def Var(x_or_ind: Any, dim: Optional[int] = None, cat: Optional[int] = None) -> LazyTensor:
+    """``Var(x, cat=c)``: a LazyTensor of data; ``Var(ind, dim, cat)``: a symbolic variable."""
+    if dim is None:
+        return LazyTensor(x_or_ind, axis=cat)
+    return LazyTensor((x_or_ind, dim, cat))
+
+
+def Vi(x_or_ind: Any, dim: Optional[int] = None) -> LazyTensor:
+    """An i-indexed variable: ``Vi(x)`` for x of shape (M, D), or ``Vi(ind, dim)``."""
+    return Var(x_or_ind, dim, 0)
+
+
+def Vj(x_or_ind: Any, dim: Optional[int] = None) -> LazyTensor:
+    """A j-indexed variable: ``Vj(y)`` for y of shape (N, D), or ``Vj(ind, dim)``."""
+    return Var(x_or_ind, dim, 1)
+
+
+def Pm(x_or_ind: Any, dim: Optional[int] = None) -> LazyTensor:
+    """A parameter: ``Pm(p)`` for p of shape (D,) or a number, or ``Pm(ind, dim)``."""
+    return Var(x_or_ind, dim, 2)

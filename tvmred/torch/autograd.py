@@ -1,0 +1,138 @@
+"""Autograd for one plain reduction, and the call path every torch entry point shares.
+
+``backward`` evaluates the reduction's gradient plans and ``jvp`` its forward-mode plans
+(:mod:`tvmred.torch.plans`), both through these Functions again, so derivatives of any order
+work in eager mode and under ``torch.func`` (``grad``, ``vjp``, ``jacrev``, ``jvp``,
+``jacfwd``, ``hessian``, ``vmap``).  Two ``torch.autograd.Function`` classes share them:
+``_GenredFn`` runs the kernel directly (eager, no transform active); ``_GenredFuncFn``, in the
+functorch-compatible form (``setup_context``, ``generate_vmap_rule``), calls the
+``tvmred::genred`` custom op, which carries the vmap rule.  Under ``torch.compile`` the custom
+op is called directly (its registered autograd gives the backward).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Optional, Union
+
+import torch
+
+from .. import dispatch
+from ..genred import copy_into, placement
+from ..reductions import Reduction
+from . import plans
+from .library import Signature, genred, key_of, outputs
+
+
+def _setup(ctx, r: Reduction, args, output) -> None:
+    ctx.mark_non_differentiable(*[o for o in output if not o.is_floating_point()])
+    ctx.r, ctx.nargs = r, len(args)
+    ctx.save_for_backward(*args, *output)
+    ctx.save_for_forward(*args, *output)
+
+
+def _backward(ctx, *grads: Optional[torch.Tensor]):
+    r: Reduction = ctx.r
+    args, outs, sel = _saved(ctx)
+    g = grads[0]
+    res: list[Optional[torch.Tensor]] = [None]
+    for k, a in enumerate(args):
+        if not ctx.needs_input_grad[k + 1] or g is None:
+            res.append(None)
+            continue
+        grad = plans.vjp(r, k, args, outs, sel, g.contiguous(), apply_fn)
+        res.append(plans.finish(r, k, grad, a))
+    return tuple(res)
+
+
+def _jvp(ctx, *tangents: Optional[torch.Tensor]):
+    args, outs, sel = _saved(ctx)
+    res = plans.jvp(ctx.r, tangents[1:], args, outs, sel, apply_fn)
+    return tuple(res) + (None,) * len(sel)
+
+
+class _GenredFn(torch.autograd.Function):
+    """Eager mode (no functorch transform active): the old-style Function, whose ``apply``
+    does not bind the arguments to a signature (tens of microseconds per call)."""
+
+    @staticmethod
+    def forward(ctx, r: Reduction, *args: torch.Tensor):  # type: ignore[override]
+        out = tuple(outputs(r, args))
+        _setup(ctx, r, args, out)
+        return out
+
+    backward = staticmethod(_backward)  # type: ignore[assignment]
+    jvp = staticmethod(_jvp)  # type: ignore[assignment]
+
+
+class _GenredFuncFn(torch.autograd.Function):
+    """Under torch.func transforms: ``setup_context``, and the custom op (its vmap rule)."""
+
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(r: Reduction, *args: torch.Tensor):  # type: ignore[override]
+        return tuple(genred(key_of(r), list(args)))
+
+    @staticmethod
+    def setup_context(ctx, inputs, output) -> None:
+        _setup(ctx, inputs[0], inputs[1:], output)
+
+    backward = staticmethod(_backward)  # type: ignore[assignment]
+    jvp = staticmethod(_jvp)  # type: ignore[assignment]
+
+
+def _function(r: Reduction, *args: torch.Tensor) -> tuple:
+    if torch._C._are_functorch_transforms_active():
+        return _GenredFuncFn.apply(r, *args)
+    return _GenredFn.apply(r, *args)
+
+
+def _saved(ctx) -> tuple:
+    """(arguments, user outputs, selected positions) saved by setup_context."""
+    saved = ctx.saved_tensors
+    nsel = int(ctx.r.rdef.index_states is not None)
+    args, rest = saved[: ctx.nargs], saved[ctx.nargs :]
+    return args, rest[: len(rest) - nsel], rest[len(rest) - nsel :]
+
+
+def apply(r: Union[Reduction, Signature], *args: torch.Tensor) -> Any:
+    """pykeops' output(s) of one plain reduction, differentiable."""
+    if isinstance(r, Signature):  # torch.compile, from a LazyTensor
+        outs, nsel = genred(r.key, list(args)), r.nsel
+    else:
+        nsel = int(r.rdef.index_states is not None)
+        outs = (
+            genred(key_of(r), list(args)) if torch.compiler.is_compiling() else _function(r, *args)
+        )
+    n = len(outs) - nsel
+    return outs[0] if n == 1 else tuple(outs[:n])
+
+
+def apply_fn(r: Reduction, *args: torch.Tensor) -> torch.Tensor:
+    """The first output (what a gradient step computes)."""
+    return _function(r, *args)[0]
+
+
+def call(
+    r: Union[Reduction, Signature],
+    args,
+    backend: str = "auto",
+    device_id: int = -1,
+    ranges: Any = None,
+    out: Optional[torch.Tensor] = None,
+) -> Any:
+    """A reduction call as ``Genred.__call__`` makes it: device placement (pykeops'
+    backends), batch dimensions and ranges, ``out=``."""
+    dev, host = placement(args, backend, device_id)
+    if host:  # pykeops' "_host" backends: compute on the GPU, return on the CPU
+        args = tuple(a.to(dev) if isinstance(a, torch.Tensor) else a for a in args)
+    if out is not None:
+        with torch.no_grad():
+            res = dispatch.call(r, args, lambda *a: apply(r, *a), ranges)
+        if isinstance(res, tuple):
+            raise ValueError("out= is not supported for a reduction with two outputs")
+        return copy_into(res.cpu() if host else res, out)
+    res = dispatch.call(r, args, lambda *a: apply(r, *a), ranges)
+    if host:
+        res = tuple(t.cpu() for t in res) if isinstance(res, tuple) else res.cpu()
+    return res

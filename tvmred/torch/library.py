@@ -1,0 +1,174 @@
+"""The kernel call as a ``torch.library`` custom op, ``tvmred::genred(key, args)``, so that
+``torch.compile`` traces through a reduction without a graph break and ``torch.func``
+transforms see an operator they know.
+
+* ``key`` names a :class:`~tvmred.reductions.Reduction` in a process-level registry; it is
+  the reduction's serialisation, so a process that loads a compiled graph from torch's
+  caches rebuilds the reductions it has not traced itself;
+* the outputs are pykeops' output(s) of one plain ``(M, N)`` reduction, followed, for the
+  Min/Max/KMin family, by the selected positions ``(n, K, D)`` (int64) that their gradient
+  needs; batch dimensions and ``ranges`` are handled around the op (:mod:`tvmred.dispatch`);
+* the fake (meta) implementation allocates the kernel's state buffers as fake tensors and
+  runs the reduction's own ``finalize`` on them, so output shapes and dtypes come from the
+  same rule as the real outputs;
+* vmap: one call per batch index; autograd (used under ``torch.compile``): the reduction's
+  gradient plans, through the op again.
+"""
+
+from __future__ import annotations
+
+import base64
+import pickle
+import zlib
+from typing import NamedTuple
+
+import torch
+
+from ..genred import TORCH_DTYPES, run_states
+from ..reductions import Reduction
+from ..tree import Node, postorder
+from . import plans
+
+REGISTRY: dict[str, Reduction] = {}
+
+
+@torch.compiler.assume_constant_result  # torch.compile runs it, never traces it
+def key_of(r: Reduction) -> str:
+    """The registry key of ``r`` (registering it on first use; memoised on ``r``): its
+    serialisation, so that any process can rebuild the reduction from a key found in a
+    cached compiled graph."""
+    key = r.memo.get("key")
+    if key is None:
+        key = base64.b64encode(zlib.compress(pickle.dumps(_flat(r), protocol=4), 9)).decode()
+        REGISTRY.setdefault(key, r)
+        r.memo["key"] = key
+    return key
+
+
+def _flat(r: Reduction) -> tuple:
+    """``r`` with its formula nodes as one postorder table (op, argument rows, params, dim):
+    no recursion, whatever the formula's depth."""
+    rows: dict[int, int] = {}
+    table: list[tuple] = []
+    roots = [r.formula, *r.args, r.main, r.weight]
+    for root in roots:
+        for n in postorder(root) if root is not None else ():
+            if id(n) not in rows:
+                rows[id(n)] = len(table)
+                table.append((n.op, tuple(rows[id(a)] for a in n.args), n.params, n.dim))
+    refs = [-1 if n is None else rows[id(n)] for n in roots]
+    return table, refs, (r.red, r.out_cat, r.names, r.dtype_acc, r.k, r.sum_scheme)
+
+
+def _unflat(flat: tuple) -> Reduction:
+    table, refs, (red, out_cat, names, dtype_acc, k, sum_scheme) = flat
+    nodes: list[Node] = []
+    for op, args, params, dim in table:
+        nodes.append(Node(op, tuple(nodes[i] for i in args), params, dim))
+    formula, *args, main, weight = (None if i < 0 else nodes[i] for i in refs)
+    return Reduction(
+        formula, red, out_cat, tuple(args), names, dtype_acc, k, main, weight, sum_scheme
+    )
+
+
+class Signature(NamedTuple):
+    """What the call path needs of a reduction under ``torch.compile`` when the
+    :class:`Reduction` object is out of the traced code's reach: plain constants."""
+
+    key: str
+    nargs: int
+    cats: tuple
+    out_cat: int
+    names: tuple
+    nsel: int  # 1 when the op's last output is the selected positions
+
+
+def signature(r: Reduction) -> Signature:
+    nsel = int(r.rdef.index_states is not None)
+    return Signature(key_of(r), r.nargs, r.cats, r.out_cat, r.names, nsel)
+
+
+def lookup(key: str) -> Reduction:
+    r = REGISTRY.get(key)
+    if r is None:  # a key from a compiled graph that this process has not traced
+        try:
+            r = _unflat(pickle.loads(zlib.decompress(base64.b64decode(key))))
+        except Exception as e:
+            raise KeyError(f"tvmred::genred: {key[:40]!r}... is not a reduction key") from e
+        r.memo["key"] = key
+        REGISTRY[key] = r
+    return r
+
+
+def outputs(r: Reduction, args) -> list[torch.Tensor]:
+    """Run the kernel: pykeops' output(s), then the selected positions if any."""
+    out, state = run_states(r, args)
+    outs = list(out) if isinstance(out, tuple) else [out]
+    if r.rdef.index_states is not None:
+        outs.append(r.rdef.selected(state, r.k))
+    return outs
+
+
+@torch.library.custom_op("tvmred::genred", mutates_args=())
+def genred(key: str, args: list[torch.Tensor]) -> list[torch.Tensor]:
+    return outputs(lookup(key), args)
+
+
+@genred.register_fake
+def _(key: str, args: list[torch.Tensor]) -> list[torch.Tensor]:
+    r = lookup(key)
+    dtype = TORCH_DTYPES[args[0].dtype]
+    n_out = next((a.shape[0] for a, v in zip(args, r.args) if v.params[2] == r.out_cat), 1)
+    acc, variant = r.resolve(dtype)
+    state = [
+        args[0].new_empty((n_out, cols), dtype=getattr(torch, dt))
+        for cols, dt in r.rdef.state(r.formula.dim, variant, dtype, acc)
+    ]
+    out = r.rdef.finalize(state, variant, args[0].dtype)
+    outs = [o.contiguous() for o in (out if isinstance(out, tuple) else (out,))]
+    if r.rdef.index_states is not None:
+        outs.append(r.rdef.selected(state, r.k))
+    return outs
+
+
+def _vmap(info, in_dims, key: str, args: list[torch.Tensor]):
+    """One reduction per batch index, stacked along a new leading dimension."""
+    dims = in_dims[1]
+    per_batch = []
+    for b in range(info.batch_size):
+        sub = [a if d is None else a.select(d, b) for a, d in zip(args, dims)]
+        per_batch.append(genred(key, sub))
+    outs = [torch.stack(o) for o in zip(*per_batch)]
+    return outs, [0] * len(outs)
+
+
+torch.library.register_vmap("tvmred::genred", _vmap)
+
+
+def apply_op(red: Reduction, *args: torch.Tensor) -> torch.Tensor:
+    return genred(key_of(red), list(args))[0]
+
+
+def _setup(ctx, inputs, output) -> None:
+    key, args = inputs
+    ctx.key, ctx.nargs = key, len(args)
+    ctx.save_for_backward(*args, *output)
+
+
+def _backward(ctx, grads):
+    r = lookup(ctx.key)
+    saved = ctx.saved_tensors
+    args, outs = saved[: ctx.nargs], saved[ctx.nargs :]
+    nsel = int(r.rdef.index_states is not None)
+    g = grads[0]
+    res = []
+    for k, a in enumerate(args):
+        if g is None or r.rdef.vjp is None:
+            res.append(None)
+            continue
+        grad = plans.vjp(r, k, args, outs, outs[len(outs) - nsel :], g.contiguous(), apply_op)
+        res.append(plans.finish(r, k, grad, a))
+    return None, res
+
+
+torch.library.register_autograd("tvmred::genred", _backward, setup_context=_setup)

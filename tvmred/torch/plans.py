@@ -1,0 +1,113 @@
+"""Derivatives of a reduction with torch tensors: the gradient plans of
+:mod:`tvmred.reductions` (:meth:`~tvmred.reductions.Reduction.vjp` for reverse mode,
+:meth:`~tvmred.reductions.Reduction.jvp` for forward mode) evaluated by further reductions.
+
+Every reduction of a plan goes through ``apply(red, *tensors) -> tensor``: the autograd
+Function in eager mode (so derivatives of derivatives follow, to any order), the custom op
+under ``torch.compile``.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Optional, Sequence
+
+import torch
+
+from ..reductions import Chain, Gathered, Reduction
+
+Apply = Callable[..., torch.Tensor]
+
+
+def chain(plan: Chain, args: Sequence, values: dict, apply: Apply) -> torch.Tensor:
+    """The last step's result; a step's extra arguments are ``values[name]`` (a list of
+    tensors) or an earlier step's result."""
+    results: list[torch.Tensor] = []
+    for step in plan.steps:
+        extra: list[torch.Tensor] = []
+        for e in step.extra:
+            extra.extend([results[e]] if isinstance(e, int) else values[e])
+        results.append(apply(step.red, *args, *extra))
+    return results[-1]
+
+
+def vjp(r: Reduction, k: int, args, outs, sel, g: torch.Tensor, apply: Apply):
+    """The gradient w.r.t. argument k for the incoming gradient ``g`` (None: zero)."""
+    plan = r.vjp(k)
+    if plan is None:
+        return None
+    if isinstance(plan, Chain):
+        return chain(plan, args, {"grad": [g], "out": list(outs[:1])}, apply)
+    return _gathered_vjp(plan, r, k, args, sel[0], g, apply)
+
+
+def _gathered_vjp(plan: Gathered, r: Reduction, k: int, args, idx, g, apply: Apply):
+    """Min/Max/KMin: the gradient flows through the selected (i, j) pairs, as torch.min does:
+    for each selected index and component, the reduced-index arguments' selected rows are
+    gathered, and the result scattered back when argument k is reduced-indexed."""
+    red_cat = 1 - r.out_cat
+    if _nothing_selected(r, args):
+        return None
+    n_out, K, D = idx.shape
+    g = g.reshape(n_out, K, D)
+    total = None
+    for kk in range(K):
+        for u, spec in enumerate(plan.parts):
+            if spec is None:
+                continue
+            J = idx[:, kk, u]
+            Jc = J.clamp(min=0)
+            gathered = [b[Jc] if v.params[2] == red_cat else b for b, v in zip(args, r.args)]
+            gu = (g[:, kk, u] * (J >= 0)).unsqueeze(1).contiguous()
+            res = apply(spec, *gathered, gu)
+            if r.args[k].params[2] == red_cat:
+                res = res.new_zeros(args[k].shape[0], res.shape[1]).index_add(0, Jc, res)
+            total = res if total is None else total + res
+    return total
+
+
+def _nothing_selected(r: Reduction, args) -> bool:
+    """No reduced-index rows (N = 0 on this axis): every selected index is -1."""
+    red_cat = 1 - r.out_cat
+    return any(v.params[2] == red_cat and len(b) == 0 for b, v in zip(args, r.args))
+
+
+def finish(r: Reduction, k: int, res: Optional[torch.Tensor], a: torch.Tensor) -> torch.Tensor:
+    """A gradient shaped like argument k (zeros for None; parameters summed over rows)."""
+    if res is None:
+        return torch.zeros_like(a)
+    if r.args[k].params[2] == 2 and res.dim() == 2:  # parameter: summed over output rows
+        res = res.sum(0)
+    return res.reshape(a.shape)
+
+
+def jvp(r: Reduction, tangents: Sequence, args, outs, sel, apply: Apply) -> list:
+    """Tangents of the outputs ``outs`` (None for index outputs) given the tangents of the
+    arguments (None: zero)."""
+    ks = tuple(k for k, t in enumerate(tangents) if t is not None)
+    res: list = [None] * len(outs)
+    if not ks or not outs[0].is_floating_point():
+        return [None if not o.is_floating_point() else torch.zeros_like(o) for o in outs]
+    ts = [tangents[k] for k in ks]
+    plan = r.jvp(ks)
+    if isinstance(plan, Chain):
+        res[0] = chain(plan, args, {"tangents": ts, "out": list(outs[:1])}, apply)
+    else:
+        res[0] = _gathered_jvp(plan, r, ks, args, ts, sel[0], apply).reshape(outs[0].shape)
+    return res
+
+
+def _gathered_jvp(plan: Gathered, r: Reduction, ks, args, ts, idx, apply: Apply):
+    """d out[i, k, u] = component u of dF at the selected pair (i, idx[i, k, u])."""
+    red_cat = 1 - r.out_cat
+    n_out, K, D = idx.shape
+    if _nothing_selected(r, args):
+        return args[0].new_zeros(n_out, K, D)
+    cols = []
+    for kk in range(K):
+        for u, spec in enumerate(plan.parts):
+            J = idx[:, kk, u]
+            Jc = J.clamp(min=0)
+            sub = [b[Jc] if v.params[2] == red_cat else b for b, v in zip(args, r.args)]
+            sub += [t[Jc] if r.args[k].params[2] == red_cat else t for t, k in zip(ts, ks)]
+            cols.append(apply(spec, *sub)[:, 0] * (J >= 0))
+    return torch.stack(cols, dim=1).reshape(n_out, K, D)
