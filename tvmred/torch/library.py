@@ -18,14 +18,15 @@ transforms see an operator they know.
 from __future__ import annotations
 
 import base64
-import pickle
+import json
 import zlib
 from typing import NamedTuple
 
 import torch
 
 from ..genred import TORCH_DTYPES, run_states
-from ..reductions import Reduction
+from ..ops import REGISTRY as REGISTRY_OPS
+from ..reductions import REDUCTIONS, Reduction
 from ..tree import Node, postorder
 from . import plans
 
@@ -39,7 +40,7 @@ def key_of(r: Reduction) -> str:
     cached compiled graph."""
     key = r.memo.get("key")
     if key is None:
-        key = base64.b64encode(zlib.compress(pickle.dumps(_flat(r), protocol=4), 9)).decode()
+        key = base64.b64encode(zlib.compress(json.dumps(_flat(r)).encode(), 9)).decode()
         REGISTRY.setdefault(key, r)
         r.memo["key"] = key
     return key
@@ -60,14 +61,19 @@ def _flat(r: Reduction) -> tuple:
     return table, refs, (r.red, r.out_cat, r.names, r.dtype_acc, r.k, r.sum_scheme)
 
 
-def _unflat(flat: tuple) -> Reduction:
+def _unflat(flat: list) -> Reduction:
+    """The reduction of a decoded key (JSON: plain data, nothing executed)."""
     table, refs, (red, out_cat, names, dtype_acc, k, sum_scheme) = flat
     nodes: list[Node] = []
     for op, args, params, dim in table:
-        nodes.append(Node(op, tuple(nodes[i] for i in args), params, dim))
+        if op not in REGISTRY_OPS:
+            raise ValueError(f"unknown operation {op!r}")
+        nodes.append(Node(op, tuple(nodes[i] for i in args), tuple(params), dim))
     formula, *args, main, weight = (None if i < 0 else nodes[i] for i in refs)
+    if red not in REDUCTIONS:
+        raise ValueError(f"unknown reduction {red!r}")
     return Reduction(
-        formula, red, out_cat, tuple(args), names, dtype_acc, k, main, weight, sum_scheme
+        formula, red, out_cat, tuple(args), tuple(names), dtype_acc, k, main, weight, sum_scheme
     )
 
 
@@ -92,7 +98,7 @@ def lookup(key: str) -> Reduction:
     r = REGISTRY.get(key)
     if r is None:  # a key from a compiled graph that this process has not traced
         try:
-            r = _unflat(pickle.loads(zlib.decompress(base64.b64decode(key))))
+            r = _unflat(json.loads(zlib.decompress(base64.b64decode(key))))
         except Exception as e:
             raise KeyError(f"tvmred::genred: {key[:40]!r}... is not a reduction key") from e
         r.memo["key"] = key
