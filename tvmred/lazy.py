@@ -134,9 +134,16 @@ class GenericLazyTensor(LazyOps):
         self._set_leaf(_Leaf([float(v) for v in x], 2, len(x)))
 
     def _array(self, x: Any, axis: Optional[int]) -> None:
-        meta = {"_dtype": self.dtype_name(x)}
         shape = x.shape
         nd = len(shape)
+        if nd == 3 and axis is None and (shape[0] == 1) != (shape[1] == 1):  # the usual case
+            cat = 1 if shape[0] == 1 else 0  # (1, N, D): j; (M, 1, D): i
+            dim = operator.index(shape[2])
+            self.leaves, self.ndim = (_Leaf(x.squeeze(-3 if cat else -2), cat, dim),), dim
+            self._meta = {"_dtype": self.dtype_name(x), "nj" if cat else "ni": shape[cat]}
+            self.nid = ln.leaf(0, dim, cat)
+            return
+        meta = {"_dtype": self.dtype_name(x)}
         if nd >= 3:
             if axis is not None:
                 raise ValueError("'axis' must not be given for a 3D+ array: it is inferred")
