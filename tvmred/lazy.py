@@ -136,7 +136,8 @@ class GenericLazyTensor(LazyOps):
     def _array(self, x: Any, axis: Optional[int]) -> None:
         shape = x.shape
         nd = len(shape)
-        if nd == 3 and axis is None and (shape[0] == 1) != (shape[1] == 1):  # the usual case
+        # the usual case; plain bools, as torch.compile traces symbolic shapes here
+        if nd == 3 and axis is None and bool(shape[0] == 1) is not bool(shape[1] == 1):
             cat = 1 if shape[0] == 1 else 0  # (1, N, D): j; (M, 1, D): i
             dim = operator.index(shape[2])
             self.leaves, self.ndim = (_Leaf(x.squeeze(-3 if cat else -2), cat, dim),), dim
