@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import sys
 from pathlib import Path
 
@@ -26,24 +25,17 @@ import torch  # noqa: E402
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import timing  # noqa: E402
 from timing import min_time  # noqa: E402
 
-import tvmred  # noqa: E402
 from tvmred.torch import Genred, LazyTensor, Vi, Vj  # noqa: E402
 
 
 def machine() -> str:
-    cpu = platform.processor() or "?"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    m = timing.machine()
     return (
-        f"{cpu}, {os.cpu_count()} CPUs, torch {torch.__version__}, tvmred {tvmred.__version__}, "
-        f"TVM_NUM_THREADS={os.environ.get('TVM_NUM_THREADS')}"
+        f"{m['cpu']}, {m['cores']} CPUs, torch {m['torch']}, tvmred {m['tvmred']}, "
+        f"TVM_NUM_THREADS={m['tvm_threads']}"
     )
 
 

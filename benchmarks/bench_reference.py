@@ -29,7 +29,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import shutil
 import subprocess
 import sys
@@ -45,6 +44,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "benchmarks"))
+import timing  # noqa: E402
 from timing import min_time as _min_time  # noqa: E402
 
 M, N = 3000, 5000
@@ -235,36 +235,7 @@ def git_revision() -> str:
 
 
 def machine() -> dict[str, Any]:
-    import torch
-    import tvm
-
-    from tvmred.build import __version__, cpu_target
-
-    cpu = "unknown"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        cpu = platform.processor() or cpu
-    info = {
-        "cpu": cpu,
-        "cores": os.cpu_count(),
-        "torch_threads": torch.get_num_threads(),
-        "llvm_mcpu": cpu_target()["mcpu"],
-        "platform": platform.platform(),
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "tvm": tvm.__version__,
-        "tvmred": __version__,
-        "tvmred_git": git_revision(),
-    }
-    if have_pykeops():
-        from importlib.metadata import version
-
-        info["pykeops"] = version("pykeops")
-    return info
+    return {**timing.machine(), "tvmred_git": git_revision()}
 
 
 def ratio(num: Optional[float], den: Optional[float]) -> str:

@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import sys
 import tempfile
 import time
@@ -38,6 +37,7 @@ import torch  # noqa: E402
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "benchmarks"))
+import timing  # noqa: E402
 from timing import min_time  # noqa: E402
 
 
@@ -266,31 +266,7 @@ def time_case(lib: str, case: Case, repeats: int) -> Optional[dict]:
 
 
 def machine() -> dict:
-    cpu = platform.processor()
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    import tvm
-
-    try:
-        import pykeops  # type: ignore
-
-        pk = pykeops.__version__
-    except ImportError:
-        pk = None
-    return {
-        "cpu": cpu,
-        "cores": os.cpu_count(),
-        "torch_threads": torch.get_num_threads(),
-        "torch": torch.__version__,
-        "tvm": tvm.__version__,
-        "pykeops": pk,
-        "python": platform.python_version(),
-    }
+    return timing.machine()
 
 
 def main(argv: Optional[list[str]] = None) -> int:

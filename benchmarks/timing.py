@@ -25,3 +25,43 @@ def min_time(
         dt = time.perf_counter() - t0
         best, spent, n = min(best, dt), spent + dt, n + 1
     return best
+
+
+def machine() -> dict:
+    """What the numbers were measured on: CPU model, cores, threads, LLVM's CPU name, versions
+    (pykeops' if installed)."""
+    import os
+    import platform
+    from importlib import metadata
+    from pathlib import Path
+
+    import torch
+
+    from tvmred import __version__
+    from tvmred.targets import cpu_target, tvm_version
+
+    cpu = platform.processor() or "unknown"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    try:
+        pykeops = metadata.version("pykeops")
+    except metadata.PackageNotFoundError:
+        pykeops = None
+    return {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "tvm_threads": os.environ.get("TVM_NUM_THREADS"),
+        "llvm_mcpu": cpu_target()["mcpu"],
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "tvm": tvm_version(),
+        "tvmred": __version__,
+        "pykeops": pykeops,
+    }

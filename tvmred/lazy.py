@@ -427,3 +427,28 @@ class LazyReduction:
 
 
 __all__ = ["GenericLazyTensor", "LazyReduction"]
+
+
+def variables(cls: type) -> tuple[Any, ...]:
+    """``Var``, ``Vi``, ``Vj``, ``Pm`` building LazyTensors of class ``cls``."""
+
+    def Var(x_or_ind: Any, dim: Optional[int] = None, cat: Optional[int] = None) -> Any:
+        """``Var(x, cat=c)``: a LazyTensor of data; ``Var(ind, dim, cat)``: a symbolic
+        variable."""
+        if dim is None:
+            return cls(x_or_ind, axis=cat)
+        return cls((x_or_ind, dim, cat))
+
+    def Vi(x_or_ind: Any, dim: Optional[int] = None) -> Any:
+        """An i-indexed variable: ``Vi(x)`` for x of shape (M, D), or ``Vi(ind, dim)``."""
+        return Var(x_or_ind, dim, 0)
+
+    def Vj(x_or_ind: Any, dim: Optional[int] = None) -> Any:
+        """A j-indexed variable: ``Vj(y)`` for y of shape (N, D), or ``Vj(ind, dim)``."""
+        return Var(x_or_ind, dim, 1)
+
+    def Pm(x_or_ind: Any, dim: Optional[int] = None) -> Any:
+        """A parameter: ``Pm(p)`` for p of shape (D,) or a number, or ``Pm(ind, dim)``."""
+        return Var(x_or_ind, dim, 2)
+
+    return Var, Vi, Vj, Pm

@@ -75,6 +75,23 @@ class KernelSolve:
         self.formula, self.aliases, self.axis = formula, list(aliases), axis
         check_unknown(self.reduction, self.varinvpos)
 
+    #: ``solve(reduction, pos, args, backend, device_id, alpha, eps, ranges)``: the binding's
+    solve: Callable[..., Any]
+
+    def __call__(
+        self,
+        *args: Any,
+        backend: str = "auto",
+        device_id: int = -1,
+        alpha: float = 1e-10,
+        eps: float = 1e-6,
+        ranges: Any = None,
+    ) -> Any:
+        r = self.reduction
+        if len(args) != r.nargs:
+            raise ValueError(f"KernelSolve takes {r.nargs} arguments, got {len(args)}")
+        return self.solve(r, self.varinvpos, args, backend, device_id, alpha, eps, ranges)
+
 
 def _position(alias: str, aliases: Sequence[str]) -> int:
     if alias.strip().startswith("Var("):

@@ -10,7 +10,7 @@ import torch
 
 from .. import lazynodes as ln
 from ..genred import TORCH_DTYPES
-from ..lazy import GenericLazyTensor
+from ..lazy import GenericLazyTensor, variables
 from .autograd import apply, call
 from .library import Signature, signature
 from .solve import kernel_solve
@@ -52,23 +52,4 @@ class LazyTensor(GenericLazyTensor):
         return kernel_solve(ln.reduction(spec), pos, args, alpha=alpha, **kwargs)
 
 
-def Var(x_or_ind: Any, dim: Optional[int] = None, cat: Optional[int] = None) -> LazyTensor:
-    """``Var(x, cat=c)``: a LazyTensor of data; ``Var(ind, dim, cat)``: a symbolic variable."""
-    if dim is None:
-        return LazyTensor(x_or_ind, axis=cat)
-    return LazyTensor((x_or_ind, dim, cat))
-
-
-def Vi(x_or_ind: Any, dim: Optional[int] = None) -> LazyTensor:
-    """An i-indexed variable: ``Vi(x)`` for x of shape (M, D), or ``Vi(ind, dim)``."""
-    return Var(x_or_ind, dim, 0)
-
-
-def Vj(x_or_ind: Any, dim: Optional[int] = None) -> LazyTensor:
-    """A j-indexed variable: ``Vj(y)`` for y of shape (N, D), or ``Vj(ind, dim)``."""
-    return Var(x_or_ind, dim, 1)
-
-
-def Pm(x_or_ind: Any, dim: Optional[int] = None) -> LazyTensor:
-    """A parameter: ``Pm(p)`` for p of shape (D,) or a number, or ``Pm(ind, dim)``."""
-    return Var(x_or_ind, dim, 2)
+Var, Vi, Vj, Pm = variables(LazyTensor)

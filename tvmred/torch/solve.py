@@ -96,17 +96,4 @@ def kernel_solve(
 
 class KernelSolve(solve.KernelSolve):
     __doc__ = solve.KernelSolve.__doc__
-
-    def __call__(
-        self,
-        *args: torch.Tensor,
-        backend: str = "auto",
-        device_id: int = -1,
-        alpha: float = 1e-10,
-        eps: float = 1e-6,
-        ranges: Any = None,
-    ) -> torch.Tensor:
-        r = self.reduction
-        if len(args) != r.nargs:
-            raise ValueError(f"KernelSolve takes {r.nargs} arguments, got {len(args)}")
-        return kernel_solve(r, self.varinvpos, args, backend, device_id, alpha, eps, ranges)
+    solve = staticmethod(kernel_solve)
