@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 from typing import TYPE_CHECKING, Any
 
 from .shape import ReductionShape, TargetTemplate
@@ -68,9 +69,15 @@ def cpu_candidates(target: dict, dtype: str, default: int) -> list[dict]:
 
 def cpu_rowblock(sch: s_tir.Schedule, shape: ReductionShape, target: dict) -> s_tir.Schedule:
     red = sch.get_sblock("red")
-    i, u, j = sch.get_loops(red)
-    io, ii = sch.split(i, factors=[None, shape.row_block])
-    sch.reorder(io, j, u, ii)
+    if shape.split:  # split-j: the (chunk, row block) pairs run in parallel
+        s, i, u, j = sch.get_loops(red)
+        io, ii = sch.split(i, factors=[None, shape.row_block])
+        sch.reorder(s, io, j, u, ii)
+        io = sch.fuse(s, io)
+    else:
+        i, u, j = sch.get_loops(red)
+        io, ii = sch.split(i, factors=[None, shape.row_block])
+        sch.reorder(io, j, u, ii)
     sch.parallel(io)
     for name in reversed(shape.stages):  # consumers first, so every stage lands under j
         blk = sch.get_sblock(name)
@@ -88,7 +95,10 @@ def cpu_rowblock(sch: s_tir.Schedule, shape: ReductionShape, target: dict) -> s_
     accs = [sch.cache_write(red, k, "local") for k in range(shape.outputs)]
     for k, acc in enumerate(accs):
         sch.reverse_compute_at(acc, io)
-        sch.transform_layout(red, ("write", k), lambda a, b: (b, a))
+        if shape.split:
+            sch.transform_layout(red, ("write", k), lambda c, a, b: (c, b, a))
+        else:
+            sch.transform_layout(red, ("write", k), lambda a, b: (b, a))
     sch.unroll(u)
     sch.vectorize(ii)
     for name in shape.stages:
@@ -107,6 +117,18 @@ def kselect_early_exit(mod: tvm.IRModule, shape: ReductionShape, target: dict) -
     return rewrite(mod, shape, target)
 
 
+MIN_CHUNK = 4096  # reduced rows per split-j chunk: below, a row block's setup dominates
+
+
+def cpu_chunks(blocks: int, n: int, device: Any) -> int:
+    """Split-j when there are fewer row blocks than kernel threads: enough chunks of the
+    reduced index that every thread gets work twice over (TVM_NUM_THREADS, as TVM)."""
+    threads = int(os.environ.get("TVM_NUM_THREADS") or os.cpu_count() or 1)
+    if blocks >= threads:
+        return 1
+    return max(1, min(-(-2 * threads // max(blocks, 1)), n // MIN_CHUNK))
+
+
 TEMPLATE = TargetTemplate(
     kind="llvm",
     device="cpu",
@@ -116,4 +138,5 @@ TEMPLATE = TargetTemplate(
     candidates=cpu_candidates,
     schedule=cpu_rowblock,
     finish=kselect_early_exit,
+    chunks=cpu_chunks,
 )

@@ -10,6 +10,7 @@ shared buffers appear.
 
 from __future__ import annotations
 
+import functools
 from typing import TYPE_CHECKING, Any
 
 from .shape import ReductionShape, TargetTemplate
@@ -42,13 +43,16 @@ def cuda_candidates(target: dict, dtype: str, default: int) -> list[dict]:
 
 def cuda_rows(sch: s_tir.Schedule, shape: ReductionShape, target: dict) -> s_tir.Schedule:
     red = sch.get_sblock("red")
-    i, u, j = sch.get_loops(red)
+    loops = sch.get_loops(red)
+    s, (i, u, j) = (loops[0], loops[1:]) if shape.split else (None, loops)
     threads = min(THREADS, shape.row_block)
     per_thread = shape.row_block // threads
     # row = block * row_block + thread * per_thread + r: a thread's rows are adjacent, so its
     # registers (stages, accumulators) compact to per_thread entries
     io, ii, ir = sch.split(i, factors=[None, threads, per_thread])
     sch.reorder(io, ii, j, ir, u)
+    if s is not None:  # split-j: one block per (chunk, row block)
+        io = sch.fuse(s, io)
     sch.bind(io, "blockIdx.x")
     sch.bind(ii, "threadIdx.x")
     for name in reversed(shape.stages):
@@ -66,6 +70,22 @@ def cuda_rows(sch: s_tir.Schedule, shape: ReductionShape, target: dict) -> s_tir
     return sch
 
 
+@functools.cache
+def _multiprocessors(device: Any) -> int:
+    import torch
+
+    return torch.cuda.get_device_properties(device).multi_processor_count
+
+
+def cuda_chunks(blocks: int, n: int, device: Any) -> int:
+    """Split-j when the row blocks would not fill the GPU: enough chunks of the reduced index
+    for two blocks per multiprocessor, each chunk at least 4096 reduced rows."""
+    sms = _multiprocessors(device)
+    if blocks >= sms:
+        return 1
+    return max(1, min(-(-2 * sms // max(blocks, 1)), n // 4096))
+
+
 TEMPLATE = TargetTemplate(
     kind="cuda",
     device="cuda",
@@ -74,4 +94,5 @@ TEMPLATE = TargetTemplate(
     row_block=cuda_row_block,
     candidates=cuda_candidates,
     schedule=cuda_rows,
+    chunks=cuda_chunks,
 )

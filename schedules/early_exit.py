@@ -72,6 +72,9 @@ def _seq(stmts: list):
 
 
 def _guard(stmt, first: str, last: str):
+    if isinstance(stmt, tirx.IfThenElse) and stmt.else_case is None:  # split-j: j < N
+        body, hit = _guard(stmt.then_case, first, last)
+        return (tirx.IfThenElse(stmt.condition, body, None), True) if hit else (stmt, False)
     if isinstance(stmt, tirx.SeqStmt):
         seq, hit = _guard_seq(list(stmt.seq), first, last)
         return (_seq(seq), True) if hit else (stmt, False)

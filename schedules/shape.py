@@ -16,7 +16,7 @@ class ReductionShape:
     """A reduction ``out[i, u] = Red_j F_u(i, j)`` as lowered by ``tvmred.lower``.
 
     The lowered PrimFunc has one reduction block named ``red`` (loops ``i, u, j``: output row,
-    state column, reduced index) writing ``outputs`` buffers and zero or more per-pair blocks
+    state column, reduced index; split-j: ``s, i, u, j``, chunk first) writing ``outputs`` buffers and zero or more per-pair blocks
     (``stages``, in producer-before-consumer order), each computing shared sub-expressions of F
     over ``(i, j)``.  Output rows are padded to a multiple of ``row_block`` (the PrimFunc takes
     ``Mb`` = rows / row_block), so splitting ``i`` by ``row_block`` never needs a tail.
@@ -31,6 +31,7 @@ class ReductionShape:
     stages: tuple[str, ...]  # names of the per-pair blocks
     n_inputs: int  # number of tensor inputs
     row_inputs: tuple[tuple[str, int], ...] = ()  # (buffer name, dim) of the output-indexed inputs
+    split: bool = False  # split-j: loops (s, i, u, j), outputs (S, rows, cols), j < C
 
 
 def _as_is(mod: "tvm.IRModule", shape: ReductionShape, target: dict) -> "tvm.IRModule":
@@ -49,3 +50,5 @@ class TargetTemplate:
     candidates: Callable[[dict, str, int], list]  # (target, dtype, default rows) -> knob dicts
     schedule: Callable[["s_tir.Schedule", ReductionShape, dict], "s_tir.Schedule"]
     finish: Callable[["tvm.IRModule", ReductionShape, dict], "tvm.IRModule"] = _as_is
+    chunks: Callable[[int, int, Any], int] = lambda blocks, n, device: 1  # split-j: chunks of
+    # the reduced index for (row blocks, reduced rows, torch device); 1: no split

@@ -237,10 +237,7 @@ def test_a_lock_held_by_a_stopped_compiler_times_out(tmp_path):
     r = make_reduction(
         "Exp(-SqDist(x,y)*IntCst(3))*b", ["x = Vi(3)", "y = Vj(3)", "b = Vj(2)"], "Sum", 1, "auto"
     )
-    acc, variant = r.resolve("float64")
-    h = cache.key_hash(
-        build.key_text(r.formula, r.red, r.out_cat, "float64", acc, cpu_target(), variant)
-    )
+    h = cache.key_hash(build.key_text(r.spec("float64"), cpu_target()))
     holder = subprocess.Popen(
         [
             sys.executable,

@@ -9,7 +9,7 @@ import pytest
 
 from tvmred.build import compile_reduction
 from tvmred.parse import parse, parse_aliases
-from tvmred.reductions import Variant
+from tvmred.reductions import KernelSpec, Variant
 from tvmred.targets import cuda_target
 
 AL = parse_aliases(["x = Vi(3)", "y = Vj(3)", "b = Vj(3)", "p = Pm(1)"])
@@ -28,9 +28,8 @@ NVCC = pytest.mark.skipif(shutil.which("nvcc") is None, reason="nvcc is not inst
 
 
 def cuda_source(red, formula, variant, dtype, arch, config=None):
-    ex, _ = compile_reduction(
-        parse(formula, AL), red, 0, dtype, dtype, cuda_target(arch), variant, config
-    )
+    spec = KernelSpec(parse(formula, AL), red, 0, dtype, dtype, variant)
+    ex, _ = compile_reduction(spec, cuda_target(arch), config)
     (dev,) = ex.mod.imports
     return ex, dev.inspect_source()
 
@@ -101,3 +100,25 @@ def test_nvcc_compiles_rows_per_thread(red, formula, variant, tmp_path):
     for rb in (256, 512):
         _, src = cuda_source(red, formula, variant, "float32", "sm_90", {"row_block": rb})
         assert b"main_kernel" in nvcc(src, "sm_90", tmp_path)
+
+
+def split(variant):
+    import dataclasses
+
+    return dataclasses.replace(variant, split=True)
+
+
+@pytest.mark.parametrize("red,formula,variant", CASES)
+def test_split_j_kernels_generate(red, formula, variant):
+    """The split-j kernel of every reduction kind: one block per (chunk, row block), the
+    chunk bounds from the scalar arguments S and C, no buffer sized by a symbolic extent."""
+    _, src = cuda_source(red, formula, split(variant), "float32", "sm_90")
+    assert "__global__ void __launch_bounds__(128) main_kernel(" in src
+    assert "int C" in src and "int S" in src and "[2147483" not in src
+
+
+@NVCC
+@pytest.mark.parametrize("red,formula,variant", CASES)
+def test_nvcc_compiles_split_j(red, formula, variant, tmp_path):
+    _, src = cuda_source(red, formula, split(variant), "float32", "sm_90")
+    assert b"main_kernel" in nvcc(src, "sm_90", tmp_path)

@@ -38,8 +38,7 @@ def test_row_blocks_follow_the_target(target, gauss, knn):
     Gaussian conv (3 state values per row), ArgKMin K=10 (20)."""
     for case, want in ((GAUSS, gauss), (KNN, knn)):
         r = make_reduction(*case[:3], 1, "auto", case[3])
-        acc, v = r.resolve("float32")
-        assert build.row_block_for(r.formula, r.red, target, "float32", acc, v) == want
+        assert build.row_block_for(r.spec("float32"), target) == want
     assert cpu_row_block(AVX2, "float64", 3) == 16  # four float64 vectors of 4
 
 
@@ -67,17 +66,17 @@ def test_avx2_kernels_run_here(case):
     if not cpu_has("avx2"):
         pytest.skip("this CPU has no AVX2 (or no /proc/cpuinfo to tell)")
     r = make_reduction(*case[:3], 1, "auto", case[3])
-    acc, v = r.resolve("float32")
-    ex, meta = build.compile_reduction(r.formula, r.red, r.out_cat, "float32", acc, AVX2, v)
+    spec = r.spec("float32")
+    ex, meta = build.compile_reduction(spec, AVX2)
     asm = ex.mod.inspect_source("asm")
     assert "%ymm" in asm and "%zmm" not in asm
-    kern = build.make_kernel(ex.mod["main"], r.formula, r.red, "float32", acc, v, meta["row_block"])
+    kern = build.make_kernel(ex.mod["main"], spec, meta["row_block"])
     g = torch.Generator().manual_seed(0)
     M, N = 301, 523
     args = [torch.rand(M if "Vi" in a else N, int(a[-2]), generator=g) for a in case[1]]
     call, state, mb = kernel_args(r, kern, args, M)
     kern.fn(*call, *state, mb, N)
-    out = r.rdef.finalize([s[:M] for s in state], v, torch.float32)
+    out = r.rdef.finalize([s[:M] for s in state], spec.variant, torch.float32)
     want = dense(case, args)
     if want.dtype == torch.int64:
         assert (out == want).float().mean() > 0.999  # float32 distances: rare near-ties
@@ -98,6 +97,5 @@ def test_avx2_kernels_run_here(case):
 def test_cross_compiles(target, isa):
     """Code generation for other platforms (not run: no such machine here)."""
     r = make_reduction(*GAUSS[:3], 1, "auto")
-    acc, v = r.resolve("float32")
-    ex, _ = build.compile_reduction(r.formula, r.red, r.out_cat, "float32", acc, target, v)
+    ex, _ = build.compile_reduction(r.spec("float32"), target)
     assert re.search(isa, ex.mod.inspect_source("asm"))

@@ -122,6 +122,11 @@ DIFFERENTIABLE = [
 @pytest.mark.parametrize("axis", [1, 0])
 @pytest.mark.parametrize("red", DIFFERENTIABLE)
 def test_gradients(red, axis):
+    check_gradients(red, axis)
+
+
+def check_gradients(red, axis):
+    """Gradients w.r.t. every input against torch autograd on the dense reference."""
     ts = [t.requires_grad_() for t in data()]
     out = routine(red, axis)(*ts)
     out = out[0] if isinstance(out, tuple) else out
@@ -229,7 +234,9 @@ def relative_error(y, exact, **kw):
     return abs(got[0, 0].item() - exact) / exact
 
 
-def test_float32_sum_accuracy_over_a_million_terms():
+@pytest.mark.parametrize("threads", ["1", "2"])  # one kernel; the split-j kernel
+def test_float32_sum_accuracy_over_a_million_terms(monkeypatch, threads):
+    monkeypatch.setenv("TVM_NUM_THREADS", threads)
     y, exact = million_terms()
     for kw in (
         {"dtype_acc": "float64"},
@@ -240,8 +247,10 @@ def test_float32_sum_accuracy_over_a_million_terms():
         assert relative_error(y, exact, **kw) < 1e-5, kw  # the default is block_sum
 
 
-def test_direct_float32_sum_is_indeed_less_accurate():
-    """Guards the accuracy test above against passing trivially: the naive sum fails it."""
+def test_direct_float32_sum_is_indeed_less_accurate(monkeypatch):
+    """Guards the accuracy test above against passing trivially: the naive sum fails it (in
+    one kernel: one kernel thread, so no split-j, whose chunks are partial sums)."""
+    monkeypatch.setenv("TVM_NUM_THREADS", "1")
     y, exact = million_terms()
     assert relative_error(y, exact, sum_scheme="direct_sum") > 1e-3
 
@@ -322,10 +331,9 @@ def test_cpu_kselect_kernel_has_the_early_exit():
     from tvmred.targets import cpu_target
 
     r = make_reduction("SqDist(x,y)", ["x = Vi(3)", "y = Vj(3)"], "ArgKMin", 1, "auto", 10)
-    acc, variant = r.resolve("float32")
+    spec = r.spec("float32")
     tpl = schedules.template("llvm")
-    rb = row_block_for(r.formula, r.red, cpu_target(), "float32", acc, variant)
-    low = lower(r.formula, r.rdef, 0, "float32", acc, rb, variant, tpl.math)
+    low = lower(spec, row_block_for(spec, cpu_target()), tpl.math)
     sch = tpl.schedule(s_tir.Schedule(low.func), low.shape, cpu_target())
     mod = tpl.finish(sch.mod, low.shape, cpu_target())
     assert isinstance(mod, tvm.IRModule) and "llvm.vector.reduce.or" in mod.script()

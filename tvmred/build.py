@@ -22,7 +22,7 @@ from typing import Any, Optional
 from . import cache, schedules, tunedb
 from .errors import KernelNotExported
 from .lower import lower
-from .reductions import REDUCTIONS, Variant
+from .reductions import KernelSpec
 from .targets import target_for, tvm_version
 from .tree import Node, variables
 
@@ -58,24 +58,16 @@ def code_fingerprint() -> str:
     return h.hexdigest()[:16]
 
 
-def key_text(
-    formula: Node,
-    red: str,
-    out_cat: int,
-    dtype: str,
-    acc: str,
-    target: dict,
-    variant: Variant,
-    config: Optional[dict] = None,
-) -> str:
-    """The cache key; without ``config`` it is also the tuning database's key."""
+def key_text(spec: KernelSpec, target: dict, config: Optional[dict] = None) -> str:
+    """The cache key; without ``config`` it is also the tuning database's key.  Reductions
+    that share a kernel (Min, ArgMin, Min_ArgMin...) share the key."""
     key = {
-        "formula": str(formula),
-        "red": REDUCTIONS[red].kind + ":" + red,
-        "variant": variant.key(),
-        "out_cat": out_cat,
-        "dtype": dtype,
-        "acc": acc,
+        "formula": str(spec.formula),
+        "red": spec.rdef.kind + ":" + spec.rdef.kernel,
+        "variant": spec.variant.key(),
+        "out_cat": spec.out_cat,
+        "dtype": spec.dtype,
+        "acc": spec.acc,
         "target": target,
         "tvmred": __version__,
         "code": code_fingerprint(),
@@ -86,30 +78,14 @@ def key_text(
     return json.dumps(key, sort_keys=True)
 
 
-def row_block_for(
-    formula: Node,
-    red: str,
-    target: dict,
-    dtype: str,
-    acc: str,
-    variant: Variant,
-    config: Optional[dict] = None,
-) -> int:
+def row_block_for(spec: KernelSpec, target: dict, config: Optional[dict] = None) -> int:
     """Rows per block: the tuned value, else the template's rule for the values per row the
     reduction keeps in registers."""
-    width = REDUCTIONS[red].registers(formula.dim, variant, dtype, acc)
-    return schedules.row_block(target, dtype, config, width)
+    return schedules.row_block(target, spec.dtype, config, spec.registers())
 
 
 def compile_reduction(
-    formula: Node,
-    red: str,
-    out_cat: int,
-    dtype: str,
-    acc: str,
-    target: dict,
-    variant: Variant,
-    config: Optional[dict] = None,
+    spec: KernelSpec, target: dict, config: Optional[dict] = None
 ) -> tuple[Any, dict]:
     """Lower, schedule and compile (no cache): a ``tvm.runtime.Executable`` and its metadata
     (``kind``: the target kind, ``row_block``)."""
@@ -117,8 +93,8 @@ def compile_reduction(
     from tvm import s_tir
 
     tpl = schedules.template(target["kind"])
-    rb = row_block_for(formula, red, target, dtype, acc, variant, config)
-    low = lower(formula, REDUCTIONS[red], out_cat, dtype, acc, rb, variant, tpl.math)
+    rb = row_block_for(spec, target, config)
+    low = lower(spec, rb, tpl.math)
     sch = tpl.schedule(s_tir.Schedule(low.func), low.shape, target)
     mod = tpl.finish(sch.mod, low.shape, target)
     # TVM's common-subexpression pass is quadratic in a kernel's size; the lowering already
@@ -128,43 +104,41 @@ def compile_reduction(
     return ex, {"kind": tpl.kind, "row_block": rb}
 
 
-def get_kernel(
-    formula: Node, red: str, out_cat: int, dtype: str, acc: str, device: Any, variant: Variant
-) -> Kernel:
-    """The compiled kernel for this reduction (memory cache, else disk cache, else compile)."""
-    if dtype not in DTYPES:
-        raise TypeError(f"tvmred supports {DTYPES}, got {dtype}")
-    pre = _PRELOADED.get((str(formula), red, out_cat, dtype, acc, variant, device.type))
+def describe(spec: KernelSpec, device: str) -> str:
+    """The kernel in words, for messages."""
+    options = "".join(f", {k}={v}" for k, v in spec.variant.key().items())
+    return (
+        f"{spec.red} over {'ij'[1 - spec.out_cat]} of {spec.formula} ({spec.dtype}, "
+        f"accumulator {spec.acc}, {device}{options})"
+    )
+
+
+def get_kernel(spec: KernelSpec, device: Any) -> Kernel:
+    """The compiled kernel (memory cache, else disk cache, else compile)."""
+    if spec.dtype not in DTYPES:
+        raise TypeError(f"tvmred supports {DTYPES}, got {spec.dtype}")
+    pre = _PRELOADED.get(spec.text_key(device.type))
     if pre is not None:
         return pre
     if _runtime_only():
         raise KernelNotExported(
-            f"no exported kernel for {red} over {'i' if out_cat == 1 else 'j'} of {formula} "
-            f"({dtype}, accumulator {acc}, {device.type}"
-            f"{''.join(f', {k}={v}' for k, v in variant.key().items())}), "
-            "and the TVM compiler is not available (TVM_USE_RUNTIME_LIB=1?) to build it"
+            f"no exported kernel for {describe(spec, device.type)}, and the TVM compiler is "
+            "not available (TVM_USE_RUNTIME_LIB=1?) to build it"
         )
     target = target_for(device)
-    base = key_text(formula, red, out_cat, dtype, acc, target, variant)
+    base = key_text(spec, target)
     kernel = _KERNELS.get(base)
     if kernel is None:
         config = tunedb.lookup(base)
         if config is not None:
-            log.debug("tvmred: tuned schedule %s for %s %s", config, red, formula)
-        what = f"{red} over {'ij'[1 - out_cat]} of {formula} ({dtype}, {_describe(target)})"
+            log.debug("tvmred: tuned schedule %s for %s", config, describe(spec, device.type))
+        what = describe(spec, _describe(target))
         mod, meta = cache.get_or_build(
-            key_text(formula, red, out_cat, dtype, acc, target, variant, config),
-            lambda: _timed(
-                what,
-                lambda: compile_reduction(
-                    formula, red, out_cat, dtype, acc, target, variant, config
-                ),
-            ),
-            {"formula": str(formula), "reduction": red, "schedule": config},
+            key_text(spec, target, config),
+            lambda: _timed(what, lambda: compile_reduction(spec, target, config)),
+            {"formula": str(spec.formula), "reduction": spec.red, "schedule": config},
         )
-        kernel = make_kernel(
-            mod["main"], formula, red, dtype, acc, variant, meta["row_block"], config
-        )
+        kernel = make_kernel(mod["main"], spec, meta["row_block"], config)
         _KERNELS[base] = kernel
     return kernel
 
@@ -193,19 +167,9 @@ def _describe(target: dict) -> str:
     return ", ".join(f"{k}={v}" for k, v in target.items() if k != "host")
 
 
-def make_kernel(
-    fn: Any,
-    formula: Node,
-    red: str,
-    dtype: str,
-    acc: str,
-    variant: Variant,
-    row_block: int,
-    config: Optional[dict] = None,
-) -> Kernel:
-    """The :class:`Kernel` around a compiled ``main`` of this reduction."""
-    state = tuple(REDUCTIONS[red].state(formula.dim, variant, dtype, acc))
-    return Kernel(fn, tuple(variables(formula)), row_block, state, config)
+def make_kernel(fn: Any, spec: KernelSpec, row_block: int, config: Optional[dict] = None) -> Kernel:
+    """The :class:`Kernel` around a compiled ``main`` of this kernel spec."""
+    return Kernel(fn, tuple(variables(spec.formula)), row_block, tuple(spec.state()), config)
 
 
 _KERNELS: dict[str, Kernel] = {}

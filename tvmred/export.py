@@ -35,7 +35,7 @@ from . import build
 from .cache import SUFFIX, clean_temporaries, temp_path
 from .errors import KernelNotExported
 from .genred import column_chunks
-from .reductions import REDUCTIONS, Reduction, Variant, plan_reductions
+from .reductions import Reduction, Variant, plan_reductions
 from .targets import cpu_target, device_type
 from .tree import var, variables
 
@@ -83,11 +83,6 @@ def kernels_of(r: Reduction, grads: list[int], dtype: str) -> Iterator[Reduction
         yield from column_chunks(red, dtype)
 
 
-def _sig(r: Reduction, dtype: str) -> tuple:
-    acc, variant = r.resolve(dtype)
-    return r.formula, r.red, r.out_cat, dtype, acc, variant
-
-
 def export(spec: Union[str, os.PathLike, dict], out_dir: Union[str, os.PathLike]) -> Path:
     """Compile everything ``spec`` asks for into ``out_dir``; returns the manifest path."""
     import tvm
@@ -120,14 +115,12 @@ def export(spec: Union[str, os.PathLike, dict], out_dir: Union[str, os.PathLike]
         for dtype in rt.get("dtypes", ["float32"]):
             for target in targets:
                 for kr in kernels_of(r, grads, dtype):
-                    formula, red, out_cat, dt, acc, variant = _sig(kr, dtype)
-                    key = build.key_text(formula, red, out_cat, dt, acc, target, variant)
+                    spec = kr.spec(dtype)
+                    key = build.key_text(spec, target)
                     h = hashlib.sha256(key.encode()).hexdigest()[:24]
                     if h in kernels:
                         continue
-                    ex, meta = build.compile_reduction(
-                        formula, red, out_cat, dt, acc, target, variant
-                    )
+                    ex, meta = build.compile_reduction(spec, target)
                     path = out / f"{h}{SUFFIX}"
                     tmp = temp_path(out, h, SUFFIX)  # a killed export leaves no partial kernel
                     ex.export_library(str(tmp))
@@ -135,17 +128,17 @@ def export(spec: Union[str, os.PathLike, dict], out_dir: Union[str, os.PathLike]
                     kernels[h] = {
                         "file": path.name,
                         "sha256": hashlib.sha256(path.read_bytes()).hexdigest(),
-                        "formula": str(formula),
-                        "red": red,
-                        "out_cat": out_cat,
-                        "dtype": dt,
-                        "acc": acc,
-                        "variant": variant.key(),
+                        "formula": str(spec.formula),
+                        "red": spec.red,
+                        "out_cat": spec.out_cat,
+                        "dtype": dtype,
+                        "acc": spec.acc,
+                        "variant": spec.variant.key(),
                         "target": target,
                         "device": device_type(target),
                         "row_block": meta["row_block"],
-                        "state": REDUCTIONS[red].state(formula.dim, variant, dt, acc),
-                        "inputs": [list(v.params) for v in variables(formula)],
+                        "state": spec.state(),
+                        "inputs": [list(v.params) for v in variables(spec.formula)],
                     }
     manifest = {
         "tvmred": build.__version__,

@@ -12,7 +12,7 @@ from typing import Any, Optional, Sequence
 
 import torch
 
-from . import build
+from . import build, schedules
 from .build import DTYPES, get_kernel
 from .errors import DimError
 from .parse import Alias, parse, parse_aliases
@@ -192,16 +192,32 @@ def run_states(r: Reduction, args: Sequence[torch.Tensor]):
     if r.red == "Sum" and r.formula.is_zero:
         zero = torch.zeros(n_out, r.formula.dim, dtype=getattr(torch, dtype), device=dev)
         return zero, [zero]
-    parts = []
-    for part in column_chunks(r, dtype):
-        k, variant = kernel_of(part, dtype, dev)
-        call_args, state, mb = kernel_args(part, k, args, n_out)
-        if mb:  # no output rows: no launch (a CUDA grid of 0 blocks is an error)
-            k.fn(*call_args, *state, mb, n_red)
-        parts.append([s[:n_out] for s in state])
+    parts = [call_kernel(part, args, dtype, dev, n_out, n_red) for part in column_chunks(r, dtype)]
     state = parts[0] if len(parts) == 1 else [torch.cat(b, dim=1) for b in zip(*parts)]
     variant = r.resolve(dtype)[1]
     return r.rdef.finalize(state, variant, getattr(torch, dtype)), state
+
+
+def call_kernel(r: Reduction, args, dtype: str, dev: torch.device, n_out: int, n_red: int) -> list:
+    """The state buffers of ``r`` on these arguments: one kernel call, or -- when the row
+    blocks would leave the device's cores idle (the target's ``chunks`` rule) -- the split-j
+    kernel's partial states of S chunks of the reduced index, merged by the reduction's
+    ``combine``."""
+    k, variant = kernel_of(r, dtype, dev)
+    mb = -(-n_out // k.row_block)
+    chunks = schedules.for_device(dev.type).chunks(mb, n_red, dev) if mb else 1
+    if chunks > 1:
+        try:
+            k, variant = kernel_of(r, dtype, dev, split=True)
+        except LookupError:  # an exported library without the split kernel
+            chunks = 1
+    call_args, state, mb = kernel_args(r, k, args, n_out, chunks)
+    if mb and chunks > 1:
+        k.fn(*call_args, *state, mb, n_red, chunks, -(-n_red // chunks))
+        return r.rdef.combine([s[:, :n_out] for s in state], variant)
+    if mb:  # no output rows: no launch (a CUDA grid of 0 blocks is an error)
+        k.fn(*call_args, *state, mb, n_red)
+    return [s[:n_out] for s in state]
 
 
 #: State values per output row one kernel computes (columns x state buffers): a wider
@@ -232,26 +248,28 @@ def column_chunks(r: Reduction, dtype: str) -> list[Reduction]:
     return r.memo[key]
 
 
-def kernel_of(r: Reduction, dtype: str, dev: torch.device) -> tuple[Any, Any]:
-    """(compiled kernel, its variant) of ``r`` for this dtype and device, memoised on ``r``
-    so a call costs no key computation (the caches behind get_kernel are keyed by text)."""
-    key = ("kernel", dtype, dev)
+def kernel_of(r: Reduction, dtype: str, dev: torch.device, split: bool = False) -> tuple[Any, Any]:
+    """(compiled kernel, its variant) of ``r`` for this dtype and device (``split``: the
+    split-j kernel), memoised on ``r`` so a call costs no key computation (the caches behind
+    get_kernel are keyed by text)."""
+    key = ("kernel", dtype, dev, split)
     hit = r.memo.get(key)
     if hit is not None and hit[0] == build.generation:
         return hit[1], hit[2]
-    acc, variant = r.resolve(dtype)
+    spec = r.spec(dtype, split)
     try:
-        kernel = get_kernel(r.formula, r.red, r.out_cat, dtype, acc, dev, variant)
+        kernel = get_kernel(spec, dev)
     except LookupError as e:  # KernelNotExported: say which variables the Var(...) are
         legend = ", ".join(f"{v} = {n}" for v, n in zip(r.args, r.names))
         raise type(e)(f"{e} [{legend}]") from None
-    r.memo[key] = (build.generation, kernel, variant)
-    return kernel, variant
+    r.memo[key] = (build.generation, kernel, spec.variant)
+    return kernel, spec.variant
 
 
-def kernel_args(r: Reduction, k: Any, args: Sequence[torch.Tensor], n_out: int):
+def kernel_args(r: Reduction, k: Any, args: Sequence[torch.Tensor], n_out: int, chunks: int = 1):
     """(input tensors, fresh state buffers, row blocks) for ``k.fn``: output-indexed inputs
-    padded to whole row blocks, parameters flattened, everything contiguous."""
+    padded to whole row blocks, parameters flattened, everything contiguous; the state
+    buffers of a split-j kernel have a leading dimension of ``chunks``."""
     dev = args[0].device if args else torch.get_default_device()
     mb = -(-n_out // k.row_block)
     rows = mb * k.row_block
@@ -266,7 +284,10 @@ def kernel_args(r: Reduction, k: Any, args: Sequence[torch.Tensor], n_out: int):
             padded[:n_out] = a
             a = padded
         call_args.append(aligned(a))
-    state = [torch.empty(rows, cols, dtype=getattr(torch, dt), device=dev) for cols, dt in k.state]
+    lead = (chunks,) if chunks > 1 else ()
+    state = [
+        torch.empty(*lead, rows, cols, dtype=getattr(torch, dt), device=dev) for cols, dt in k.state
+    ]
     return call_args, state, mb
 
 

@@ -2,14 +2,16 @@
 
 Kernel signature (every kernel, every target)::
 
-    main(*inputs, *outs, Mb, N)
+    main(*inputs, *outs, Mb, N)            or, split-j:   main(*inputs, *outs, Mb, N, S, C)
 
 * ``inputs``: the variables the formula uses, by position. A variable of the *output*
   category is ``(Mb * row_block, dim)`` (rows padded by the caller), one of the *reduced*
   category is ``(N, dim)``, a parameter is ``(dim,)``.
 * ``outs``: the reduction's state buffers, each ``(Mb * row_block, cols)`` (see
-  :mod:`tvmred.reductions`; a Sum has one, in the accumulator dtype).
-* ``Mb``, ``N``: int32 scalars (the number of row blocks, the number of reduced rows).
+  :mod:`tvmred.reductions`; a Sum has one, in the accumulator dtype); split-j:
+  ``(S, Mb * row_block, cols)``, the partial state of each chunk of C reduced rows.
+* ``Mb``, ``N``, ``S``, ``C``: int32 scalars (the number of row blocks, of reduced rows, of
+  chunks, the rows per chunk).
 
 Inside, the formula is evaluated once per (i, j) pair: every sub-formula whose value would
 otherwise be recomputed (used by several output components, or several times) becomes a
@@ -27,7 +29,7 @@ from . import mathfns
 from ._tvm import te as _te
 from ._tvm import tirx
 from .ops import REGISTRY
-from .reductions import RedDef, Variant
+from .reductions import KernelSpec, Space
 from .schedules.shape import ReductionShape
 from .tree import Node, postorder, var_cat, variables
 
@@ -112,26 +114,24 @@ def _live(func) -> tuple[set[str], set[str]]:
     return set(blocks), reads
 
 
-def lower(
-    formula: Node,
-    red: RedDef,
-    out_cat: int,
-    dtype: str,
-    acc_dtype: str,
-    row_block: int,
-    variant: Variant,
-    math: str = "poly",
-) -> Lowered:
-    """Build the unscheduled PrimFunc for ``Red_{reduced index} formula``, output index of
-    category ``out_cat`` (0: i, so reduce over j -- ``axis=1``; 1: j, so reduce over i).
-    ``math`` is the target's way of evaluating ``exp`` (``TargetTemplate.math``)."""
+def lower(spec: KernelSpec, row_block: int, math: str = "poly") -> Lowered:
+    """Build the unscheduled PrimFunc of ``spec``: ``Red_{reduced index} formula``, output
+    index of category ``out_cat`` (0: i, so reduce over j -- ``axis=1``; 1: j, so reduce over
+    i), ``row_block`` output rows per block.  ``math`` is the target's way of evaluating
+    ``exp`` (``TargetTemplate.math``); ``variant.split`` builds the split-j kernel (one
+    partial state per chunk of the reduced index)."""
     with mathfns.mode(math):
-        return _lower(formula, red, out_cat, dtype, acc_dtype, row_block, variant)
+        return _lower(
+            spec.formula, spec.rdef, spec.out_cat, spec.dtype, spec.acc, row_block, spec.variant
+        )
 
 
 def _lower(formula, red, out_cat, dtype, acc_dtype, row_block, variant) -> Lowered:
     te = _te()
     Mb, N = te.var("Mb"), te.var("N")
+    split = variant.split
+    sizes = [Mb, N, te.var("S"), te.var("C")] if split else [Mb, N]
+    space = Space(N, tuple(sizes[2:]) or None)
     rows = Mb * row_block
     inputs = tuple(variables(formula))
     holders = {}
@@ -156,7 +156,7 @@ def _lower(formula, red, out_cat, dtype, acc_dtype, row_block, variant) -> Lower
         root_uses = [2 * u for u in root_uses]
     staged = _staged(formula, dtype, root_uses)
     while True:
-        func, outs, blocks_of = _build(te, formula, red, holders, leaf, staged, rows, N, Mb,
+        func, outs, blocks_of = _build(te, formula, red, holders, leaf, staged, rows, N, space, sizes,
                                        variant, dtype, acc_dtype)  # fmt: skip
         emitted, live = _live(func)
         # a stage whose block no live block reads was folded away: inline its node instead
@@ -176,7 +176,7 @@ def _lower(formula, red, out_cat, dtype, acc_dtype, row_block, variant) -> Lower
     )
     shape = ReductionShape(
         red.kind,
-        int(outs[0].shape[1]),
+        int(outs[0].shape[-1]),
         len(outs),
         dtype,
         acc_dtype,
@@ -184,11 +184,14 @@ def _lower(formula, red, out_cat, dtype, acc_dtype, row_block, variant) -> Lower
         tuple(stages),
         len(inputs),
         row_inputs,
+        split,
     )
     return Lowered(func, shape)
 
 
-def _build(te, formula, red, holders, leaf, staged, rows, N, Mb, variant, dtype, acc_dtype):
+def _build(
+    te, formula, red, holders, leaf, staged, rows, N, space, sizes, variant, dtype, acc_dtype
+):
     """(PrimFunc, reduction outputs, stage block names per staged node) with the nodes of
     ``staged`` computed in per-pair stages and the others inlined."""
     stage: dict[int, list] = {}  # staged node -> its per-component tensors
@@ -216,6 +219,6 @@ def _build(te, formula, red, holders, leaf, staged, rows, N, Mb, variant, dtype,
             ]
             blocks_of[id(n)] = [f"{base}_{k}" for k in range(n.dim)]  # all computed at the same j
     root = lambda i, j: exprs(formula, i, j)  # noqa: E731
-    outs = red.compute(te, root, rows, N, formula.dim, variant, dtype, acc_dtype)
+    outs = red.compute(te, root, rows, space, formula.dim, variant, dtype, acc_dtype)
     inputs = [holders[id(v)] for v in variables(formula)]
-    return te.create_prim_func([*inputs, *outs, Mb, N]), outs, blocks_of
+    return te.create_prim_func([*inputs, *outs, *sizes]), outs, blocks_of

@@ -39,13 +39,49 @@ from .tree import Node, postorder, var
 @dataclass(frozen=True)
 class Variant:
     """Compile-time options of a reduction kernel: ``k``, the K of the K-min reductions;
-    ``scheme``, the summation scheme of Sum ("direct", "block" or "kahan")."""
+    ``scheme``, the summation scheme of Sum ("direct", "block" or "kahan"); ``split``, the
+    split-j kernel (partial states of chunks of the reduced index, see :class:`Space`)."""
 
     k: Optional[int] = None
     scheme: Optional[str] = None
+    split: bool = False
 
     def key(self) -> dict:
-        return {n: v for n, v in dataclasses.asdict(self).items() if v is not None}
+        return {n: v for n, v in dataclasses.asdict(self).items() if v not in (None, False)}
+
+
+@dataclass(frozen=True)
+class Space:
+    """The reduced index of a kernel: all of ``[0, n)``, or -- the split-j scheme, with
+    ``chunks = (S, C)`` -- chunk s of S, ``j = s*C + jj`` for ``jj`` in ``[0, C)`` and
+    ``j < n``: the kernel then writes one partial state per chunk (outputs ``(S, rows,
+    cols)``), merged by the reduction's ``combine``."""
+
+    n: Any
+    chunks: Optional[tuple] = None
+
+    def compute(self, te: Any, rows: Any, cols: int, body: Callable) -> Any:
+        """``te.compute`` of the reduction block ``red``: ``body(i, u, axis, j, where)``
+        returns the reducer call over ``axis`` of the element at global index ``j``, which
+        counts only where ``where`` holds (None: everywhere) -- the reducers put their
+        identity element there (:func:`_masked`: ``te.create_prim_func`` drops the ``where``
+        of a tuple reducer)."""
+        if self.chunks is None:
+            j = te.reduce_axis((0, self.n), name="j")
+            return te.compute((rows, cols), lambda i, u: body(i, u, j, j.var, None), name="red")
+        S, C = self.chunks
+        jj = te.reduce_axis((0, C), name="j")
+
+        def chunk(s, i, u):
+            j = s * C + jj.var
+            return body(i, u, jj, j, j < self.n)
+
+        return te.compute((S, rows, cols), chunk, name="red")
+
+
+def _masked(where: Any, x: Any, identity: Any) -> Any:
+    """The element ``x``, or the reducer's identity where ``where`` is false."""
+    return x if where is None else tirx().Select(where, x, identity)
 
 
 def _select(u: Any, exprs: list) -> Any:
@@ -72,20 +108,20 @@ def _torch() -> Any:
 BLOCK = 1024  # terms per partial sum of sum_scheme="block_sum" (about sqrt(1e6))
 
 
-def _sum(te, root, rows, n, dim, v: Variant, dtype, acc):
+def _sum(te, root, rows, space: Space, dim, v: Variant, dtype, acc):
     """Schemes: "direct" (one accumulator), "block" (partial sums of BLOCK terms added to a
     running total) or "kahan" (compensated); the last two keep two state buffers that
     ``finalize`` adds.  Both update rules assume a sequential reduction."""
     t = tirx()
-    j = te.reduce_axis((0, n), name="j")
 
-    def comps(i):
+    def comps(i, j):
         cs = root(i, j)
         return [x.astype(acc) for x in cs] if acc != dtype else cs
 
     if v.scheme == "direct":
-        body = lambda i, u: te.sum(_select(u, comps(i)), axis=j)  # noqa: E731
-        return [te.compute((rows, dim), body, name="red")]
+        zero = t.const(0, acc)
+        body = lambda i, u, ax, j, w: te.sum(_masked(w, _select(u, comps(i, j)), zero), axis=ax)  # noqa: E731
+        return [space.compute(te, rows, dim, body)]
     if v.scheme == "kahan":
         bits = "int32" if acc == "float32" else "int64"
 
@@ -100,8 +136,10 @@ def _sum(te, root, rows, n, dim, v: Variant, dtype, acc):
         zeros = lambda t0, t1: (t.const(0, t0), t.const(0, t1))  # noqa: E731
         red = te.comm_reducer(combine, zeros, name="kahan")
         zero = t.const(0, acc)
-        body = lambda i, u: red((_select(u, comps(i)), zero), axis=j)  # noqa: E731
-        return list(te.compute((rows, dim), body, name="red"))
+        body = lambda i, u, ax, j, w: red(
+            (_masked(w, _select(u, comps(i, j)), zero), zero), axis=ax
+        )  # noqa: E731
+        return list(space.compute(te, rows, dim, body))
 
     def combine_block(a, b):  # state (total, partial, j); the element is (0, x_j, j)
         full = t.floormod(b[2], BLOCK) == BLOCK - 1
@@ -112,10 +150,11 @@ def _sum(te, root, rows, n, dim, v: Variant, dtype, acc):
         combine_block, lambda *ts: tuple(t.const(0, x) for x in ts), name="blocksum"
     )
 
-    def body(i, u):
-        return red((t.const(0, acc), _select(u, comps(i)), j.var), axis=j)
+    def body(i, u, ax, j, w):
+        zero = t.const(0, acc)
+        return red((zero, _masked(w, _select(u, comps(i, j)), zero), j), axis=ax)
 
-    return list(te.compute((rows, dim), body, name="red"))
+    return list(space.compute(te, rows, dim, body))
 
 
 def _sum_state(d: int, v: Variant, dt: str, acc: str) -> list:
@@ -161,10 +200,9 @@ def _keep(is_min: bool, dtype: str) -> Callable:
 
 
 def _minmax(is_min: bool) -> Callable:
-    def compute(te, root, rows, n, dim, v: Variant, dtype, acc):
+    def compute(te, root, rows, space: Space, dim, v: Variant, dtype, acc):
         t = tirx()
         keep = _keep(is_min, dtype)
-        j = te.reduce_axis((0, n), name="j")
 
         def combine(a, b):
             k = keep(a[0], a[1], b[0])
@@ -174,8 +212,12 @@ def _minmax(is_min: bool) -> Callable:
             return _inf(tv, 1.0 if is_min else -1.0), t.const(-1, ti)
 
         red = te.comm_reducer(combine, identity, name="argred")
-        body = lambda i, u: red((_select(u, root(i, j)), j.var), axis=j)  # noqa: E731
-        return list(te.compute((rows, dim), body, name="red"))
+
+        def body(i, u, ax, j, w):
+            x = _masked(w, _select(u, root(i, j)), _inf(dtype, 1.0 if is_min else -1.0))
+            return red((x, _masked(w, j, t.const(-1, "int32"))), axis=ax)
+
+        return list(space.compute(te, rows, dim, body))
 
     return compute
 
@@ -206,14 +248,13 @@ def _with_idx(d: int, v: Variant, dt: str, acc: str) -> list:
 MAX_K = 128
 
 
-def _kmin(te, root, rows, n, dim, v: Variant, dtype, acc):
+def _kmin(te, root, rows, space: Space, dim, v: Variant, dtype, acc):
     """The K smallest values (ascending) and their indices, by insertion: the state is K
     sorted values then K indices; each new element goes after equal ones (lowest index
     first).  NaN and +inf are never inserted.  The combine inserts b's first element, so it
     assumes a sequential reduction."""
     t = tirx()
     K = v.k
-    j = te.reduce_axis((0, n), name="j")
 
     def combine(a, b):
         x, jx = b[0], b[K]
@@ -235,12 +276,12 @@ def _kmin(te, root, rows, n, dim, v: Variant, dtype, acc):
 
     red = te.comm_reducer(combine, identity, name="kminred")
 
-    def body(i, u):
-        x = _select(u, root(i, j))
-        elem = [x] + [_inf(dtype)] * (K - 1) + [j.var] + [t.const(-1, "int32")] * (K - 1)
-        return red(tuple(elem), axis=j)
+    def body(i, u, ax, j, w):
+        x = _masked(w, _select(u, root(i, j)), _inf(dtype))  # +inf is never inserted
+        elem = [x] + [_inf(dtype)] * (K - 1) + [j] + [t.const(-1, "int32")] * (K - 1)
+        return red(tuple(elem), axis=ax)
 
-    return list(te.compute((rows, dim), body, name="red"))
+    return list(space.compute(te, rows, dim, body))
 
 
 def _kmin_state(d: int, v: Variant, dt: str, acc: str) -> list:
@@ -267,11 +308,10 @@ def _kview(t: list) -> Any:
 # ---------------------------------------------------------------------- LogSumExp family
 
 
-def _lse(te, root, rows, n, dim, v: Variant, dtype, acc):
+def _lse(te, root, rows, space: Space, dim, v: Variant, dtype, acc):
     """State (m, s_1..s_G) = running max of F and sum_j exp(F - m) * G_j, per weight column;
     the root formula is Concat(F, G).  One exp per step: exp(-|m_a - m_b|)."""
     t = tirx()
-    j = te.reduce_axis((0, n), name="j")
 
     def combine(a, b):
         a_big = a[0] >= b[0]  # False when b is NaN: then m and s both become NaN
@@ -281,13 +321,14 @@ def _lse(te, root, rows, n, dim, v: Variant, dtype, acc):
 
     red = te.comm_reducer(combine, lambda t0, t1: (_inf(t0, -1.0), t.const(0, t1)), name="lse")
 
-    def body(i, u):
+    def body(i, u, ax, j, w):
         comps = root(i, j)
         if acc != dtype:
             comps = [x.astype(acc) for x in comps]
-        return red((comps[0], _select(u, comps[1:])), axis=j)
+        f = _masked(w, comps[0], _inf(acc, -1.0))
+        return red((f, _masked(w, _select(u, comps[1:]), t.const(0, acc))), axis=ax)
 
-    return list(te.compute((rows, dim - 1), body, name="red"))
+    return list(space.compute(te, rows, dim - 1, body))
 
 
 def _lse_state(d: int, v: Variant, dt: str, acc: str) -> list:
@@ -522,8 +563,9 @@ def _plain(opt_arg, sum_scheme, dtype, acc) -> Variant:
 class RedDef:
     name: str
     kind: str  # schedule tag
+    kernel: str  # reductions with the same kernel name share compiled kernels (Min, ArgMin...)
     state: Callable[[int, Variant, str, str], list]  # (dim F, variant, dtype, acc) -> [(cols, dt)]
-    compute: Callable[..., list]  # (te, root, rows, N, dim, variant, dtype, acc) -> [tensor]
+    compute: Callable[..., list]  # (te, root, rows, Space, dim, variant, dtype, acc) -> [tensor]
     finalize: Callable[..., Any]  # (states: [torch tensors], variant, dtype) -> output(s)
     combine: Callable[[list, Variant], list]  # partial states (P, rows, cols) -> states
     vjp: Optional[Callable[["Reduction", int], Plan]]  # None: no gradient
@@ -580,6 +622,7 @@ _softmax_tree = lambda main, w: make("Concat", main, make("Concat", intcst(1), w
 reduction(
     "Sum",
     kind="sum",
+    kernel="sum",
     state=_sum_state,
     compute=_sum,
     finalize=_sum_final,
@@ -596,6 +639,7 @@ for _name, _is_min in (("Min", True), ("Max", False)):
     _arg, _low = f"Arg{_name}", _name.lower()
     _common = dict(
         kind="select",
+        kernel=_low,
         state=_with_idx,
         compute=_minmax(_is_min),
         combine=_minmax_combine(_is_min),
@@ -629,6 +673,7 @@ for _name, _is_min in (("Min", True), ("Max", False)):
     )
 _kcommon = dict(
     kind="kselect",
+    kernel="kmin",
     needs_k=True,
     state=_kmin_state,
     compute=_kmin,
@@ -667,6 +712,7 @@ _lcommon = dict(
         "Concat", make("Elem", f, params=(0,)), make("Extract", f, params=(1 + start, n))
     ),
     kind="lse",
+    kernel="lse",
     state=_lse_state,
     compute=_lse,
     combine=_lse_combine,
@@ -727,6 +773,43 @@ REDUCTIONS["SoftMax"] = REDUCTIONS["SumSoftMaxWeight"]  # an alias, as in pykeop
 
 # ------------------------------------------------------------------- a use of a reduction
 
+
+@dataclass(frozen=True)
+class KernelSpec:
+    """What one kernel computes: the reduction ``red`` of ``formula`` over the index of
+    category ``1 - out_cat``, on ``dtype`` data with ``acc`` accumulators, in ``variant``."""
+
+    formula: Node
+    red: str
+    out_cat: int
+    dtype: str
+    acc: str
+    variant: Variant
+
+    @property
+    def rdef(self) -> "RedDef":
+        return REDUCTIONS[self.red]
+
+    def state(self) -> list:
+        """The kernel's state buffers [(cols, dtype), ...]."""
+        return self.rdef.state(self.formula.dim, self.variant, self.dtype, self.acc)
+
+    def registers(self) -> int:
+        return self.rdef.registers(self.formula.dim, self.variant, self.dtype, self.acc)
+
+    def text_key(self, device_type: str) -> tuple:
+        """A hashable key made of text (formula) and plain values, per device type."""
+        return (
+            str(self.formula),
+            self.red,
+            self.out_cat,
+            self.dtype,
+            self.acc,
+            self.variant,
+            device_type,
+        )
+
+
 CAT_LABEL = {0: "Vi", 1: "Vj", 2: "Pm"}
 
 
@@ -780,6 +863,13 @@ class Reduction:
         """(accumulator dtype, kernel variant) for data of ``dtype``."""
         acc = dtype if self.dtype_acc == "auto" else self.dtype_acc
         return acc, self.rdef.variant(self.k, self.sum_scheme, dtype, acc)
+
+    def spec(self, dtype: str, split: bool = False) -> KernelSpec:
+        """The kernel of this reduction for data of ``dtype`` (``split``: the split-j one)."""
+        acc, variant = self.resolve(dtype)
+        if split:
+            variant = dataclasses.replace(variant, split=True)
+        return KernelSpec(self.formula, self.red, self.out_cat, dtype, acc, variant)
 
     def grad_axis(self, k: int) -> int:
         """Output category of the gradient w.r.t. argument k (parameters: per output row,

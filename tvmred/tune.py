@@ -61,21 +61,17 @@ def tune(
                 device=dev, dtype=tdt
             )
         )
-    acc, variant = r.resolve(dtype)
+    spec = r.spec(dtype)
     target = target_for(args[0].device)
-    key = build.key_text(r.formula, r.red, r.out_cat, dtype, acc, target, variant)
-    default = build.row_block_for(r.formula, r.red, target, dtype, acc, variant)
+    key = build.key_text(spec, target)
+    default = build.row_block_for(spec, target)
     space = schedules.template(target["kind"]).candidates(target, dtype, default)[: trials or None]
     results = []
     for n, config in enumerate(space):
         if progress:
             _progress(n, len(space), f"compiling and timing {config}")
-        ex, meta = build.compile_reduction(
-            r.formula, r.red, r.out_cat, dtype, acc, target, variant, config
-        )
-        kernel = build.make_kernel(
-            ex.mod["main"], r.formula, r.red, dtype, acc, variant, meta["row_block"], config
-        )
+        ex, meta = build.compile_reduction(spec, target, config)
+        kernel = build.make_kernel(ex.mod["main"], spec, meta["row_block"], config)
         results.append({"config": config, "time_s": _time(kernel, r, args, repeats)})
     if progress:
         _progress(len(space), len(space), "done")

@@ -1,0 +1,104 @@
+"""The split-j scheme: chunks of the reduced index reduced in parallel into partial states,
+merged by each reduction's combine -- every reduction kind, both axes and dtypes, gradients,
+ties/inf/NaN and indices past 2^24, against the dense references (and the one-chunk
+kernels); the rule that picks it; the CUDA code it generates."""
+
+import dataclasses
+
+import pytest
+import torch
+from test_combine import tie_problem
+from test_reductions import ALL, DIFFERENTIABLE, check, check_gradients, data, dense, routine
+
+from tvmred import schedules
+from tvmred.genred import run_states
+from tvmred.schedules.cpu import cpu_chunks
+from tvmred.torch import Genred
+
+
+@pytest.fixture
+def split(monkeypatch):
+    """Force the split-j kernel on the CPU with ``chunks`` chunks (returns a setter)."""
+
+    def force(chunks: int) -> None:
+        tpl = dataclasses.replace(schedules.TEMPLATES["llvm"], chunks=lambda b, n, d: chunks)
+        monkeypatch.setitem(schedules.TEMPLATES, "llvm", tpl)
+
+    force(3)
+    return force
+
+
+CASES = [(red, axis, torch.float64, 1e-11) for red in ALL for axis in (1, 0)]
+CASES += [
+    (red, 1, torch.float32, 2e-5)
+    for red in ("Sum", "Min_ArgMin", "KMin_ArgKMin", "LogSumExp", "SumSoftMaxWeight")
+]
+
+
+@pytest.mark.parametrize("red,axis,dtype,tol", CASES)
+def test_values(red, axis, dtype, tol, split):
+    x, y, b = data(dtype)  # 80 and 60 reduced rows: 3 chunks, the last one shorter
+    check(routine(red, axis)(x, y, b), dense(red, x, y, b, axis), tol)
+
+
+@pytest.mark.parametrize("axis", [1, 0])
+@pytest.mark.parametrize("red", DIFFERENTIABLE)
+def test_gradients(red, axis, split):
+    check_gradients(red, axis)
+
+
+@pytest.mark.parametrize("axis", [1, 0])
+@pytest.mark.parametrize(
+    "red,k", [("Min_ArgMin", None), ("Max_ArgMax", None), ("KMin_ArgKMin", 5), ("LogSumExp", None)]
+)
+def test_ties_inf_nan_as_one_chunk(red, k, axis, split):
+    """Equal values keep the lowest index, NaN propagates: exactly the one-chunk result."""
+    al, args = tie_problem(axis, torch.float64)
+    g = Genred("Abs(x-y)", al, reduction_op=red, axis=axis, opt_arg=k)
+    split(1)
+    whole = run_states(g.reduction, args)[0]
+    for chunks in (2, 7):
+        split(chunks)
+        got = run_states(g.reduction, args)[0]
+        for a, b in zip(
+            got if isinstance(got, tuple) else (got,),
+            whole if isinstance(whole, tuple) else (whole,),
+        ):
+            assert torch.equal(a.isnan(), b.isnan())
+            assert torch.equal(torch.nan_to_num(a), torch.nan_to_num(b))
+
+
+def test_indices_past_2_pow_24(split):
+    n = 2**24 + 5
+    y = torch.zeros(n, 1)
+    y[n - 1] = -1.0  # in the last chunk
+    y[3] = -0.5  # in the first
+    split(4)
+    idx = Genred("x+y", ["x = Vi(1)", "y = Vj(1)"], reduction_op="ArgKMin", opt_arg=2, axis=1)(
+        torch.zeros(2, 1), y
+    )
+    assert idx.dtype == torch.int64 and idx.tolist() == [[n - 1, 3], [n - 1, 3]]
+
+
+def test_the_rule(monkeypatch):
+    monkeypatch.setenv("TVM_NUM_THREADS", "2")
+    assert cpu_chunks(1, 2_000_000, None) == 4  # one row block for two threads: split
+    assert cpu_chunks(1, 6_000, None) == 1  # chunks of at least 4096 rows
+    assert cpu_chunks(2, 2_000_000, None) == 1  # as many row blocks as threads: no split
+    monkeypatch.setenv("TVM_NUM_THREADS", "8")
+    assert cpu_chunks(3, 2_000_000, None) == 6
+
+
+def test_a_small_m_call_splits_by_default(monkeypatch):
+    """M = 32 (one row block), N = 20000, two threads: the default rule takes the split-j
+    kernel, and the answer is the dense one."""
+    monkeypatch.setenv("TVM_NUM_THREADS", "2")
+    x, y, b = (
+        torch.rand(32, 3, dtype=torch.float64),
+        torch.rand(20_000, 3, dtype=torch.float64),
+        torch.rand(20_000, 2, dtype=torch.float64),
+    )
+    g = Genred("Exp(-SqDist(x,y))*b", ["x = Vi(3)", "y = Vj(3)", "b = Vj(2)"], axis=1)
+    c = g(x, y, b)
+    assert ("kernel", "float64", x.device, True) in g.reduction.memo  # the split kernel ran
+    torch.testing.assert_close(c, torch.exp(-(torch.cdist(x, y) ** 2)) @ b)
