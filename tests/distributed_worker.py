@@ -1,0 +1,128 @@
+"""One rank of tests/test_distributed.py, run as ``python distributed_worker.py SPEC RANK``.
+
+SPEC (JSON) names the world size, the gloo rendezvous file, the cases file written by the
+parent (global tensors, per case) and the row splits.  The rank takes its rows of every case,
+calls ``DistributedGenred`` (and the backward, with its rows of the parent's cotangent), and
+saves its outputs and gradients to ``out_dir/rank{RANK}.pt`` for the parent to compare with the
+single-process results.  With ``"errors": true`` it also runs the bad calls and records, per
+call, the exception each rank raised.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+
+
+def rows(split: list[int], rank: int) -> slice:
+    """Rank ``rank``'s rows: ``split`` holds the boundaries, [0, b1, ..., n]."""
+    return slice(split[rank], split[rank + 1])
+
+
+def local(t: torch.Tensor, cat: int, splits: dict, rank: int) -> torch.Tensor:
+    if cat == 2:
+        return t.clone()
+    return t[..., rows(splits[str(cat)], rank), :].clone()
+
+
+def run_case(case: dict, splits: dict, rank: int) -> dict:
+    from tvmred.torch.distributed import DistributedGenred
+
+    dg = DistributedGenred(
+        case["formula"],
+        case["aliases"],
+        reduction_op=case["red"],
+        axis=case["axis"],
+        opt_arg=case["k"],
+        formula2=case["formula2"],
+        timeout=120,
+    )
+    args = [local(t, c, splits, rank) for t, c in zip(case["args"], case["cats"])]
+    if case["cot"] is not None:
+        args = [a.requires_grad_() for a in args]
+    out = dg(*args)
+    res: dict = {"out": out}
+    if case["cot"] is not None:
+        value = out[0] if isinstance(out, tuple) else out
+        d = case["row_dim"]  # the output rows come after the batch dims
+        cot = case["cot"].narrow(d, splits[str(1 - case["axis"])][rank], value.shape[d])
+        res["grads"] = torch.autograd.grad(value, args, cot)
+    return res
+
+
+def run_errors(rank: int) -> dict:
+    """The bad calls: per call, (exception type, message) on this rank, or None."""
+    from tvmred.torch.distributed import DistributedGenred
+
+    al = ["x = Vi(3)", "y = Vj(3)"]
+    g = torch.Generator().manual_seed(rank)
+    x, y = (
+        torch.rand(5, 3, generator=g, dtype=torch.float64),
+        torch.rand(6, 3, generator=g, dtype=torch.float64),
+    )
+    sq = DistributedGenred("SqDist(x,y)", al, reduction_op="Sum", axis=1, timeout=60)
+    calls = {
+        "width": lambda: sq(x, torch.rand(6, 4, dtype=torch.float64) if rank == 1 else y),
+        "dtype": lambda: sq(x.float(), y.float()) if rank == 1 else sq(x, y),
+        "no_rows": lambda: sq(x, y[:0] if rank == 1 else y),
+        "other_reduction": lambda: (
+            DistributedGenred("SqDist(x,y)", al, reduction_op="Min", axis=1, timeout=60)(x, y)
+            if rank == 1
+            else sq(x, y)
+        ),
+        "requires_grad": lambda: sq(x.clone().requires_grad_(rank == 0), y),
+        "batch": lambda: sq(x.expand(2, 5, 3) if rank == 0 else x, y),
+        "ok_after": lambda: sq(x, y),  # the group is still usable after the errors above
+    }
+    got: dict = {}
+    for name, fn in calls.items():
+        try:
+            got[name] = ("ok", fn())
+        except Exception as e:  # noqa: BLE001 -- recorded for the parent
+            got[name] = (type(e).__name__, str(e))
+    return got
+
+
+def main() -> int:
+    spec = json.loads(Path(sys.argv[1]).read_text())
+    rank = int(sys.argv[2])
+    dist.init_process_group(
+        "gloo",
+        init_method=f"file://{spec['rendezvous']}",
+        rank=rank,
+        world_size=spec["world"],
+        timeout=datetime.timedelta(seconds=120),
+    )
+    cases = torch.load(spec["cases"])
+    results = {name: run_case(c, spec["splits"], rank) for name, c in cases.items()}
+    if spec.get("errors"):
+        results["errors"] = run_errors(rank)
+    out = Path(spec["out_dir"]) / f"rank{rank}.pt"
+    if spec.get("errors"):
+        # last, as it leaves the group broken: rank 1 does not call, rank 0 must time out
+        from tvmred.torch.distributed import DistributedGenred
+
+        sq = DistributedGenred("SqDist(x,y)", ["x = Vi(1)", "y = Vj(1)"], axis=1, timeout=2)
+        t0 = time.perf_counter()
+        if rank == 0:
+            try:
+                sq(torch.rand(3, 1), torch.rand(4, 1))
+                results["timeout"] = ("ok", time.perf_counter() - t0)
+            except Exception as e:  # noqa: BLE001
+                results["timeout"] = (type(e).__name__, str(e), time.perf_counter() - t0)
+        else:
+            time.sleep(4)
+    torch.save(results, out)
+    sys.stdout.flush()
+    os._exit(0)  # no teardown of a group that may be broken
+
+
+if __name__ == "__main__":
+    sys.exit(main())
