@@ -90,6 +90,28 @@ def run_errors(rank: int) -> dict:
     return got
 
 
+def run_hangs(rank: int) -> tuple:
+    """Calls the other rank does not make: rank 0 runs a backward that rank 1 skips, then rank
+    1 makes a forward call that rank 0 skips.  Each must raise, not hang: (type, message)."""
+    from tvmred.torch.distributed import DistributedGenred
+
+    sq = DistributedGenred("SqDist(x,y)", ["x = Vi(1)", "y = Vj(1)"], axis=1, timeout=1.5)
+    x, y = torch.rand(3, 1, requires_grad=True), torch.rand(4, 1)
+    out = sq(x, y)  # both ranks
+    try:
+        if rank == 0:
+            torch.autograd.grad(out.sum(), [x])
+        else:
+            time.sleep(3)  # after rank 0 has given up
+            sq(x, y)
+        got: tuple = ("ok", "")
+    except Exception as e:  # noqa: BLE001
+        got = (type(e).__name__, str(e))
+    if rank == 0:
+        time.sleep(3)  # alive while rank 1 waits
+    return got
+
+
 def main() -> int:
     spec = json.loads(Path(sys.argv[1]).read_text())
     rank = int(sys.argv[2])
@@ -106,19 +128,7 @@ def main() -> int:
         results["errors"] = run_errors(rank)
     out = Path(spec["out_dir"]) / f"rank{rank}.pt"
     if spec.get("errors"):
-        # last, as it leaves the group broken: rank 1 does not call, rank 0 must time out
-        from tvmred.torch.distributed import DistributedGenred
-
-        sq = DistributedGenred("SqDist(x,y)", ["x = Vi(1)", "y = Vj(1)"], axis=1, timeout=2)
-        t0 = time.perf_counter()
-        if rank == 0:
-            try:
-                sq(torch.rand(3, 1), torch.rand(4, 1))
-                results["timeout"] = ("ok", time.perf_counter() - t0)
-            except Exception as e:  # noqa: BLE001
-                results["timeout"] = (type(e).__name__, str(e), time.perf_counter() - t0)
-        else:
-            time.sleep(4)
+        results["hang"] = run_hangs(rank)  # last: it leaves the group broken
     torch.save(results, out)
     sys.stdout.flush()
     os._exit(0)  # no teardown of a group that may be broken
