@@ -76,7 +76,7 @@ def case(
     formula2=None,
     aliases=AL,
     k=None,
-    grads: bool = True,
+    differentiate: bool = True,
 ):
     """A case: the reduction, the global arguments, a cotangent when it is differentiable,
     and the single-process reference (output and gradients w.r.t. every argument)."""
@@ -93,7 +93,7 @@ def case(
     out = g(*ts)
     value = out[0] if isinstance(out, tuple) else out
     cot, grads = None, None
-    if red in DIFFERENTIABLE and grads:
+    if red in DIFFERENTIABLE and differentiate:
         cot = torch.randn_like(value)
         grads = torch.autograd.grad(value, ts, cot)
     return {
@@ -213,7 +213,7 @@ def two_ranks(tmp_path_factory):
     for red, k in (("Min_ArgMin", None), ("Max_ArgMax", None), ("KMin_ArgKMin", 5)):
         for axis in (1, 0):
             cases[f"ties/{red}/axis{axis}"] = case(
-                red, axis, [xt, yt], formula="Abs(x-y)", aliases=AL1, k=k, grads=False
+                red, axis, [xt, yt], formula="Abs(x-y)", aliases=AL1, k=k, differentiate=False
             )
     tmp = tmp_path_factory.mktemp("two_ranks")
     return cases, spawn(2, cases, SPLITS_2, tmp, errors=True)
@@ -221,15 +221,17 @@ def two_ranks(tmp_path_factory):
 
 def test_two_ranks_every_reduction_matches_one_process(two_ranks):
     cases, results = two_ranks
-    compare(
-        results, {n: c for n, c in cases.items() if n.split("/")[0] in ALL and n.count("/") == 1}
-    )
+    mine = {n: c for n, c in cases.items() if n.split("/")[0] in ALL and n.count("/") == 1}
+    assert len(mine) == 2 * len(ALL)
+    assert sum(c["cot"] is not None for c in mine.values()) == 2 * len(DIFFERENTIABLE)
+    compare(results, mine)
 
 
 def test_two_ranks_float32_params_and_batch_dims(two_ranks):
     cases, results = two_ranks
     rest = {n: c for n, c in cases.items() if n.startswith(("param/", "batch/")) or "float32" in n}
     assert len(rest) == 11
+    assert sum(c["cot"] is not None for c in rest.values()) == 10  # all but ArgKMin
     compare(results, rest)
 
 
