@@ -12,9 +12,11 @@ Gaussian convolution ``Exp(-SqDist(x,y))*b``, D = E = 3, float32, reduced over j
 Each process runs with ``TVM_NUM_THREADS=1 OMP_NUM_THREADS=1 OMP_WAIT_POLICY=PASSIVE``; a
 call's time is the slowest rank's (all-reduced max), the best of ``--repeats`` calls after a
 warm-up call.  The configurations are interleaved over ``--rounds`` rounds, so load from other
-programs spreads over all of them: the summary gives the best round and the spread (worst /
-best).  P greater than the core count is oversubscribed and is reported so.  Efficiency =
-speedup / P (strong) or T(1) / T(P) (weak).
+programs spreads over all of them: the summary gives the best round, the spread (worst /
+best) and the cores other programs used during the best round (from /proc/stat, minus this
+benchmark's processes); ``--wait-idle 90`` waits for a quiet machine before each run.
+P greater than the core count is oversubscribed, and reported so.  Speedup = throughput
+(pairs/s) over the one-thread baseline's (weak: over P=1's); efficiency = speedup / P.
 
     python benchmarks/bench_distributed.py [--n 100000] [--procs 1 2 4] [--rounds 3]
 """
@@ -26,6 +28,7 @@ import datetime
 import json
 import math
 import os
+import resource
 import subprocess
 import sys
 import tempfile
@@ -113,6 +116,41 @@ def run(mode: str, n: int, procs: int, repeats: int) -> float:
         return json.loads(outs[0].strip().splitlines()[-1])["s"]
 
 
+def busy_seconds() -> float:
+    """CPU seconds spent by every process of the machine so far (/proc/stat), or nan."""
+    try:
+        fields = [int(v) for v in open("/proc/stat").readline().split()[1:]]
+    except OSError:
+        return math.nan
+    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)
+    return (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK")
+
+
+def children_seconds() -> float:
+    u = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return u.ru_utime + u.ru_stime
+
+
+def wait_idle(pct: float, max_wait: float) -> float:
+    """Wait (up to ``max_wait`` s) until the machine is at least ``pct`` % idle over 3 s;
+    return the last idle percentage seen."""
+    cores, t_end, idle = os.cpu_count() or 1, time.monotonic() + max_wait, 0.0
+    while True:
+        b0, t0 = busy_seconds(), time.monotonic()
+        time.sleep(3)
+        idle = 100 * (1 - (busy_seconds() - b0) / (cores * (time.monotonic() - t0)))
+        if idle >= pct or time.monotonic() >= t_end:
+            return idle
+
+
+def measured(mode: str, n: int, procs: int, repeats: int) -> tuple[float, float]:
+    """(best call time, cores used by other programs meanwhile, on average)."""
+    b0, c0, t0 = busy_seconds(), children_seconds(), time.monotonic()
+    s = run(mode, n, procs, repeats)
+    wall = time.monotonic() - t0
+    return s, max(0.0, (busy_seconds() - b0) - (children_seconds() - c0)) / wall
+
+
 def lscpu() -> str:
     try:
         return subprocess.run(["lscpu"], capture_output=True, text=True).stdout
@@ -127,6 +165,8 @@ def main() -> int:
     p.add_argument("--procs", type=int, nargs="*", default=[1, 2, 4])
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--wait-idle", type=float, default=0, help="before each run, wait for %% idle")
+    p.add_argument("--max-wait", type=float, default=600, help="seconds, for --wait-idle")
     p.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "distributed_cpu.json"))
     p.add_argument("--worker", nargs=2, help=argparse.SUPPRESS)
     a = p.parse_args()
@@ -138,12 +178,21 @@ def main() -> int:
     configs += [("strong", "dist", a.n, P) for P in a.procs]
     configs += [("weak", "dist", round(a.weak_n * math.sqrt(P)), P) for P in a.procs]
     times: dict[tuple, list[float]] = {c: [] for c in configs}
+    other: dict[tuple, list[float]] = {c: [] for c in configs}
     loads = []
     for rnd in range(a.rounds):
         for c in configs:
+            if a.wait_idle:
+                wait_idle(a.wait_idle, a.max_wait)
             loads.append(os.getloadavg()[0])
-            times[c].append(run(c[1], c[2], c[3], a.repeats))
-            print(f"round {rnd}: {c[0]:6} {c[1]:5} N=M={c[2]:<7} P={c[3]}: {times[c][-1]:.3f} s")
+            t, o = measured(c[1], c[2], c[3], a.repeats)
+            times[c].append(t)
+            other[c].append(o)
+            print(
+                f"round {rnd}: {c[0]:6} {c[1]:5} N=M={c[2]:<7} P={c[3]}: {t:.3f} s "
+                f"(other programs used {o:.2f} cores meanwhile)",
+                flush=True,
+            )
     rows = []
     base = min(times[configs[0]])
     weak1 = min(times.get(("weak", "dist", a.weak_n, 1), [math.nan]))
@@ -154,6 +203,7 @@ def main() -> int:
     for c in configs:
         kind, mode, n, P = c
         best, worst = min(times[c]), max(times[c])
+        busy = other[c][times[c].index(best)]
         speedup = base / best if kind == "strong" else n * n / best / (a.weak_n**2 / weak1)
         eff = speedup / P
         row = {
@@ -165,6 +215,7 @@ def main() -> int:
             "best_s": best,
             "worst_s": worst,
             "all_s": times[c],
+            "other_programs_cores": other[c],
             "pairs_per_s": n * n / best,
             "speedup_vs_1_thread": speedup,
             "efficiency": eff,
@@ -173,7 +224,7 @@ def main() -> int:
         note = "  (oversubscribed)" if P > cores else ""
         print(
             f"{kind:6} {mode:5} {n:>7} {P:>2} {best:8.3f} {worst / best:7.2f} "
-            f"{n * n / best / 1e6:9.1f} {speedup:8.2f} {eff:7.2f}{note}"
+            f"{n * n / best / 1e6:9.1f} {speedup:8.2f} {eff:7.2f} {busy:7.2f}{note}"
         )
     info = {
         "lscpu": lscpu(),
@@ -185,6 +236,7 @@ def main() -> int:
     Path(a.out).parent.mkdir(parents=True, exist_ok=True)
     Path(a.out).write_text(json.dumps({"machine": info, "rows": rows}, indent=1))
     print(f"\nload average (1 min) before the runs: {min(loads):.2f} .. {max(loads):.2f}")
+    print("others: cores used by other programs during the best run (/proc/stat minus ours)")
     return 0
 
 
