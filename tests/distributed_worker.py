@@ -90,6 +90,22 @@ def run_errors(rank: int) -> dict:
     return got
 
 
+def run_helpers(rank: int) -> dict:
+    """rows_of, shard and gather on uneven pieces, and gather's error on every rank."""
+    from tvmred.torch.distributed import gather, rows_of, shard
+
+    got: dict = {"rows_of": [rows_of(5).start, rows_of(5).stop]}
+    got["shard"] = shard(torch.arange(20.0).reshape(2, 5, 2))
+    got["gather"] = gather(torch.full((2, rank + 1, 3), float(rank)))
+    got["gather_dim0"] = gather(torch.full((rank + 2, 4, 1), rank), dim=0)
+    try:
+        gather(torch.zeros(2, 3 + rank))
+        got["gather_error"] = ("ok", "")
+    except ValueError as e:
+        got["gather_error"] = ("ValueError", str(e))
+    return got
+
+
 def run_hangs(rank: int) -> tuple:
     """Calls the other rank does not make: rank 0 runs a backward that rank 1 skips, then rank
     1 makes a forward call that rank 0 skips.  Each must raise, not hang: (type, message)."""
@@ -126,6 +142,7 @@ def main() -> int:
     results = {name: run_case(c, spec["splits"], rank) for name, c in cases.items()}
     if spec.get("errors"):
         results["errors"] = run_errors(rank)
+        results["helpers"] = run_helpers(rank)
     out = Path(spec["out_dir"]) / f"rank{rank}.pt"
     if spec.get("errors"):
         results["hang"] = run_hangs(rank)  # last: it leaves the group broken

@@ -298,6 +298,22 @@ def test_the_group_works_after_errors_and_missing_calls_raise(two_ranks):
     assert kind == "CommunicationError" and "rank 1: the metadata exchange" in msg, msg
 
 
+def test_helpers_rows_of_shard_gather(two_ranks):
+    _, results = two_ranks
+    h0, h1 = (res["helpers"] for res in results)
+    assert h0["rows_of"] == [0, 3] and h1["rows_of"] == [3, 5]  # the first rank gets the extra
+    whole = torch.arange(20.0).reshape(2, 5, 2)
+    assert torch.equal(torch.cat([h0["shard"], h1["shard"]], dim=-2), whole)
+    want = torch.cat([torch.zeros(2, 1, 3), torch.ones(2, 2, 3)], dim=1)
+    assert torch.equal(h0["gather"], want) and torch.equal(h1["gather"], want)
+    want0 = torch.cat(
+        [torch.zeros(2, 4, 1, dtype=torch.int64), torch.ones(3, 4, 1, dtype=torch.int64)]
+    )
+    assert torch.equal(h0["gather_dim0"], want0) and torch.equal(h1["gather_dim0"], want0)
+    assert h0["gather_error"] == h1["gather_error"] and h0["gather_error"][0] == "ValueError"
+    assert "differ beyond their size along dim 0" in h0["gather_error"][1]
+
+
 # --------------------------------------------------------------------------------- 3 ranks
 
 
