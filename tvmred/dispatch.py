@@ -54,6 +54,13 @@ def batch_shape(r: Reduction, args: Sequence[Any]) -> torch.Size | None:
 
 
 def _batched(r: Reduction, args: Sequence[torch.Tensor], fn: Callable, shape: torch.Size):
+    return stack_batch([fn(*p) for p in split_batch(r, args, shape)], shape)
+
+
+def split_batch(r: Reduction, args: Sequence[torch.Tensor], shape: Sequence[int]) -> list[list]:
+    """The plain problems of a call with batch dimensions ``shape``, one argument list per
+    batch index (row-major): broadcast arguments are ``expand``-ed views, so gradients taken
+    through them are summed over the broadcast dims."""
     full = []
     for k, a in enumerate(args):
         core = _core(r, k)
@@ -62,9 +69,15 @@ def _batched(r: Reduction, args: Sequence[torch.Tensor], fn: Callable, shape: to
             continue
         a = a.reshape((1,) * (len(shape) + core - a.dim()) + tuple(a.shape))
         full.append(a.expand(*shape, *a.shape[len(shape) :]))
-    outs = []
-    for idx in itertools.product(*(range(s) for s in shape)):
-        outs.append(fn(*[a if f is None else f[idx] for a, f in zip(args, full)]))
+    return [
+        [a if f is None else f[idx] for a, f in zip(args, full)]
+        for idx in itertools.product(*(range(s) for s in shape))
+    ]
+
+
+def stack_batch(outs: list, shape: Sequence[int]) -> Any:
+    """The outputs of :func:`split_batch`'s problems as one (tuple of) tensor(s) of batch
+    shape ``shape``."""
     if isinstance(outs[0], tuple):
         return tuple(torch.stack(o).reshape(*shape, *o[0].shape) for o in zip(*outs))
     return torch.stack(outs).reshape(*shape, *outs[0].shape)

@@ -25,3 +25,9 @@ def setup_logging() -> None:
             handler.setFormatter(logging.Formatter("[tvmred] %(message)s"))
             log.addHandler(handler)
         log.setLevel(logging.DEBUG if os.environ["TVMRED_VERBOSE"] == "2" else logging.INFO)
+
+
+def dist_timeout() -> float:
+    """Seconds a sharded reduction (:mod:`tvmred.torch.distributed`) waits for the other ranks
+    at any exchange before it raises: ``$TVMRED_DIST_TIMEOUT``, default 300."""
+    return float(os.environ.get("TVMRED_DIST_TIMEOUT") or 300)
