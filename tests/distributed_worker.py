@@ -32,22 +32,39 @@ def local(t: torch.Tensor, cat: int, splits: dict, rank: int) -> torch.Tensor:
     return t[..., rows(splits[str(cat)], rank), :].clone()
 
 
-def run_case(case: dict, splits: dict, rank: int) -> dict:
-    from tvmred.torch.distributed import DistributedGenred
+#: LazyTensor expressions of the parent's "lazy" cases (the same formulas as their Genred
+#: references): (x_i, y_j, b_j) -> a reduction made with call=False
+LAZY = {
+    "gauss_sum": lambda x, y, b: ((-((x - y) ** 2).sum(-1)).exp() * b).sum(dim=1, call=False),
+    "sqdist_argkmin": lambda x, y, b: ((x - y) ** 2).sum(-1).argKmin(3, dim=0, call=False),
+    "lse": lambda x, y, b: (b.sum(-1) - ((x - y) ** 2).sum(-1)).logsumexp(dim=1, call=False),
+}
 
-    dg = DistributedGenred(
-        case["formula"],
-        case["aliases"],
-        reduction_op=case["red"],
-        axis=case["axis"],
-        opt_arg=case["k"],
-        formula2=case["formula2"],
-        timeout=120,
-    )
+
+def run_case(case: dict, splits: dict, rank: int) -> dict:
+    from tvmred.torch import LazyTensor
+    from tvmred.torch.distributed import DistributedGenred, sharded_reduction
+
     args = [local(t, c, splits, rank) for t, c in zip(case["args"], case["cats"])]
     if case["cot"] is not None:
         args = [a.requires_grad_() for a in args]
-    out = dg(*args)
+    if case.get("lazy"):
+        x, y, b = args  # the LazyTensors are built from this rank's shards
+        red = LAZY[case["lazy"]](
+            LazyTensor(x[:, None, :]), LazyTensor(y[None, :, :]), LazyTensor(b[None, :, :])
+        )
+        out = sharded_reduction(red, timeout=120)
+    else:
+        dg = DistributedGenred(
+            case["formula"],
+            case["aliases"],
+            reduction_op=case["red"],
+            axis=case["axis"],
+            opt_arg=case["k"],
+            formula2=case["formula2"],
+            timeout=120,
+        )
+        out = dg(*args)
     res: dict = {"out": out}
     if case["cot"] is not None:
         value = out[0] if isinstance(out, tuple) else out

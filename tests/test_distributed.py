@@ -16,6 +16,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Optional
 
 import pytest
 import torch
@@ -77,6 +78,7 @@ def case(
     aliases=AL,
     k=None,
     differentiate: bool = True,
+    lazy: Optional[str] = None,
 ):
     """A case: the reduction, the global arguments, a cotangent when it is differentiable,
     and the single-process reference (output and gradients w.r.t. every argument)."""
@@ -107,6 +109,7 @@ def case(
         "cats": cats,
         "cot": cot,
         "row_dim": batch,
+        "lazy": lazy,  # the worker builds this LazyTensor expression (distributed_worker.LAZY)
         "ref": (
             tuple(t.detach() for t in out) if isinstance(out, tuple) else out.detach(),
             grads,
@@ -209,6 +212,13 @@ def two_ranks(tmp_path_factory):
     cases["batch/LogSumExp"] = case(
         "LogSumExp", 1, [xb, yb, bb, pb], formula="-p*SqDist(x,y)", aliases=alp
     )
+    cases["lazy/gauss_sum"] = case(
+        "Sum", 1, [x, y, b], formula="Exp(-SqDist(x,y))*b", lazy="gauss_sum"
+    )
+    cases["lazy/sqdist_argkmin"] = case(
+        "ArgKMin", 0, [x, y, b], formula="SqDist(x,y)", k=3, lazy="sqdist_argkmin"
+    )
+    cases["lazy/lse"] = case("LogSumExp", 1, [x, y, b], formula="Sum(b)-SqDist(x,y)", lazy="lse")
     xt, yt = ties()
     for red, k in (("Min_ArgMin", None), ("Max_ArgMax", None), ("KMin_ArgKMin", 5)):
         for axis in (1, 0):
@@ -232,6 +242,15 @@ def test_two_ranks_float32_params_and_batch_dims(two_ranks):
     rest = {n: c for n, c in cases.items() if n.startswith(("param/", "batch/")) or "float32" in n}
     assert len(rest) == 11
     assert sum(c["cot"] is not None for c in rest.values()) == 10  # all but ArgKMin
+    compare(results, rest)
+
+
+def test_two_ranks_lazytensor_reductions(two_ranks):
+    """sharded_reduction on LazyTensor reductions (call=False) built from each rank's shards:
+    Sum and LogSumExp with gradients w.r.t. x, y, b, ArgKMin over i with global indices."""
+    cases, results = two_ranks
+    rest = {n: c for n, c in cases.items() if n.startswith("lazy/")}
+    assert len(rest) == 3 and sum(c["cot"] is not None for c in rest.values()) == 2
     compare(results, rest)
 
 

@@ -39,7 +39,9 @@ import torch.distributed as dist
 from torch.autograd.function import once_differentiable
 
 from .. import dispatch, genred, settings
+from .. import lazynodes as ln
 from ..genred import check_args, run_states
+from ..lazy import LazyReduction
 from ..reductions import Chain, Gathered, Reduction
 
 Shape = tuple[int, ...]
@@ -591,7 +593,7 @@ class _ShardedFn(torch.autograd.Function):
 
 
 def sharded_reduction(
-    r: Reduction,
+    r: Reduction | LazyReduction,
     *args: torch.Tensor,
     group: Optional[Any] = None,
     timeout: Optional[float] = None,
@@ -599,10 +601,19 @@ def sharded_reduction(
     """Evaluate the reduction ``r`` on this rank's shards ``args``, collectively with the other
     ranks of ``group`` (default: the world): this rank's output rows, differentiable (first
     order) w.r.t. every argument.  The entry point for anything that builds a
-    :class:`~tvmred.reductions.Reduction` (``DistributedGenred``, LazyTensor reductions).
+    :class:`~tvmred.reductions.Reduction` (``DistributedGenred``), and for LazyTensor
+    reductions: ``r`` a reduction made with ``call=False`` from LazyTensors of this rank's
+    shards (``K.sum(dim=1, call=False)``), ``args`` its symbolic variables if any.
 
     Communicated per call: the metadata (two all_gathers of ~0.3 KB per rank), then the
     shards of the reduced-category variables round the ring (each rank sends P-1 shards)."""
+    if isinstance(r, LazyReduction):
+        if r.kwargs:
+            raise ValueError(
+                f"a sharded LazyTensor reduction takes no {', '.join(sorted(r.kwargs))}: "
+                "the shards compute where they are, without ranges"
+            )
+        args, r = tuple(r.full_arguments(args)), ln.reduction(r.spec)
     _check_shardable(r)
     comm = _Comm(group, timeout)
     key = id(comm.group)
