@@ -102,3 +102,21 @@ def test_a_small_m_call_splits_by_default(monkeypatch):
     c = g(x, y, b)
     assert ("kernel", "float64", x.device, True) in g.reduction.memo  # the split kernel ran
     torch.testing.assert_close(c, torch.exp(-(torch.cdist(x, y) ** 2)) @ b)
+
+
+def test_the_last_chunk_reads_in_bounds():
+    """S*C >= N: the split kernel's reads of reduced-index inputs are clamped to row N-1 (the
+    reducer masks those elements), so the last chunk never reads past the arrays' ends."""
+    import re
+
+    from tvmred import lower
+
+    for axis in (0, 1):
+        g = Genred("Exp(-SqDist(x,y))*b", ["x = Vi(3)", "y = Vj(3)", "b = Vj(1)"], axis=axis)
+        text = lower.lower(g.reduction.spec("float32", True), 16).func.script()
+        reduced = ("arg0",) if axis == 0 else ("arg1", "arg2")
+        reads = re.findall(r"(arg\d)\[([^\]]*)\]", text)
+        assert reads
+        for name, index in reads:
+            if name in reduced and not index.startswith("0:"):
+                assert index.startswith("T.min("), (name, index)

@@ -146,6 +146,9 @@ def _lower(formula, red, out_cat, dtype, acc_dtype, row_block, variant) -> Lower
             return lambda i, j: [h[k] for k in range(v.dim)]
         if cat == out_cat:
             return lambda i, j: [h[i, k] for k in range(v.dim)]
+        if split:  # the last chunk runs past N (S*C >= N): its reads stay in bounds (and the
+            # reducer masks those elements)
+            return lambda i, j: [h[tirx().min(j, N - 1), k] for k in range(v.dim)]
         return lambda i, j: [h[j, k] for k in range(v.dim)]
 
     root_uses = red.root_uses(formula.dim) if red.root_uses else [1] * formula.dim
