@@ -43,4 +43,20 @@ def row_block(target: dict, dtype: str, config: dict | None = None, width: int =
     return template(target["kind"]).row_block(target, dtype, width)
 
 
-__all__ = ["ReductionShape", "TargetTemplate", "TEMPLATES", "template", "for_device", "row_block"]
+def tile(target: dict, dtype: str, config: dict | None = None) -> int:
+    """Reduced rows per tile (0: none): the tuned value from ``config`` if any, else the
+    template's default."""
+    if config and "tile" in config:
+        return int(config["tile"])
+    return template(target["kind"]).tile(target, dtype)
+
+
+__all__ = [
+    "ReductionShape",
+    "TargetTemplate",
+    "TEMPLATES",
+    "template",
+    "for_device",
+    "row_block",
+    "tile",
+]

@@ -11,6 +11,7 @@ shared buffers appear.
 from __future__ import annotations
 
 import functools
+import os
 from typing import TYPE_CHECKING, Any
 
 from .shape import ReductionShape, TargetTemplate
@@ -36,12 +37,24 @@ def cuda_row_block(target: dict, dtype: str, width: int = 1) -> int:
     return THREADS
 
 
+def cuda_tile(target: dict, dtype: str) -> int:
+    """Reduced rows per shared-memory tile by default: ``$TVMRED_CUDA_TILE``, else 0 (the
+    thread-per-row kernel).  The tiled kernel (``cuda_tiles``) is generated and compiled in
+    CI but has not yet run on a GPU; ``benchmarks/gpu_check.sh`` runs the suite and the
+    benchmark with it, and ``tvmred tune --device cuda`` tries it (checking its answer)."""
+    return int(os.environ.get("TVMRED_CUDA_TILE") or 0)
+
+
 def cuda_candidates(target: dict, dtype: str, default: int) -> list[dict]:
     blocks = [64, 128, 256, 512]
-    return [{"row_block": b} for b in [default] + [b for b in blocks if b != default]]
+    out = [{"row_block": b} for b in [default] + [b for b in blocks if b != default]]
+    out += [{"row_block": rb, "tile": t} for rb in (128, 256) for t in (64, 128, 256)]
+    return out
 
 
 def cuda_rows(sch: s_tir.Schedule, shape: ReductionShape, target: dict) -> s_tir.Schedule:
+    if shape.tile:
+        return cuda_tiles(sch, shape, target)
     red = sch.get_sblock("red")
     loops = sch.get_loops(red)
     s, (i, u, j) = (loops[0], loops[1:]) if shape.split else (None, loops)
@@ -70,6 +83,54 @@ def cuda_rows(sch: s_tir.Schedule, shape: ReductionShape, target: dict) -> s_tir
     return sch
 
 
+def cuda_tiles(sch: s_tir.Schedule, shape: ReductionShape, target: dict) -> s_tir.Schedule:
+    """KeOps' 1D scheme: ``cuda_rows`` with the reduced index in tiles of ``shape.tile`` rows
+    -- the block's threads load a tile of every reduced-index input into shared memory
+    together (one value per thread per step), then each thread reduces its rows over the
+    tile.  A tiled kernel is split-j (loops ``s, i, u, j``); one block per (chunk, row block);
+    the caller pads the reduced-index inputs to whole tiles and the reducer masks j >= N."""
+    red = sch.get_sblock("red")
+    s, i, u, j = sch.get_loops(red)
+    threads = min(THREADS, shape.row_block)
+    per_thread = shape.row_block // threads
+    io, ii, ir = sch.split(i, factors=[None, threads, per_thread])
+    jo, ji = sch.split(j, factors=[None, shape.tile])
+    sch.reorder(io, ii, jo, ji, ir, u)
+    io = sch.fuse(s, io)
+    sch.bind(io, "blockIdx.x")
+    sch.bind(ii, "threadIdx.x")
+    blocks = [sch.get_sblock(name) for name in shape.stages] + [red]
+    readers = {}  # buffer name -> the first block reading it
+    for blk in blocks:
+        for region in sch.get(blk).reads:
+            readers.setdefault(region.source.name, blk)
+    for name in reversed(shape.stages):
+        blk = sch.get_sblock(name)
+        sch.compute_at(blk, ji)
+        sch.set_scope(blk, 0, "local")
+        if per_thread > 1:
+            sch.unroll(sch.get_loops(blk)[-1])  # the thread's rows
+    accs = [sch.cache_write(red, k, "local") for k in range(shape.outputs)]
+    for acc in accs:
+        sch.reverse_compute_at(acc, ii)
+    for name in shape.reduced_inputs:  # every consumer reads the shared copy
+        tile = sch.cache_read(readers[name], name, "shared")
+        sch.compute_at(tile, jo)
+        inner = sch.get_loops(tile)[3:]  # under (block, thread, tile): rows [, columns]
+        fused = sch.fuse(*inner) if len(inner) > 1 else inner[0]  # consecutive addresses
+        _, tx = sch.split(fused, factors=[None, threads])
+        sch.bind(tx, "threadIdx.x")
+    for name, _ in shape.row_inputs:  # the thread's rows of the i-data: in registers
+        regs = sch.cache_read(readers[name], name, "local")
+        sch.compute_at(regs, ii)
+        for loop in sch.get_loops(regs)[2:]:
+            sch.unroll(loop)
+    sch.unroll(ir)
+    sch.unroll(u)
+    sch.decompose_reduction(red, jo)
+    return sch
+
+
 @functools.cache
 def _multiprocessors(device: Any) -> int:
     import torch
@@ -95,4 +156,8 @@ TEMPLATE = TargetTemplate(
     candidates=cuda_candidates,
     schedule=cuda_rows,
     chunks=cuda_chunks,
+    tile=cuda_tile,
+    # the tiled kernels' masks (j < N, marked likely) leave the loop over whole tiles: the
+    # tile loop is split into the tiles below N, without the mask, and the last one
+    passes={"s_tir.LoopPartition": {"partition_const_loop": True}},
 )

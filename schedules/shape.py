@@ -3,6 +3,7 @@ the record that describes a target."""
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable
 
@@ -16,10 +17,13 @@ class ReductionShape:
     """A reduction ``out[i, u] = Red_j F_u(i, j)`` as lowered by ``tvmred.lower``.
 
     The lowered PrimFunc has one reduction block named ``red`` (loops ``i, u, j``: output row,
-    state column, reduced index; split-j: ``s, i, u, j``, chunk first) writing ``outputs`` buffers and zero or more per-pair blocks
-    (``stages``, in producer-before-consumer order), each computing shared sub-expressions of F
-    over ``(i, j)``.  Output rows are padded to a multiple of ``row_block`` (the PrimFunc takes
-    ``Mb`` = rows / row_block), so splitting ``i`` by ``row_block`` never needs a tail.
+    state column, reduced index; split-j: ``s, i, u, j``, chunk first) writing ``outputs``
+    buffers and zero or more per-pair blocks (``stages``, in producer-before-consumer order),
+    each computing shared sub-expressions of F over ``(i, j)``.  Output rows are padded to a
+    multiple of ``row_block`` (the PrimFunc takes ``Mb`` = rows / row_block), so splitting
+    ``i`` by ``row_block`` never needs a tail.  With ``tile`` > 0 (always split-j) a chunk's
+    ``j`` extent is a multiple of ``tile`` and the reduced-index inputs (``reduced_inputs``)
+    are padded to whole tiles, so splitting ``j`` by ``tile`` needs no tail either.
     """
 
     kind: str  # reduction kind tag: "sum", "select", "kselect", "lse"
@@ -32,6 +36,8 @@ class ReductionShape:
     n_inputs: int  # number of tensor inputs
     row_inputs: tuple[tuple[str, int], ...] = ()  # (buffer name, dim) of the output-indexed inputs
     split: bool = False  # split-j: loops (s, i, u, j), outputs (S, rows, cols), j < C
+    tile: int = 0  # reduced rows per tile (0: j is not tiled)
+    reduced_inputs: tuple[str, ...] = ()  # buffer names of the reduced-index inputs
 
 
 def _as_is(mod: "tvm.IRModule", shape: ReductionShape, target: dict) -> "tvm.IRModule":
@@ -52,3 +58,6 @@ class TargetTemplate:
     finish: Callable[["tvm.IRModule", ReductionShape, dict], "tvm.IRModule"] = _as_is
     chunks: Callable[[int, int, Any], int] = lambda blocks, n, device: 1  # split-j: chunks of
     # the reduced index for (row blocks, reduced rows, torch device); 1: no split
+    tile: Callable[[dict, str], int] = lambda target, dtype: 0  # (target, dtype) -> default
+    # reduced rows per tile (0: no tiles); the "tile" knob of a tuned config overrides it
+    passes: dict = dataclasses.field(default_factory=dict)  # tvm.compile PassContext config

@@ -122,3 +122,74 @@ def test_split_j_kernels_generate(red, formula, variant):
 def test_nvcc_compiles_split_j(red, formula, variant, tmp_path):
     _, src = cuda_source(red, formula, split(variant), "float32", "sm_90")
     assert b"main_kernel" in nvcc(src, "sm_90", tmp_path)
+
+
+# ---------------------------------------------------------------- shared-memory j-tiles
+
+
+def ptxas_report(src, arch, tmp_path):
+    """nvcc + ``ptxas -v``: (registers, spill bytes, shared-memory bytes) of main_kernel."""
+    import re
+
+    cu = tmp_path / "k.cu"
+    cu.write_text(src)
+    r = subprocess.run(
+        [
+            "nvcc",
+            "-cubin",
+            f"-arch={arch}",
+            "-Xptxas",
+            "-v",
+            "-o",
+            str(tmp_path / "k.cubin"),
+            str(cu),
+        ],
+        capture_output=True,
+        text=True,
+    )
+    assert r.returncode == 0, r.stderr
+    regs = int(re.search(r"Used (\d+) registers", r.stderr).group(1))
+    spills = sum(int(n) for n in re.findall(r"(\d+) bytes spill (?:stores|loads)", r.stderr))
+    smem = re.search(r"(\d+) bytes smem", r.stderr)
+    return regs, spills, int(smem.group(1)) if smem else 0
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("red,formula,variant", CASES)
+def test_tiled_kernels_generate(red, formula, variant, dtype):
+    """Every reduction kind with 128-row tiles: a tile of each reduced-index input (y, b:
+    3 columns; Elem(b,0) alone: 1) staged in shared memory between barriers, the thread's
+    i-data in registers, the tiled split-j signature (S, Ct), nothing sized by a symbolic
+    extent, and the tile loop partitioned (the whole tiles reduce without the j < N mask)."""
+    _, src = cuda_source(red, formula, variant, dtype, "sm_90", {"tile": 128})
+    ctype = "float" if dtype == "float32" else "double"
+    assert f"__shared__ alignas(64) {ctype} arg1_shared_ptr[384];" in src
+    assert "__syncthreads();" in src and "int Ct" in src and "int S" in src
+    assert "arg0_local_ptr[" in src and "[2147483" not in src
+    assert "(N >> 7)" in src  # the partition point: the number of whole tiles
+
+
+@NVCC
+@pytest.mark.parametrize("arch", ["sm_80", "sm_90"])
+@pytest.mark.parametrize("red,formula,variant", CASES)
+def test_nvcc_compiles_tiled_without_spills(red, formula, variant, arch, tmp_path):
+    for rb in (128, 256) if arch == "sm_90" else (128,):  # one and two rows per thread
+        _, src = cuda_source(red, formula, variant, "float32", arch, {"row_block": rb, "tile": 128})
+        regs, spills, smem = ptxas_report(src, arch, tmp_path)
+        assert spills == 0 and regs <= 255 and smem >= 128 * 4, (regs, spills, smem)
+
+
+def test_the_default_tile_comes_from_the_environment(monkeypatch):
+    """TVMRED_CUDA_TILE picks the default tile of CUDA kernels (0: thread per row), and the
+    cache key says which: a kernel compiled with one default is never reused with another."""
+    from tvmred import build
+
+    spec = KernelSpec(parse(CASES[0][1], AL), "Sum", 0, "float32", "float32", CASES[0][2])
+    target = cuda_target("sm_90")
+    monkeypatch.delenv("TVMRED_CUDA_TILE", raising=False)
+    plain = build.key_text(spec, target)
+    assert build.compile_reduction(spec, target)[1]["tile"] == 0
+    monkeypatch.setenv("TVMRED_CUDA_TILE", "64")
+    assert build.key_text(spec, target) != plain
+    ex, meta = build.compile_reduction(spec, target)
+    assert meta["tile"] == 64 and "arg1_shared_ptr[192]" in ex.mod.imports[0].inspect_source()

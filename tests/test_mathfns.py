@@ -54,3 +54,20 @@ def test_exp_special_values(dtype):
     assert torch.equal(torch.isnan(y), torch.isnan(want))
     ok = ~torch.isnan(want)
     torch.testing.assert_close(y.double()[ok], want[ok], rtol=1e-6, atol=0)
+
+
+def test_cuda_float32_exp_bound():
+    """CUDA float32 exp is exp2f(x * LOG2E_F32): log2(e) rounded to float32 and the product
+    rounded to float32 each put at most |x| log2(e) 2^-24 into the exponent, i.e. |x| 2^-24
+    relative error each, then exp2f is within 2 ulp (CUDA's documented bound): at most
+    |x| 2^-23 + 2^-22 relative -- 4.8e-7 for |x| <= 2, 1.1e-5 at |x| = 88 (mathfns.exp).
+    Emulated here in float64 (the GPU runs the suite's float32 comparisons on top)."""
+    from tvmred import mathfns
+
+    assert np.float32(mathfns.LOG2E_F32) == np.float32(np.log2(np.e))
+    x = np.concatenate([np.linspace(-87.0, 88.0, 2_000_001), [-2.0, 2.0]]).astype(np.float32)
+    t = (x * np.float32(mathfns.LOG2E_F32)).astype(np.float32)  # the product, in float32
+    exact = np.exp(x.astype(np.float64))
+    rel = np.abs(np.exp2(t.astype(np.float64)) - exact) / exact + 2.0**-22  # + exp2f's 2 ulp
+    assert np.all(rel <= np.abs(x.astype(np.float64)) * 2.0**-23 + 2.0**-22)
+    assert rel[np.abs(x) <= 2].max() <= 4.8e-7 and rel.max() <= 1.1e-5

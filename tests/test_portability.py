@@ -74,8 +74,8 @@ def test_avx2_kernels_run_here(case):
     g = torch.Generator().manual_seed(0)
     M, N = 301, 523
     args = [torch.rand(M if "Vi" in a else N, int(a[-2]), generator=g) for a in case[1]]
-    call, state, mb = kernel_args(r, kern, args, M)
-    kern.fn(*call, *state, mb, N)
+    call, state, sizes = kernel_args(r, kern, args, M, N)
+    kern.fn(*call, *state, *sizes)
     out = r.rdef.finalize([s[:M] for s in state], spec.variant, torch.float32)
     want = dense(case, args)
     if want.dtype == torch.int64:

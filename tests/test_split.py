@@ -120,3 +120,56 @@ def test_the_last_chunk_reads_in_bounds():
         for name, index in reads:
             if name in reduced and not index.startswith("0:"):
                 assert index.startswith("T.min("), (name, index)
+
+
+# ------------------------------------------------------------------------ tiled kernels
+# The CUDA template's j-tiles (schedules/cuda.py, cuda_tiles) change the lowering: a chunk's
+# reduced extent is whole tiles, the reduced-index inputs are zero-padded by the caller and the
+# reducer masks j >= N.  The same tiled lowering runs on the CPU when the CPU template is given
+# a tile: this checks the lowering, the padding and the call path against the dense references
+# (the shared-memory schedule itself is checked by tests/test_cuda_codegen.py and on a GPU).
+
+
+@pytest.fixture
+def tiled(monkeypatch):
+    """The CPU template with 16-row tiles, ``chunks`` chunks (returns a setter)."""
+
+    def force(chunks: int) -> None:
+        tpl = dataclasses.replace(
+            schedules.TEMPLATES["llvm"], chunks=lambda b, n, d: chunks, tile=lambda t, d: 16
+        )
+        monkeypatch.setitem(schedules.TEMPLATES, "llvm", tpl)
+
+    force(1)
+    return force
+
+
+TILED = [(red, axis, 3) for red in ALL for axis in (1, 0)]  # padded tiles in every chunk
+TILED += [(red, 1, 1) for red in ("Sum", "ArgKMin", "SumSoftMaxWeight")]  # one chunk
+
+
+@pytest.mark.parametrize("red,axis,chunks", TILED)
+def test_tiled_values(red, axis, chunks, tiled):
+    tiled(chunks)  # 80 and 60 reduced rows: padded to 80 / 64 (one chunk), 96 / 72 (three)
+    x, y, b = data(torch.float64)
+    g = routine(red, axis)
+    check(g(x, y, b), dense(red, x, y, b, axis), 1e-11)
+    (k,) = {v[1] for key, v in g.reduction.memo.items() if key[0] == "kernel"}
+    assert k.tile == 16  # the tiled kernel ran
+
+
+@pytest.mark.parametrize("red", DIFFERENTIABLE)
+def test_tiled_gradients(red, tiled):
+    tiled(3)
+    check_gradients(red, 1)
+
+
+@pytest.mark.parametrize("red,k", [("Min_ArgMin", None), ("KMin_ArgKMin", 5)])
+def test_tiled_ties_as_one_call(red, k, tiled):
+    al, args = tie_problem(1, torch.float64)
+    whole = Genred("Abs(x-y)", al, reduction_op=red, axis=1, opt_arg=k)(*args)
+    for chunks in (1, 2):
+        tiled(chunks)
+        got = Genred("Abs(x-y)", al, reduction_op=red, axis=1, opt_arg=k)(*args)
+        for a, b in zip(got, whole):
+            assert torch.equal(torch.nan_to_num(a), torch.nan_to_num(b))

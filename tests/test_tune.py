@@ -28,8 +28,55 @@ def test_tuning_record_is_used_by_later_compiles(tmp_path, monkeypatch):
     kernel = next(k for k in build._KERNELS.values() if k.config == rec["config"])
     assert kernel.row_block == rec["config"]["row_block"]
     # the compiled kernel stored on disk records the tuned schedule in its key
-    metas = [json.loads(p.read_text()) for p in tmp_path.glob("*.json") if p.name != "tuning.json"]
+    metas = [
+        json.loads(p.read_text())
+        for p in tmp_path.glob("*.json")
+        if p.name not in ("tuning.json", "host.json")
+    ]
     assert any(json.loads(m["key"]).get("schedule") == rec["config"] for m in metas)
     tvmred.clear_cache()
     assert (tmp_path / "tuning.json").exists()  # clearing kernels keeps tuning records
+    tvmred.clear_cache(disk=False)
+
+
+def test_a_schedule_with_a_wrong_answer_is_never_chosen(tmp_path, monkeypatch):
+    """Each candidate's output is compared with the default schedule's: a (deliberately
+    broken) fast candidate is reported as "wrong result" and not stored; the tiled CPU
+    candidate, correct, is timed like the others."""
+    import dataclasses
+
+    from tvmred import schedules
+
+    monkeypatch.setenv("TVMRED_CACHE_DIR", str(tmp_path))
+    tvmred.clear_cache(disk=False)
+    tpl = dataclasses.replace(
+        schedules.TEMPLATES["llvm"],
+        candidates=lambda t, d, rb: [
+            {"row_block": rb},
+            {"row_block": rb, "tile": 16},
+            {"row_block": 8},
+        ],
+    )
+    monkeypatch.setitem(schedules.TEMPLATES, "llvm", tpl)
+    real = build.make_kernel
+
+    def broken_when_8_rows(fn, spec, row_block, config=None, tile=0):
+        k = real(fn, spec, row_block, config, tile)
+        if config and config["row_block"] == 8:
+
+            def wrong(*args):
+                fn(*args)
+                args[-2 - len(k.state)].add_(1.0)  # the first state buffer: off by one
+
+            return dataclasses.replace(k, fn=wrong)
+        return k
+
+    monkeypatch.setattr(build, "make_kernel", broken_when_8_rows)
+    rec = tune.tune(F, AL, axis=1, sizes=(300, 400), trials=3, repeats=1, progress=False)
+    by = {json.dumps(t["config"], sort_keys=True): t for t in rec["trials"]}
+    assert by['{"row_block": 8}'].get("error") == "wrong result"
+    assert by['{"row_block": 8}']["time_s"] is None
+    tiled = [t for t in rec["trials"] if t["config"].get("tile") == 16]
+    assert tiled and tiled[0]["time_s"] > 0
+    assert rec["config"] != {"row_block": 8}
     tvmred.clear_cache(disk=False)

@@ -56,7 +56,10 @@ def _tune(args: argparse.Namespace) -> int:
         device=args.device,
     )
     for t in rec["trials"]:
-        print(f"  {t['config']}: {t['time_s'] * 1e3:.2f} ms")
+        if t["time_s"] is None:  # a schedule whose answer differs from the default's
+            print(f"  {t['config']}: {t['error']}, not used")
+        else:
+            print(f"  {t['config']}: {t['time_s'] * 1e3:.2f} ms")
     print(
         f"best {rec['config']}: {rec['time_s'] * 1e3:.2f} ms, default "
         f"{rec['default_time_s'] * 1e3:.2f} ms ({rec['default_time_s'] / rec['time_s']:.2f}x)"

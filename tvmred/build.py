@@ -40,6 +40,7 @@ class Kernel:
     row_block: int
     state: tuple[tuple[int, str], ...]  # (cols, dtype) of each output buffer
     config: Optional[dict] = None  # tuned schedule knobs, None = the template's defaults
+    tile: int = 0  # reduced rows per tile: the tiled signature (Mb, N, S, Ct), inputs padded
 
 
 @functools.lru_cache(maxsize=None)
@@ -75,6 +76,9 @@ def key_text(spec: KernelSpec, target: dict, config: Optional[dict] = None) -> s
     }
     if config:
         key["schedule"] = config
+    tile = schedules.tile(target, spec.dtype, config)
+    if tile:  # the template's default tile may change (TVMRED_CUDA_TILE): it is in the key
+        key["tile"] = tile
     return json.dumps(key, sort_keys=True)
 
 
@@ -88,20 +92,21 @@ def compile_reduction(
     spec: KernelSpec, target: dict, config: Optional[dict] = None
 ) -> tuple[Any, dict]:
     """Lower, schedule and compile (no cache): a ``tvm.runtime.Executable`` and its metadata
-    (``kind``: the target kind, ``row_block``)."""
+    (``kind``: the target kind, ``row_block``, ``tile``)."""
     import tvm
     from tvm import s_tir
 
     tpl = schedules.template(target["kind"])
     rb = row_block_for(spec, target, config)
-    low = lower(spec, rb, tpl.math)
+    tile = schedules.tile(target, spec.dtype, config)
+    low = lower(spec, rb, tpl.math, tile)
     sch = tpl.schedule(s_tir.Schedule(low.func), low.shape, target)
     mod = tpl.finish(sch.mod, low.shape, target)
     # TVM's common-subexpression pass is quadratic in a kernel's size; the lowering already
     # computes shared sub-formulas once per pair, and LLVM / NVCC eliminate what is left
-    with tvm.transform.PassContext(config={"tirx.disable_cse_tir": True}):
+    with tvm.transform.PassContext(config={"tirx.disable_cse_tir": True, **tpl.passes}):
         ex = tvm.compile(mod, target=tvm.target.Target(target))
-    return ex, {"kind": tpl.kind, "row_block": rb}
+    return ex, {"kind": tpl.kind, "row_block": rb, "tile": tile}
 
 
 def describe(spec: KernelSpec, device: str) -> str:
@@ -138,7 +143,7 @@ def get_kernel(spec: KernelSpec, device: Any) -> Kernel:
             lambda: _timed(what, lambda: compile_reduction(spec, target, config)),
             {"formula": str(spec.formula), "reduction": spec.red, "schedule": config},
         )
-        kernel = make_kernel(mod["main"], spec, meta["row_block"], config)
+        kernel = make_kernel(mod["main"], spec, meta["row_block"], config, meta.get("tile", 0))
         _KERNELS[base] = kernel
     return kernel
 
@@ -167,9 +172,12 @@ def _describe(target: dict) -> str:
     return ", ".join(f"{k}={v}" for k, v in target.items() if k != "host")
 
 
-def make_kernel(fn: Any, spec: KernelSpec, row_block: int, config: Optional[dict] = None) -> Kernel:
+def make_kernel(
+    fn: Any, spec: KernelSpec, row_block: int, config: Optional[dict] = None, tile: int = 0
+) -> Kernel:
     """The :class:`Kernel` around a compiled ``main`` of this kernel spec."""
-    return Kernel(fn, tuple(variables(spec.formula)), row_block, tuple(spec.state()), config)
+    state = tuple(spec.state())
+    return Kernel(fn, tuple(variables(spec.formula)), row_block, state, config, tile)
 
 
 _KERNELS: dict[str, Kernel] = {}

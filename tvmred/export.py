@@ -137,6 +137,7 @@ def export(spec: Union[str, os.PathLike, dict], out_dir: Union[str, os.PathLike]
                         "target": target,
                         "device": device_type(target),
                         "row_block": meta["row_block"],
+                        "tile": meta["tile"],
                         "state": spec.state(),
                         "inputs": [list(v.params) for v in variables(spec.formula)],
                     }
@@ -222,6 +223,7 @@ def load(path: Union[str, os.PathLike]) -> Library:
                 tuple(var(*p) for p in k["inputs"]),
                 k["row_block"],
                 tuple(tuple(s) for s in k["state"]),
+                tile=int(k.get("tile", 0)),
             ),
         )
     return Library(path, manifest)

@@ -202,22 +202,31 @@ def call_kernel(r: Reduction, args, dtype: str, dev: torch.device, n_out: int, n
     """The state buffers of ``r`` on these arguments: one kernel call, or -- when the row
     blocks would leave the device's cores idle (the target's ``chunks`` rule) -- the split-j
     kernel's partial states of S chunks of the reduced index, merged by the reduction's
-    ``combine``."""
+    ``combine``.  A tiled kernel takes the chunks itself (its signature is split-j's)."""
     k, variant = kernel_of(r, dtype, dev)
     mb = -(-n_out // k.row_block)
     chunks = schedules.for_device(dev.type).chunks(mb, n_red, dev) if mb else 1
-    if chunks > 1:
+    if chunks > 1 and not k.tile:
         try:
             k, variant = kernel_of(r, dtype, dev, split=True)
         except LookupError:  # an exported library without the split kernel
             chunks = 1
-    call_args, state, mb = kernel_args(r, k, args, n_out, chunks)
-    if mb and chunks > 1:
-        k.fn(*call_args, *state, mb, n_red, chunks, -(-n_red // chunks))
+    state = launch(r, k, args, n_out, n_red, chunks)
+    if chunks > 1:
         return r.rdef.combine([s[:, :n_out] for s in state], variant)
-    if mb:  # no output rows: no launch (a CUDA grid of 0 blocks is an error)
-        k.fn(*call_args, *state, mb, n_red)
+    if k.tile:
+        return [s[0, :n_out] for s in state]
     return [s[:n_out] for s in state]
+
+
+def launch(r: Reduction, k: Any, args, n_out: int, n_red: int, chunks: int = 1) -> list:
+    """Run kernel ``k`` (``chunks`` > 1: a split-j or tiled kernel) on fresh state buffers:
+    ``(rows, cols)`` each, or ``(chunks, rows, cols)`` for a split-j kernel with chunks > 1
+    and for every tiled kernel; rows padded to whole row blocks."""
+    call_args, state, sizes = kernel_args(r, k, args, n_out, n_red, chunks)
+    if sizes[0]:  # no output rows: no launch (a CUDA grid of 0 blocks is an error)
+        k.fn(*call_args, *state, *sizes)
+    return state
 
 
 #: State values per output row one kernel computes (columns x state buffers): a wider
@@ -266,13 +275,22 @@ def kernel_of(r: Reduction, dtype: str, dev: torch.device, split: bool = False) 
     return kernel, spec.variant
 
 
-def kernel_args(r: Reduction, k: Any, args: Sequence[torch.Tensor], n_out: int, chunks: int = 1):
-    """(input tensors, fresh state buffers, row blocks) for ``k.fn``: output-indexed inputs
-    padded to whole row blocks, parameters flattened, everything contiguous; the state
-    buffers of a split-j kernel have a leading dimension of ``chunks``."""
+def kernel_args(
+    r: Reduction, k: Any, args: Sequence[torch.Tensor], n_out: int, n_red: int, chunks: int = 1
+) -> tuple[list, list, tuple]:
+    """(input tensors, fresh state buffers, size arguments) for ``k.fn``: output-indexed
+    inputs padded to whole row blocks, parameters flattened, everything contiguous.  A
+    split-j call (``chunks`` > 1) or a tiled kernel has state buffers with a leading
+    dimension of ``chunks`` and sizes ``(Mb, N, S, C)``; a tiled kernel's reduced-index inputs
+    are zero-padded to whole tiles of every chunk (``C`` is then in tiles)."""
     dev = args[0].device if args else torch.get_default_device()
     mb = -(-n_out // k.row_block)
     rows = mb * k.row_block
+    split = chunks > 1 or k.tile
+    per_chunk = -(-n_red // chunks)
+    if k.tile:
+        per_chunk = -(-per_chunk // k.tile)  # tiles per chunk
+        reduced_rows = chunks * per_chunk * k.tile
     call_args = []
     for v in k.inputs:
         a = args[v.params[0]]
@@ -280,15 +298,22 @@ def kernel_args(r: Reduction, k: Any, args: Sequence[torch.Tensor], n_out: int, 
         if cat == 2:
             a = a.reshape(-1)
         elif cat == r.out_cat and rows != n_out:
-            padded = torch.zeros(rows, a.shape[1], dtype=a.dtype, device=dev)
-            padded[:n_out] = a
-            a = padded
+            a = _padded(a, rows, dev)
+        elif cat != r.out_cat and k.tile and reduced_rows != n_red:
+            a = _padded(a, reduced_rows, dev)
         call_args.append(aligned(a))
-    lead = (chunks,) if chunks > 1 else ()
+    lead = (chunks,) if split else ()
     state = [
         torch.empty(*lead, rows, cols, dtype=getattr(torch, dt), device=dev) for cols, dt in k.state
     ]
-    return call_args, state, mb
+    sizes = (mb, n_red, chunks, per_chunk) if split else (mb, n_red)
+    return call_args, state, sizes
+
+
+def _padded(a: torch.Tensor, rows: int, dev: torch.device) -> torch.Tensor:
+    padded = torch.zeros(rows, a.shape[1], dtype=a.dtype, device=dev)
+    padded[: a.shape[0]] = a
+    return padded
 
 
 ALIGN = 64  # TVM declares kernel buffers 64-byte aligned and emits aligned SIMD loads

@@ -3,6 +3,7 @@
 Kernel signature (every kernel, every target)::
 
     main(*inputs, *outs, Mb, N)            or, split-j:   main(*inputs, *outs, Mb, N, S, C)
+                                           or, tiled:     main(*inputs, *outs, Mb, N, S, Ct)
 
 * ``inputs``: the variables the formula uses, by position. A variable of the *output*
   category is ``(Mb * row_block, dim)`` (rows padded by the caller), one of the *reduced*
@@ -11,7 +12,8 @@ Kernel signature (every kernel, every target)::
   :mod:`tvmred.reductions`; a Sum has one, in the accumulator dtype); split-j:
   ``(S, Mb * row_block, cols)``, the partial state of each chunk of C reduced rows.
 * ``Mb``, ``N``, ``S``, ``C``: int32 scalars (the number of row blocks, of reduced rows, of
-  chunks, the rows per chunk).
+  chunks, the rows per chunk).  Tiled (``tile`` > 0): ``Ct`` tiles per chunk, and the
+  reduced-index inputs are ``(S * Ct * tile, dim)``, zero-padded by the caller.
 
 Inside, the formula is evaluated once per (i, j) pair: every sub-formula whose value would
 otherwise be recomputed (used by several output components, or several times) becomes a
@@ -114,30 +116,47 @@ def _live(func) -> tuple[set[str], set[str]]:
     return set(blocks), reads
 
 
-def lower(spec: KernelSpec, row_block: int, math: str = "poly") -> Lowered:
+def lower(spec: KernelSpec, row_block: int, math: str = "poly", tile: int = 0) -> Lowered:
     """Build the unscheduled PrimFunc of ``spec``: ``Red_{reduced index} formula``, output
     index of category ``out_cat`` (0: i, so reduce over j -- ``axis=1``; 1: j, so reduce over
     i), ``row_block`` output rows per block.  ``math`` is the target's way of evaluating
     ``exp`` (``TargetTemplate.math``); ``variant.split`` builds the split-j kernel (one
-    partial state per chunk of the reduced index)."""
+    partial state per chunk of the reduced index).  ``tile`` > 0 builds the tiled kernel:
+    always split-j, arguments ``(Mb, N, S, Ct)`` with ``Ct * tile`` reduced rows per chunk,
+    the reduced-index inputs padded by the caller to ``S * Ct * tile`` rows."""
     with mathfns.mode(math):
         return _lower(
-            spec.formula, spec.rdef, spec.out_cat, spec.dtype, spec.acc, row_block, spec.variant
+            spec.formula,
+            spec.rdef,
+            spec.out_cat,
+            spec.dtype,
+            spec.acc,
+            row_block,
+            spec.variant,
+            tile,
         )
 
 
-def _lower(formula, red, out_cat, dtype, acc_dtype, row_block, variant) -> Lowered:
+def _lower(formula, red, out_cat, dtype, acc_dtype, row_block, variant, tile=0) -> Lowered:
     te = _te()
     Mb, N = te.var("Mb"), te.var("N")
-    split = variant.split
-    sizes = [Mb, N, te.var("S"), te.var("C")] if split else [Mb, N]
-    space = Space(N, tuple(sizes[2:]) or None)
+    split = variant.split or tile > 0
+    if tile:  # whole tiles: the schedule splits j by `tile` without a tail
+        S, Ct = te.var("S"), te.var("Ct")
+        sizes, chunks = [Mb, N, S, Ct], (S, Ct * tile)
+    elif split:
+        sizes = [Mb, N, te.var("S"), te.var("C")]
+        chunks = tuple(sizes[2:])
+    else:
+        sizes, chunks = [Mb, N], None
+    space = Space(N, chunks)
     rows = Mb * row_block
+    reduced_rows = chunks[0] * chunks[1] if tile else N
     inputs = tuple(variables(formula))
     holders = {}
     for v in inputs:
         pos, dim, cat = v.params
-        shape = (dim,) if cat == 2 else ((rows, dim) if cat == out_cat else (N, dim))
+        shape = (dim,) if cat == 2 else ((rows, dim) if cat == out_cat else (reduced_rows, dim))
         holders[id(v)] = te.placeholder(shape, dtype, name=f"arg{pos}")
 
     def leaf(v: Node) -> Callable:
@@ -146,8 +165,8 @@ def _lower(formula, red, out_cat, dtype, acc_dtype, row_block, variant) -> Lower
             return lambda i, j: [h[k] for k in range(v.dim)]
         if cat == out_cat:
             return lambda i, j: [h[i, k] for k in range(v.dim)]
-        if split:  # the last chunk runs past N (S*C >= N): its reads stay in bounds (and the
-            # reducer masks those elements)
+        if split and not tile:  # the last chunk runs past N (S*C >= N): its reads stay in
+            # bounds (and the reducer masks those elements); tiled: the caller pads
             return lambda i, j: [h[tirx().min(j, N - 1), k] for k in range(v.dim)]
         return lambda i, j: [h[j, k] for k in range(v.dim)]
 
@@ -159,7 +178,7 @@ def _lower(formula, red, out_cat, dtype, acc_dtype, row_block, variant) -> Lower
         root_uses = [2 * u for u in root_uses]
     staged = _staged(formula, dtype, root_uses)
     while True:
-        func, outs, blocks_of = _build(te, formula, red, holders, leaf, staged, rows, N, space, sizes,
+        func, outs, blocks_of = _build(te, formula, red, holders, leaf, staged, rows, reduced_rows, space, sizes,
                                        variant, dtype, acc_dtype)  # fmt: skip
         emitted, live = _live(func)
         # a stage whose block no live block reads was folded away: inline its node instead
@@ -188,6 +207,12 @@ def _lower(formula, red, out_cat, dtype, acc_dtype, row_block, variant) -> Lower
         len(inputs),
         row_inputs,
         split,
+        tile,
+        tuple(
+            holders[id(v)].name
+            for v in inputs
+            if var_cat(v) == 1 - out_cat and holders[id(v)].name in live
+        ),
     )
     return Lowered(func, shape)
 

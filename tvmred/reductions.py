@@ -81,7 +81,7 @@ class Space:
 
 def _masked(where: Any, x: Any, identity: Any) -> Any:
     """The element ``x``, or the reducer's identity where ``where`` is false."""
-    return x if where is None else tirx().Select(where, x, identity)
+    return x if where is None else tirx().Select(tirx().likely(where), x, identity)
 
 
 def _select(u: Any, exprs: list) -> Any:

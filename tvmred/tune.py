@@ -66,16 +66,22 @@ def tune(
     key = build.key_text(spec, target)
     default = build.row_block_for(spec, target)
     space = schedules.template(target["kind"]).candidates(target, dtype, default)[: trials or None]
-    results = []
+    results, first = [], None
     for n, config in enumerate(space):
         if progress:
             _progress(n, len(space), f"compiling and timing {config}")
         ex, meta = build.compile_reduction(spec, target, config)
-        kernel = build.make_kernel(ex.mod["main"], spec, meta["row_block"], config)
-        results.append({"config": config, "time_s": _time(kernel, r, args, repeats)})
+        kernel = build.make_kernel(ex.mod["main"], spec, meta["row_block"], config, meta["tile"])
+        seconds, state = _time(kernel, r, args, repeats)
+        if first is None:
+            first = state
+        elif not _agree(state, first):  # a schedule must not change the answer
+            results.append({"config": config, "time_s": None, "error": "wrong result"})
+            continue
+        results.append({"config": config, "time_s": seconds})
     if progress:
         _progress(len(space), len(space), "done")
-    best = min(results, key=lambda t: t["time_s"])
+    best = min((t for t in results if t["time_s"] is not None), key=lambda t: t["time_s"])
     record = {
         "config": best["config"],
         "time_s": best["time_s"],
@@ -91,18 +97,32 @@ def tune(
     return record
 
 
-def _time(kernel: Any, r: Any, args: list, repeats: int) -> float:
+def _agree(a: list, b: list) -> bool:
+    """The state buffers of two schedules of one kernel: equal up to summation order."""
+    import torch
+
+    for x, y in zip(a, b):
+        if x.dtype == torch.int64 or x.dtype == torch.int32:
+            continue  # ties may pick another index under another order
+        tol = 1e-3 if x.dtype == torch.float32 else 1e-9
+        if not torch.allclose(x, y, rtol=tol, atol=tol * float(y.abs().max()), equal_nan=True):
+            return False
+    return True
+
+
+def _time(kernel: Any, r: Any, args: list, repeats: int) -> tuple[float, list]:
+    """(best time of ``repeats`` launches, the output rows of the state buffers)."""
     import torch
 
     dtype, n_out, n_red = check_args(r, args)
-    inputs, state, mb = kernel_args(r, kernel, args, n_out)
+    inputs, state, sizes = kernel_args(r, kernel, args, n_out, n_red)
     sync = torch.cuda.synchronize if args[0].device.type == "cuda" else (lambda: None)
-    kernel.fn(*inputs, *state, mb, n_red)
+    kernel.fn(*inputs, *state, *sizes)
     sync()
     best = float("inf")
     for _ in range(repeats):
         t0 = time.perf_counter()
-        kernel.fn(*inputs, *state, mb, n_red)
+        kernel.fn(*inputs, *state, *sizes)
         sync()
         best = min(best, time.perf_counter() - t0)
-    return best
+    return best, [(t[0] if kernel.tile else t)[:n_out] for t in state]
