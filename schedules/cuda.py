@@ -1,11 +1,11 @@
 """CUDA template.
 
-``cuda_rows``: KeOps' 1D scheme without the shared-memory staging -- each thread owns one or
-more adjacent output rows (blocks of 128 threads over the padded rows), the whole j loop
-sequential in the thread, every per-pair stage in registers at j, the state accumulators in
-registers and written back once.  Reads of the j-variables are the same address across a warp
-(broadcast through L1).  Symbolic N needs no tail guard (j is never split), so no oversized
-shared buffers appear.
+``cuda_rows``: each thread owns one or more adjacent output rows (blocks of 128 threads over
+the padded rows), the whole j loop sequential in the thread, every per-pair stage in registers
+at j, the state accumulators in registers and written back once.  By default the j-variables
+are read from global memory (the same address across a warp: broadcast through L1) and
+symbolic N needs no tail guard; with a tile (``TVMRED_CUDA_TILE`` or the ``tile`` knob) they
+are staged through shared memory in tiles of whole padded rows (KeOps' 1D scheme).
 """
 
 from __future__ import annotations
@@ -39,9 +39,10 @@ def cuda_row_block(target: dict, dtype: str, width: int = 1) -> int:
 
 def cuda_tile(target: dict, dtype: str) -> int:
     """Reduced rows per shared-memory tile by default: ``$TVMRED_CUDA_TILE``, else 0 (the
-    thread-per-row kernel).  The tiled kernel (``cuda_tiles``) is generated and compiled in
-    CI but has not yet run on a GPU; ``benchmarks/gpu_check.sh`` runs the suite and the
-    benchmark with it, and ``tvmred tune --device cuda`` tries it (checking its answer)."""
+    thread-per-row kernel).  The tiled kernel (``cuda_rows`` with a tile) is generated and
+    compiled in CI but has not yet run on a GPU; ``benchmarks/gpu_check.sh`` runs the suite
+    and the benchmark with it, and ``tvmred tune --device cuda`` tries it (checking its
+    answer)."""
     return int(os.environ.get("TVMRED_CUDA_TILE") or 0)
 
 
@@ -53,8 +54,12 @@ def cuda_candidates(target: dict, dtype: str, default: int) -> list[dict]:
 
 
 def cuda_rows(sch: s_tir.Schedule, shape: ReductionShape, target: dict) -> s_tir.Schedule:
-    if shape.tile:
-        return cuda_tiles(sch, shape, target)
+    """Threads own adjacent output rows; with ``shape.tile``, KeOps' 1D scheme: the reduced
+    index in tiles of ``tile`` rows -- the block's threads load a tile of every reduced-index
+    input into shared memory together (one value per thread per step), then each thread
+    reduces its rows (its i-data in registers) over the tile.  A tiled kernel is split-j
+    (loops ``s, i, u, j``); the caller pads the reduced-index inputs to whole tiles and the
+    reducer masks j >= N (the template's loop partition lifts the mask off whole tiles)."""
     red = sch.get_sblock("red")
     loops = sch.get_loops(red)
     s, (i, u, j) = (loops[0], loops[1:]) if shape.split else (None, loops)
@@ -63,11 +68,20 @@ def cuda_rows(sch: s_tir.Schedule, shape: ReductionShape, target: dict) -> s_tir
     # row = block * row_block + thread * per_thread + r: a thread's rows are adjacent, so its
     # registers (stages, accumulators) compact to per_thread entries
     io, ii, ir = sch.split(i, factors=[None, threads, per_thread])
-    sch.reorder(io, ii, j, ir, u)
+    jo = j
+    if shape.tile:
+        jo, j = sch.split(j, factors=[None, shape.tile])
+        sch.reorder(io, ii, jo, j, ir, u)
+    else:
+        sch.reorder(io, ii, j, ir, u)
     if s is not None:  # split-j: one block per (chunk, row block)
         io = sch.fuse(s, io)
     sch.bind(io, "blockIdx.x")
     sch.bind(ii, "threadIdx.x")
+    readers = {}  # buffer name -> the first block reading it
+    for blk in [sch.get_sblock(name) for name in shape.stages] + [red]:
+        for region in sch.get(blk).reads:
+            readers.setdefault(region.source.name, blk)
     for name in reversed(shape.stages):
         blk = sch.get_sblock(name)
         sch.compute_at(blk, j)
@@ -77,54 +91,19 @@ def cuda_rows(sch: s_tir.Schedule, shape: ReductionShape, target: dict) -> s_tir
     accs = [sch.cache_write(red, k, "local") for k in range(shape.outputs)]
     for acc in accs:
         sch.reverse_compute_at(acc, ii)
-    sch.unroll(ir)
-    sch.unroll(u)
-    sch.decompose_reduction(red, j)
-    return sch
-
-
-def cuda_tiles(sch: s_tir.Schedule, shape: ReductionShape, target: dict) -> s_tir.Schedule:
-    """KeOps' 1D scheme: ``cuda_rows`` with the reduced index in tiles of ``shape.tile`` rows
-    -- the block's threads load a tile of every reduced-index input into shared memory
-    together (one value per thread per step), then each thread reduces its rows over the
-    tile.  A tiled kernel is split-j (loops ``s, i, u, j``); one block per (chunk, row block);
-    the caller pads the reduced-index inputs to whole tiles and the reducer masks j >= N."""
-    red = sch.get_sblock("red")
-    s, i, u, j = sch.get_loops(red)
-    threads = min(THREADS, shape.row_block)
-    per_thread = shape.row_block // threads
-    io, ii, ir = sch.split(i, factors=[None, threads, per_thread])
-    jo, ji = sch.split(j, factors=[None, shape.tile])
-    sch.reorder(io, ii, jo, ji, ir, u)
-    io = sch.fuse(s, io)
-    sch.bind(io, "blockIdx.x")
-    sch.bind(ii, "threadIdx.x")
-    blocks = [sch.get_sblock(name) for name in shape.stages] + [red]
-    readers = {}  # buffer name -> the first block reading it
-    for blk in blocks:
-        for region in sch.get(blk).reads:
-            readers.setdefault(region.source.name, blk)
-    for name in reversed(shape.stages):
-        blk = sch.get_sblock(name)
-        sch.compute_at(blk, ji)
-        sch.set_scope(blk, 0, "local")
-        if per_thread > 1:
-            sch.unroll(sch.get_loops(blk)[-1])  # the thread's rows
-    accs = [sch.cache_write(red, k, "local") for k in range(shape.outputs)]
-    for acc in accs:
-        sch.reverse_compute_at(acc, ii)
-    for name in shape.reduced_inputs:  # every consumer reads the shared copy
-        tile = sch.cache_read(readers[name], name, "shared")
-        sch.compute_at(tile, jo)
-        inner = sch.get_loops(tile)[3:]  # under (block, thread, tile): rows [, columns]
-        fused = sch.fuse(*inner) if len(inner) > 1 else inner[0]  # consecutive addresses
-        _, tx = sch.split(fused, factors=[None, threads])
-        sch.bind(tx, "threadIdx.x")
-    for name, _ in shape.row_inputs:  # the thread's rows of the i-data: in registers
-        regs = sch.cache_read(readers[name], name, "local")
-        sch.compute_at(regs, ii)
-        for loop in sch.get_loops(regs)[2:]:
-            sch.unroll(loop)
+    if shape.tile:
+        for name in shape.reduced_inputs:  # every consumer reads the shared copy
+            tile = sch.cache_read(readers[name], name, "shared")
+            sch.compute_at(tile, jo)
+            inner = sch.get_loops(tile)[3:]  # under (block, thread, tile): rows [, columns]
+            fused = sch.fuse(*inner) if len(inner) > 1 else inner[0]  # consecutive addresses
+            _, tx = sch.split(fused, factors=[None, threads])
+            sch.bind(tx, "threadIdx.x")
+        for name, _ in shape.row_inputs:  # the thread's rows of the i-data: in registers
+            regs = sch.cache_read(readers[name], name, "local")
+            sch.compute_at(regs, ii)
+            for loop in sch.get_loops(regs)[2:]:
+                sch.unroll(loop)
     sch.unroll(ir)
     sch.unroll(u)
     sch.decompose_reduction(red, jo)

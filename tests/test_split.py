@@ -123,11 +123,12 @@ def test_the_last_chunk_reads_in_bounds():
 
 
 # ------------------------------------------------------------------------ tiled kernels
-# The CUDA template's j-tiles (schedules/cuda.py, cuda_tiles) change the lowering: a chunk's
-# reduced extent is whole tiles, the reduced-index inputs are zero-padded by the caller and the
-# reducer masks j >= N.  The same tiled lowering runs on the CPU when the CPU template is given
-# a tile: this checks the lowering, the padding and the call path against the dense references
-# (the shared-memory schedule itself is checked by tests/test_cuda_codegen.py and on a GPU).
+# The CUDA template's j-tiles (schedules/cuda.py, cuda_rows with a tile) change the lowering:
+# a chunk's reduced extent is whole tiles, the reduced-index inputs are zero-padded by the
+# caller and the reducer masks j >= N.  The same tiled lowering runs on the CPU when the CPU
+# template is given a tile: this checks the lowering, the padding and the call path against
+# the dense references (the shared-memory schedule itself is checked by
+# tests/test_cuda_codegen.py, and on a GPU by benchmarks/gpu_check.sh).
 
 
 @pytest.fixture
