@@ -105,3 +105,22 @@ def test_special_points(name):
         e = torch.randn_like(c)
         (g,) = torch.autograd.grad(c, x, e)
         torch.testing.assert_close(g, 3 * e * spec.dref(x.detach()), equal_nan=True, msg=f"{name}'")
+
+
+def test_clamp_with_bounds_crossed():
+    """Clamp(x, a, b) with a > b is a where x < a (KeOps' order of the tests), and its
+    gradient goes to a there, not also to b (found by the fuzz test, seed 3098): against
+    torch autograd through the same nested where, in float64."""
+    g = torch.Generator().manual_seed(0)
+    x, a, b = (torch.randn(40, 1, generator=g, dtype=torch.float64) for _ in range(3))
+    args = [t.clone().requires_grad_() for t in (x, a, b)]
+    c = Genred("Clamp(x,a,b)", ["x = Vi(1)", "a = Vi(1)", "b = Vi(1)", "z = Vj(1)"], axis=1)(
+        *args, torch.ones(1, 1, dtype=torch.float64)
+    )
+    refs = [t.clone().requires_grad_() for t in (x, a, b)]
+    want = torch.where(refs[0] < refs[1], refs[1], torch.where(refs[0] > refs[2], refs[2], refs[0]))
+    assert ((a > b) & (x < a) & (x > b)).sum() >= 5  # the crossed case is exercised
+    torch.testing.assert_close(c, want)
+    e = torch.randn(40, 1, generator=g, dtype=torch.float64)
+    for got, ref in zip(torch.autograd.grad(c, args, e), torch.autograd.grad(want, refs, e)):
+        torch.testing.assert_close(got, ref)

@@ -601,7 +601,8 @@ def _clamp_vjp(g: Node, out: Node, x: Node, a: Node, b: Node) -> tuple:
     return (
         unbroadcast(mul(g, inside), x),
         unbroadcast(mul(g, f("LessThan", x, a)), a),
-        unbroadcast(mul(g, f("GreaterThan", x, b)), b),
+        # b is the value where x > b and not x < a (a > b: the value is a, as in the TE)
+        unbroadcast(mul(g, mul(f("GreaterThan", x, b), f("LessOrEqual", a, x))), b),
     )
 
 
