@@ -124,3 +124,19 @@ def test_clamp_with_bounds_crossed():
     e = torch.randn(40, 1, generator=g, dtype=torch.float64)
     for got, ref in zip(torch.autograd.grad(c, args, e), torch.autograd.grad(want, refs, e)):
         torch.testing.assert_close(got, ref)
+
+
+def test_atan2_gradient_at_the_origin():
+    """Atan2'(0, 0) is 0 w.r.t. both arguments, as torch's (not 0/0 = NaN, which poisoned the
+    gradient of a whole sum: fuzz seed 5000); elsewhere x/r^2 and -y/r^2, against torch."""
+    y = torch.tensor([[0.0], [0.0], [0.3], [-1.2]], dtype=torch.float64, requires_grad=True)
+    x = torch.tensor([[0.0], [0.5], [0.0], [2.0]], dtype=torch.float64, requires_grad=True)
+    one = torch.ones(1, 1, dtype=torch.float64)
+    c = Genred("Atan2(y,x)", ["y = Vi(1)", "x = Vi(1)", "z = Vj(1)"], axis=1)(y, x, one)
+    yr, xr = (t.detach().clone().requires_grad_() for t in (y, x))
+    want = torch.atan2(yr, xr)
+    torch.testing.assert_close(c, want)
+    got_g, want_g = torch.autograd.grad(c.sum(), [y, x]), torch.autograd.grad(want.sum(), [yr, xr])
+    for a, b in zip(got_g, want_g):
+        assert a[0].item() == 0.0 and b[0].item() == 0.0
+        torch.testing.assert_close(a, b)

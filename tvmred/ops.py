@@ -662,18 +662,28 @@ op(
     test=TestSpec(argdims=(3, 1, 1), ranges=((-3, 3), (1, 2), (-0.5, 0.5))),
     doc="Mod(f, m, off) = f - m*Floor((f - off)/m)",
 )
+
+
+def _atan2_vjp(g: Node, y: Node, x: Node) -> tuple:
+    """d/dy = x / r2, d/dx = -y / r2 with r2 = x^2 + y^2; both 0 at (0, 0), as torch (r2 + 1
+    there: x and y are 0), not 0/0."""
+    r2 = add(f("Square", x), f("Square", y))
+    r2 = add(r2, f("LessOrEqual", r2, intcst(0)))
+    return (
+        unbroadcast(mul(g, div(x, r2)), y),
+        unbroadcast(neg(mul(g, div(y, r2))), x),
+    )
+
+
 op(
     "Atan2",
     2,
     dim=elementwise_dim,
     te=elementwise(lambda y, x, dt: tirx().atan2(y, x)),
-    vjp=lambda g, out, y, x: (
-        unbroadcast(mul(g, div(x, add(f("Square", x), f("Square", y)))), y),
-        unbroadcast(neg(mul(g, div(y, add(f("Square", x), f("Square", y))))), x),
-    ),
+    vjp=lambda g, out, y, x: _atan2_vjp(g, y, x),
     ref=lambda y, x: _t().atan2(y, x),
     test=TestSpec(argdims=(3, 3), ranges=((-1, 1), (0.3, 1))),
-    doc="Atan2(y, x)",
+    doc="Atan2(y, x); derivative 0 at (0, 0), as torch",
 )
 
 # ----------------------------------------------------------------------------------------------
