@@ -140,3 +140,30 @@ def test_atan2_gradient_at_the_origin():
     for a, b in zip(got_g, want_g):
         assert a[0].item() == 0.0 and b[0].item() == 0.0
         torch.testing.assert_close(a, b)
+
+
+@pytest.mark.parametrize("name", ["Min", "ArgMin", "Max", "ArgMax"])
+def test_min_max_of_long_vectors(name):
+    """Min/Max/ArgMin/ArgMax of a 9-vector formula and of a 64-vector: each component is read
+    a fixed number of times (the running-best chain doubled its expression with every
+    component: ArgMin(TensorProd(y,y)) took minutes to build, a 64-vector never finished;
+    fuzz seed 7149), values and first-index ties against torch, NaN first."""
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(20, 3, generator=g, dtype=torch.float64).round()  # small integers: ties
+    y = torch.randn(30, 3, generator=g, dtype=torch.float64).round()
+    y[4, 1] = float("nan")
+    ref = {"Min": torch.min, "Max": torch.max, "ArgMin": torch.argmin, "ArgMax": torch.argmax}
+    pick = ref[name]
+    one = lambda t: t[0] if isinstance(t, tuple) else t  # noqa: E731
+    tp = (x[:, None, :, None] * y[None, :, None, :]).reshape(20, 30, 9)
+    want = one(pick(tp, -1)).to(torch.float64).sum(1, keepdim=True)
+    al = ["x = Vi(3)", "y = Vj(3)"]
+    got = Genred(f"{name}(TensorProd(x,y))", al, axis=1)(x, y)
+    torch.testing.assert_close(got, want, equal_nan=True)
+    u, v = (
+        torch.randn(20, 64, generator=g, dtype=torch.float64),
+        torch.randn(30, 64, generator=g, dtype=torch.float64),
+    )
+    want = one(pick(u[:, None] * v[None], -1)).to(torch.float64).sum(1, keepdim=True)
+    got = Genred(f"{name}(u*v)", ["u = Vi(64)", "v = Vj(64)"], axis=1)(u, v)
+    torch.testing.assert_close(got, want)

@@ -78,7 +78,8 @@ def _staged(formula: Node, dtype: str, root_uses: list[int]) -> set[int]:
     staged: set[int] = set()
     for n in reversed(order):
         u = uses.get(id(n), [1] * n.dim)
-        stage = id(n) in varying and not REGISTRY[n.op].cheap and max(u) > 1
+        d = REGISTRY[n.op] if n.args else None
+        stage = id(n) in varying and d is not None and not d.cheap and (max(u) > 1 or d.own_stage)
         if stage:
             staged.add(id(n))
         if not n.args:

@@ -52,6 +52,8 @@ class OpDef:
     expand: Optional[Callable[..., Node]] = None
     zero: Optional[str] = None  # "any": zero if any arg is Zero (multilinear); "all": linear
     cheap: bool = False  # pure data movement: never worth a stage of its own
+    own_stage: bool = False  # always a stage of its own where it varies per pair (its TE
+    # binds variables: one definition each; tvmred.lower)
     doc: str = ""
 
 
@@ -691,29 +693,58 @@ op(
 # ----------------------------------------------------------------------------------------------
 
 
-def _best(better: Callable, index: bool) -> Callable:
+def _best(pick: str, index: bool) -> Callable:
     """The best component (``index``: its position): the first NaN if there is one (NaN
-    propagates, as in torch), else the first best one."""
+    propagates, as in torch), else the first best one.  ``pick`` is "min" or "max".
+
+    Each component is read a fixed number of times (a chain of min/max, a chain of NaN tests,
+    then the first position equal to the result): a sequential "keep the best so far" chain
+    reads the running best three times per step, an expression that doubles in size with
+    every component (ArgMin of a 9-vector took minutes to build)."""
 
     def rule(args: list, params: tuple, dt: str) -> Exprs:
         (x,) = args
         t = tirx()
-        best, idx = x[0], c(0, dt)
-        for k in range(1, len(x)):
-            new_nan = mathfns.is_nan(x[k], dt)
-            take = t.And(mathfns.is_nan(best, dt, False), t.Or(new_nan, better(x[k], best)))
-            best, idx = sel(take, x[k], best), sel(take, c(k, dt), idx)
-        return [idx if index else best]
+        if all(isinstance(v, (t.FloatImm, t.IntImm)) for v in x):  # constants: folded here
+            return [c(_best_constant([v.value for v in x], pick, index), dt)]
+        best = x[0]
+        for v in x[1:]:
+            best = getattr(t, pick)(best, v)
+        nans = [mathfns.is_nan(v, dt) for v in x]
+        any_nan = nans[0]
+        for v in nans[1:]:
+            any_nan = t.Or(any_nan, v)
+        if not index:
+            return [sel(any_nan, c(float("nan"), dt), best)]
+        # bound once: the position search reads both at every k
+        # (an int32, not a bool: TVM's vectorizer cannot widen a bool let-binding)
+        v, nan = t.Var("best", dt), t.Var("any_nan", "int32")
+        idx = c(len(x) - 1, dt)
+        for k in range(len(x) - 2, -1, -1):
+            hit = t.Or(t.And(nan > 0, nans[k]), t.And(nan == 0, x[k] == v))
+            idx = sel(hit, c(k, dt), idx)
+        flag = sel(any_nan, t.const(1, "int32"), t.const(0, "int32"))  # (a Cast fails too)
+        return [t.Let(v, best, t.Let(nan, flag, idx))]
 
     return rule
 
 
-def _minmax(name: str, arg: str, better: Callable, tref: Callable) -> None:
+def _best_constant(values: list, pick: str, index: bool) -> float:
+    """``_best`` of numbers: the first NaN, else the first min (max)."""
+    for k, v in enumerate(values):
+        if math.isnan(v):
+            return float(k) if index else v
+    best = min(values) if pick == "min" else max(values)
+    return float(values.index(best)) if index else best
+
+
+def _minmax(name: str, arg: str, pick: str, tref: Callable) -> None:
     op(
         name,
         1,
         dim=scalar_dim,
-        te=_best(better, False),
+        te=_best(pick, False),
+        own_stage=True,
         vjp=lambda g, out, x: (mul(g, f("OneHot", f(arg, x), params=(x.dim,))),),
         ref=lambda x: tref(x, -1, keepdim=True).values,
         doc=f"{name.lower()} of the components (NaN if one is NaN)",
@@ -722,15 +753,16 @@ def _minmax(name: str, arg: str, better: Callable, tref: Callable) -> None:
         arg,
         1,
         dim=scalar_dim,
-        te=_best(better, True),
+        te=_best(pick, True),
+        own_stage=True,
         vjp=lambda g, out, x: (None,),
         ref=lambda x: tref(x, -1, keepdim=True).indices.to(x.dtype),
         doc=f"index of the {name.lower()} component (first one on ties; of the first NaN)",
     )
 
 
-_minmax("Max", "ArgMax", lambda a, b: a > b, lambda *a, **k: _t().max(*a, **k))
-_minmax("Min", "ArgMin", lambda a, b: a < b, lambda *a, **k: _t().min(*a, **k))
+_minmax("Max", "ArgMax", "max", lambda *a, **k: _t().max(*a, **k))
+_minmax("Min", "ArgMin", "min", lambda *a, **k: _t().min(*a, **k))
 
 
 def _sum_te(args: list, params: tuple, dt: str) -> Exprs:
