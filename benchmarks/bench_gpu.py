@@ -24,6 +24,9 @@ from typing import Any, Callable, Optional
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from timing import min_time  # noqa: E402
 
 GAUSS = ("Exp(-SqDist(x,y))*b", ["x = Vi(D)", "y = Vj(D)", "b = Vj(E)"])
 ROWS = 256
@@ -31,17 +34,7 @@ ROWS = 256
 
 def timer(device: torch.device) -> Callable[[Callable, int], float]:
     if device.type != "cuda":
-
-        def cpu_time(fn, repeats):
-            fn()
-            best = float("inf")
-            for _ in range(repeats):
-                t0 = time.perf_counter()
-                fn()
-                best = min(best, time.perf_counter() - t0)
-            return best
-
-        return cpu_time
+        return min_time
 
     def cuda_time(fn, repeats):
         fn()
