@@ -49,8 +49,8 @@ def cpu_row_block(target: dict, dtype: str, width: int = 1) -> int:
     """Lanes per row block: four SIMD vectors of the data type, halved while the block's
     reduction state (``width`` values per row, kept in registers across the j loop) would
     take more vectors than the target has registers -- but never below one vector: a
-    half-empty vector costs more than spilling part of a wide state (ArgKMin K=10 on AVX2:
-    8 lanes 35 ms, 4 lanes 66 ms).  The block's inputs do not count: they are read from a
+    half-empty vector costs more than spilling part of a wide state (measurements in
+    CHANGELOG.md).  The block's inputs do not count: they are read from a
     local (L1-resident) copy at every j."""
     count, bits = vector_registers(target)
     per_vector = bits // (32 if dtype == "float32" else 64)

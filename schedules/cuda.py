@@ -39,10 +39,8 @@ def cuda_row_block(target: dict, dtype: str, width: int = 1) -> int:
 
 def cuda_tile(target: dict, dtype: str) -> int:
     """Reduced rows per shared-memory tile by default: ``$TVMRED_CUDA_TILE``, else 0 (the
-    thread-per-row kernel).  The tiled kernel (``cuda_rows`` with a tile) is generated and
-    compiled in CI but has not yet run on a GPU; ``benchmarks/gpu_check.sh`` runs the suite
-    and the benchmark with it, and ``tvmred tune --device cuda`` tries it (checking its
-    answer)."""
+    thread-per-row kernel); ``tvmred tune --device cuda`` tries the tiled kernel too
+    (checking its answer).  Its status on hardware: README, Platforms."""
     return int(os.environ.get("TVMRED_CUDA_TILE") or 0)
 
 

@@ -4,7 +4,7 @@ An insertion into a sorted K-list changes the state only if the new value is bel
 K-th value.  Once a few hundred j are seen that is rare, yet the vectorised update computes the
 whole insertion chain (2K compares, 4K selects per SIMD vector of rows) for every j.  This pass
 wraps the update in ``if any(lane: new < kth)`` -- one compare and a mask test per vector --
-which skips it for most j (measured: ArgKMin K = 10, D = 3, N = M = 1e4: 2.2x faster).
+which skips it for most j.
 
 The rewrite is exact: the state is sorted (``v_0 <= ... <= v_{K-1}``, no NaN), so if no lane
 has ``new < v_{K-1}`` then no lane has ``new < v_k`` for any k and the update is the identity.

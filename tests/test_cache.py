@@ -231,7 +231,7 @@ def test_temporary_files_of_dead_writers_are_removed(tmp_path):
 
 def test_a_lock_held_by_a_stopped_compiler_times_out(tmp_path):
     from tvmred import build, cache
-    from tvmred.genred import make_reduction
+    from tvmred.frontend import make_reduction
     from tvmred.targets import cpu_target
 
     r = make_reduction(

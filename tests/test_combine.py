@@ -7,7 +7,7 @@ import pytest
 import torch
 from test_reductions import ALL, check, data, dense, routine
 
-from tvmred.genred import run_states
+from tvmred.launch import run_states
 from tvmred.torch import Genred
 
 

@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from tvmred import build
-from tvmred.genred import kernel_args, make_reduction
+from tvmred.frontend import make_reduction
+from tvmred.launch import kernel_args
 from tvmred.schedules.cpu import cpu_row_block, vector_registers
 
 AVX512 = {"kind": "llvm", "mcpu": "znver5"}

@@ -326,7 +326,7 @@ def test_cpu_kselect_kernel_has_the_early_exit():
 
     from tvmred import schedules
     from tvmred.build import row_block_for
-    from tvmred.genred import make_reduction
+    from tvmred.frontend import make_reduction
     from tvmred.lower import lower
     from tvmred.targets import cpu_target
 

@@ -10,9 +10,10 @@ import torch
 from test_combine import tie_problem
 from test_reductions import ALL, DIFFERENTIABLE, check, check_gradients, data, dense, routine
 
-from tvmred import schedules
-from tvmred.genred import run_states
+from tvmred import build, schedules
+from tvmred.launch import run_states
 from tvmred.schedules.cpu import cpu_chunks
+from tvmred.targets import cpu_target
 from tvmred.torch import Genred
 
 
@@ -90,15 +91,17 @@ def test_the_rule(monkeypatch):
 
 
 def test_a_small_m_call_splits_by_default(monkeypatch):
-    """M = 32 (one row block), N = 20000, two threads: the default rule takes the split-j
-    kernel, and the answer is the dense one."""
+    """M = one row block (as the target's rule sizes it), N = 20000, two threads: the default
+    rule takes the split-j kernel, and the answer is the dense one."""
     monkeypatch.setenv("TVM_NUM_THREADS", "2")
+    g = Genred("Exp(-SqDist(x,y))*b", ["x = Vi(3)", "y = Vj(3)", "b = Vj(2)"], axis=1)
+    m = build.row_block_for(g.reduction.spec("float64"), cpu_target())
+    assert cpu_chunks(1, 20_000, None) > 1  # the rule this test relies on: one block, 2 threads
     x, y, b = (
-        torch.rand(32, 3, dtype=torch.float64),
+        torch.rand(m, 3, dtype=torch.float64),
         torch.rand(20_000, 3, dtype=torch.float64),
         torch.rand(20_000, 2, dtype=torch.float64),
     )
-    g = Genred("Exp(-SqDist(x,y))*b", ["x = Vi(3)", "y = Vj(3)", "b = Vj(2)"], axis=1)
     c = g(x, y, b)
     assert ("kernel", "float64", x.device, True) in g.reduction.memo  # the split kernel ran
     torch.testing.assert_close(c, torch.exp(-(torch.cdist(x, y) ** 2)) @ b)

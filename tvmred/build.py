@@ -22,7 +22,7 @@ from typing import Any, Optional
 from . import cache, schedules, tunedb
 from .errors import KernelNotExported
 from .lower import lower
-from .reductions import KernelSpec
+from .reductions.core import KernelSpec
 from .targets import target_for, tvm_version
 from .tree import Node, variables
 
@@ -50,9 +50,10 @@ def code_fingerprint() -> str:
     import hashlib
     from pathlib import Path
 
-    here = Path(__file__).resolve().parent
-    files = ["ops.py", "lower.py", "reductions.py", "build.py", "mathfns.py"]
-    paths = [here / f for f in files] + sorted((here / "schedules").resolve().glob("*.py"))
+    here = Path(__file__).parent
+    files = ["ops.py", "lower.py", "build.py", "mathfns.py"]
+    paths = [here / f for f in files] + sorted((here / "reductions").glob("*.py"))
+    paths += sorted(Path(schedules.__file__).parent.glob("*.py"))
     h = hashlib.sha256()
     for p in paths:
         h.update(p.read_bytes())

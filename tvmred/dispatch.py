@@ -17,11 +17,11 @@ from typing import Any, Callable, Sequence
 
 import torch
 
-from .genred import check_args
+from .launch import check_args
 from .reductions import Reduction
 
 
-def call(r: Reduction, args: Sequence[Any], fn: Callable, ranges: Any = None) -> Any:
+def each_problem(r: Reduction, args: Sequence[Any], fn: Callable, ranges: Any = None) -> Any:
     """``fn(*args)`` for plain arguments, else batch by batch or cluster by cluster.  ``r``
     is a :class:`Reduction` or anything with its ``nargs``, ``cats``, ``out_cat``, ``names``."""
     shape = batch_shape(r, args)

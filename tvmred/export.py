@@ -29,12 +29,13 @@ import os
 import time
 import warnings
 from pathlib import Path
-from typing import Iterator, Union
+from typing import Iterator, Optional, Union
 
 from . import build
 from .cache import SUFFIX, clean_temporaries, temp_path
 from .errors import KernelNotExported
-from .genred import column_chunks
+from .frontend import reduction_from
+from .launch import column_chunks
 from .reductions import Reduction, Variant, plan_reductions
 from .targets import cpu_target, device_type
 from .tree import var, variables
@@ -63,18 +64,14 @@ def read_spec(spec: Union[str, os.PathLike, dict]) -> dict:
     return json.loads(text)
 
 
-def _genred(routine: dict, kind: str = "torch"):
-    kw = {k: routine[k] for k in GENRED_KEYS if k in routine}
-    if kind == "numpy":
-        from .numpy import Genred
-    else:
-        from .torch import Genred
-    return Genred(**kw)
+def routine_kwargs(routine: dict) -> dict:
+    """The ``Genred`` keyword arguments of a routine of a spec or a manifest."""
+    return {k: routine[k] for k in GENRED_KEYS if k in routine}
 
 
 def kernels_of(r: Reduction, grads: list[int], dtype: str) -> Iterator[Reduction]:
     """The kernels' reductions a forward call and the backward w.r.t. ``grads`` evaluate
-    (a wide reduction is several kernels: ``genred.column_chunks``)."""
+    (a wide reduction is several kernels: ``launch.column_chunks``)."""
     todo = [r]
     if r.rdef.vjp is not None:
         for k in grads:
@@ -99,14 +96,13 @@ def export(spec: Union[str, os.PathLike, dict], out_dir: Union[str, os.PathLike]
     kernels: dict[str, dict] = {}
     routines = []
     for rt in spec["routines"]:
-        g = _genred(rt)
-        r = g.reduction
+        r = reduction_from(**routine_kwargs(rt))
         names = list(r.names)
         want = rt.get("gradients", [])
         grads = list(range(r.nargs)) if want == "all" else [names.index(n) for n in want]
         routines.append(
             {
-                **{k: rt[k] for k in GENRED_KEYS if k in rt},
+                **routine_kwargs(rt),
                 "name": rt["name"],
                 "dtypes": rt.get("dtypes", ["float32"]),
                 "gradients": grads,
@@ -157,22 +153,34 @@ def export(spec: Union[str, os.PathLike, dict], out_dir: Union[str, os.PathLike]
 
 
 class Library:
-    """Routines loaded by :func:`load`: ``lib["name"]`` (torch ``Genred``), ``lib.numpy("name")``."""
+    """Routines loaded by :func:`load`: ``lib["name"]`` (a ``Genred`` of the binding that
+    loaded it), ``lib.numpy("name")``, ``lib.routine("name")`` (its keyword arguments)."""
 
-    def __init__(self, path: Path, manifest: dict):
+    def __init__(self, path: Path, manifest: dict, bindings: Optional[dict] = None):
         self.path, self.manifest = path, manifest
+        self.bindings = dict(bindings or {})  # binding name -> Genred class; the first is lib[]
         self._routines = {rt["name"]: rt for rt in manifest["routines"]}
 
     def __getitem__(self, name: str):
-        return _genred(self._routine(name))
+        return self._make(next(iter(self.bindings), None), name)
 
     def numpy(self, name: str):
-        return _genred(self._routine(name), "numpy")
+        return self._make("numpy", name)
 
-    def _routine(self, name: str) -> dict:
+    def routine(self, name: str) -> dict:
+        """The ``Genred`` keyword arguments of routine ``name``."""
         if name not in self._routines:
             raise KeyError(f"no routine {name!r} in {self.path} (have {sorted(self._routines)})")
-        return self._routines[name]
+        return routine_kwargs(self._routines[name])
+
+    def _make(self, binding: Optional[str], name: str):
+        kw = self.routine(name)
+        if binding not in self.bindings:
+            raise TypeError(
+                f"this library was loaded without the {binding or 'any'} binding: load it "
+                "with tvmred.load, tvmred.torch.load or tvmred.numpy.load"
+            )
+        return self.bindings[binding](**kw)
 
     def names(self) -> list[str]:
         return sorted(self._routines)
@@ -181,8 +189,12 @@ class Library:
         return f"<tvmred library {self.path}: {', '.join(self.names())}>"
 
 
-def load(path: Union[str, os.PathLike]) -> Library:
-    """Load an exported directory (see :func:`export`); checks every file's SHA-256."""
+def load(path: Union[str, os.PathLike], bindings: Optional[dict] = None) -> Library:
+    """Load an exported directory (see :func:`export`); checks every file's SHA-256.
+    ``bindings``: binding name -> its ``Genred`` class (the bindings' ``load`` pass theirs).
+
+    An exported directory is code: its kernels are shared libraries run in this process, so
+    load only directories you trust (as with ``torch.load`` of a pickle)."""
     import tvm
 
     path = Path(path)
@@ -226,7 +238,7 @@ def load(path: Union[str, os.PathLike]) -> Library:
                 tile=int(k.get("tile", 0)),
             ),
         )
-    return Library(path, manifest)
+    return Library(path, manifest, bindings)
 
 
 def _cuda_runtime() -> bool:

@@ -17,30 +17,12 @@ import operator
 from typing import Any, Optional, Sequence
 
 from . import lazynodes as ln
+from .lazymeta import Leaf, arguments, merge_meta, split_kwargs, variables
 from .lazyops import LazyOps
+from .lazyred import LazyReductions
 
 
-class _Leaf:
-    """One variable: an array (i-, j-indexed or parameter), numbers (a parameter whose
-    dtype is the data's), or a symbolic variable ``Var(ind, dim, cat)`` given at call time."""
-
-    __slots__ = ("data", "cat", "dim", "ind", "sig")
-
-    def __init__(self, data: Any, cat: int, dim: int, ind: Optional[int] = None) -> None:
-        self.data, self.cat, self.dim, self.ind = data, cat, dim, ind
-        self.sig = (dim, cat, -1 if ind is None else ind)
-
-    def swapped(self) -> "_Leaf":
-        """The same data as the other index (i <-> j); parameters stay."""
-        return self if self.cat == 2 else _Leaf(self.data, 1 - self.cat, self.dim, self.ind)
-
-
-_INIT_KW = ("dtype_acc", "use_double_acc", "sum_scheme", "enable_chunks", "use_fast_math")
-_INIT_KW += ("optional_flags",)
-_CALL_KW = ("backend", "device_id", "ranges", "out")
-
-
-class GenericLazyTensor(LazyOps):
+class GenericLazyTensor(LazyOps, LazyReductions):
     """The binding-agnostic LazyTensor (pykeops' ``GenericLazyTensor``).
 
     ``LazyTensor(x)`` with ``x`` an array of shape ``(..., M, 1, D)`` (an i-variable),
@@ -124,14 +106,14 @@ class GenericLazyTensor(LazyOps):
         ind, dim, cat = x
         if ind < 0 or dim < 1 or cat not in (0, 1, 2):
             raise ValueError(f"invalid symbolic variable (ind={ind}, dim={dim}, cat={cat})")
-        self._set_leaf(_Leaf(None, cat, dim, ind))
+        self._set_leaf(Leaf(None, cat, dim, ind))
 
     def _numbers(self, x: list, axis: Optional[int]) -> None:
         if axis not in (None, 2):
             raise ValueError("lists of numbers are parameters: axis must be None or 2")
         if not x or not all(isinstance(v, (int, float)) for v in x):
             raise TypeError("a list makes a parameter: it must hold real numbers")
-        self._set_leaf(_Leaf([float(v) for v in x], 2, len(x)))
+        self._set_leaf(Leaf([float(v) for v in x], 2, len(x)))
 
     def _array(self, x: Any, axis: Optional[int]) -> None:
         shape = x.shape
@@ -140,7 +122,7 @@ class GenericLazyTensor(LazyOps):
         if nd == 3 and axis is None and bool(shape[0] == 1) is not bool(shape[1] == 1):
             cat = 1 if shape[0] == 1 else 0  # (1, N, D): j; (M, 1, D): i
             dim = operator.index(shape[2])
-            self.leaves, self.ndim = (_Leaf(x.squeeze(-3 if cat else -2), cat, dim),), dim
+            self.leaves, self.ndim = (Leaf(x.squeeze(-3 if cat else -2), cat, dim),), dim
             self._meta = {"_dtype": self.dtype_name(x), "nj" if cat else "ni": shape[cat]}
             self.nid = ln.leaf(0, dim, cat)
             return
@@ -178,11 +160,11 @@ class GenericLazyTensor(LazyOps):
         dim = operator.index(shape[-1]) if nd else 1  # specialised under torch.compile
         if axis != 2:
             meta["ni" if axis == 0 else "nj"] = n
-        leaf = _Leaf(x, axis, dim)
+        leaf = Leaf(x, axis, dim)
         self.leaves, self.ndim, self._meta = (leaf,), dim, meta
         self.nid = ln.leaf(0, dim, axis)
 
-    def _set_leaf(self, leaf: _Leaf) -> None:
+    def _set_leaf(self, leaf: Leaf) -> None:
         self.leaves, self.ndim = (leaf,), leaf.dim
         self.nid = ln.leaf(0, leaf.dim, leaf.cat)
 
@@ -210,7 +192,7 @@ class GenericLazyTensor(LazyOps):
             else:
                 nids.append(o.nid)
                 leaves = leaves or o.leaves
-            meta = _merge_meta(meta, o._meta)
+            meta = merge_meta(meta, o._meta)
         return nids, leaves, meta
 
     def _derive(self, nid: int, ndim: int, leaves: tuple, meta: dict) -> "GenericLazyTensor":
@@ -245,7 +227,7 @@ class GenericLazyTensor(LazyOps):
             nid, dim = ln.apply(name, tuple(nids), ())
         res = object.__new__(cls)
         res.nid, res.ndim, res.leaves = nid, dim, leaves
-        res._meta = _merge_meta(a._meta, b._meta)
+        res._meta = merge_meta(a._meta, b._meta)
         return res
 
     def unary(self, name: str, params: tuple = ()) -> "GenericLazyTensor":
@@ -309,7 +291,7 @@ class GenericLazyTensor(LazyOps):
                 f"reductions need axis (or dim) = {nb} (over i) or {nb + 1} (over j), the "
                 f"number of batch dimensions + 0 or 1; got {axis}"
             )
-        init, call_kw = _split_kwargs(kwargs) if kwargs else (kwargs, kwargs)
+        init, call_kw = split_kwargs(kwargs) if kwargs else (kwargs, kwargs)
         if other is None:
             nids, leaves, meta = (self.nid,), self.leaves, self._meta
         else:
@@ -328,79 +310,6 @@ class GenericLazyTensor(LazyOps):
                 call_kw = {**{k: meta[k] for k in ("ranges", "backend") if k in meta}, **call_kw}
             return self.evaluate(spec, arguments(self, leaves, ()), call_kw)
         return LazyReduction(self, spec, nsym, leaves, meta, call_kw)
-
-
-def _split_kwargs(kwargs: dict) -> tuple[dict, dict]:
-    """(Genred constructor options, call options); TypeError for anything else."""
-    init, call = {}, {}
-    for k, v in kwargs.items():
-        if k in _INIT_KW:
-            init[k] = v
-        elif k in _CALL_KW:
-            call[k] = v
-        else:
-            raise TypeError(f"unexpected keyword argument {k!r}")
-    return init, call
-
-
-def arguments(lt: "GenericLazyTensor", leaves: tuple, args: Sequence) -> list:
-    """The kernel's arguments: the symbolic ones (``args``), then the data, numbers as
-    arrays with the data's dtype and device."""
-    out = list(args)
-    numbers = False
-    for leaf in leaves:
-        data = leaf.data
-        if data is not None:
-            out.append(data)
-            numbers = numbers or data.__class__ is list
-    if numbers:
-        like = None
-        for a in out:
-            if a.__class__ is not list:
-                like = a
-                break
-        if like is None:
-            raise ValueError("a LazyTensor of numbers only has no dtype: give an array")
-        out = [lt.param(a, like) if a.__class__ is list else a for a in out]
-    return out
-
-
-def _merge_meta(a: dict, b: dict) -> dict:
-    """The attributes of a combination: each set in one operand, or equal in both."""
-    if a is b or not b:
-        return a
-    if not a:
-        return b
-    out = {**a, **b}
-    for k in a.keys() & b.keys():
-        out[k] = broadcast(a[k], b[k]) if k == "batchdims" else _merge(k, a[k], b[k])
-    return out
-
-
-def _merge(name: str, a: Any, b: Any) -> Any:
-    if a is None or b is None:
-        return b if a is None else a
-    if name == "ranges":
-        if len(a) == len(b) and all(x is y or _same(x, y) for x, y in zip(a, b)):
-            return a
-    elif a == b:  # (no `is`: torch.compile does not trace it on tuples)
-        return a
-    raise ValueError(f"incompatible values for attribute {name}: {a} and {b}")
-
-
-def _same(x: Any, y: Any) -> bool:
-    return tuple(x.shape) == tuple(y.shape) and bool((x == y).all())
-
-
-def broadcast(a: Optional[tuple], b: Optional[tuple]) -> Optional[tuple]:
-    """Broadcast batch shapes (numpy's rule); ValueError if they do not broadcast."""
-    if a is None or b is None:
-        return b if a is None else a
-    n = max(len(a), len(b))
-    a, b = (1,) * (n - len(a)) + tuple(a), (1,) * (n - len(b)) + tuple(b)
-    if any(x != y and 1 not in (x, y) for x, y in zip(a, b)):
-        raise ValueError(f"incompatible batch dimensions: {a} and {b}")
-    return tuple(max(x, y) for x, y in zip(a, b))
 
 
 class LazyReduction:
@@ -426,29 +335,4 @@ class LazyReduction:
         return self.lt.evaluate(self.spec, arguments(self.lt, self.leaves, args), kw)
 
 
-__all__ = ["GenericLazyTensor", "LazyReduction"]
-
-
-def variables(cls: type) -> tuple[Any, ...]:
-    """``Var``, ``Vi``, ``Vj``, ``Pm`` building LazyTensors of class ``cls``."""
-
-    def Var(x_or_ind: Any, dim: Optional[int] = None, cat: Optional[int] = None) -> Any:
-        """``Var(x, cat=c)``: a LazyTensor of data; ``Var(ind, dim, cat)``: a symbolic
-        variable."""
-        if dim is None:
-            return cls(x_or_ind, axis=cat)
-        return cls((x_or_ind, dim, cat))
-
-    def Vi(x_or_ind: Any, dim: Optional[int] = None) -> Any:
-        """An i-indexed variable: ``Vi(x)`` for x of shape (M, D), or ``Vi(ind, dim)``."""
-        return Var(x_or_ind, dim, 0)
-
-    def Vj(x_or_ind: Any, dim: Optional[int] = None) -> Any:
-        """A j-indexed variable: ``Vj(y)`` for y of shape (N, D), or ``Vj(ind, dim)``."""
-        return Var(x_or_ind, dim, 1)
-
-    def Pm(x_or_ind: Any, dim: Optional[int] = None) -> Any:
-        """A parameter: ``Pm(p)`` for p of shape (D,) or a number, or ``Pm(ind, dim)``."""
-        return Var(x_or_ind, dim, 2)
-
-    return Var, Vi, Vj, Pm
+__all__ = ["GenericLazyTensor", "LazyReduction", "variables"]

@@ -15,15 +15,19 @@ from __future__ import annotations
 
 from typing import Optional
 
-import torch
-
 from .diff import diff, grad
-from .genred import build_reduction
+from .frontend import build_reduction
 from .ops import intcst, make
 from .reductions import Reduction
-from .tree import Node, postorder, var
+from .tree import Node, map_vars, var
 
-constant = torch.compiler.assume_constant_result
+
+def constant(fn):
+    """Mark ``fn`` as torch.compile's ``assume_constant_result`` does (dynamo runs it and takes
+    its result as a constant, never traces it), without importing torch or torch._dynamo."""
+    fn._dynamo_marked_constant = True
+    return fn
+
 
 _NODES: list[Node] = []
 _IDS: dict[Node, int] = {}
@@ -101,16 +105,6 @@ def apply(name: str, nids: tuple, params: tuple = ()) -> tuple[int, int]:
     return hit  # type: ignore[return-value]
 
 
-def _rewrite(n: Node, fn) -> Node:
-    """``n`` with every variable v replaced by ``fn(v)``."""
-    new: dict[int, Node] = {}
-    for m in postorder(n):
-        new[id(m)] = (
-            fn(m) if m.is_var else Node(m.op, tuple(new[id(a)] for a in m.args), m.params, m.dim)
-        )
-    return new[id(n)]
-
-
 @constant
 def remap(nid: int, perm: tuple) -> int:
     """The formula with variable position p renumbered ``perm[p]``."""
@@ -118,7 +112,7 @@ def remap(nid: int, perm: tuple) -> int:
     hit = _MEMO.get(key)
     if hit is None:
         fn = lambda v: var(perm[v.params[0]], v.params[1], v.params[2])  # noqa: E731
-        hit = _MEMO[key] = nid_of(_rewrite(_NODES[nid], fn))
+        hit = _MEMO[key] = nid_of(map_vars(_NODES[nid], fn))
     return hit  # type: ignore[return-value]
 
 
@@ -130,7 +124,7 @@ def transpose(nid: int) -> int:
     if hit is None:
         swap = {0: 1, 1: 0, 2: 2}
         fn = lambda v: var(v.params[0], v.params[1], swap[v.params[2]])  # noqa: E731
-        hit = _MEMO[key] = nid_of(_rewrite(_NODES[nid], fn))
+        hit = _MEMO[key] = nid_of(map_vars(_NODES[nid], fn))
     return hit  # type: ignore[return-value]
 
 

@@ -31,7 +31,7 @@ from . import mathfns
 from ._tvm import te as _te
 from ._tvm import tirx
 from .ops import REGISTRY
-from .reductions import KernelSpec, Space
+from .reductions.core import KernelSpec, Space
 from .schedules.shape import ReductionShape
 from .tree import Node, postorder, var_cat, variables
 

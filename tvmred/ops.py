@@ -700,7 +700,7 @@ def _best(pick: str, index: bool) -> Callable:
     Each component is read a fixed number of times (a chain of min/max, a chain of NaN tests,
     then the first position equal to the result): a sequential "keep the best so far" chain
     reads the running best three times per step, an expression that doubles in size with
-    every component (ArgMin of a 9-vector took minutes to build)."""
+    every component."""
 
     def rule(args: list, params: tuple, dt: str) -> Exprs:
         (x,) = args
@@ -738,7 +738,7 @@ def _best_constant(values: list, pick: str, index: bool) -> float:
     return float(values.index(best)) if index else best
 
 
-def _minmax(name: str, arg: str, pick: str, tref: Callable) -> None:
+def _best_of_components(name: str, arg: str, pick: str, tref: Callable) -> None:
     op(
         name,
         1,
@@ -761,8 +761,8 @@ def _minmax(name: str, arg: str, pick: str, tref: Callable) -> None:
     )
 
 
-_minmax("Max", "ArgMax", "max", lambda *a, **k: _t().max(*a, **k))
-_minmax("Min", "ArgMin", "min", lambda *a, **k: _t().min(*a, **k))
+_best_of_components("Max", "ArgMax", "max", lambda *a, **k: _t().max(*a, **k))
+_best_of_components("Min", "ArgMin", "min", lambda *a, **k: _t().min(*a, **k))
 
 
 def _sum_te(args: list, params: tuple, dt: str) -> Exprs:

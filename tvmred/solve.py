@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any, Callable, Optional, Sequence
 
-from .genred import make_reduction
+from .frontend import make_reduction
 from .parse import parse_aliases
 from .reductions import Reduction
 

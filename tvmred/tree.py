@@ -111,3 +111,21 @@ def postorder(root: Node, leaves: frozenset[int] = frozenset()) -> list[Node]:
 def variables(root: Node) -> list[Node]:
     """The variables used by ``root``, sorted by position."""
     return sorted((n for n in postorder(root) if n.is_var), key=var_pos)
+
+
+def map_vars(root: Node, fn) -> Node:
+    """``root`` with every variable v replaced by ``fn(v)`` (a node of the same dim)."""
+    new: dict[int, Node] = {}
+    for n in postorder(root):
+        if n.is_var:
+            new[id(n)] = fn(n)
+        else:
+            new[id(n)] = Node(n.op, tuple(new[id(a)] for a in n.args), n.params, n.dim)
+    return new[id(root)]
+
+
+def map_cats(root: Node, frm: int, to: int) -> Node:
+    """``root`` with every variable of category ``frm`` turned into one of category ``to``."""
+    return map_vars(
+        root, lambda v: var(v.params[0], v.params[1], to if v.params[2] == frm else v.params[2])
+    )

@@ -16,7 +16,8 @@ import time
 from typing import Any, Optional, Sequence
 
 from . import build, schedules, tunedb
-from .genred import Genred, check_args, kernel_args
+from .frontend import reduction_from
+from .launch import check_args, kernel_args
 from .targets import target_for
 
 
@@ -47,7 +48,7 @@ def tune(
     (a torch device or its name; default: torch's default device), which picks the target."""
     import torch
 
-    r = Genred(formula, aliases, reduction_op=reduction_op, axis=axis, **genred_kw).reduction
+    r = reduction_from(formula, aliases, reduction_op, axis, **genred_kw)
     tdt = getattr(torch, dtype)
     dev = torch.device(device) if device is not None else torch.get_default_device()
     gen = torch.Generator().manual_seed(0)  # a CPU generator: the same data on every device

@@ -6,10 +6,19 @@ autograd."""
 
 from __future__ import annotations
 
+from ..export import load as _load
 from .generic import generic_argkmin, generic_argmin, generic_logsumexp, generic_sum
 from .genred import Genred
 from .lazytensor import LazyTensor, Pm, Vi, Vj
 from .solve import KernelSolve
+
+
+def load(path):
+    """Load an exported directory (:func:`tvmred.export.load`): ``lib["name"]`` is a
+    ``tvmred.numpy.Genred``.  Its kernels are code run in this process: load only
+    directories you trust."""
+    return _load(path, {"numpy": Genred})
+
 
 __all__ = [
     "Genred",
@@ -22,4 +31,5 @@ __all__ = [
     "generic_argmin",
     "generic_logsumexp",
     "generic_sum",
+    "load",
 ]

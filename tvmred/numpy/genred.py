@@ -11,10 +11,11 @@ import numpy as np
 import torch
 
 from .. import dispatch, genred
-from ..genred import copy_into, placement, run
+from ..genred import copy_into, placement
+from ..launch import run
 
 
-def call(
+def numpy_call(
     r,
     args,
     backend: str = "auto",
@@ -39,7 +40,7 @@ def call(
     dev, host = placement(targs, backend, device_id)
     if host:
         targs = [t.to(dev) for t in targs]
-    res = dispatch.call(r, targs, lambda *a: run(r, a), ranges)
+    res = dispatch.each_problem(r, targs, lambda *a: run(r, a), ranges)
     res = tuple(t.cpu() for t in res) if isinstance(res, tuple) else res.cpu()
     if out is not None:
         copy_into(res, torch.from_numpy(out))
@@ -58,4 +59,4 @@ class Genred(genred.Genred):
         ranges: object = None,
         out: Optional[np.ndarray] = None,
     ) -> np.ndarray:
-        return call(self.reduction, args, backend, device_id, ranges, out)
+        return numpy_call(self.reduction, args, backend, device_id, ranges, out)

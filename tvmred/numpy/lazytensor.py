@@ -9,7 +9,7 @@ import numpy as np
 
 from .. import lazynodes as ln
 from ..lazy import GenericLazyTensor, variables
-from .genred import call
+from .genred import numpy_call
 from .solve import kernel_solve
 
 
@@ -34,7 +34,7 @@ class LazyTensor(GenericLazyTensor):
         return np.array(values, dtype=like.dtype)
 
     def evaluate(self, spec: tuple, args: list, kwargs: Optional[dict]) -> Any:
-        return call(ln.reduction(spec), args, **(kwargs or {}))
+        return numpy_call(ln.reduction(spec), args, **(kwargs or {}))
 
     def solve_spec(self, spec: tuple, pos: int, args: list, alpha: float, kwargs: dict) -> Any:
         return kernel_solve(ln.reduction(spec), pos, args, alpha=alpha, **kwargs)

@@ -8,7 +8,7 @@ import numpy as np
 
 from .. import solve
 from ..reductions import Reduction
-from .genred import call
+from .genred import numpy_call
 
 
 def kernel_solve(
@@ -25,7 +25,7 @@ def kernel_solve(
     solve.check_unknown(r, pos)
 
     def linop(v):
-        res = call(r, [*args[:pos], v, *args[pos + 1 :]], backend, device_id, ranges)
+        res = numpy_call(r, [*args[:pos], v, *args[pos + 1 :]], backend, device_id, ranges)
         return res + alpha * v if alpha else res
 
     return solve.conjugate_gradient(linop, args[pos], eps)

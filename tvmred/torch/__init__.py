@@ -11,11 +11,20 @@ The kernel call is the ``tvmred::genred`` custom op (:mod:`tvmred.torch.library`
 
 from __future__ import annotations
 
+from ..export import load as _load
 from . import cluster
 from .generic import generic_argkmin, generic_argmin, generic_logsumexp, generic_sum
 from .genred import Genred
 from .lazytensor import LazyTensor, Pm, Vi, Vj
 from .solve import KernelSolve
+
+
+def load(path):
+    """Load an exported directory (:func:`tvmred.export.load`): ``lib["name"]`` is a
+    ``tvmred.torch.Genred``.  Its kernels are code run in this process: load only
+    directories you trust."""
+    return _load(path, {"torch": Genred})
+
 
 __all__ = [
     "Genred",
@@ -25,6 +34,7 @@ __all__ = [
     "Vi",
     "Vj",
     "cluster",
+    "load",
     "generic_argkmin",
     "generic_argmin",
     "generic_logsumexp",

@@ -113,7 +113,7 @@ def apply_fn(r: Reduction, *args: torch.Tensor) -> torch.Tensor:
     return _function(r, *args)[0]
 
 
-def call(
+def torch_call(
     r: Union[Reduction, Signature],
     args,
     backend: str = "auto",
@@ -128,11 +128,11 @@ def call(
         args = tuple(a.to(dev) if isinstance(a, torch.Tensor) else a for a in args)
     if out is not None:
         with torch.no_grad():
-            res = dispatch.call(r, args, lambda *a: apply(r, *a), ranges)
+            res = dispatch.each_problem(r, args, lambda *a: apply(r, *a), ranges)
         if isinstance(res, tuple):
             raise ValueError("out= is not supported for a reduction with two outputs")
         return copy_into(res.cpu() if host else res, out)
-    res = dispatch.call(r, args, lambda *a: apply(r, *a), ranges)
+    res = dispatch.each_problem(r, args, lambda *a: apply(r, *a), ranges)
     if host:
         res = tuple(t.cpu() for t in res) if isinstance(res, tuple) else res.cpu()
     return res

@@ -7,7 +7,7 @@ from typing import Optional
 import torch
 
 from .. import genred
-from .autograd import call
+from .autograd import torch_call
 
 
 class Genred(genred.Genred):
@@ -21,4 +21,4 @@ class Genred(genred.Genred):
         ranges: object = None,
         out: Optional[torch.Tensor] = None,
     ):
-        return call(self.reduction, args, backend, device_id, ranges, out)
+        return torch_call(self.reduction, args, backend, device_id, ranges, out)

@@ -9,14 +9,14 @@ from typing import Any, Optional
 import torch
 
 from .. import lazynodes as ln
-from ..genred import TORCH_DTYPES
+from ..launch import TORCH_DTYPES
 from ..lazy import GenericLazyTensor, variables
-from .autograd import apply, call
+from .autograd import apply, torch_call
 from .library import Signature, signature
 from .solve import kernel_solve
 
 
-@torch.compiler.assume_constant_result  # torch.compile runs it, never traces it
+@ln.constant  # torch.compile runs it, never traces it
 def _signature(spec: tuple) -> tuple:
     return tuple(signature(ln.reduction(spec)))
 
@@ -43,10 +43,10 @@ class LazyTensor(GenericLazyTensor):
 
     def evaluate(self, spec: tuple, args: list, kwargs: Optional[dict]) -> Any:
         if torch.compiler.is_compiling():  # constants only: the Reduction stays untraced
-            return call(Signature(*_signature(spec)), args, **(kwargs or {}))
+            return torch_call(Signature(*_signature(spec)), args, **(kwargs or {}))
         if kwargs is None:  # one plain reduction: no placement, batch or ranges to handle
             return apply(ln.reduction(spec), *args)
-        return call(ln.reduction(spec), args, **kwargs)
+        return torch_call(ln.reduction(spec), args, **kwargs)
 
     def solve_spec(self, spec: tuple, pos: int, args: list, alpha: float, kwargs: dict) -> Any:
         return kernel_solve(ln.reduction(spec), pos, args, alpha=alpha, **kwargs)

@@ -24,7 +24,7 @@ from typing import NamedTuple
 
 import torch
 
-from ..genred import TORCH_DTYPES, run_states
+from ..launch import TORCH_DTYPES, run_states
 from ..ops import REGISTRY as REGISTRY_OPS
 from ..reductions import REDUCTIONS, Reduction
 from ..tree import Node, postorder
@@ -33,7 +33,6 @@ from . import plans
 REGISTRY: dict[str, Reduction] = {}
 
 
-@torch.compiler.assume_constant_result  # torch.compile runs it, never traces it
 def key_of(r: Reduction) -> str:
     """The registry key of ``r`` (registering it on first use; memoised on ``r``): its
     serialisation, so that any process can rebuild the reduction from a key found in a
@@ -44,6 +43,11 @@ def key_of(r: Reduction) -> str:
         REGISTRY.setdefault(key, r)
         r.memo["key"] = key
     return key
+
+
+# torch.compile runs key_of, never traces it: the mark torch.compiler.assume_constant_result
+# sets, set here without that function's import of torch._dynamo (two seconds at start-up)
+key_of._dynamo_marked_constant = True  # type: ignore[attr-defined]
 
 
 def _flat(r: Reduction) -> tuple:

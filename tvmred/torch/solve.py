@@ -16,7 +16,7 @@ import torch
 
 from .. import dispatch, solve
 from ..reductions import Chain, Reduction
-from .autograd import apply_fn, call
+from .autograd import apply_fn, torch_call
 
 
 @dataclass(frozen=True)
@@ -29,7 +29,7 @@ class _System:
 
     def solve(self, args) -> torch.Tensor:
         def linop(v):
-            res = call(self.r, [*args[: self.pos], v, *args[self.pos + 1 :]], **self.kwargs)
+            res = torch_call(self.r, [*args[: self.pos], v, *args[self.pos + 1 :]], **self.kwargs)
             return res + self.alpha * v if self.alpha else res
 
         return solve.conjugate_gradient(linop, args[self.pos], self.eps)
@@ -41,7 +41,7 @@ class _System:
             return torch.zeros_like(args[k])
         assert isinstance(plan, Chain) and len(plan.steps) == 1  # a Sum's plan
         red = plan.steps[0].red
-        res = dispatch.call(
+        res = dispatch.each_problem(
             red, [*args, g], lambda *t: apply_fn(red, *t), self.kwargs.get("ranges")
         )
         if self.r.cats[k] == 2:  # a parameter: summed over the output rows

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 import tvmred
-from tvmred.genred import MAX_STATE, column_chunks
+from tvmred.launch import MAX_STATE, column_chunks
 from tvmred.torch import Genred
 
 F64 = torch.float64
@@ -160,7 +160,7 @@ def test_wide_reductions_run_in_column_chunks():
 
 
 def test_column_chunks_respect_the_state_budget():
-    from tvmred.genred import make_reduction
+    from tvmred.frontend import make_reduction
 
     r = make_reduction("x*y", ["x = Vi(300)", "y = Vj(300)"], "Sum", 1, "auto")
     for dtype in ("float32", "float64"):

@@ -1,0 +1,223 @@
+"""The launch: a :class:`~tvmred.reductions.Reduction` and torch tensors -> its outputs.
+Checks the tensors, picks the kernel (one, several over slices of a wide state, or the
+split-j kernel when the row blocks would leave cores idle), pads and aligns the inputs,
+allocates the state buffers, calls the kernel and finalizes the states."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Sequence
+
+import torch
+
+from . import build, schedules
+from .build import get_kernel
+from .reductions import Reduction
+
+TORCH_DTYPES = {torch.float32: "float32", torch.float64: "float64"}
+
+
+def check_args(
+    r: Reduction, args: Sequence[torch.Tensor], batch: bool = False
+) -> tuple[str, int, int]:
+    """Validate the call's tensors; return (dtype, n_out, n_red).  Raises before compiling.
+    With ``batch``, arguments may have leading batch dimensions (checked by the caller)."""
+    if len(args) != r.nargs:
+        raise ValueError(
+            f"this Genred takes {r.nargs} arguments ({', '.join(r.names)}), got {len(args)}"
+        )
+    for k, a in enumerate(args):
+        if not isinstance(a, torch.Tensor):
+            raise TypeError(f"argument {r.describe(k)} must be a tensor, got {type(a).__name__}")
+    dtypes = {a.dtype for a in args}
+    for k, a in enumerate(args):
+        if a.dtype not in TORCH_DTYPES:
+            raise TypeError(
+                f"argument {r.describe(k)} has dtype {a.dtype}; tvmred supports float32 and float64"
+            )
+    if len(dtypes) > 1:
+        detail = ", ".join(f"{r.names[k]}: {a.dtype}" for k, a in enumerate(args))
+        raise TypeError(f"all arguments must have the same dtype, got {detail}")
+    devices = {a.device for a in args}
+    if len(devices) > 1:
+        detail = ", ".join(f"{r.names[k]}: {a.device}" for k, a in enumerate(args))
+        raise ValueError(f"all arguments must be on the same device, got {detail}")
+    sizes: dict[int, tuple[int, int]] = {}  # cat -> (size, arg index)
+    lead = "..., " if batch else ""
+    for k, (a, v) in enumerate(zip(args, r.args)):
+        pos, dim, cat = v.params
+        core = 1 if cat == 2 else 2
+        if cat == 2:
+            ok = (a.dim() >= 1 and a.shape[-1] == dim) or (a.dim() == 0 and dim == 1)
+        else:
+            ok = a.dim() >= 2 and a.shape[-1] == dim
+        if not ok or (not batch and a.dim() > core):
+            want = f"({lead}dim,)" if cat == 2 else f"({lead}rows, dim)"
+            raise ValueError(
+                f"argument {r.describe(k)} has shape {tuple(a.shape)}; expected "
+                f"{want} with dim = {dim}"
+            )
+        if cat != 2:
+            if cat in sizes and sizes[cat][0] != a.shape[-2]:
+                other = sizes[cat][1]
+                label = "M" if cat == 0 else "N"
+                raise ValueError(
+                    f"inconsistent {label}: argument {r.describe(other)} has {sizes[cat][0]} "
+                    f"rows but {r.describe(k)} has {a.shape[-2]}"
+                )
+            sizes[cat] = (a.shape[-2], k)
+    n_out = sizes.get(r.out_cat, (1, -1))[0]
+    n_red = sizes.get(1 - r.out_cat, (1, -1))[0]
+    dtype = args[0].dtype if args else torch.get_default_dtype()
+    return TORCH_DTYPES[dtype], n_out, n_red
+
+
+def run(r: Reduction, args: Sequence[torch.Tensor]):
+    """Evaluate the reduction (no autograd): pykeops' output(s) for these arguments."""
+    return run_states(r, args)[0]
+
+
+def run_states(r: Reduction, args: Sequence[torch.Tensor]):
+    """(pykeops' output(s), the kernel's raw state buffers)."""
+    dtype, n_out, n_red = check_args(r, args)
+    dev = args[0].device if args else torch.get_default_device()
+    if r.red == "Sum" and r.formula.is_zero:
+        zero = torch.zeros(n_out, r.formula.dim, dtype=getattr(torch, dtype), device=dev)
+        return zero, [zero]
+    parts = [call_kernel(part, args, dtype, dev, n_out, n_red) for part in column_chunks(r, dtype)]
+    state = parts[0] if len(parts) == 1 else [torch.cat(b, dim=1) for b in zip(*parts)]
+    variant = r.resolve(dtype)[1]
+    return r.rdef.finalize(state, variant, getattr(torch, dtype)), state
+
+
+def call_kernel(r: Reduction, args, dtype: str, dev: torch.device, n_out: int, n_red: int) -> list:
+    """The state buffers of ``r`` on these arguments: one kernel call, or -- when the row
+    blocks would leave the device's cores idle (the target's ``chunks`` rule) -- the split-j
+    kernel's partial states of S chunks of the reduced index, merged by the reduction's
+    ``combine``.  A tiled kernel takes the chunks itself (its signature is split-j's)."""
+    k, variant = kernel_of(r, dtype, dev)
+    mb = -(-n_out // k.row_block)
+    chunks = schedules.for_device(dev.type).chunks(mb, n_red, dev) if mb else 1
+    if chunks > 1 and not k.tile:
+        try:
+            k, variant = kernel_of(r, dtype, dev, split=True)
+        except LookupError:  # an exported library without the split kernel
+            chunks = 1
+    state = launch(r, k, args, n_out, n_red, chunks)
+    if chunks > 1:
+        return r.rdef.combine([s[:, :n_out] for s in state], variant)
+    if k.tile:
+        return [s[0, :n_out] for s in state]
+    return [s[:n_out] for s in state]
+
+
+def launch(r: Reduction, k: Any, args, n_out: int, n_red: int, chunks: int = 1) -> list:
+    """Run kernel ``k`` (``chunks`` > 1: a split-j or tiled kernel) on fresh state buffers:
+    ``(rows, cols)`` each, or ``(chunks, rows, cols)`` for a split-j kernel with chunks > 1
+    and for every tiled kernel; rows padded to whole row blocks."""
+    call_args, state, sizes = kernel_args(r, k, args, n_out, n_red, chunks)
+    if sizes[0]:  # no output rows: no launch (a CUDA grid of 0 blocks is an error)
+        k.fn(*call_args, *state, *sizes)
+    return state
+
+
+#: State values per output row one kernel computes (columns x state buffers): a wider
+#: reduction (a Sum of a 512-vector, a K-min of a vector formula) runs as several kernels
+#: over slices of its state columns, as KeOps' chunked modes do -- compile time grows faster
+#: than linearly with the width.
+MAX_STATE = 64
+
+
+def column_chunks(r: Reduction, dtype: str) -> list[Reduction]:
+    """``r`` itself, or the reductions of consecutive slices of its state columns (each of at
+    most MAX_STATE state values per row) whose states, side by side, are ``r``'s."""
+    key = ("chunks", dtype)
+    if key not in r.memo:
+        acc, variant = r.resolve(dtype)
+        rd, dim = r.rdef, r.formula.dim
+        state = rd.state(dim, variant, dtype, acc)  # every buffer has one column per column
+        cols = state[0][0]
+        width = max(1, MAX_STATE // len(state))
+        parts = [r]
+        if cols > width:
+            cuts = [(c, min(width, cols - c)) for c in range(0, cols, width)]
+            parts = [
+                dataclasses.replace(r, formula=rd.columns(r.formula, c, n), memo={})
+                for c, n in cuts
+            ]
+        r.memo[key] = parts
+    return r.memo[key]
+
+
+def kernel_of(r: Reduction, dtype: str, dev: torch.device, split: bool = False) -> tuple[Any, Any]:
+    """(compiled kernel, its variant) of ``r`` for this dtype and device (``split``: the
+    split-j kernel), memoised on ``r`` so a call costs no key computation (the caches behind
+    get_kernel are keyed by text)."""
+    key = ("kernel", dtype, dev, split)
+    hit = r.memo.get(key)
+    if hit is not None and hit[0] == build.generation:
+        return hit[1], hit[2]
+    spec = r.spec(dtype, split)
+    try:
+        kernel = get_kernel(spec, dev)
+    except LookupError as e:  # KernelNotExported: say which variables the Var(...) are
+        legend = ", ".join(f"{v} = {n}" for v, n in zip(r.args, r.names))
+        raise type(e)(f"{e} [{legend}]") from None
+    r.memo[key] = (build.generation, kernel, spec.variant)
+    return kernel, spec.variant
+
+
+def kernel_args(
+    r: Reduction, k: Any, args: Sequence[torch.Tensor], n_out: int, n_red: int, chunks: int = 1
+) -> tuple[list, list, tuple]:
+    """(input tensors, fresh state buffers, size arguments) for ``k.fn``: output-indexed
+    inputs padded to whole row blocks, parameters flattened, everything contiguous.  A
+    split-j call (``chunks`` > 1) or a tiled kernel has state buffers with a leading
+    dimension of ``chunks`` and sizes ``(Mb, N, S, C)``; a tiled kernel's reduced-index inputs
+    are zero-padded to whole tiles of every chunk (``C`` is then in tiles)."""
+    dev = args[0].device if args else torch.get_default_device()
+    mb = -(-n_out // k.row_block)
+    rows = mb * k.row_block
+    split = chunks > 1 or k.tile
+    per_chunk = -(-n_red // chunks)
+    if k.tile:
+        per_chunk = -(-per_chunk // k.tile)  # tiles per chunk
+        reduced_rows = chunks * per_chunk * k.tile
+    call_args = []
+    for v in k.inputs:
+        a = args[v.params[0]]
+        cat = v.params[2]
+        if cat == 2:
+            a = a.reshape(-1)
+        elif cat == r.out_cat and rows != n_out:
+            a = _padded(a, rows, dev)
+        elif cat != r.out_cat and k.tile and reduced_rows != n_red:
+            a = _padded(a, reduced_rows, dev)
+        call_args.append(aligned(a))
+    lead = (chunks,) if split else ()
+    state = [
+        torch.empty(*lead, rows, cols, dtype=getattr(torch, dt), device=dev) for cols, dt in k.state
+    ]
+    sizes = (mb, n_red, chunks, per_chunk) if split else (mb, n_red)
+    return call_args, state, sizes
+
+
+def _padded(a: torch.Tensor, rows: int, dev: torch.device) -> torch.Tensor:
+    padded = torch.zeros(rows, a.shape[1], dtype=a.dtype, device=dev)
+    padded[: a.shape[0]] = a
+    return padded
+
+
+ALIGN = 64  # TVM declares kernel buffers 64-byte aligned and emits aligned SIMD loads
+
+
+def aligned(a: torch.Tensor) -> torch.Tensor:
+    """``a`` compact and 64-byte aligned, copying only when needed: a view into the middle of
+    a tensor or a numpy array may be misaligned (the kernel would fault), and an empty tensor
+    may keep the strides of what it was cut from (``.contiguous()`` leaves it as it is)."""
+    if a.numel() == 0:
+        return a.new_empty(a.shape)
+    a = a.contiguous()
+    if a.data_ptr() % ALIGN:
+        a = a.clone()  # fresh allocations are aligned
+    return a

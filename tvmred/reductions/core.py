@@ -1,0 +1,384 @@
+"""The data model of reductions: each reduction is one :class:`RedDef` with all its rules
+(registered by its family's module), and a :class:`Reduction` is one use of it (formula,
+output index, arguments).
+
+A reduction ``out_i = Red_j F(i, j)`` (or over i) is lowered as one reduction block ``red``
+over the kernel's output rows and the ``cols`` columns of its state buffers.  A record gives
+
+* ``state``    -- the kernel's output buffers ``[(cols, dtype), ...]`` from (dim F, variant,
+  dtype, accumulator dtype); ``width`` -- how many of those values per row a kernel keeps in
+  registers (the schedule sizes its row blocks with it);
+* ``compute``  -- the TE reducer (``te.sum`` or a ``te.comm_reducer`` on a tuple state);
+* ``finalize`` -- torch code turning the state buffers into pykeops' outputs;
+* ``combine``  -- torch code merging partial states of disjoint ranges of the reduced index
+  (split-j schemes, distributed reductions): ``states[p]`` for ranges in increasing order;
+* ``vjp``      -- the gradient rule: the reductions that compute the gradient of a
+  :class:`Reduction` w.r.t. one argument (a :class:`Chain` or a :class:`Gathered`), None
+  when the reduction has none;
+* ``kind``     -- the tag schedules read (they never see the formula);
+* ``tree``     -- how the kernel's formula is built from F and the weight G (``formula2``).
+
+Vector formulas: Sum, Max, Min, Arg*, KMin* reduce each component separately (as pykeops);
+the LogSumExp family needs a scalar F and takes an optional weight G.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+from typing import Any, Callable, Optional, Sequence, Union
+
+from .._tvm import tirx
+from ..diff import diff as sym_diff
+from ..ops import add, make
+from ..tree import Node, var
+
+
+@dataclass(frozen=True)
+class Variant:
+    """Compile-time options of a reduction kernel: ``k``, the K of the K-min reductions;
+    ``scheme``, the summation scheme of Sum ("direct", "block" or "kahan"); ``split``, the
+    split-j kernel (partial states of chunks of the reduced index, see :class:`Space`)."""
+
+    k: Optional[int] = None
+    scheme: Optional[str] = None
+    split: bool = False
+
+    def key(self) -> dict:
+        return {n: v for n, v in dataclasses.asdict(self).items() if v not in (None, False)}
+
+
+@dataclass(frozen=True)
+class Space:
+    """The reduced index of a kernel: all of ``[0, n)``, or -- the split-j scheme, with
+    ``chunks = (S, C)`` -- chunk s of S, ``j = s*C + jj`` for ``jj`` in ``[0, C)`` and
+    ``j < n``: the kernel then writes one partial state per chunk (outputs ``(S, rows,
+    cols)``), merged by the reduction's ``combine``."""
+
+    n: Any
+    chunks: Optional[tuple] = None
+
+    def compute(self, te: Any, rows: Any, cols: int, body: Callable) -> Any:
+        """``te.compute`` of the reduction block ``red``: ``body(i, u, axis, j, where)``
+        returns the reducer call over ``axis`` of the element at global index ``j``, which
+        counts only where ``where`` holds (None: everywhere) -- the reducers put their
+        identity element there (:func:`_masked`: ``te.create_prim_func`` drops the ``where``
+        of a tuple reducer)."""
+        if self.chunks is None:
+            j = te.reduce_axis((0, self.n), name="j")
+            return te.compute((rows, cols), lambda i, u: body(i, u, j, j.var, None), name="red")
+        S, C = self.chunks
+        jj = te.reduce_axis((0, C), name="j")
+
+        def chunk(s, i, u):
+            j = s * C + jj.var
+            return body(i, u, jj, j, j < self.n)
+
+        return te.compute((S, rows, cols), chunk, name="red")
+
+
+def masked(where: Any, x: Any, identity: Any) -> Any:
+    """The element ``x``, or the reducer's identity where ``where`` is false."""
+    return x if where is None else tirx().Select(tirx().likely(where), x, identity)
+
+
+def by_column(u: Any, exprs: list) -> Any:
+    """exprs[u] for the column loop variable u (folded away once the schedule unrolls u)."""
+    e = exprs[-1]
+    for k in range(len(exprs) - 2, -1, -1):
+        e = tirx().Select(u == k, exprs[k], e)
+    return e
+
+
+def inf(dt: str, sign: float = 1.0) -> Any:
+    return tirx().const(sign * math.inf, dt)
+
+
+def lazy_torch() -> Any:
+    import torch
+
+    return torch
+
+
+# ---------------------------------------------------------------------- gradient plans
+
+
+@dataclass(frozen=True)
+class Step:
+    """One reduction of a backward pass, called with the forward call's arguments followed by
+    ``extra``: "grad" (the incoming gradient), "out" (the forward output), or the index of an
+    earlier step of the same :class:`Chain` (its result)."""
+
+    red: "Reduction"
+    extra: tuple = ()
+
+
+@dataclass(frozen=True)
+class Chain:
+    """The gradient is the result of the last step."""
+
+    steps: tuple[Step, ...]
+
+
+@dataclass(frozen=True)
+class Gathered:
+    """The gradient flows through the selected (i, j) pairs (Min, Max, KMin, as torch.min):
+    ``parts[u]`` is a Sum over the output rows of the gradient of component u of F, written
+    with output-indexed variables only; the caller gathers the selected rows of the
+    reduced-index arguments and of the gradient, and scatters the result back."""
+
+    parts: tuple[Optional["Reduction"], ...]
+
+
+Plan = Union[Chain, Gathered, None]
+
+
+def plan_reductions(plan: Plan) -> list["Reduction"]:
+    """The reductions a gradient plan evaluates."""
+    if isinstance(plan, Chain):
+        return [s.red for s in plan.steps]
+    if isinstance(plan, Gathered):
+        return [p for p in plan.parts if p is not None]
+    return []
+
+
+def tangent_diff(r: "Reduction", node: Node, ks: tuple) -> Node:
+    """dF = sum_k (dF/dv_k) t_k, the tangent t_k of argument k at position nargs + n (a JVP
+    plan is a Chain whose steps take, after the forward call's arguments, the tangents of the
+    arguments ``ks`` ("tangents"), then the forward output ("out") or earlier results)."""
+    out = None
+    for n, k in enumerate(ks):
+        d = sym_diff(node, r.args[k], r.tangent(n, k))
+        out = d if out is None else add(out, d)
+    return out
+
+
+# ------------------------------------------------------------------------------ registry
+
+
+def plain_variant(opt_arg, sum_scheme, dtype, acc) -> Variant:
+    return Variant()
+
+
+@dataclass(frozen=True)
+class RedDef:
+    name: str
+    kind: str  # schedule tag
+    kernel: str  # reductions with the same kernel name share compiled kernels (Min, ArgMin...)
+    state: Callable[[int, Variant, str, str], list]  # (dim F, variant, dtype, acc) -> [(cols, dt)]
+    compute: Callable[..., list]  # (te, root, rows, Space, dim, variant, dtype, acc) -> [tensor]
+    finalize: Callable[..., Any]  # (states: [torch tensors], variant, dtype) -> output(s)
+    combine: Callable[[list, Variant], list]  # partial states (P, rows, cols) -> states
+    vjp: Optional[Callable[["Reduction", int], Plan]]  # None: no gradient
+    grad_doc: str  # the README's "gradient" column
+    jvp: Optional[Callable[["Reduction", tuple], Plan]] = None  # forward mode; None: none
+    index_states: Optional[Callable[[Optional[int]], slice]] = None  # K -> the state buffers
+    # holding positions along the reduced index (int32, -1: none), K of them
+    variant: Callable[..., Variant] = plain_variant  # (opt_arg, sum_scheme, dtype, acc) -> Variant
+    width: Optional[Callable[[int, Variant, str, str], int]] = None  # default: all state columns
+    tree: Callable[[Node, Optional[Node]], Node] = lambda main, weight: main
+    columns: Callable[[Node, int, int], Node] = lambda f, start, n: make(
+        "Extract", f, params=(start, n)
+    )
+    # (kernel formula, start, n) -> the formula of state columns start..start+n-1 alone
+    weight: Optional[str] = None  # None: no formula2; "optional"; "required"
+    needs_k: bool = False
+    scalar: bool = False  # F must have dim 1
+    root_uses: Optional[Callable[[int], list]] = None  # per root component, if not 1 each
+    doc: str = ""
+
+    def selected(self, states: list, k: Optional[int]) -> Any:
+        """The positions along the reduced index that the state holds, (n, K, D) int64."""
+        return lazy_torch().stack(states[self.index_states(k)], dim=1).long()
+
+    def shift(self, states: list, k: Optional[int], offset: int) -> list:
+        """States of a range of the reduced index starting at ``offset``, with positions made
+        global (for :attr:`combine`)."""
+        if self.index_states is None or offset == 0:
+            return list(states)
+        sl = self.index_states(k)
+        out = list(states)
+        out[sl] = [lazy_torch().where(t >= 0, t + offset, t) for t in states[sl]]
+        return out
+
+    def registers(self, dim: int, v: Variant, dtype: str, acc: str) -> int:
+        """State values per output row that a kernel keeps in registers across the j loop."""
+        if self.width is not None:
+            return self.width(dim, v, dtype, acc)
+        return sum(c for c, _ in self.state(dim, v, dtype, acc))
+
+
+REDUCTIONS: dict[str, RedDef] = {}
+
+
+def reduction(name: str, **kw: Any) -> None:
+    REDUCTIONS[name] = RedDef(name=name, **kw)
+
+
+# ------------------------------------------------------------------- a use of a reduction
+
+
+@dataclass(frozen=True)
+class KernelSpec:
+    """What one kernel computes: the reduction ``red`` of ``formula`` over the index of
+    category ``1 - out_cat``, on ``dtype`` data with ``acc`` accumulators, in ``variant``."""
+
+    formula: Node
+    red: str
+    out_cat: int
+    dtype: str
+    acc: str
+    variant: Variant
+
+    @property
+    def rdef(self) -> "RedDef":
+        return REDUCTIONS[self.red]
+
+    def state(self) -> list:
+        """The kernel's state buffers [(cols, dtype), ...]."""
+        return self.rdef.state(self.formula.dim, self.variant, self.dtype, self.acc)
+
+    def registers(self) -> int:
+        return self.rdef.registers(self.formula.dim, self.variant, self.dtype, self.acc)
+
+    def text_key(self, device_type: str) -> tuple:
+        """A hashable key made of text (formula) and plain values, per device type."""
+        return (
+            str(self.formula),
+            self.red,
+            self.out_cat,
+            self.dtype,
+            self.acc,
+            self.variant,
+            device_type,
+        )
+
+
+LABEL = {0: "Vi", 1: "Vj", 2: "Pm"}  # pykeops' name of each variable category
+
+
+@dataclass(frozen=True, eq=False)
+class Reduction:
+    """``red`` of ``formula`` over the index of category ``1 - out_cat``.
+
+    ``formula`` is ``RedDef.tree(main, weight)``: for the LogSumExp family ``Concat(F, G)``
+    (``main`` = F, ``weight`` = G, the user's ``formula2``; for SumSoftMaxWeight
+    ``Concat(F, Concat(1, G))``, as in KeOps).
+    ``memo`` holds what is derived from it (gradient plans, compiled kernels): per instance,
+    so a dropped Reduction takes them along."""
+
+    formula: Node
+    red: str
+    out_cat: int  # 0: output indexed by i (axis=1), 1: by j (axis=0)
+    args: tuple[Node, ...]  # declared variable per position
+    names: tuple[str, ...]  # for error messages
+    dtype_acc: str = "auto"
+    k: Optional[int] = None  # K of the K-min reductions
+    main: Optional[Node] = None
+    weight: Optional[Node] = None
+    sum_scheme: str = "auto"
+    memo: dict = field(default_factory=dict, repr=False, compare=False)
+    cats: tuple = field(init=False, repr=False, compare=False)  # category per argument
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "cats", tuple(v.params[2] for v in self.args))
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "memo": {}}  # compiled kernels do not pickle
+
+    @property
+    def nargs(self) -> int:
+        return len(self.args)
+
+    @property
+    def rdef(self) -> RedDef:
+        return REDUCTIONS[self.red]
+
+    def describe(self, k: int) -> str:
+        pos, dim, cat = self.args[k].params
+        return f"'{self.names[k]}' (argument {k}, declared {LABEL[cat]}({dim}))"
+
+    def extra(self, dim: int, offset: int = 0) -> Node:
+        """A new output-indexed argument (incoming gradient, saved output) at position
+        ``nargs + offset``."""
+        return var(self.nargs + offset, dim, self.out_cat)
+
+    def resolve(self, dtype: str) -> tuple[str, Variant]:
+        """(accumulator dtype, kernel variant) for data of ``dtype``."""
+        acc = dtype if self.dtype_acc == "auto" else self.dtype_acc
+        return acc, self.rdef.variant(self.k, self.sum_scheme, dtype, acc)
+
+    def spec(self, dtype: str, split: bool = False) -> KernelSpec:
+        """The kernel of this reduction for data of ``dtype`` (``split``: the split-j one)."""
+        acc, variant = self.resolve(dtype)
+        if split:
+            variant = dataclasses.replace(variant, split=True)
+        return KernelSpec(self.formula, self.red, self.out_cat, dtype, acc, variant)
+
+    def grad_axis(self, k: int) -> int:
+        """Output category of the gradient w.r.t. argument k (parameters: per output row,
+        summed afterwards)."""
+        cat = self.args[k].params[2]
+        return cat if cat in (0, 1) else self.out_cat
+
+    def sum_of(self, formula: Node, extra: Sequence[tuple[Node, str]], k: int) -> "Reduction":
+        """A Sum of ``formula`` over the arguments plus ``extra``, giving the gradient w.r.t.
+        argument k (so indexed like it)."""
+        return Reduction(
+            formula,
+            "Sum",
+            self.grad_axis(k),
+            (*self.args, *(v for v, _ in extra)),
+            (*self.names, *(n for _, n in extra)),
+            self.dtype_acc,
+            sum_scheme=self.sum_scheme,
+        )
+
+    def tangent(self, n: int, k: int) -> Node:
+        """The tangent of argument k, the n-th tangent argument (position ``nargs + n``)."""
+        pos, dim, cat = self.args[k].params
+        return var(self.nargs + n, dim, cat)
+
+    def tangent_extra(self, ks: Sequence[int]) -> list[tuple[Node, str]]:
+        return [(self.tangent(n, k), f"tangent of {self.names[k]}") for n, k in enumerate(ks)]
+
+    def sum_with(self, formula: Node, extra: Sequence[tuple[Node, str]]) -> "Reduction":
+        """A Sum of ``formula`` over the same index as this reduction, over the arguments plus
+        ``extra``."""
+        return Reduction(
+            formula,
+            "Sum",
+            self.out_cat,
+            (*self.args, *(v for v, _ in extra)),
+            (*self.names, *(n for _, n in extra)),
+            self.dtype_acc,
+            sum_scheme=self.sum_scheme,
+        )
+
+    def jvp(self, ks: tuple[int, ...]) -> Plan:
+        """How to compute the forward-mode derivative (JVP) given tangents of the arguments
+        ``ks`` (memoised).  Raises NotImplementedError for a reduction without a rule."""
+        rule = self.rdef.jvp
+        if rule is None:
+            raise NotImplementedError(
+                f"{self.red} has no forward-mode derivative (jvp); Sum, Min, Max, KMin and "
+                "their Arg pairs, LogSumExp and SumSoftMaxWeight have one"
+            )
+        key = ("jvp", tuple(ks))
+        if key not in self.memo:
+            self.memo[key] = rule(self, tuple(ks))
+        return self.memo[key]
+
+    def vjp(self, k: int) -> Plan:
+        """How to compute the gradient w.r.t. argument k (memoised); None: identically zero.
+        Raises NotImplementedError for a reduction without a gradient rule."""
+        rule = self.rdef.vjp
+        if rule is None:
+            raise NotImplementedError(
+                f"{self.red} has no gradient (as in pykeops); use LogSumExp or SumSoftMaxWeight"
+            )
+        key = ("vjp", k)
+        if key not in self.memo:
+            self.memo[key] = rule(self, k)
+        return self.memo[key]

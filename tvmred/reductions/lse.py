@@ -1,0 +1,211 @@
+"""The LogSumExp family: LogSumExp(Weight), SumSoftMaxWeight (alias SoftMax) and the raw
+Max_SumShiftExp(Weight) states -- a running max and a sum of shifted exponentials, per
+weight column -- and their derivatives."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+from .. import mathfns
+from ..diff import grad as sym_grad
+from ..ops import add, f, intcst, make, mul, sub
+from .core import (
+    REDUCTIONS,
+    Chain,
+    Plan,
+    Reduction,
+    Space,
+    Step,
+    Variant,
+    by_column,
+    inf,
+    lazy_torch,
+    masked,
+    reduction,
+    tangent_diff,
+    tirx,
+)
+from .sum import ANY
+
+
+def _lse(te, root, rows, space: Space, dim, v: Variant, dtype, acc):
+    """State (m, s_1..s_G) = running max of F and sum_j exp(F - m) * G_j, per weight column;
+    the root formula is Concat(F, G).  One exp per step: exp(-|m_a - m_b|)."""
+    t = tirx()
+
+    def combine(a, b):
+        a_big = a[0] >= b[0]  # False when b is NaN: then m and s both become NaN
+        same = a[0] == b[0]
+        e = t.Select(same, t.const(1, acc), mathfns.exp(-t.abs(a[0] - b[0]), acc))
+        return t.Select(a_big, a[0], b[0]), t.Select(a_big, a[1] + b[1] * e, a[1] * e + b[1])
+
+    red = te.comm_reducer(combine, lambda t0, t1: (inf(t0, -1.0), t.const(0, t1)), name="lse")
+
+    def body(i, u, ax, j, w):
+        comps = root(i, j)
+        if acc != dtype:
+            comps = [x.astype(acc) for x in comps]
+        f = masked(w, comps[0], inf(acc, -1.0))
+        return red((f, masked(w, by_column(u, comps[1:]), t.const(0, acc))), axis=ax)
+
+    return list(space.compute(te, rows, dim - 1, body))
+
+
+def _lse_state(d: int, v: Variant, dt: str, acc: str) -> list:
+    return [(d - 1, acc), (d - 1, acc)]
+
+
+def _lse_combine(states: list, v: Variant) -> list:
+    torch = lazy_torch()
+    m, s = states
+    top = m.amax(0)  # NaN propagates
+    scale = torch.where(m == -math.inf, torch.zeros_like(m), torch.exp(m - top))
+    return [top, (s * scale).sum(0)]
+
+
+def _lse_uses(d: int) -> list:
+    return [d - 1] + [1] * (d - 1)  # F is read by every weight column
+
+
+def _lse_final(s, v, dtype):
+    m, sm = s
+    return (m + sm.log()).to(dtype)
+
+
+def _softmax_final(s, v, dtype):
+    """NaN where the max of F is infinite (+inf somewhere, or -inf everywhere), as
+    torch.softmax: the weights are undefined there."""
+    m, sm = s
+    ratio = sm[:, 1:] / sm[:, :1]
+    return lazy_torch().where(m[:, :1].isinf(), math.nan, ratio).to(dtype)
+
+
+def _raw_lse_final(s, v, dtype):
+    m, sm = s
+    return lazy_torch().cat([m[:, :1], sm], dim=1).to(dtype)
+
+
+def _lse_vjp(r: Reduction, k: int) -> Plan:
+    """d log sum_j e^F G = sum_j e^(F - L) (G dF + dG) g, with L the output."""
+    dg = r.formula.dim - 1
+    gv, lv = r.extra(dg), r.extra(dg, 1)
+    w = mul(gv, f("Exp", sub(r.main, lv)))
+    v = r.args[k]
+    if r.weight is None:
+        fg = sym_grad(r.main, v, w)
+    else:
+        fg = add(sym_grad(r.main, v, f("Sum", mul(w, r.weight))), sym_grad(r.weight, v, w))
+    if fg.is_zero:
+        return None
+    spec = r.sum_of(fg, [(gv, "gradient"), (lv, "output")], k)
+    return Chain((Step(spec, ("grad", "out")),))
+
+
+def _softmax_vjp(r: Reduction, k: int) -> Plan:
+    """out = sum_j p_j w_j, p = softmax_j(F): d out = sum_j p_j (dw_j + (w_j - out) dF_j);
+    p needs the log-sum-exp L of F, a first reduction."""
+    w = r.weight  # the user's weight (the formula is Concat(F, Concat(1, w)))
+    gv, sv, lv = r.extra(w.dim), r.extra(w.dim, 1), r.extra(1, 2)
+    p = f("Exp", sub(r.main, lv))
+    v = r.args[k]
+    dF = mul(p, sub(f("Scalprod", gv, w), f("Scalprod", gv, sv)))
+    fg = add(sym_grad(w, v, mul(p, gv)), sym_grad(r.main, v, dF))
+    if fg.is_zero:
+        return None
+    lse = dataclasses.replace(
+        r, formula=make("Concat", r.main, intcst(1)), red="LogSumExp", weight=None, memo={}
+    )
+    spec = r.sum_of(fg, [(gv, "gradient"), (sv, "output"), (lv, "logsumexp")], k)
+    return Chain((Step(lse), Step(spec, ("grad", "out", 0))))
+
+
+def _lse_jvp(r: Reduction, ks: tuple) -> Plan:
+    """L = log sum_j e^F G: dL = sum_j e^(F - L) (G dF + dG) (G = 1 without a weight)."""
+    dF = tangent_diff(r, r.main, ks)
+    lv = r.extra(r.formula.dim - 1, len(ks))
+    inner = dF if r.weight is None else add(mul(r.weight, dF), tangent_diff(r, r.weight, ks))
+    fg = mul(f("Exp", sub(r.main, lv)), inner)
+    return Chain(
+        (Step(r.sum_with(fg, [*r.tangent_extra(ks), (lv, "output")]), ("tangents", "out")),)
+    )
+
+
+def _softmax_jvp(r: Reduction, ks: tuple) -> Plan:
+    """out = sum_j p_j w_j, p = softmax_j(F): d out = sum_j p_j (dw_j + (w_j - out) dF_j)."""
+    w = r.weight
+    ov, lv = r.extra(w.dim, len(ks)), r.extra(1, len(ks) + 1)
+    inner = add(tangent_diff(r, w, ks), mul(sub(w, ov), tangent_diff(r, r.main, ks)))
+    fg = mul(f("Exp", sub(r.main, lv)), inner)
+    lse = dataclasses.replace(
+        r, formula=make("Concat", r.main, intcst(1)), red="LogSumExp", weight=None, memo={}
+    )
+    extra = [*r.tangent_extra(ks), (ov, "output"), (lv, "logsumexp")]
+    return Chain((Step(lse), Step(r.sum_with(fg, extra), ("tangents", "out", 0))))
+
+
+_lse_tree = lambda main, w: make("Concat", main, w if w is not None else intcst(1))  # noqa: E731
+_softmax_tree = lambda main, w: make("Concat", main, make("Concat", intcst(1), w))  # noqa: E731
+
+_lcommon = dict(
+    columns=lambda f, start, n: make(
+        "Concat", make("Elem", f, params=(0,)), make("Extract", f, params=(1 + start, n))
+    ),
+    kind="lse",
+    kernel="lse",
+    state=_lse_state,
+    compute=_lse,
+    combine=_lse_combine,
+    scalar=True,
+    root_uses=_lse_uses,
+    tree=_lse_tree,
+)
+reduction(
+    "LogSumExp",
+    finalize=_lse_final,
+    vjp=_lse_vjp,
+    jvp=_lse_jvp,
+    grad_doc=ANY,
+    weight="optional",
+    doc="log sum_j exp(F) (F scalar), or log sum_j exp(F) G with formula2 = G",
+    **_lcommon,
+)
+reduction(
+    "LogSumExpWeight",
+    finalize=_lse_final,
+    vjp=_lse_vjp,
+    jvp=_lse_jvp,
+    grad_doc=ANY,
+    weight="required",
+    doc="log sum_j exp(F) G",
+    **_lcommon,
+)
+reduction(
+    "SumSoftMaxWeight",
+    finalize=_softmax_final,
+    vjp=_softmax_vjp,
+    jvp=_softmax_jvp,
+    grad_doc=ANY,
+    weight="required",
+    doc="sum_j exp(F) G / sum_j exp(F)",
+    **{**_lcommon, "tree": _softmax_tree},
+)
+reduction(
+    "Max_SumShiftExp",
+    finalize=_raw_lse_final,
+    vjp=None,
+    grad_doc="no",
+    weight="optional",
+    doc="raw (m, s) state: m = max F, s = sum exp(F - m)",
+    **_lcommon,
+)
+reduction(
+    "Max_SumShiftExpWeight",
+    finalize=_raw_lse_final,
+    vjp=None,
+    grad_doc="no",
+    weight="required",
+    doc="raw (m, s) state with weight G",
+    **_lcommon,
+)
+REDUCTIONS["SoftMax"] = REDUCTIONS["SumSoftMaxWeight"]  # an alias, as in pykeops

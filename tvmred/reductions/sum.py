@@ -1,0 +1,138 @@
+"""Sum: ``sum_j F`` with three summation schemes (pykeops' ``sum_scheme``), its merge of
+partial sums, and its derivatives (Sums again)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ..diff import grad as sym_grad
+from .core import (
+    Chain,
+    Plan,
+    Reduction,
+    Space,
+    Step,
+    Variant,
+    by_column,
+    masked,
+    reduction,
+    tangent_diff,
+    tirx,
+)
+
+BLOCK = 1024  # terms per partial sum of sum_scheme="block_sum" (about sqrt(1e6))
+
+
+def _sum(te, root, rows, space: Space, dim, v: Variant, dtype, acc):
+    """Schemes: "direct" (one accumulator), "block" (partial sums of BLOCK terms added to a
+    running total) or "kahan" (compensated); the last two keep two state buffers that
+    ``finalize`` adds.  Both update rules assume a sequential reduction."""
+    t = tirx()
+
+    def comps(i, j):
+        cs = root(i, j)
+        return [x.astype(acc) for x in cs] if acc != dtype else cs
+
+    if v.scheme == "direct":
+        zero = t.const(0, acc)
+        body = lambda i, u, ax, j, w: te.sum(masked(w, by_column(u, comps(i, j)), zero), axis=ax)  # noqa: E731
+        return [space.compute(te, rows, dim, body)]
+    if v.scheme == "kahan":
+        bits = "int32" if acc == "float32" else "int64"
+
+        def opaque(e):  # a bit-cast round trip hides t = s + y from TVM's simplifier
+            return t.reinterpret(acc, t.reinterpret(bits, e))
+
+        def combine(a, b):
+            y = b[0] - a[1]
+            s = opaque(a[0] + y)
+            return s, (s - a[0]) - y
+
+        zeros = lambda t0, t1: (t.const(0, t0), t.const(0, t1))  # noqa: E731
+        red = te.comm_reducer(combine, zeros, name="kahan")
+        zero = t.const(0, acc)
+        body = lambda i, u, ax, j, w: red(
+            (masked(w, by_column(u, comps(i, j)), zero), zero), axis=ax
+        )  # noqa: E731
+        return list(space.compute(te, rows, dim, body))
+
+    def combine_block(a, b):  # state (total, partial, j); the element is (0, x_j, j)
+        full = t.floormod(b[2], BLOCK) == BLOCK - 1
+        p = a[1] + b[1]
+        return t.Select(full, a[0] + p, a[0]), t.Select(full, t.const(0, acc), p), b[2]
+
+    red = te.comm_reducer(
+        combine_block, lambda *ts: tuple(t.const(0, x) for x in ts), name="blocksum"
+    )
+
+    def body(i, u, ax, j, w):
+        zero = t.const(0, acc)
+        return red((zero, masked(w, by_column(u, comps(i, j)), zero), j), axis=ax)
+
+    return list(space.compute(te, rows, dim, body))
+
+
+def _sum_state(d: int, v: Variant, dt: str, acc: str) -> list:
+    if v.scheme == "direct":
+        return [(d, acc)]
+    return [(d, acc), (d, acc)] + ([(d, "int32")] if v.scheme == "block" else [])
+
+
+def _sum_value(s: list, v: Variant) -> Any:
+    """The sum a Sum state holds, in float64 (block: total + partial; Kahan: s - c)."""
+    if v.scheme == "direct":
+        return s[0].double()
+    return s[0].double() + (-s[1].double() if v.scheme == "kahan" else s[1].double())
+
+
+def _sum_final(s: list, v: Variant, dt: Any) -> Any:
+    return s[0].to(dt) if v.scheme == "direct" else _sum_value(s, v).to(dt)
+
+
+def _sum_combine(states: list, v: Variant) -> list:
+    total = _sum_value(states, v).sum(0).to(states[0].dtype)
+    rest = [total.new_zeros(total.shape)] if v.scheme != "direct" else []
+    counter = [states[2][0]] if v.scheme == "block" else []
+    return [total, *rest, *counter]
+
+
+def _sum_vjp(r: Reduction, k: int) -> Plan:
+    """KeOps' rule: the gradient of Sum_j F is Sum_{j or i} Grad(F, v, g)."""
+    g = r.extra(r.formula.dim)
+    fg = sym_grad(r.formula, r.args[k], g)
+    return None if fg.is_zero else Chain((Step(r.sum_of(fg, [(g, "gradient")], k), ("grad",)),))
+
+
+def _sum_jvp(r: Reduction, ks: tuple) -> Plan:
+    """d sum_j F = sum_j dF: a Sum again, over the same index."""
+    dF = tangent_diff(r, r.formula, ks)
+    return Chain((Step(r.sum_with(dF, r.tangent_extra(ks)), ("tangents",)),))
+
+
+def _sum_variant(opt_arg, sum_scheme, dtype, acc) -> Variant:
+    """pykeops' sum_scheme: "auto" is block summation for float32 accumulators, else direct."""
+    if sum_scheme == "auto":
+        return Variant(scheme="block" if acc == "float32" else "direct")
+    return Variant(
+        scheme={"direct_sum": "direct", "block_sum": "block", "kahan_scheme": "kahan"}[sum_scheme]
+    )
+
+
+ANY = "any order"
+
+reduction(
+    "Sum",
+    kind="sum",
+    kernel="sum",
+    state=_sum_state,
+    compute=_sum,
+    finalize=_sum_final,
+    combine=_sum_combine,
+    vjp=_sum_vjp,
+    jvp=_sum_jvp,
+    grad_doc=ANY,
+    variant=_sum_variant,
+    width=lambda d, v, dt, acc: d * (2 if v.scheme == "kahan" else 1),  # a block sum's total
+    # changes once in BLOCK steps: only its partial sums count
+    doc="sum_j F; gradient: a Sum again",
+)
