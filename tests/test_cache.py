@@ -354,3 +354,58 @@ def test_doctor(tmp_path):
     ):
         assert item in r.stdout, item
     assert re.search(r"run on cpu: OK: rel\. error \d\.\de-\d\d, KNN exact", r.stdout)
+
+
+# ------------------------------------------------------------- a cache of the user's own code
+
+
+def test_a_new_cache_dir_is_owner_only(tmp_path):
+    d = tmp_path / "new" / "cache"
+    (out,) = run(d)
+    assert out["compiled"] == 1 and out["err"] < 1e-13
+    assert d.stat().st_mode & 0o777 == 0o700
+
+
+ANOTHER_USER = 12345
+
+
+def _damage(path: Path, how: str) -> None:
+    if how == "foreign":
+        os.chown(path, ANOTHER_USER, -1)
+    else:
+        path.chmod(path.stat().st_mode | (0o020 if how == "group-writable" else 0o002))
+
+
+@pytest.mark.skipif(os.name != "posix", reason="ownership and modes are POSIX")
+@pytest.mark.parametrize("how", ["group-writable", "world-writable", "foreign"])
+@pytest.mark.parametrize("what", ["dir", "so", "manifest"])
+def test_a_kernel_not_ours_is_never_loaded(tmp_path, what, how):
+    """A cache directory or entry owned by another user, or writable by group or others, is
+    not loaded (one warning); the call compiles its own kernel and computes."""
+    if how == "foreign" and os.geteuid() != 0:
+        pytest.skip("giving a file to another user needs root")
+    d = tmp_path / "cache"
+    run(d)
+    target = {"dir": d, "so": next(d.glob("*.so")), "manifest": None}[what]
+    if target is None:
+        target = next(p for p in d.glob("*.json") if p.name != "host.json")
+    _damage(target, how)
+    errs = []
+    (out,) = run(d, stderr=errs)
+    assert out["disk_hits"] == 0 and out["compiled"] == 1 and out["err"] < 1e-13
+    assert "not loaded" in errs[0] and ("another user" in errs[0] or "writable" in errs[0])
+
+
+@pytest.mark.skipif(os.name != "posix", reason="ownership and modes are POSIX")
+def test_an_untrusted_host_json_or_tuning_record_is_ignored(tmp_path, monkeypatch):
+    from tvmred import settings, targets, tunedb
+
+    monkeypatch.setenv("TVMRED_CACHE_DIR", str(tmp_path))
+    settings.make_private_dir(tmp_path)
+    (tmp_path / "host.json").write_text(json.dumps({"x": {"mcpu": "x86-64", "features": []}}))
+    tunedb.db_path().write_text(json.dumps({"k": {"config": {"row_block": 8}}}))
+    assert tunedb.lookup("k") == {"row_block": 8}
+    for p in (tmp_path / "host.json", tunedb.db_path()):
+        p.chmod(0o666)
+    assert tunedb.lookup("k") is None
+    assert not targets._trusted(tmp_path / "host.json")

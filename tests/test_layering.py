@@ -11,12 +11,12 @@ ROOT = Path(__file__).resolve().parents[1]
 # bottom first; a module may import modules of its own layer or of layers below
 LAYERS = [
     ["schedules"],  # the target templates: nothing of tvmred but their own shape.py
-    ["errors", "settings", "tree", "mathfns", "_tvm"],
+    ["errors", "settings", "tree", "mathfns", "_tvm", "arrays"],
     ["targets"],  # target dicts, host CPU detection, device types
     ["ops"],
     ["diff"],
     ["parse", "reductions"],
-    ["runtime", "cache", "tunedb", "lower"],
+    ["cabi", "runtime", "cache", "tunedb", "lower"],
     ["build"],
     ["frontend", "launch"],  # text + options -> Reduction; Reduction + tensors -> outputs
     [

@@ -5,18 +5,16 @@
 
 from __future__ import annotations
 
-import os as _os
+import sys as _sys
 
-if "TVM_NUM_THREADS" not in _os.environ:  # TVM's pool reads it once, at its first use
-    import torch as _torch
+from . import settings as _settings
+from .build import __version__
+from .cache import clear_cache
+from .errors import DimError, FormulaError, KernelNotExported, ParseError
+from .export import export
 
-    _os.environ["TVM_NUM_THREADS"] = str(_torch.get_num_threads())
-
-from . import settings as _settings  # noqa: E402
-from .build import __version__  # noqa: E402
-from .cache import clear_cache  # noqa: E402
-from .errors import DimError, FormulaError, KernelNotExported, ParseError  # noqa: E402
-from .export import export  # noqa: E402
+if "torch" in _sys.modules:  # else the binding imported next sets it
+    _settings.default_threads()
 
 
 def load(path):

@@ -9,6 +9,11 @@ and Windows) -- so processes compiling the same formula at once wait for each ot
 corrupting the entry.  An entry whose ``.so`` does not match its manifest's hash (truncated,
 overwritten) or does not load is rebuilt.
 
+The cache runs what it loads, so it loads only the user's own files: the directory is
+created owner-only (0700), and a directory or entry owned by another user or writable by
+group or others (:func:`tvmred.settings.untrusted`) is never loaded -- one warning, and the
+kernel is compiled instead (the call still succeeds).
+
 Nothing here makes a call fail: a cache directory that cannot be created or written is used
 read-only (or not at all) with one warning, and kernels are then compiled in memory; a lock
 held for longer than ``LOCK_TIMEOUT`` (a compiler that was stopped) is given up with a
@@ -30,7 +35,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 from .runtime import load_module
-from .settings import cache_dir
+from .settings import cache_dir, make_private_dir, untrusted
 
 log = logging.getLogger("tvmred")
 
@@ -139,6 +144,10 @@ def _load(d: Path, h: str, key_text: str) -> tuple[Any, dict] | None:
         if not so.exists() or _sha(so) != info.get("sha256"):
             raise ValueError("shared library missing or its SHA-256 does not match the manifest")
         kernel = info["kernel"]
+        why = untrusted(so) or untrusted(manifest)
+        if why is not None:  # not ours: never loaded (and replaced by a compile of our own)
+            _warn_once(f"trust:{so}", "tvmred cache: %s is %s; not loaded", so, why)
+            return None
         return load_module(str(so), kernel["kind"]), kernel
     except Exception as e:  # corrupt manifest, truncated .so, failed dlopen
         if h not in _corrupt:  # (looked at twice: before and under the lock)
@@ -179,9 +188,19 @@ def _store(d: Path, h: str, key_text: str, executable: Any, kernel: dict, extra:
 def _usable(d: Path) -> tuple[bool, bool]:
     """(readable, writable) for the cache directory ``d`` (created if needed)."""
     try:
-        d.mkdir(parents=True, exist_ok=True)
+        make_private_dir(d)
+        why = untrusted(d)
     except OSError as e:
         _warn_once(f"dir:{d}", "tvmred cache: cannot create %s (%s); compiling in memory", d, e)
+        return False, False
+    if why is not None:
+        _warn_once(
+            f"trust:{d}",
+            "tvmred cache: %s is %s: its kernels are not loaded and new ones stay in memory "
+            "(make it yours and chmod go-w, or set TVMRED_CACHE_DIR)",
+            d,
+            why,
+        )
         return False, False
     readable = d.is_dir() and os.access(d, os.R_OK | os.X_OK)
     writable = readable and os.access(d, os.W_OK)

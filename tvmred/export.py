@@ -32,12 +32,14 @@ from pathlib import Path
 from typing import Iterator, Optional, Union
 
 from . import build
+from .cabi import cuda_runtime
 from .cache import SUFFIX, clean_temporaries, temp_path
 from .errors import KernelNotExported
 from .frontend import reduction_from
 from .launch import column_chunks
 from .reductions import Reduction, Variant, plan_reductions
-from .targets import cpu_target, device_type
+from .runtime import load_module
+from .targets import cpu_target, device_type, tvm_version
 from .tree import var, variables
 
 GENRED_KEYS = (
@@ -192,22 +194,23 @@ class Library:
 def load(path: Union[str, os.PathLike], bindings: Optional[dict] = None) -> Library:
     """Load an exported directory (see :func:`export`); checks every file's SHA-256.
     ``bindings``: binding name -> its ``Genred`` class (the bindings' ``load`` pass theirs).
+    The kernels are loaded through TVM's runtime library alone (:mod:`tvmred.runtime`).
 
     An exported directory is code: its kernels are shared libraries run in this process, so
     load only directories you trust (as with ``torch.load`` of a pickle)."""
-    import tvm
-
     path = Path(path)
     manifest = json.loads((path / "manifest.json").read_text())
-    if manifest.get("tvm") != tvm.__version__:
+    if manifest.get("tvm") != tvm_version():
         raise RuntimeError(
             f"{path} was exported with TVM {manifest.get('tvm')}, this is "
-            f"TVM {tvm.__version__}; export it again"
+            f"TVM {tvm_version()}; export it again"
         )
     cuda_ok = _cuda_available()
     if cuda_ok and any(k["device"] == "cuda" for k in manifest["kernels"].values()):
-        cuda_ok = _cuda_runtime()
-        if not cuda_ok:
+        try:
+            cuda_runtime()
+        except OSError:
+            cuda_ok = False
             warnings.warn(
                 f"{path}: this TVM runtime cannot load CUDA modules (no "
                 "libtvm_runtime_cuda); only the CPU kernels are loaded",
@@ -219,7 +222,7 @@ def load(path: Union[str, os.PathLike], bindings: Optional[dict] = None) -> Libr
         f = path / k["file"]
         if not f.exists() or hashlib.sha256(f.read_bytes()).hexdigest() != k["sha256"]:
             raise RuntimeError(f"{f}: missing or corrupt (SHA-256 does not match the manifest)")
-        mod = tvm.runtime.load_module(str(f))
+        mod = load_module(str(f), k["target"]["kind"])
         build.register_kernel(
             (
                 k["formula"],
@@ -239,29 +242,6 @@ def load(path: Union[str, os.PathLike], bindings: Optional[dict] = None) -> Libr
             ),
         )
     return Library(path, manifest, bindings)
-
-
-def _cuda_runtime() -> bool:
-    """Whether TVM can load CUDA modules; loads the CUDA sidecar of the runtime if needed (with
-    ``TVM_USE_RUNTIME_LIB=1`` TVM does not, and a CUDA kernel then fails to load)."""
-    import tvm
-
-    name = "ffi.Module.load_from_bytes.cuda"
-    if tvm.get_global_func(name, allow_missing=True) is None:
-        try:
-            from tvm.base import _LOADED_LIBS
-            from tvm_ffi.libinfo import load_lib_ctypes
-
-            here = Path(_LOADED_LIBS["tvm_runtime"]._name).resolve().parent
-            _LOADED_LIBS["tvm_runtime_cuda"] = load_lib_ctypes(
-                package="tvm",
-                target_name="tvm_runtime_cuda",
-                extra_lib_paths=[here],
-                mode="RTLD_LOCAL",
-            )
-        except (OSError, RuntimeError, KeyError, ImportError, AttributeError):
-            return False
-    return tvm.get_global_func(name, allow_missing=True) is not None
 
 
 def _cuda_available() -> bool:

@@ -5,20 +5,28 @@ binding defines the call), pykeops' ``backend``/``device_id`` placement and ``ou
 from __future__ import annotations
 
 import warnings
-from typing import Optional, Sequence
+from typing import Any, Optional, Sequence
 
-import torch
-
+from .arrays import is_array, xp
 from .frontend import reduction_from
 
 
-def copy_into(res: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
-    """pykeops' ``out=``: the result written into a preallocated tensor."""
-    if out.shape != res.shape or out.dtype != res.dtype or out.device != res.device:
+def copy_into(res: Any, out: Any) -> Any:
+    """pykeops' ``out=``: the result written into a preallocated tensor (or numpy array)."""
+    x = xp(res)
+    if not is_array(out) or xp(out) is not x:
+        raise TypeError(f"out must be a {x.name} array like the result, got {type(out).__name__}")
+    rd, od = x.device(res), x.device(out)
+    if tuple(out.shape) != tuple(res.shape) or out.dtype != res.dtype or str(od) != str(rd):
         raise ValueError(
             f"out must be a {res.dtype} tensor of shape {tuple(res.shape)} on "
-            f"{res.device}, got {out.dtype} {tuple(out.shape)} on {out.device}"
+            f"{rd}, got {out.dtype} {tuple(out.shape)} on {od}"
         )
+    if x.name == "numpy":
+        out[...] = res
+        return out
+    import torch
+
     with torch.no_grad():
         out.copy_(res)
     return out
@@ -37,19 +45,22 @@ BACKENDS = (
 )
 
 
-def placement(args: Sequence[torch.Tensor], backend: str, device_id: int):
+def placement(args: Sequence[Any], backend: str, device_id: int):
     """(device to compute on, whether results go back to the CPU), as pykeops' ``backend`` and
     ``device_id``: "auto" computes where the tensors are; a GPU backend with CPU tensors
     copies them to ``cuda:device_id`` and the result back (pykeops' ``_host`` mode)."""
     if backend not in BACKENDS:
         raise ValueError(f"unknown backend {backend!r}; expected one of {BACKENDS}")
-    devs = {a.device for a in args if isinstance(a, torch.Tensor)}
+    devs = {str(xp(a).device(a)): xp(a).device(a) for a in args if is_array(a)}
+    devs = set(devs.values())
     here = next(iter(devs)) if len(devs) == 1 else None  # mixed devices: check_args reports
     if backend == "CPU":
         if here is not None and here.type != "cpu":
             raise ValueError(f"backend='CPU' but the arguments are on {here}")
         return here, False
     if backend.startswith("GPU") and (here is None or here.type == "cpu"):
+        import torch
+
         if not torch.cuda.is_available():
             raise RuntimeError(f"backend={backend!r} needs a CUDA device, but torch sees none")
         return torch.device(

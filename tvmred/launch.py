@@ -1,4 +1,5 @@
-"""The launch: a :class:`~tvmred.reductions.Reduction` and torch tensors -> its outputs.
+"""The launch: a :class:`~tvmred.reductions.Reduction` and arrays (torch tensors or numpy
+arrays: :mod:`tvmred.arrays`) -> its outputs.
 Checks the tensors, picks the kernel (one, several over slices of a wide state, or the
 split-j kernel when the row blocks would leave cores idle), pads and aligns the inputs,
 allocates the state buffers, calls the kernel and finalizes the states."""
@@ -8,18 +9,13 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Sequence
 
-import torch
-
 from . import build, schedules
-from .build import get_kernel
+from .arrays import ALIGN, is_array, xp
+from .build import DTYPES, get_kernel
 from .reductions import Reduction
 
-TORCH_DTYPES = {torch.float32: "float32", torch.float64: "float64"}
 
-
-def check_args(
-    r: Reduction, args: Sequence[torch.Tensor], batch: bool = False
-) -> tuple[str, int, int]:
+def check_args(r: Reduction, args: Sequence[Any], batch: bool = False) -> tuple[str, int, int]:
     """Validate the call's tensors; return (dtype, n_out, n_red).  Raises before compiling.
     With ``batch``, arguments may have leading batch dimensions (checked by the caller)."""
     if len(args) != r.nargs:
@@ -27,20 +23,21 @@ def check_args(
             f"this Genred takes {r.nargs} arguments ({', '.join(r.names)}), got {len(args)}"
         )
     for k, a in enumerate(args):
-        if not isinstance(a, torch.Tensor):
+        if not is_array(a):
             raise TypeError(f"argument {r.describe(k)} must be a tensor, got {type(a).__name__}")
-    dtypes = {a.dtype for a in args}
+    names = [xp(a).dtype_name(a) for a in args]
+    dtypes = set(names)
     for k, a in enumerate(args):
-        if a.dtype not in TORCH_DTYPES:
+        if names[k] not in DTYPES:
             raise TypeError(
                 f"argument {r.describe(k)} has dtype {a.dtype}; tvmred supports float32 and float64"
             )
     if len(dtypes) > 1:
         detail = ", ".join(f"{r.names[k]}: {a.dtype}" for k, a in enumerate(args))
         raise TypeError(f"all arguments must have the same dtype, got {detail}")
-    devices = {a.device for a in args}
-    if len(devices) > 1:
-        detail = ", ".join(f"{r.names[k]}: {a.device}" for k, a in enumerate(args))
+    devs = [xp(a).device(a) for a in args]
+    if len(set(map(str, devs))) > 1:
+        detail = ", ".join(f"{r.names[k]}: {d}" for k, d in enumerate(devs))
         raise ValueError(f"all arguments must be on the same device, got {detail}")
     sizes: dict[int, tuple[int, int]] = {}  # cat -> (size, arg index)
     lead = "..., " if batch else ""
@@ -48,10 +45,10 @@ def check_args(
         pos, dim, cat = v.params
         core = 1 if cat == 2 else 2
         if cat == 2:
-            ok = (a.dim() >= 1 and a.shape[-1] == dim) or (a.dim() == 0 and dim == 1)
+            ok = (len(a.shape) >= 1 and a.shape[-1] == dim) or (len(a.shape) == 0 and dim == 1)
         else:
-            ok = a.dim() >= 2 and a.shape[-1] == dim
-        if not ok or (not batch and a.dim() > core):
+            ok = len(a.shape) >= 2 and a.shape[-1] == dim
+        if not ok or (not batch and len(a.shape) > core):
             want = f"({lead}dim,)" if cat == 2 else f"({lead}rows, dim)"
             raise ValueError(
                 f"argument {r.describe(k)} has shape {tuple(a.shape)}; expected "
@@ -68,29 +65,59 @@ def check_args(
             sizes[cat] = (a.shape[-2], k)
     n_out = sizes.get(r.out_cat, (1, -1))[0]
     n_red = sizes.get(1 - r.out_cat, (1, -1))[0]
-    dtype = args[0].dtype if args else torch.get_default_dtype()
-    return TORCH_DTYPES[dtype], n_out, n_red
+    if args:
+        return names[0], n_out, n_red
+    import torch  # no arguments at all: torch's default dtype, as pykeops
+
+    return str(torch.get_default_dtype()).rpartition(".")[2], n_out, n_red
 
 
-def run(r: Reduction, args: Sequence[torch.Tensor]):
+def device_of(args: Sequence[Any]) -> Any:
+    """Where the call computes: its arrays' device (torch's default device without any)."""
+    if args:
+        return xp(args[0]).device(args[0])
+    import torch
+
+    return torch.get_default_device()
+
+
+def run(r: Reduction, args: Sequence[Any]):
     """Evaluate the reduction (no autograd): pykeops' output(s) for these arguments."""
     return run_states(r, args)[0]
 
 
-def run_states(r: Reduction, args: Sequence[torch.Tensor]):
+def run_states(r: Reduction, args: Sequence[Any]):
     """(pykeops' output(s), the kernel's raw state buffers)."""
     dtype, n_out, n_red = check_args(r, args)
-    dev = args[0].device if args else torch.get_default_device()
+    dev = device_of(args)
     if r.red == "Sum" and r.formula.is_zero:
-        zero = torch.zeros(n_out, r.formula.dim, dtype=getattr(torch, dtype), device=dev)
+        zero = _namespace(args).zeros((n_out, r.formula.dim), dtype, _like(args, dev))
         return zero, [zero]
     parts = [call_kernel(part, args, dtype, dev, n_out, n_red) for part in column_chunks(r, dtype)]
-    state = parts[0] if len(parts) == 1 else [torch.cat(b, dim=1) for b in zip(*parts)]
+    x = xp(parts[0][0])
+    state = parts[0] if len(parts) == 1 else [x.cat(b, 1) for b in zip(*parts)]
     variant = r.resolve(dtype)[1]
-    return r.rdef.finalize(state, variant, getattr(torch, dtype)), state
+    return r.rdef.finalize(state, variant, dtype), state
 
 
-def call_kernel(r: Reduction, args, dtype: str, dev: torch.device, n_out: int, n_red: int) -> list:
+def _namespace(args: Sequence[Any]) -> Any:
+    if args:
+        return xp(args[0])
+    from .arrays import Torch
+
+    return Torch
+
+
+def _like(args: Sequence[Any], dev: Any) -> Any:
+    """An array on ``dev`` of the call's library (for allocations)."""
+    if args:
+        return args[0]
+    import torch
+
+    return torch.empty(0, device=dev)
+
+
+def call_kernel(r: Reduction, args, dtype: str, dev: Any, n_out: int, n_red: int) -> list:
     """The state buffers of ``r`` on these arguments: one kernel call, or -- when the row
     blocks would leave the device's cores idle (the target's ``chunks`` rule) -- the split-j
     kernel's partial states of S chunks of the reduced index, merged by the reduction's
@@ -149,7 +176,7 @@ def column_chunks(r: Reduction, dtype: str) -> list[Reduction]:
     return r.memo[key]
 
 
-def kernel_of(r: Reduction, dtype: str, dev: torch.device, split: bool = False) -> tuple[Any, Any]:
+def kernel_of(r: Reduction, dtype: str, dev: Any, split: bool = False) -> tuple[Any, Any]:
     """(compiled kernel, its variant) of ``r`` for this dtype and device (``split``: the
     split-j kernel), memoised on ``r`` so a call costs no key computation (the caches behind
     get_kernel are keyed by text)."""
@@ -168,14 +195,16 @@ def kernel_of(r: Reduction, dtype: str, dev: torch.device, split: bool = False) 
 
 
 def kernel_args(
-    r: Reduction, k: Any, args: Sequence[torch.Tensor], n_out: int, n_red: int, chunks: int = 1
+    r: Reduction, k: Any, args: Sequence[Any], n_out: int, n_red: int, chunks: int = 1
 ) -> tuple[list, list, tuple]:
     """(input tensors, fresh state buffers, size arguments) for ``k.fn``: output-indexed
     inputs padded to whole row blocks, parameters flattened, everything contiguous.  A
     split-j call (``chunks`` > 1) or a tiled kernel has state buffers with a leading
     dimension of ``chunks`` and sizes ``(Mb, N, S, C)``; a tiled kernel's reduced-index inputs
     are zero-padded to whole tiles of every chunk (``C`` is then in tiles)."""
-    dev = args[0].device if args else torch.get_default_device()
+    dev = device_of(args)
+    like = _like(args, dev)
+    x = xp(like)
     mb = -(-n_out // k.row_block)
     rows = mb * k.row_block
     split = chunks > 1 or k.tile
@@ -190,34 +219,31 @@ def kernel_args(
         if cat == 2:
             a = a.reshape(-1)
         elif cat == r.out_cat and rows != n_out:
-            a = _padded(a, rows, dev)
+            a = _padded(a, rows)
         elif cat != r.out_cat and k.tile and reduced_rows != n_red:
-            a = _padded(a, reduced_rows, dev)
+            a = _padded(a, reduced_rows)
         call_args.append(aligned(a))
     lead = (chunks,) if split else ()
-    state = [
-        torch.empty(*lead, rows, cols, dtype=getattr(torch, dt), device=dev) for cols, dt in k.state
-    ]
+    state = [x.empty((*lead, rows, cols), dt, like) for cols, dt in k.state]
     sizes = (mb, n_red, chunks, per_chunk) if split else (mb, n_red)
     return call_args, state, sizes
 
 
-def _padded(a: torch.Tensor, rows: int, dev: torch.device) -> torch.Tensor:
-    padded = torch.zeros(rows, a.shape[1], dtype=a.dtype, device=dev)
+def _padded(a: Any, rows: int) -> Any:
+    x = xp(a)
+    padded = x.zeros((rows, a.shape[1]), x.dtype_name(a), a)
     padded[: a.shape[0]] = a
     return padded
 
 
-ALIGN = 64  # TVM declares kernel buffers 64-byte aligned and emits aligned SIMD loads
-
-
-def aligned(a: torch.Tensor) -> torch.Tensor:
+def aligned(a: Any) -> Any:
     """``a`` compact and 64-byte aligned, copying only when needed: a view into the middle of
     a tensor or a numpy array may be misaligned (the kernel would fault), and an empty tensor
     may keep the strides of what it was cut from (``.contiguous()`` leaves it as it is)."""
-    if a.numel() == 0:
-        return a.new_empty(a.shape)
-    a = a.contiguous()
-    if a.data_ptr() % ALIGN:
-        a = a.clone()  # fresh allocations are aligned
+    x = xp(a)
+    if 0 in a.shape:
+        return x.empty(tuple(a.shape), x.dtype_name(a), a)
+    a = x.contiguous(a)
+    if x.data_ptr(a) % ALIGN:
+        a = x.copy(a)  # fresh allocations are aligned
     return a

@@ -1,57 +1,42 @@
-"""Running cached CPU kernels without importing the TVM compiler.
+"""Loading compiled kernels without the TVM compiler.
 
-``import tvm`` costs ~0.8 s (it loads the 260 MB compiler library and TVM's whole Python
-package), pykeops' import 0.07 s.  A process whose kernels are all in the disk cache needs
-none of it: a cached CPU kernel is a shared library that only calls TVM's small runtime
-library.  So, until something has to be compiled, tvmred
+``import tvm`` costs about a second (the 260 MB compiler library and TVM's whole Python
+package), and even TVM's small FFI package imports ``ml_dtypes`` (half a second).  A process
+whose kernels are all in the disk cache needs none of it: a compiled kernel is a shared
+library that only calls TVM's runtime library.  So, until something has to be compiled,
+tvmred
 
 * takes the TVM version from the package metadata and LLVM's name for this CPU from
   ``host.json`` (see :mod:`tvmred.targets`);
-* loads a cached CPU kernel with ``tvm_ffi`` after ``libtvm_runtime.so`` (RTLD_GLOBAL).
+* loads a kernel -- CPU or CUDA -- and calls it through the C ABI of TVM's FFI
+  (:mod:`tvmred.cabi`: ctypes, ``libtvm_ffi`` and ``libtvm_runtime``).
 
-Anything else (a compile, a CUDA kernel, no metadata, no ``/proc/cpuinfo``, a failed load)
-imports TVM as before.  Importing TVM later in the same process is fine: it loads the same
-runtime library.
+When that path is not available (``TVM_LIBRARY_PATH`` points TVM elsewhere, a library is
+missing) the kernel is loaded with ``tvm.runtime.load_module``.  Importing TVM later in the
+same process is fine: it loads the same runtime libraries.
 """
 
 from __future__ import annotations
 
-import ctypes
-import functools
+import logging
 import os
-import sys
-from pathlib import Path
 from typing import Any
 
+from . import cabi
 
-@functools.lru_cache(maxsize=None)
-def _runtime_loaded() -> bool:
-    import importlib.util
-
-    spec = importlib.util.find_spec("tvm")
-    if spec is None or not spec.submodule_search_locations:
-        return False
-    lib = Path(next(iter(spec.submodule_search_locations))) / "lib" / "libtvm_runtime.so"
-    if not lib.exists():
-        return False
-    import tvm_ffi  # noqa: F401  (loads libtvm_ffi, which libtvm_runtime needs)
-
-    ctypes.CDLL(str(lib), mode=ctypes.RTLD_GLOBAL)
-    return True
+log = logging.getLogger("tvmred")
 
 
 def load_module(path: str, device_kind: str) -> Any:
-    """The runtime module in ``path``: through ``tvm_ffi`` alone for a CPU kernel while TVM
-    is not imported, else through ``tvm.runtime.load_module``."""
-    # (with TVM_LIBRARY_PATH TVM may load another libtvm_runtime later: not worth the risk)
-    if device_kind == "llvm" and "tvm" not in sys.modules and "TVM_LIBRARY_PATH" not in os.environ:
+    """The runtime module in ``path`` (``mod["main"]`` is its function), for a kernel of
+    target kind ``device_kind`` ("llvm", "cuda")."""
+    if "TVM_LIBRARY_PATH" not in os.environ:  # TVM may then load another libtvm_runtime
         try:
-            if _runtime_loaded():
-                import tvm_ffi
-
-                return tvm_ffi.load_module(path)
-        except (OSError, RuntimeError):
-            pass
+            if device_kind == "cuda":
+                cabi.cuda_runtime()
+            return cabi.Module(path)
+        except OSError as e:
+            log.debug("tvmred: %s through TVM's Python package (%s)", path, e)
     import tvm
 
     return tvm.runtime.load_module(path)

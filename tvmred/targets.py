@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from . import schedules
-from .settings import cache_dir
+from .settings import cache_dir, make_private_dir, untrusted
 
 
 @functools.lru_cache(maxsize=None)
@@ -83,7 +83,7 @@ def host_cpu() -> str:
     if info is not None:
         sig, flags = info
         try:
-            known = json.loads(path.read_text())
+            known = json.loads(path.read_text()) if _trusted(path) else {}
             entry = known.get(sig) if isinstance(known, dict) else None
             if _valid(entry, flags):
                 return entry["mcpu"]
@@ -92,7 +92,7 @@ def host_cpu() -> str:
     detected = _detect()
     if info is not None and isinstance(known, dict):
         try:
-            path.parent.mkdir(parents=True, exist_ok=True)
+            make_private_dir(path.parent)
             tmp = path.with_name(f".host.{os.getpid()}.json")
             tmp.write_text(json.dumps({**known, info[0]: detected}))
             os.replace(tmp, path)
@@ -110,10 +110,17 @@ def host_known() -> bool:
     if info is None:
         return False
     try:
-        known = json.loads((cache_dir() / "host.json").read_text())
+        path = cache_dir() / "host.json"
+        known = json.loads(path.read_text()) if _trusted(path) else {}
         return isinstance(known, dict) and _valid(known.get(info[0]), info[1])
     except (OSError, ValueError):
         return False
+
+
+def _trusted(path: Path) -> bool:
+    """host.json and its directory are this user's (:func:`tvmred.settings.untrusted`): a
+    CPU name from another account could pick instructions this CPU lacks."""
+    return untrusted(path) is None and untrusted(path.parent) is None
 
 
 def _valid(entry: Any, flags: set[str]) -> bool:

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Optional
 
 from . import cache
-from .settings import cache_dir
+from .settings import cache_dir, make_private_dir, untrusted
 
 
 def db_path() -> Path:
@@ -21,6 +21,9 @@ def db_path() -> Path:
 def _read() -> dict:
     """The database; empty when it is absent, unreadable (a warning) or not a JSON object."""
     try:
+        why = untrusted(db_path()) or untrusted(db_path().parent)
+        if why is not None:  # another account's choice of schedules: not followed
+            raise OSError(why)
         db = json.loads(db_path().read_text())
     except (FileNotFoundError, NotADirectoryError):
         return {}
@@ -44,7 +47,7 @@ def write(key: str, record: dict) -> None:
     """Store ``record`` for ``key``; raises OSError naming the file when it cannot."""
     path = db_path()
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
+        make_private_dir(path.parent)
         with cache.locked(path.with_suffix(".lock")):
             db = _read()
             db[key] = record

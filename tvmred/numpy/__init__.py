@@ -1,16 +1,19 @@
 """NumPy binding (drop-in for ``pykeops.numpy``): ``Genred``, ``LazyTensor`` / ``Vi`` /
 ``Vj`` / ``Pm``, ``KernelSolve``, ``generic_sum`` / ``generic_logsumexp`` /
 ``generic_argmin`` / ``generic_argkmin``.  Arrays are shared with the kernels without copies
-(through torch's zero-copy ``from_numpy``); non-contiguous arrays are copied once.  No
-autograd."""
+(non-contiguous or misaligned arrays are copied once); torch is not imported unless a call
+has batch dimensions, ``ranges`` or a GPU backend.  No autograd."""
 
 from __future__ import annotations
 
+from .. import settings as _settings
 from ..export import load as _load
 from .generic import generic_argkmin, generic_argmin, generic_logsumexp, generic_sum
 from .genred import Genred
 from .lazytensor import LazyTensor, Pm, Vi, Vj
 from .solve import KernelSolve
+
+_settings.default_threads()
 
 
 def load(path):

@@ -1,16 +1,16 @@
 """``tvmred.numpy.Genred`` (drop-in for ``pykeops.numpy.Genred``).
 
-Arrays are shared with the kernels without copies (through torch's zero-copy ``from_numpy``);
-non-contiguous arrays are copied once.  No autograd."""
+Arrays are shared with the kernels without copies; non-contiguous or misaligned arrays are
+copied once.  torch is imported only for batch dimensions, ``ranges`` and GPU backends.  No
+autograd."""
 
 from __future__ import annotations
 
 from typing import Any, Optional
 
 import numpy as np
-import torch
 
-from .. import dispatch, genred
+from .. import genred
 from ..genred import copy_into, placement
 from ..launch import run
 
@@ -23,8 +23,9 @@ def numpy_call(
     ranges: object = None,
     out: Optional[np.ndarray] = None,
 ) -> Any:
-    """A reduction call on numpy arrays (no autograd), as ``Genred.__call__`` makes it."""
-    targs = []
+    """A reduction call on numpy arrays (no autograd), as ``Genred.__call__`` makes it.  A
+    plain call runs the kernel on the arrays themselves (torch is not imported); batch
+    dimensions, ``ranges`` and GPU backends go through torch's zero-copy ``from_numpy``."""
     for k, a in enumerate(args):
         if not isinstance(a, np.ndarray):
             raise TypeError(
@@ -34,7 +35,28 @@ def numpy_call(
             raise TypeError(
                 f"argument {r.describe(k)} has dtype {a.dtype}; tvmred supports float32 and float64"
             )
-        targs.append(torch.from_numpy(np.ascontiguousarray(a)))
+    plain = ranges is None and backend in ("auto", "CPU") and not _batched(r, args)
+    if plain:
+        res = run(r, list(args))
+    else:
+        res = _through_torch(r, args, backend, device_id, ranges)
+    if out is not None:
+        if isinstance(res, tuple):
+            raise ValueError("out= is not supported for a reduction with two outputs")
+        return copy_into(res, out)
+    return res
+
+
+def _batched(r, args) -> bool:
+    return any(a.ndim > (1 if cat == 2 else 2) for a, cat in zip(args, r.cats))
+
+
+def _through_torch(r, args, backend: str, device_id: int, ranges: object) -> Any:
+    import torch
+
+    from .. import dispatch
+
+    targs = [torch.from_numpy(np.ascontiguousarray(a)) for a in args]
     if ranges is not None:
         ranges = tuple(torch.from_numpy(np.asarray(t)) for t in ranges)
     dev, host = placement(targs, backend, device_id)
@@ -42,9 +64,6 @@ def numpy_call(
         targs = [t.to(dev) for t in targs]
     res = dispatch.each_problem(r, targs, lambda *a: run(r, a), ranges)
     res = tuple(t.cpu() for t in res) if isinstance(res, tuple) else res.cpu()
-    if out is not None:
-        copy_into(res, torch.from_numpy(out))
-        return out
     return tuple(t.numpy() for t in res) if isinstance(res, tuple) else res.numpy()
 
 

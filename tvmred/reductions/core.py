@@ -9,8 +9,9 @@ over the kernel's output rows and the ``cols`` columns of its state buffers.  A 
   dtype, accumulator dtype); ``width`` -- how many of those values per row a kernel keeps in
   registers (the schedule sizes its row blocks with it);
 * ``compute``  -- the TE reducer (``te.sum`` or a ``te.comm_reducer`` on a tuple state);
-* ``finalize`` -- torch code turning the state buffers into pykeops' outputs;
-* ``combine``  -- torch code merging partial states of disjoint ranges of the reduced index
+* ``finalize`` -- array code (torch or numpy: :mod:`tvmred.arrays`) turning the state
+  buffers into pykeops' outputs;
+* ``combine``  -- array code merging partial states of disjoint ranges of the reduced index
   (split-j schemes, distributed reductions): ``states[p]`` for ranges in increasing order;
 * ``vjp``      -- the gradient rule: the reductions that compute the gradient of a
   :class:`Reduction` w.r.t. one argument (a :class:`Chain` or a :class:`Gathered`), None
@@ -30,6 +31,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Optional, Sequence, Union
 
 from .._tvm import tirx
+from ..arrays import xp
 from ..diff import diff as sym_diff
 from ..ops import add, make
 from ..tree import Node, var
@@ -95,10 +97,9 @@ def inf(dt: str, sign: float = 1.0) -> Any:
     return tirx().const(sign * math.inf, dt)
 
 
-def lazy_torch() -> Any:
-    import torch
-
-    return torch
+def xp_of(states: Sequence) -> Any:
+    """The array namespace (:mod:`tvmred.arrays`) of a list of state buffers."""
+    return xp(states[0])
 
 
 # ---------------------------------------------------------------------- gradient plans
@@ -168,7 +169,7 @@ class RedDef:
     kernel: str  # reductions with the same kernel name share compiled kernels (Min, ArgMin...)
     state: Callable[[int, Variant, str, str], list]  # (dim F, variant, dtype, acc) -> [(cols, dt)]
     compute: Callable[..., list]  # (te, root, rows, Space, dim, variant, dtype, acc) -> [tensor]
-    finalize: Callable[..., Any]  # (states: [torch tensors], variant, dtype) -> output(s)
+    finalize: Callable[..., Any]  # (states: [arrays], variant, dtype name) -> output(s)
     combine: Callable[[list, Variant], list]  # partial states (P, rows, cols) -> states
     vjp: Optional[Callable[["Reduction", int], Plan]]  # None: no gradient
     grad_doc: str  # the README's "gradient" column
@@ -190,7 +191,8 @@ class RedDef:
 
     def selected(self, states: list, k: Optional[int]) -> Any:
         """The positions along the reduced index that the state holds, (n, K, D) int64."""
-        return lazy_torch().stack(states[self.index_states(k)], dim=1).long()
+        x = xp_of(states)
+        return x.astype(x.stack(states[self.index_states(k)], 1), "int64")
 
     def shift(self, states: list, k: Optional[int], offset: int) -> list:
         """States of a range of the reduced index starting at ``offset``, with positions made
@@ -199,7 +201,7 @@ class RedDef:
             return list(states)
         sl = self.index_states(k)
         out = list(states)
-        out[sl] = [lazy_torch().where(t >= 0, t + offset, t) for t in states[sl]]
+        out[sl] = [xp_of(states).where(t >= 0, t + offset, t) for t in states[sl]]
         return out
 
     def registers(self, dim: int, v: Variant, dtype: str, acc: str) -> int:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .core import Space, Variant, by_column, inf, lazy_torch, masked, reduction, tirx
+from .core import Space, Variant, by_column, inf, masked, reduction, tirx, xp_of
 from .select import SELECTED, select_jvp, select_vjp
 
 #: The largest K of the K-min reductions: the insertion chain keeps K values per row and its
@@ -56,18 +56,20 @@ def _kmin_state(d: int, v: Variant, dt: str, acc: str) -> list:
 def _kmin_combine(states: list, v: Variant) -> list:
     """The K best of the concatenated lists: a stable sort keeps, among equal values, the
     lower ranges' (lower) indices first, as the kernel does."""
-    torch = lazy_torch()
+    x = xp_of(states)
     K = v.k
-    vals = torch.stack(states[:K], 1).flatten(0, 1)  # (P*K, rows, d), range-major
-    idx = torch.stack(states[K:], 1).flatten(0, 1)
-    order = torch.sort(vals, dim=0, stable=True).indices[:K]
-    return [*vals.gather(0, order).unbind(0), *idx.gather(0, order).unbind(0)]
+    vals = x.stack(states[:K], 1)  # (P, K, rows, d)
+    vals = vals.reshape(-1, *vals.shape[2:])  # (P*K, rows, d), range-major
+    idx = x.stack(states[K:], 1)
+    idx = idx.reshape(-1, *idx.shape[2:])
+    order = x.stable_argsort(vals, 0)[:K]
+    return [*x.take_along(vals, order, 0), *x.take_along(idx, order, 0)]
 
 
 def _kview(t: list) -> Any:
     """(n, D) buffers, one per k -> (n, K, D), squeezed to (n, K) when D = 1 (as pykeops)."""
-    out = lazy_torch().stack(t, dim=1)
-    return out.squeeze(-1) if out.shape[-1] == 1 else out
+    out = xp_of(t).stack(t, 1)
+    return out[..., 0] if out.shape[-1] == 1 else out
 
 
 def _k_variant(opt_arg, sum_scheme, dtype, acc) -> Variant:
@@ -95,7 +97,7 @@ reduction(
 )
 reduction(
     "ArgKMin",
-    finalize=lambda s, v, dt: _kview(s[v.k :]).long(),
+    finalize=lambda s, v, dt: xp_of(s).astype(_kview(s[v.k :]), "int64"),
     vjp=None,
     grad_doc="— (int64)",
     doc="int64 indices of the K smallest values",
@@ -103,7 +105,7 @@ reduction(
 )
 reduction(
     "KMin_ArgKMin",
-    finalize=lambda s, v, dt: (_kview(s[: v.k]), _kview(s[v.k :]).long()),
+    finalize=lambda s, v, dt: (_kview(s[: v.k]), xp_of(s).astype(_kview(s[v.k :]), "int64")),
     vjp=select_vjp,
     jvp=select_jvp,
     grad_doc=SELECTED,

@@ -20,11 +20,11 @@ from .core import (
     Variant,
     by_column,
     inf,
-    lazy_torch,
     masked,
     reduction,
     tangent_diff,
     tirx,
+    xp_of,
 )
 from .sum import ANY
 
@@ -57,10 +57,10 @@ def _lse_state(d: int, v: Variant, dt: str, acc: str) -> list:
 
 
 def _lse_combine(states: list, v: Variant) -> list:
-    torch = lazy_torch()
+    x = xp_of(states)
     m, s = states
-    top = m.amax(0)  # NaN propagates
-    scale = torch.where(m == -math.inf, torch.zeros_like(m), torch.exp(m - top))
+    top = x.amax(m, 0)  # NaN propagates
+    scale = x.where(m == -math.inf, x.zeros(m.shape, x.dtype_name(m), m), x.fn("exp", m - top))
     return [top, (s * scale).sum(0)]
 
 
@@ -70,7 +70,7 @@ def _lse_uses(d: int) -> list:
 
 def _lse_final(s, v, dtype):
     m, sm = s
-    return (m + sm.log()).to(dtype)
+    return xp_of(s).astype(m + xp_of(s).fn("log", sm), dtype)
 
 
 def _softmax_final(s, v, dtype):
@@ -78,12 +78,13 @@ def _softmax_final(s, v, dtype):
     torch.softmax: the weights are undefined there."""
     m, sm = s
     ratio = sm[:, 1:] / sm[:, :1]
-    return lazy_torch().where(m[:, :1].isinf(), math.nan, ratio).to(dtype)
+    x = xp_of(s)
+    return x.astype(x.where(x.fn("isinf", m[:, :1]), math.nan, ratio), dtype)
 
 
 def _raw_lse_final(s, v, dtype):
     m, sm = s
-    return lazy_torch().cat([m[:, :1], sm], dim=1).to(dtype)
+    return xp_of(s).astype(xp_of(s).cat([m[:, :1], sm], 1), dtype)
 
 
 def _lse_vjp(r: Reduction, k: int) -> Plan:

@@ -18,11 +18,11 @@ from .core import (
     Variant,
     by_column,
     inf,
-    lazy_torch,
     masked,
     reduction,
     tangent_diff,
     tirx,
+    xp_of,
 )
 
 
@@ -67,12 +67,14 @@ def _select_compute(is_min: bool) -> Callable:
 def _select_combine(is_min: bool) -> Callable:
     def combine(states: list, v: Variant) -> list:
         vals, idx = states
+        x = xp_of(states)
         bv, bi = vals[0], idx[0]
         for p in range(1, vals.shape[0]):  # the kernel's rule, folded over the ranges in order
             a, b = bv, vals[p]
-            better = a.isnan() | (((a <= b) if is_min else (a >= b)) & ~b.isnan())
+            nan_a, nan_b = x.fn("isnan", a), x.fn("isnan", b)
+            better = nan_a | (((a <= b) if is_min else (a >= b)) & ~nan_b)
             keep = (bi >= 0) & better
-            bv, bi = lazy_torch().where(keep, a, b), lazy_torch().where(keep, bi, idx[p])
+            bv, bi = x.where(keep, a, b), x.where(keep, bi, idx[p])
         return [bv, bi]
 
     return combine
@@ -140,7 +142,7 @@ for _name, _is_min in (("Min", True), ("Max", False)):
     )
     reduction(
         _arg,
-        finalize=lambda s, v, dt: s[1].long(),
+        finalize=lambda s, v, dt: xp_of(s).astype(s[1], "int64"),
         vjp=None,
         grad_doc="— (int64)",
         doc=f"int64 index of the {_low}, per component (lowest on ties)",
@@ -148,7 +150,7 @@ for _name, _is_min in (("Min", True), ("Max", False)):
     )
     reduction(
         f"{_name}_{_arg}",
-        finalize=lambda s, v, dt: (s[0], s[1].long()),
+        finalize=lambda s, v, dt: (s[0], xp_of(s).astype(s[1], "int64")),
         vjp=select_vjp,
         jvp=select_jvp,
         grad_doc=SELECTED,

@@ -18,6 +18,7 @@ from .core import (
     reduction,
     tangent_diff,
     tirx,
+    xp_of,
 )
 
 BLOCK = 1024  # terms per partial sum of sum_scheme="block_sum" (about sqrt(1e6))
@@ -80,18 +81,21 @@ def _sum_state(d: int, v: Variant, dt: str, acc: str) -> list:
 
 def _sum_value(s: list, v: Variant) -> Any:
     """The sum a Sum state holds, in float64 (block: total + partial; Kahan: s - c)."""
+    x = xp_of(s)
+    a, b = x.astype(s[0], "float64"), x.astype(s[1], "float64") if len(s) > 1 else None
     if v.scheme == "direct":
-        return s[0].double()
-    return s[0].double() + (-s[1].double() if v.scheme == "kahan" else s[1].double())
+        return a
+    return a - b if v.scheme == "kahan" else a + b
 
 
 def _sum_final(s: list, v: Variant, dt: Any) -> Any:
-    return s[0].to(dt) if v.scheme == "direct" else _sum_value(s, v).to(dt)
+    return xp_of(s).astype(s[0] if v.scheme == "direct" else _sum_value(s, v), dt)
 
 
 def _sum_combine(states: list, v: Variant) -> list:
-    total = _sum_value(states, v).sum(0).to(states[0].dtype)
-    rest = [total.new_zeros(total.shape)] if v.scheme != "direct" else []
+    x = xp_of(states)
+    total = x.astype(_sum_value(states, v).sum(0), x.dtype_name(states[0]))
+    rest = [x.zeros(total.shape, x.dtype_name(total), total)] if v.scheme != "direct" else []
     counter = [states[2][0]] if v.scheme == "block" else []
     return [total, *rest, *counter]
 

@@ -11,12 +11,15 @@ The kernel call is the ``tvmred::genred`` custom op (:mod:`tvmred.torch.library`
 
 from __future__ import annotations
 
+from .. import settings as _settings
 from ..export import load as _load
 from . import cluster
 from .generic import generic_argkmin, generic_argmin, generic_logsumexp, generic_sum
 from .genred import Genred
 from .lazytensor import LazyTensor, Pm, Vi, Vj
 from .solve import KernelSolve
+
+_settings.default_threads()  # torch is imported: its thread count
 
 
 def load(path):

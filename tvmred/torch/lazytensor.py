@@ -9,10 +9,9 @@ from typing import Any, Optional
 import torch
 
 from .. import lazynodes as ln
-from ..launch import TORCH_DTYPES
 from ..lazy import GenericLazyTensor, variables
 from .autograd import apply, torch_call
-from .library import Signature, signature
+from .library import TORCH_DTYPES, Signature, signature
 from .solve import kernel_solve
 
 

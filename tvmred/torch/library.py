@@ -24,12 +24,13 @@ from typing import NamedTuple
 
 import torch
 
-from ..launch import TORCH_DTYPES, run_states
+from ..launch import run_states
 from ..ops import REGISTRY as REGISTRY_OPS
 from ..reductions import REDUCTIONS, Reduction
 from ..tree import Node, postorder
 from . import plans
 
+TORCH_DTYPES = {torch.float32: "float32", torch.float64: "float64"}
 REGISTRY: dict[str, Reduction] = {}
 
 
@@ -134,7 +135,7 @@ def _(key: str, args: list[torch.Tensor]) -> list[torch.Tensor]:
         args[0].new_empty((n_out, cols), dtype=getattr(torch, dt))
         for cols, dt in r.rdef.state(r.formula.dim, variant, dtype, acc)
     ]
-    out = r.rdef.finalize(state, variant, args[0].dtype)
+    out = r.rdef.finalize(state, variant, dtype)
     outs = [o.contiguous() for o in (out if isinstance(out, tuple) else (out,))]
     if r.rdef.index_states is not None:
         outs.append(r.rdef.selected(state, r.k))

@@ -230,7 +230,7 @@ class Call:
             return self.stack([zero] * self.nbatch), None
         variant = r.resolve(self.dt)[1]
         states = self.states(r, args)
-        outs = [r.rdef.finalize(s, variant, self.dtype) for s in states]
+        outs = [r.rdef.finalize(s, variant, self.dt) for s in states]
         sel = None
         if r.rdef.index_states is not None:
             sel = self.stack([r.rdef.selected(s, r.k) for s in states])

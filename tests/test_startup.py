@@ -1,0 +1,79 @@
+"""Start-up is a feature: what a process imports, measured by its structure, not its time.
+After ``import tvmred.torch`` and a call whose kernels are in the disk cache (its forward
+and its gradient), neither ``torch._dynamo`` nor TVM's packages (``tvm``, ``tvm_ffi``) nor
+``ml_dtypes`` are imported; after ``import tvmred.numpy`` and a cached call, not even torch
+(benchmarks/bench_startup.py times the same steps beside pykeops)."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+HEAVY = ["torch._dynamo", "tvm", "tvm_ffi", "ml_dtypes"]
+
+TORCH = """
+import json, sys, torch
+from tvmred.torch import Genred
+after_import = sorted(m for m in HEAVY if m in sys.modules)
+x, y = torch.rand(50, 3, dtype=torch.float64), torch.rand(70, 3, dtype=torch.float64)
+y.requires_grad_()
+b = torch.rand(70, 2, dtype=torch.float64)
+g = Genred("Exp(-SqDist(x,y))*b", ["x = Vi(3)", "y = Vj(3)", "b = Vj(2)"], axis=1)
+c = g(x, y, b)
+(gy,) = torch.autograd.grad(c.sum(), y)
+ref = torch.exp(-((x[:, None] - y[None]) ** 2).sum(-1)) @ b
+err = (c - ref).abs().max().item()
+print(json.dumps({"import": after_import, "call": sorted(m for m in HEAVY if m in sys.modules),
+                  "err": err, "grad": gy.abs().sum().item()}))
+"""
+
+NUMPY = """
+import json, sys
+import numpy as np
+import tvmred.numpy as tn
+after_import = sorted(m for m in HEAVY + ["torch"] if m in sys.modules)
+rng = np.random.default_rng(0)
+x, y, b = rng.random((50, 3)), rng.random((70, 3)), rng.random((70, 2))
+g = tn.Genred("Exp(-SqDist(x,y))*b", ["x = Vi(3)", "y = Vj(3)", "b = Vj(2)"], axis=1)
+c = g(x, y, b)
+nn = tn.Genred("SqDist(x,y)", ["x = Vi(3)", "y = Vj(3)"], reduction_op="ArgKMin", opt_arg=4,
+               axis=1)(x, y)
+d2 = ((x[:, None] - y[None]) ** 2).sum(-1)
+err = float(np.abs(c - np.exp(-d2) @ b).max())
+knn = bool((nn == np.argsort(d2, axis=1, kind="stable")[:, :4]).all())
+print(json.dumps({"import": after_import, "call": sorted(m for m in HEAVY + ["torch"]
+                  if m in sys.modules), "err": err, "knn": knn}))
+"""
+
+
+def child(code, cache):
+    env = {
+        **os.environ,
+        "TVMRED_CACHE_DIR": str(cache),
+        "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
+    }
+    r = subprocess.run(
+        [sys.executable, "-c", f"HEAVY = {HEAVY!r}\n" + code],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert r.returncode == 0, r.stderr
+    return json.loads(r.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.parametrize("binding", ["torch", "numpy"])
+def test_a_warm_process_imports_nothing_heavy(binding, tmp_path):
+    code = TORCH if binding == "torch" else NUMPY
+    first = child(code, tmp_path)  # compiles (imports TVM) and fills the disk cache
+    assert "tvm" in first["call"]
+    warm = child(code, tmp_path)
+    assert warm["import"] == [] and warm["call"] == [], warm
+    assert warm["err"] < 1e-12
+    if binding == "numpy":
+        assert warm["knn"]

@@ -1,0 +1,202 @@
+"""The few array operations the launch and the reductions' ``finalize``/``combine`` need, for
+torch tensors and numpy arrays alike, so that numpy users never import torch: ``xp(a)`` is
+the namespace of ``a``'s library (:class:`Torch` or :class:`Numpy`), chosen by the array's
+class without importing either library.  Dtypes are named ("float32", "int64", ...)."""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+ALIGN = 64  # bytes: TVM declares kernel buffers 64-byte aligned
+
+
+class CPU:
+    """The device of numpy arrays, in the form torch's devices have (``.type``, ``.index``)."""
+
+    type = "cpu"
+    index = None
+
+    def __repr__(self) -> str:
+        return "cpu"
+
+
+HOST = CPU()
+
+
+class Torch:
+    """torch tensors (any device)."""
+
+    name = "torch"
+
+    @staticmethod
+    def lib() -> Any:
+        import torch
+
+        return torch
+
+    @staticmethod
+    def dtype(name: Any) -> Any:
+        """torch's dtype of that name (a torch dtype is returned as it is)."""
+        return getattr(Torch.lib(), name) if isinstance(name, str) else name
+
+    @staticmethod
+    def dtype_name(a: Any) -> str:
+        return str(a.dtype).rpartition(".")[2]
+
+    @staticmethod
+    def empty(shape: tuple, dtype: str, like: Any) -> Any:
+        return Torch.lib().empty(shape, dtype=Torch.dtype(dtype), device=like.device)
+
+    @staticmethod
+    def zeros(shape: tuple, dtype: str, like: Any) -> Any:
+        return Torch.lib().zeros(shape, dtype=Torch.dtype(dtype), device=like.device)
+
+    @staticmethod
+    def astype(a: Any, dtype: str) -> Any:
+        return a.to(Torch.dtype(dtype))
+
+    @staticmethod
+    def cat(xs: Sequence, axis: int) -> Any:
+        return Torch.lib().cat(list(xs), dim=axis)
+
+    @staticmethod
+    def stack(xs: Sequence, axis: int) -> Any:
+        return Torch.lib().stack(list(xs), dim=axis)
+
+    @staticmethod
+    def where(c: Any, x: Any, y: Any) -> Any:
+        return Torch.lib().where(c, x, y)
+
+    @staticmethod
+    def amax(a: Any, axis: int) -> Any:
+        return a.amax(axis)
+
+    @staticmethod
+    def stable_argsort(a: Any, axis: int) -> Any:
+        return Torch.lib().sort(a, dim=axis, stable=True).indices
+
+    @staticmethod
+    def take_along(a: Any, idx: Any, axis: int) -> Any:
+        return a.gather(axis, idx)
+
+    @staticmethod
+    def contiguous(a: Any) -> Any:
+        return a.contiguous()
+
+    @staticmethod
+    def copy(a: Any) -> Any:
+        return a.clone()
+
+    @staticmethod
+    def data_ptr(a: Any) -> int:
+        return a.data_ptr()
+
+    @staticmethod
+    def device(a: Any) -> Any:
+        return a.device
+
+    @staticmethod
+    def fn(name: str, *args: Any) -> Any:
+        """The library's own elementwise ``name`` ("exp", "log", "isnan", "isinf")."""
+        return getattr(Torch.lib(), name)(*args)
+
+
+class Numpy:
+    """numpy arrays (on the CPU)."""
+
+    name = "numpy"
+
+    @staticmethod
+    def lib() -> Any:
+        import numpy
+
+        return numpy
+
+    @staticmethod
+    def dtype(name: str) -> Any:
+        return Numpy.lib().dtype(name)
+
+    @staticmethod
+    def dtype_name(a: Any) -> str:
+        return a.dtype.name
+
+    @staticmethod
+    def empty(shape: tuple, dtype: str, like: Any) -> Any:
+        """A new array whose data is 64-byte aligned (as torch's CPU allocations are; numpy's
+        own are only 16-byte aligned, and the kernels load with aligned SIMD loads)."""
+        np = Numpy.lib()
+        dt = np.dtype(dtype)
+        n = dt.itemsize
+        for d in shape:
+            n *= int(d)
+        buf = np.empty(n + ALIGN, dtype=np.uint8)
+        off = (-buf.ctypes.data) % ALIGN
+        return buf[off : off + n].view(dt).reshape(shape)
+
+    @staticmethod
+    def zeros(shape: tuple, dtype: str, like: Any) -> Any:
+        out = Numpy.empty(shape, dtype, like)
+        out.fill(0)
+        return out
+
+    @staticmethod
+    def astype(a: Any, dtype: str) -> Any:
+        return a.astype(dtype, copy=False)
+
+    @staticmethod
+    def cat(xs: Sequence, axis: int) -> Any:
+        return Numpy.lib().concatenate(list(xs), axis=axis)
+
+    @staticmethod
+    def stack(xs: Sequence, axis: int) -> Any:
+        return Numpy.lib().stack(list(xs), axis=axis)
+
+    @staticmethod
+    def where(c: Any, x: Any, y: Any) -> Any:
+        return Numpy.lib().where(c, x, y)
+
+    @staticmethod
+    def amax(a: Any, axis: int) -> Any:
+        return a.max(axis)
+
+    @staticmethod
+    def stable_argsort(a: Any, axis: int) -> Any:
+        return Numpy.lib().argsort(a, axis=axis, kind="stable")
+
+    @staticmethod
+    def take_along(a: Any, idx: Any, axis: int) -> Any:
+        return Numpy.lib().take_along_axis(a, idx, axis=axis)
+
+    @staticmethod
+    def contiguous(a: Any) -> Any:
+        return Numpy.lib().ascontiguousarray(a)
+
+    @staticmethod
+    def copy(a: Any) -> Any:
+        out = Numpy.empty(a.shape, a.dtype.name, a)
+        out[...] = a
+        return out
+
+    @staticmethod
+    def data_ptr(a: Any) -> int:
+        return a.ctypes.data
+
+    @staticmethod
+    def device(a: Any) -> Any:
+        return HOST
+
+    @staticmethod
+    def fn(name: str, *args: Any) -> Any:
+        """The library's own elementwise ``name`` ("exp", "log", "isnan", "isinf")."""
+        return getattr(Numpy.lib(), name)(*args)
+
+
+def xp(a: Any) -> type:
+    """The namespace of array ``a`` (a numpy array, or a torch tensor: anything else)."""
+    return Numpy if type(a).__module__ == "numpy" else Torch
+
+
+def is_array(a: Any) -> bool:
+    """A torch tensor (or a subclass of it) or a numpy array."""
+    mod = type(a).__module__
+    return mod == "numpy" or (mod.startswith("torch") and hasattr(a, "data_ptr"))

@@ -1,0 +1,181 @@
+"""Compiled kernels loaded and called through the C ABI of TVM's FFI (``libtvm_ffi``) and its
+runtime library (``libtvm_runtime``), with ctypes: no ``tvm`` nor ``tvm_ffi`` Python package
+(the latter imports ``ml_dtypes``, half a second), for CPU and CUDA kernels alike.
+
+A module is loaded by TVM's own loader (the global function ``ffi.ModuleLoadFromFile``: it sets
+the library's context, its thread-pool and workspace hooks, and loads the CUDA code a CUDA
+kernel's library embeds) and kept alive for the process; its ``main`` is called with
+``TVMFFIFunctionCall`` on arguments built here: a tensor becomes a ``DLTensor`` (compact, so
+no strides), an int an ``Int``.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import importlib.util
+from pathlib import Path
+from typing import Any
+
+_NONE, _INT, _BOOL, _DLTENSOR, _RAWSTR = 0, 1, 2, 7, 8
+
+
+class _Any(ctypes.Structure):
+    _fields_ = [("type_index", ctypes.c_int32), ("pad", ctypes.c_uint32), ("v", ctypes.c_int64)]
+
+
+class _DLTensor(ctypes.Structure):
+    _fields_ = [
+        ("data", ctypes.c_void_p),
+        ("device_type", ctypes.c_int32),
+        ("device_id", ctypes.c_int32),
+        ("ndim", ctypes.c_int32),
+        ("code", ctypes.c_uint8),
+        ("bits", ctypes.c_uint8),
+        ("lanes", ctypes.c_uint16),
+        ("shape", ctypes.POINTER(ctypes.c_int64)),
+        ("strides", ctypes.c_void_p),
+        ("byte_offset", ctypes.c_uint64),
+    ]
+
+
+class _ByteArray(ctypes.Structure):
+    _fields_ = [("data", ctypes.c_char_p), ("size", ctypes.c_size_t)]
+
+
+def _package_dir(name: str) -> Path | None:
+    spec = importlib.util.find_spec(name)
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    return Path(next(iter(spec.submodule_search_locations)))
+
+
+@functools.lru_cache(maxsize=None)
+def _ffi() -> ctypes.CDLL:
+    """libtvm_ffi, then libtvm_runtime (which needs it), both RTLD_GLOBAL as TVM loads them."""
+    ffi_dir, tvm_dir = _package_dir("tvm_ffi"), _package_dir("tvm")
+    if ffi_dir is None or tvm_dir is None:
+        raise OSError("TVM's runtime libraries are not installed")
+    lib = ctypes.CDLL(str(ffi_dir / "lib" / "libtvm_ffi.so"), mode=ctypes.RTLD_GLOBAL)
+    ctypes.CDLL(str(tvm_dir / "lib" / "libtvm_runtime.so"), mode=ctypes.RTLD_GLOBAL)
+    lib.TVMFFIFunctionCall.argtypes = [
+        ctypes.c_void_p, ctypes.POINTER(_Any), ctypes.c_int32, ctypes.POINTER(_Any)
+    ]  # fmt: skip
+    lib.TVMFFIFunctionCall.restype = ctypes.c_int
+    lib.TVMFFIFunctionGetGlobal.argtypes = [
+        ctypes.POINTER(_ByteArray),
+        ctypes.POINTER(ctypes.c_void_p),
+    ]
+    lib.TVMFFIErrorMoveFromRaised.argtypes = [ctypes.POINTER(ctypes.c_void_p)]
+    lib.TVMFFIErrorMoveFromRaised.restype = None
+    lib.TVMFFIObjectDecRef.argtypes = [ctypes.c_void_p]
+    return lib
+
+
+@functools.lru_cache(maxsize=None)
+def cuda_runtime() -> None:
+    """The CUDA sidecar of the runtime (it registers the loader of CUDA code)."""
+    _ffi()
+    tvm_dir = _package_dir("tvm")
+    ctypes.CDLL(str(tvm_dir / "lib" / "libtvm_runtime_cuda.so"), mode=ctypes.RTLD_GLOBAL)
+
+
+@functools.lru_cache(maxsize=None)
+def _global(name: str) -> int:
+    handle = ctypes.c_void_p()
+    raw = name.encode()
+    if (
+        _ffi().TVMFFIFunctionGetGlobal(ctypes.byref(_ByteArray(raw, len(raw))), handle)
+        or not handle
+    ):
+        raise OSError(f"TVM's FFI has no global function {name}")
+    return handle.value
+
+
+def _raise(lib: ctypes.CDLL) -> None:
+    err = ctypes.c_void_p()
+    lib.TVMFFIErrorMoveFromRaised(ctypes.byref(err))
+    if not err:
+        raise RuntimeError("a TVM kernel failed without an error")
+    kind, msg = (_ByteArray.from_address(err.value + 24 + 16 * k) for k in range(2))
+    kind, msg = kind.data[: kind.size].decode(), msg.data[: msg.size].decode()
+    lib.TVMFFIObjectDecRef(err)
+    exc = {"ValueError": ValueError, "TypeError": TypeError, "IndexError": IndexError}
+    raise exc.get(kind, RuntimeError)(msg)
+
+
+def _call_handle(func: int, args: list[tuple[int, int]]) -> _Any:
+    lib = _ffi()
+    arr = (_Any * len(args))()
+    for k, (t, v) in enumerate(args):
+        arr[k].type_index, arr[k].v = t, v
+    res = _Any()
+    if lib.TVMFFIFunctionCall(func, arr, len(args), ctypes.byref(res)):
+        _raise(lib)
+    return res
+
+
+_DTYPES = {"float32": (2, 32), "float64": (2, 64), "int32": (0, 32), "int64": (0, 64),
+           "float16": (2, 16), "bfloat16": (4, 16)}  # fmt: skip
+_DEVICES = {"cpu": 1, "cuda": 2}
+
+
+_DTYPE_OF: dict[Any, tuple[int, int]] = {}  # torch dtype -> (DLPack type code, bits)
+
+
+class Function:
+    """A function of a loaded module: ``f(*args)`` with compact arrays (torch tensors or
+    numpy arrays) and ints."""
+
+    def __init__(self, handle: int) -> None:
+        self.handle = handle
+        self.lib = _ffi()
+
+    def __call__(self, *args: Any) -> None:
+        n = len(args)
+        arr = (_Any * n)()
+        keep = []
+        for k, a in enumerate(args):
+            if a.__class__ is int:
+                arr[k].type_index, arr[k].v = _INT, a
+                continue
+            dt = _DTYPE_OF.get(a.dtype)
+            if dt is None:
+                dt = _DTYPE_OF[a.dtype] = _DTYPES[str(a.dtype).rpartition(".")[2]]
+            nd = len(a.shape)
+            shape = (ctypes.c_int64 * nd)(*a.shape)
+            if type(a).__module__ == "numpy":
+                ptr, dev_type, dev_id = a.ctypes.data, 1, 0
+            else:
+                dev = a.device
+                ptr, dev_type, dev_id = a.data_ptr(), _DEVICES[dev.type], dev.index or 0
+            t = _DLTensor(ptr, dev_type, dev_id, nd, dt[0], dt[1], 1, shape, None, 0)
+            keep.append((t, shape))
+            arr[k].type_index, arr[k].v = _DLTENSOR, ctypes.addressof(t)
+        res = _Any()
+        if self.lib.TVMFFIFunctionCall(self.handle, arr, n, ctypes.byref(res)):
+            _raise(self.lib)
+
+
+class Module:
+    """A compiled library loaded by TVM's loader through the C ABI, kept alive for the
+    process: ``mod["main"]`` is its function."""
+
+    def __init__(self, path: str) -> None:
+        self.path = str(path)
+        raw = ctypes.create_string_buffer(self.path.encode())
+        mod = _call_handle(_global("ffi.ModuleLoadFromFile"), [(_RAWSTR, ctypes.addressof(raw))])
+        if mod.type_index < 64:
+            raise OSError(f"{path}: TVM returned no module")
+        _call_handle(_global("ffi.ModuleGlobalsAdd"), [(mod.type_index, mod.v)])
+        self.handle = (mod.type_index, mod.v)
+
+    def __getitem__(self, name: str) -> Function:
+        raw = ctypes.create_string_buffer(name.encode())
+        f = _call_handle(
+            _global("ffi.ModuleGetFunction"),
+            [self.handle, (_RAWSTR, ctypes.addressof(raw)), (_BOOL, 0)],
+        )
+        if f.type_index < 64:
+            raise KeyError(f"{self.path} has no function {name!r}")
+        return Function(f.v)
