@@ -43,13 +43,13 @@ def calls(monkeypatch):
     """Counts tvmred reductions (Genred calls and LazyTensor reductions), with their ranges."""
     seen = []
     for mod, name in (
-        (tvmred.torch.genred, "call"),
-        (tvmred.torch.lazytensor, "call"),
+        (tvmred.torch.genred, "torch_call"),
+        (tvmred.torch.lazytensor, "torch_call"),
         (tvmred.torch.lazytensor, "apply"),  # a plain LazyTensor reduction
     ):
         real = getattr(mod, name)
 
-        def counted(r, *args, _real=real, _call=name == "call", **kw):
+        def counted(r, *args, _real=real, _call=name == "torch_call", **kw):
             # call(r, args, backend, device_id, ranges, out); apply(r, *tensors)
             seen.append(kw.get("ranges", args[3] if _call and len(args) > 3 else None))
             return _real(r, *args, **kw)

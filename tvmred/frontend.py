@@ -25,9 +25,11 @@ def make_reduction(
 ) -> Reduction:
     decls = parse_aliases(list(aliases))
     by_pos = {a.var.params[0]: a for a in decls}
-    main = parse(formula, decls)
-    weight = parse(formula2, decls) if formula2 is not None else None
-    for v in variables(main) + (variables(weight) if weight is not None else []):
+    inline: list[Node] = []
+    main = parse(formula, decls, inline)
+    weight = parse(formula2, decls, inline) if formula2 is not None else None
+    used = variables(main) + (variables(weight) if weight is not None else [])
+    for v in used + sorted(inline, key=lambda v: v.params[0]):
         pos = v.params[0]  # a variable written inline, as Var(pos, dim, cat) or Vi(pos, dim)
         if pos not in by_pos:
             by_pos[pos] = Alias(None, v)

@@ -22,6 +22,11 @@ def _ints(*xs: Any) -> bool:
     return all(isinstance(x, int) and not isinstance(x, bool) for x in xs)
 
 
+def _int_tuple(s: Any) -> tuple:
+    """A shape or axis list as a tuple of ints (an int alone: a 1-tuple)."""
+    return (s,) if isinstance(s, int) else tuple(int(x) for x in s)
+
+
 class LazyOps:
     # ------------------------------------------------------------------- arithmetic
     def __add__(self, other):
@@ -293,6 +298,19 @@ class LazyOps:
     def tensorprod(self, other):
         """Outer product, row-major: dim A*B."""
         return self.op("TensorProd", other)
+
+    def keops_tensordot(self, other, dimfa, dimfb, contfa, contfb, *args):
+        """numpy.tensordot of F and G seen as row-major tensors of shapes ``dimfa`` and
+        ``dimfb``, axes ``contfa`` of F contracted with ``contfb`` of G; ``args[0]``, if
+        given, permutes the free axes (F's, then G's); flattened."""
+        perm = _int_tuple(args[0]) if args else ()
+        shapes = tuple(_int_tuple(s) for s in (dimfa, dimfb, contfa, contfb))
+        return self.op("TensorDot", other, params=(*shapes, perm))
+
+    def keops_kron(self, other, dimfself, dimfother):
+        """numpy.kron of F and G seen as row-major tensors of shapes ``dimfself`` and
+        ``dimfother`` (as many axes each), flattened."""
+        return self.op("Kron", other, params=(_int_tuple(dimfself), _int_tuple(dimfother)))
 
     # ----------------------------------------------------------------- differentiation
     def grad(self, other, gradin):

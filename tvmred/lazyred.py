@@ -24,7 +24,10 @@ class LazyReductions:
         return self.reduction("Sum", axis=axis, dim=dim, **kwargs)
 
     def logsumexp(self, axis=None, dim=None, weight=None, **kwargs):
-        """log sum exp(F) (F scalar), or log sum exp(F) * weight."""
+        """log sum exp(F) (F scalar), or log sum exp(F) * weight (``weight=`` or, as pykeops
+        also takes it, ``other=``)."""
+        if weight is None:
+            weight = kwargs.pop("other", None)
         return self.reduction("LogSumExp", other=weight, axis=axis, dim=dim, **kwargs)
 
     def logsumexp_reduction(self, **kwargs):

@@ -51,6 +51,7 @@ class OpDef:
     test: Optional[TestSpec] = field(default_factory=TestSpec)
     expand: Optional[Callable[..., Node]] = None
     zero: Optional[str] = None  # "any": zero if any arg is Zero (multilinear); "all": linear
+    defaults: tuple = ()  # values of the last parameters when they are left out
     cheap: bool = False  # pure data movement: never worth a stage of its own
     own_stage: bool = False  # always a stage of its own where it varies per pair (its TE
     # binds variables: one definition each; tvmred.lower)
@@ -75,6 +76,9 @@ def make(name: str, *args: Node, params: Sequence = ()) -> Node:
     d = REGISTRY.get(name)
     if d is None:
         raise FormulaError(f"unknown operation '{name}'")
+    missing = d.nparams - len(params)
+    if 0 < missing <= len(d.defaults):
+        params = (*params, *d.defaults[len(d.defaults) - missing :])
     if len(args) != d.nargs or len(params) != d.nparams:
         raise FormulaError(
             f"{name} takes {d.nargs} formula argument(s) and {d.nparams} integer parameter(s), "
@@ -1094,6 +1098,221 @@ op(
     test=TestSpec(argdims=(3, 2)),
     doc="TensorProd(f, g): outer product, row-major",
 )
+
+# ----------------------------------------------------------------------------------------------
+# TensorDot and Kron (keopscore's): both are sums of products a_i b_j listed per output
+# component, one op "Bilinear" whose derivatives are Bilinear ops again
+# ----------------------------------------------------------------------------------------------
+
+
+def _strides(shape: Sequence[int]) -> list[int]:
+    out, s = [], 1
+    for n in reversed(shape):
+        out.append(s)
+        s *= n
+    return out[::-1]
+
+
+def _multi(shape: Sequence[int]):
+    """Every multi-index of ``shape``, row-major."""
+    idx = [()]
+    for n in shape:
+        idx = [i + (k,) for i in idx for k in range(n)]
+    return idx
+
+
+def _prod(xs: Sequence[int]) -> int:
+    out = 1
+    for x in xs:
+        out *= x
+    return out
+
+
+def _shape(name: str, s: Any) -> tuple:
+    if not isinstance(s, (tuple, list)) or not all(isinstance(n, int) and n >= 1 for n in s):
+        raise FormulaError(f"{name}: a shape must be a list of positive integers, got {s!r}")
+    return tuple(s)
+
+
+def _tensordot_table(da, db, ca, cb, perm) -> tuple:
+    """(len(table), table) of TensorDot(a, b, da, db, ca, cb, perm): a and b are row-major
+    tensors of shapes da, db; axes ca of a are contracted with axes cb of b (as
+    numpy.tensordot); the free axes of a then of b give the output, free axis k at output
+    position ``perm[k]`` (keopscore's convention; default: in order)."""
+    da, db = _shape("TensorDot", da), _shape("TensorDot", db)
+    ca, cb = tuple(ca), tuple(cb)
+    if (
+        len(ca) != len(cb)
+        or any(not 0 <= k < len(da) for k in ca)
+        or any(not 0 <= k < len(db) for k in cb)
+        or len(set(ca)) != len(ca)
+        or len(set(cb)) != len(cb)
+    ):
+        raise FormulaError(f"TensorDot: bad contracted axes {list(ca)} and {list(cb)}")
+    if any(da[i] != db[j] for i, j in zip(ca, cb)):
+        raise FormulaError(
+            f"TensorDot: contracted axes of sizes {[da[i] for i in ca]} and {[db[j] for j in cb]}"
+        )
+    fa = [k for k in range(len(da)) if k not in ca]
+    fb = [k for k in range(len(db)) if k not in cb]
+    free = [da[k] for k in fa] + [db[k] for k in fb]
+    perm = tuple(perm) or tuple(range(len(free)))
+    if sorted(perm) != list(range(len(free))):
+        raise FormulaError(
+            f"TensorDot: {list(perm)} is not a permutation of the {len(free)} free axes"
+        )
+    out_shape = [0] * len(free)
+    for k, p in enumerate(perm):
+        out_shape[p] = free[k]
+    sa, sb = _strides(da), _strides(db)
+    table = []
+    for oi in _multi(out_shape):
+        fi = [oi[p] for p in perm]
+        ia, ib = [0] * len(da), [0] * len(db)
+        for k, ax in enumerate(fa):
+            ia[ax] = fi[k]
+        for k, ax in enumerate(fb):
+            ib[ax] = fi[len(fa) + k]
+        pairs = []
+        for ci in _multi([da[i] for i in ca]):
+            for k, (i, j) in enumerate(zip(ca, cb)):
+                ia[i], ib[j] = ci[k], ci[k]
+            pairs.append((sum(x * s for x, s in zip(ia, sa)), sum(x * s for x, s in zip(ib, sb))))
+        table.append(tuple(pairs))
+    return _prod(da), _prod(db), tuple(table)
+
+
+def _kron_table(da, db) -> tuple:
+    """Kron(a, b, da, db) = numpy.kron of the row-major tensors (same number of axes): a
+    TensorDot without contraction whose free axes are interleaved (a0, b0, a1, b1, ...)."""
+    da, db = _shape("Kron", da), _shape("Kron", db)
+    if len(da) != len(db):
+        raise FormulaError(f"Kron: shapes {list(da)} and {list(db)} have different numbers of axes")
+    n = len(da)
+    perm = tuple(2 * i for i in range(n)) + tuple(2 * i + 1 for i in range(n))
+    return _tensordot_table(da, db, (), (), perm)
+
+
+def _bilinear(a: Node, b: Node, na: int, nb: int, table: tuple) -> Node:
+    return f("Bilinear", a, b, params=(na, nb, table))
+
+
+def _bilinear_dim(da: int, db: int, na: int, nb: int, table: tuple) -> int:
+    if (da, db) != (na, nb):
+        raise DimError(f"Bilinear: arguments of dims {da} and {db}, expected {na} and {nb}")
+    return len(table)
+
+
+def _bilinear_te(args: list, params: tuple, dt: str) -> Exprs:
+    a, b = args
+    out = []
+    for pairs in params[2]:
+        terms = [a[i] * b[j] for i, j in pairs]
+        e = terms[0] if terms else c(0, dt)
+        for t in terms[1:]:
+            e = e + t
+        out.append(e)
+    return out
+
+
+def _bilinear_vjp(g: Node, out: Node, a: Node, b: Node, na: int, nb: int, table: tuple):
+    """out_k = sum_(i,j) a_i b_j: d/da_i = sum over the (k, j) with i in out_k's pairs of
+    g_k b_j, a Bilinear of (g, b) -- and the same for b."""
+    ta: list = [[] for _ in range(na)]
+    tb: list = [[] for _ in range(nb)]
+    for k, pairs in enumerate(table):
+        for i, j in pairs:
+            ta[i].append((k, j))
+            tb[j].append((k, i))
+    n = len(table)
+    return (
+        _bilinear(g, b, n, nb, tuple(map(tuple, ta))),
+        _bilinear(g, a, n, na, tuple(map(tuple, tb))),
+    )
+
+
+def _bilinear_ref(a, b, na, nb, table):
+    torch = _t()
+    k = torch.tensor([q for q, pairs in enumerate(table) for _ in pairs], dtype=torch.long)
+    ia = torch.tensor([i for pairs in table for i, _ in pairs], dtype=torch.long)
+    ib = torch.tensor([j for pairs in table for _, j in pairs], dtype=torch.long)
+    terms = a[..., ia] * b[..., ib]
+    out = torch.zeros(*terms.shape[:-1], len(table), dtype=terms.dtype, device=terms.device)
+    return out.index_add(-1, k.to(terms.device), terms)
+
+
+op(
+    "Bilinear",
+    2,
+    nparams=3,
+    dim=_bilinear_dim,
+    te=_bilinear_te,
+    vjp=_bilinear_vjp,
+    ref=_bilinear_ref,
+    zero="any",
+    test=TestSpec(argdims=(2, 3), params=(2, 3, [[[0, 0], [1, 2]], [], [[1, 1]]])),
+    doc="Bilinear(a, b, na, nb, table): out_k = sum of a_i b_j over the pairs (i, j) of "
+    "table[k] (what TensorDot and Kron become)",
+)
+
+
+def _tensordot_ref(a, b, da, db, ca, cb, perm=()):
+    lead = a.shape[:-1]
+    A, B = a.reshape(*lead, *da), b.reshape(*b.shape[:-1], *db)
+    la, lb = len(lead), len(b.shape) - 1
+    letters = "abcdefghijklmnopqrstuvwxyz"
+    sa = [letters[k] for k in range(len(da))]
+    sb = [letters[len(da) + k] for k in range(len(db))]
+    for i, j in zip(ca, cb):
+        sb[j] = sa[i]
+    free = [x for k, x in enumerate(sa) if k not in ca] + [
+        x for k, x in enumerate(sb) if k not in cb
+    ]
+    perm = tuple(perm) or tuple(range(len(free)))
+    res = [""] * len(free)
+    for k, p in enumerate(perm):
+        res[p] = free[k]
+    res = "".join(res)
+    r = _t().einsum(f"...{''.join(sa)},...{''.join(sb)}->...{res}", A, B)
+    return r.reshape(*r.shape[: max(la, lb)], -1)
+
+
+op(
+    "TensorDot",
+    2,
+    nparams=5,
+    defaults=((),),
+    expand=lambda a, b, da, db, ca, cb, perm: _bilinear(
+        a, b, *_tensordot_table(da, db, ca, cb, perm)
+    ),
+    ref=_tensordot_ref,
+    test=TestSpec(argdims=(12, 6), params=([2, 3, 2], [3, 2], [1], [0], [2, 0, 1])),
+    doc="TensorDot(a, b, shape_a, shape_b, axes_a, axes_b[, perm]): numpy.tensordot of the "
+    "row-major tensors a and b over the paired axes, free axis k at position perm[k], flattened",
+)
+
+
+def _kron_ref(a, b, da, db):
+    lead = a.shape[:-1]
+    A, B = a.reshape(*lead, *da), b.reshape(*b.shape[:-1], *db)
+    n = len(da)
+    letters = "abcdefghijklmnopqrstuvwxyz"
+    sa, sb = letters[:n], letters[n : 2 * n]
+    res = "".join(x + y for x, y in zip(sa, sb))
+    r = _t().einsum(f"...{sa},...{sb}->...{res}", A, B)
+    return r.reshape(*r.shape[: -2 * n], -1)
+
+
+op(
+    "Kron",
+    2,
+    nparams=2,
+    expand=lambda a, b, da, db: _bilinear(a, b, *_kron_table(da, db)),
+    ref=_kron_ref,
+    test=TestSpec(argdims=(6, 4), params=([3, 2], [2, 2])),
+    doc="Kron(a, b, shape_a, shape_b): numpy.kron of the row-major tensors a and b, flattened",
+)
+
 
 #: Names the parser accepts for the comparison operators.
 COMPARISONS = {

@@ -24,7 +24,7 @@ from .tree import Node, var
 CATS = {"Vi": 0, "Vx": 0, "Vj": 1, "Vy": 1, "Pm": 2}
 _TOKEN = re.compile(
     r"\s*(?:(?P<num>\d+\.\d*(?:[eE][-+]?\d+)?|\d*\.\d+(?:[eE][-+]?\d+)?|\d+(?:[eE][-+]?\d+)?)"
-    r"|(?P<name>[A-Za-z_][A-Za-z_0-9]*)|(?P<op>==|!=|<=|>=|[-+*/(),|<>]))"
+    r"|(?P<name>[A-Za-z_][A-Za-z_0-9]*)|(?P<op>==|!=|<=|>=|[-+*/(),|<>\[\]]))"
 )
 
 
@@ -62,6 +62,7 @@ class _Parser:
     def __init__(self, text: str, names: dict[str, Node]):
         self.text, self.names, self.toks, self.i = text, names, _tokens(text), 0
         self.depth = 0
+        self.inline: list[Node] = []  # variables written inline, even where they simplify away
 
     def nested(self, pos: int, parse):
         """``parse()`` one nesting level deeper."""
@@ -169,7 +170,7 @@ class _Parser:
         if self.peek()[1] != ")":
             while True:
                 apos = self.peek()[2]
-                args.append((self.cmp(), apos))
+                args.append((self.int_list() if self.peek()[1] == "[" else self.cmp(), apos))
                 if self.peek()[1] != ",":
                     break
                 self.take(",")
@@ -190,21 +191,47 @@ class _Parser:
         if name in CATS or name == "Var":
             ints = [self.integer(a, p) for a, p in args]
             try:
-                return decl_var(name, ints, None)
+                v = decl_var(name, ints, None)
+                self.inline.append(v)
+                return v
             except FormulaError as err:
                 raise self.error(pos, str(err)) from None
         d = REGISTRY.get(name)
         if d is None or name in ("Var",):
             raise self.error(pos, f"unknown operation '{name}'")
-        if len(args) != d.nargs + d.nparams:
-            raise self.error(
-                pos, f"{name} takes {d.nargs + d.nparams} argument(s), got {len(args)}"
-            )
+        least = d.nargs + d.nparams - len(d.defaults)
+        if not least <= len(args) <= d.nargs + d.nparams:
+            want = f"{least} to {d.nargs + d.nparams}" if d.defaults else f"{least}"
+            raise self.error(pos, f"{name} takes {want} argument(s), got {len(args)}")
+        lists = [a for a, _ in args[: d.nargs] if isinstance(a, tuple)]
+        if lists:
+            raise self.error(pos, f"{name}: a list {list(lists[0])} where a formula is expected")
         nodes = [a for a, _ in args[: d.nargs]]
-        params = tuple(self.integer(a, p) for a, p in args[d.nargs :])
+        params = tuple(self.param(a, p) for a, p in args[d.nargs :])
         return self.build(pos, name, *nodes, params=params)
 
+    def int_list(self) -> tuple:
+        """A list parameter, ``[2, 3]`` (nested lists allowed), as a tuple of ints."""
+        pos = self.take("[")[2]
+        items: list = []
+        while self.peek()[1] != "]":
+            if self.peek()[1] == "[":
+                items.append(self.nested(pos, self.int_list))
+            else:
+                ipos = self.peek()[2]
+                items.append(self.integer(self.cmp(), ipos))
+            if self.peek()[1] != ",":
+                break
+            self.take(",")
+        self.take("]")
+        return tuple(items)
+
+    def param(self, a: Node | tuple, pos: int) -> int | tuple:
+        return a if isinstance(a, tuple) else self.integer(a, pos)
+
     def integer(self, node: Node, pos: int) -> int:
+        if isinstance(node, tuple):
+            raise self.error(pos, "expected an integer constant here, got a list")
         if node.op == "IntCst" or (node.op == "Cst" and float(node.params[0]).is_integer()):
             return int(node.params[0])
         raise self.error(pos, "expected an integer constant here")
@@ -272,12 +299,20 @@ def parse_aliases(aliases: list[str] | tuple[str, ...]) -> list[Alias]:
     return out
 
 
-def parse(formula: str, aliases: list[Alias] | None = None) -> Node:
-    """Parse ``formula`` with the declared ``aliases`` into a dimension-checked tree."""
+def parse(
+    formula: str, aliases: list[Alias] | None = None, inline: list[Node] | None = None
+) -> Node:
+    """Parse ``formula`` with the declared ``aliases`` into a dimension-checked tree; the
+    variables written inline (``Var(1,3,1)``, ``Vj(2,1)``) are appended to ``inline`` --
+    also those that simplification removed (pykeops counts them as arguments)."""
     if not isinstance(formula, str):
         raise TypeError(f"formula must be a string, got {type(formula).__name__}")
     names = {a.name: a.var for a in aliases or [] if a.name is not None}
-    return _Parser(formula, names).parse()
+    parser = _Parser(formula, names)
+    node = parser.parse()
+    if inline is not None:
+        inline.extend(parser.inline)
+    return node
 
 
 __all__ = ["parse", "parse_aliases", "Alias", "ParseError"]

@@ -69,6 +69,8 @@ class Node:
 def _fmt(p: object) -> str:
     if isinstance(p, float):
         return repr(float(p))
+    if isinstance(p, tuple):  # a list parameter (TensorDot's shapes): the formula syntax
+        return "[" + ",".join(_fmt(x) for x in p) + "]"
     return str(p)
 
 

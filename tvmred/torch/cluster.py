@@ -11,20 +11,20 @@ import torch
 
 
 def grid_cluster(x: torch.Tensor, size: Union[float, torch.Tensor]) -> torch.Tensor:
-    """Labels (int64, 0..C-1) of the cubic cells of side ``size`` that the points of
-    ``x`` (N, D), D <= 3, fall in."""
+    """Labels (int32, 0..C-1, in lexicographic order of the cells) of the cubic cells of side
+    ``size`` that the points of ``x`` (N, D), D <= 3, fall in; the grid is anchored at the
+    cloud's lower corner, ``floor((x - x.min(0)) / size)``, as pykeops' torch version."""
     with torch.no_grad():
         if x.dim() != 2 or not 1 <= x.shape[1] <= 3:
             raise ValueError(
                 f"grid_cluster needs points of shape (N, D) with D <= 3, got {tuple(x.shape)}"
             )
-        cells = torch.floor(x / size).long()
-        cells = cells - cells.min(0).values
+        cells = torch.floor((x - x.min(0).values) / size).long()
         span = cells.max(0).values + 1
         code = torch.zeros(x.shape[0], dtype=torch.long, device=x.device)
         for d in range(x.shape[1]):
             code = code * span[d] + cells[:, d]
-        return torch.unique(code, return_inverse=True)[1]
+        return torch.unique(code, return_inverse=True)[1].int()
 
 
 def sort_clusters(x, lab: torch.Tensor):

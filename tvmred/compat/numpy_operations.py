@@ -1,0 +1,5 @@
+"""``pykeops.numpy.operations`` under the alias."""
+
+from ..numpy import KernelSolve
+
+__all__ = ["KernelSolve"]
