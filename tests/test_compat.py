@@ -226,3 +226,22 @@ def test_keops_own_quick_files_pass():
 def test_keops_own_suite_passes():
     """Every file but the dtype ones (complex) and those needing a GPU."""
     _upstream(())
+
+
+def test_bspline_is_a_partition_of_unity():
+    """B-splines of order k on sorted knots t_0..t_n-1 sum to 1 on [t_k, t_n-k-1), are >= 0,
+    and order 0 is the indicator of each knot interval (their defining properties)."""
+    from tvmred.torch import LazyTensor
+
+    knots = torch.sort(torch.rand(9, dtype=F64)).values
+    x = knots[3] + (knots[5] - knots[3]) * torch.rand(40, 1, dtype=F64)  # inside [t_2, t_6)
+    T, X = LazyTensor(knots[None, None, :]), LazyTensor(x[:, None, :])
+    one = torch.ones(1, 1, dtype=F64)
+    for k in (0, 1, 2):
+        b = (T.bspline(X, k) * LazyTensor(one[None])).sum(dim=1)
+        assert b.shape == (40, 9 - k - 1)
+        assert (b >= -1e-12).all()
+        torch.testing.assert_close(b.sum(1), torch.ones(40, dtype=F64))
+    ind = (T.bspline(X, 0) * LazyTensor(one[None])).sum(dim=1)
+    want = ((knots[:-1] <= x) & (x < knots[1:])).to(F64)
+    torch.testing.assert_close(ind, want)

@@ -307,6 +307,12 @@ class LazyOps:
         shapes = tuple(_int_tuple(s) for s in (dimfa, dimfb, contfa, contfb))
         return self.op("TensorDot", other, params=(*shapes, perm))
 
+    def bspline(self, x, k: int = 0):
+        """The B-splines of order ``k`` on the knots F (dim n), at the scalar x: dim n-k-1."""
+        if not _ints(k) or k < 0:
+            raise ValueError(f"bspline: the order must be an integer >= 0, got {k!r}")
+        return self.op("BSpline", x, params=(k,))
+
     def keops_kron(self, other, dimfself, dimfother):
         """numpy.kron of F and G seen as row-major tensors of shapes ``dimfself`` and
         ``dimfother`` (as many axes each), flattened."""

@@ -1314,6 +1314,68 @@ op(
 )
 
 
+# ----------------------------------------------------------------------------------------------
+# B-splines (keopscore's BSpline): a macro over the ops above
+# ----------------------------------------------------------------------------------------------
+
+
+def _ratio(x: Node, lo: Node, hi: Node) -> Node:
+    """(x - lo) / (hi - lo) where lo < hi, else 0 -- without a 0/0 in either branch (the
+    denominator is 1 where the knots coincide), so values and gradients stay finite."""
+    ok = f("LessThan", lo, hi)
+    return div(mul(sub(x, lo), ok), add(sub(hi, lo), f("GreaterOrEqual", lo, hi)))
+
+
+def _bspline(knots: Node, x: Node, order: int) -> Node:
+    """Cox-de Boor: B_j,0 = [t_j <= x < t_j+1]; B_i,k = w_i,k B_i,k-1 + (1 - w_i+1,k) B_i+1,k-1
+    with w_i,k = (x - t_i) / (t_i+k - t_i) (0 where t_i+k = t_i)."""
+    n = knots.dim
+    if x.dim != 1:
+        raise DimError(f"BSpline: x must be scalar, got dim {x.dim}")
+    if order < 0 or n < order + 2:
+        raise DimError(f"BSpline of order {order} needs at least {order + 2} knots, got {n}")
+    t = [f("Elem", knots, params=(k,)) if n > 1 else knots for k in range(n)]
+    b = [mul(f("LessOrEqual", t[j], x), f("LessThan", x, t[j + 1])) for j in range(n - 1)]
+    for k in range(1, order + 1):
+        b = [
+            add(
+                mul(_ratio(x, t[i], t[i + k]), b[i]),
+                mul(sub(intcst(1), _ratio(x, t[i + 1], t[i + 1 + k])), b[i + 1]),
+            )
+            for i in range(len(b) - 1)
+        ]
+    out = b[0]
+    for v in b[1:]:
+        out = f("Concat", out, v)
+    return out
+
+
+def _bspline_ref(knots, x, order):
+    torch = _t()
+    t = [knots[..., k : k + 1] for k in range(knots.shape[-1])]
+    b = [((t[j] <= x) & (x < t[j + 1])).to(x.dtype) for j in range(len(t) - 1)]
+
+    def w(lo, hi):
+        return torch.where(lo < hi, (x - lo) / torch.where(lo < hi, hi - lo, 1.0), 0.0)
+
+    for k in range(1, order + 1):
+        b = [w(t[i], t[i + k]) * b[i] + (1 - w(t[i + 1], t[i + 1 + k])) * b[i + 1]
+             for i in range(len(b) - 1)]  # fmt: skip
+    return torch.cat(torch.broadcast_tensors(*b), dim=-1)
+
+
+op(
+    "BSpline",
+    2,
+    nparams=1,
+    expand=_bspline,
+    ref=_bspline_ref,
+    test=TestSpec(argdims=(6, 1), params=(2,), ranges=((0.0, 1.0), (0.0, 1.0))),
+    doc="BSpline(knots, x, k): the B-splines of order k on the knots (dim n), at the scalar x: "
+    "dim n - k - 1 (Cox-de Boor)",
+)
+
+
 #: Names the parser accepts for the comparison operators.
 COMPARISONS = {
     "==": "Equal",
