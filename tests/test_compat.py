@@ -197,8 +197,7 @@ def test_numpy_alias_imports_no_torch():
 
 
 #: a few quick files of KeOps' own suite, for the default run (``-m slow`` runs them all)
-QUICK = ["test_chunks.py", "test_kron.py", "test_lazytensor_gaussian_cpu.py", "test_numpy.py",
-         "test_torch_func_logsumexp.py"]  # fmt: skip
+QUICK = ["test_kron.py", "test_lazytensor_gaussian_cpu.py", "test_numpy.py"]
 DTYPE_FILES = {"test_complex.py", "test_complex_numpy.py"}  # issue: dtypes
 
 

@@ -10,7 +10,7 @@ No operation-specific code lives here.
 from __future__ import annotations
 
 from .errors import DimError
-from .ops import REGISTRY, add, f, zero
+from .ops import REGISTRY, add, f, op, zero
 from .tree import Node, postorder, var, variables
 
 
@@ -63,3 +63,9 @@ def diff(fx: Node, v: Node, e: Node) -> Node:
     if u in variables(out):  # cannot happen for a linear form; guard against registry bugs
         raise AssertionError("Diff: the dummy variable survived differentiation")
     return out
+
+
+# KeOps' Grad and Diff are registry entries like any operation (their rule is the one above),
+# so the parser and LazyTensors build them through ops.make without a special case
+op("Grad", 3, expand=grad, test=None, doc="Grad(f, v, e): (df/dv)^T e for a variable v (VJP)")
+op("Diff", 3, expand=diff, test=None, doc="Diff(f, v, e): (df/dv) e for a variable v (JVP)")

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 from typing import Optional
 
-from .diff import diff, grad
 from .frontend import build_reduction
 from .ops import intcst, make
 from .reductions import Reduction
@@ -89,18 +88,13 @@ def integer(n: int) -> int:
 
 @constant
 def apply(name: str, nids: tuple, params: tuple = ()) -> tuple[int, int]:
-    """(id, dim) of ``name(*nodes; params)`` -- an operation of :mod:`tvmred.ops`, or
-    ``Grad``/``Diff`` (f, v, e): symbolic VJP/JVP.  Dimension errors are ValueErrors."""
+    """(id, dim) of ``name(*nodes; params)``, an operation of the registry (``Grad``/``Diff``
+    (f, v, e) included).  Dimension errors are ValueErrors."""
     key = ("apply", name, nids, params)
     hit = _MEMO.get(key)
     if hit is None:
         args = [_NODES[i] for i in nids]
-        if name in ("Grad", "Diff"):
-            if not args[1].is_var:
-                raise ValueError(f"{name}: the variable must be a single LazyTensor variable")
-            n = (grad if name == "Grad" else diff)(*args)
-        else:
-            n = make(name, *args, params=params)
+        n = make(name, *args, params=params)
         hit = _MEMO[key] = (nid_of(n), n.dim)
     return hit  # type: ignore[return-value]
 

@@ -197,11 +197,12 @@ def sel(cond, a, b):
 
 def divide(a, b, dt: str):
     """a / b, IEEE (x/0 = inf, 0/0 = NaN) even when TVM's simplifier sees b fold to 0 (it folds
-    float x - x, an ArgMin of one component...) and would stop with "Divide by zero": the
-    divisor goes through a bit-cast round trip that TVM does not look through (LLVM does)."""
+    float x - x, an ArgMin of one component...) and would stop with "Divide by zero", or sees
+    a fold to 0 (it rewrites 0 / b to 0, also for b = 0): both operands go through a bit-cast
+    round trip that TVM does not look through (LLVM does, and folds IEEE-correctly)."""
     t = tirx()
     bits = "int32" if dt == "float32" else "int64"
-    return a / t.reinterpret(dt, t.reinterpret(bits, b))
+    return t.reinterpret(dt, t.reinterpret(bits, a)) / t.reinterpret(dt, t.reinterpret(bits, b))
 
 
 def elementwise(fn: Callable[..., Any]) -> Callable[..., Exprs]:

@@ -16,7 +16,6 @@ import math
 import re
 from dataclasses import dataclass
 
-from . import diff as _diff
 from .errors import DimError, FormulaError, ParseError
 from .ops import COMPARISONS, REGISTRY, cst, intcst, make
 from .tree import Node, var
@@ -178,16 +177,6 @@ class _Parser:
         return args
 
     def call(self, name: str, pos: int, args: list[tuple[Node, int]]) -> Node:
-        if name in ("Grad", "Diff"):
-            if len(args) != 3:
-                raise self.error(pos, f"{name} takes 3 arguments (f, variable, e), got {len(args)}")
-            (fx, _), (v, vpos), (e, _) = args
-            if not v.is_var:
-                raise self.error(vpos, f"{name}: the second argument must be a variable")
-            try:
-                return (_diff.grad if name == "Grad" else _diff.diff)(fx, v, e)
-            except DimError as err:
-                raise DimError(_caret(self.text, pos, str(err))) from None
         if name in CATS or name == "Var":
             ints = [self.integer(a, p) for a, p in args]
             try:
@@ -291,7 +280,7 @@ def parse_aliases(aliases: list[str] | tuple[str, ...]) -> list[Alias]:
         if name is not None:
             if name in names:
                 raise ParseError(f"variable name '{name}' declared twice")
-            if name in REGISTRY or name in CATS or name in ("Grad", "Diff", "Var"):
+            if name in REGISTRY or name in CATS or name == "Var":
                 raise ParseError(f"variable name '{name}' is the name of an operation")
             names.add(name)
         by_pos[pos] = v
