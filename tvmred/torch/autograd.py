@@ -31,17 +31,9 @@ def _setup(ctx, r: Reduction, args, output) -> None:
 
 
 def _backward(ctx, *grads: Optional[torch.Tensor]):
-    r: Reduction = ctx.r
     args, outs, sel = _saved(ctx)
-    g = grads[0]
-    res: list[Optional[torch.Tensor]] = [None]
-    for k, a in enumerate(args):
-        if not ctx.needs_input_grad[k + 1] or g is None:
-            res.append(None)
-            continue
-        grad = plans.vjp(r, k, args, outs, sel, g.contiguous(), apply_fn)
-        res.append(plans.finish(r, k, grad, a))
-    return tuple(res)
+    needed = ctx.needs_input_grad[1:]
+    return (None, *plans.gradients(ctx.r, args, outs, sel, grads[0], needed, apply_fn))
 
 
 def _jvp(ctx, *tangents: Optional[torch.Tensor]):

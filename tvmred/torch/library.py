@@ -171,15 +171,9 @@ def _backward(ctx, grads):
     saved = ctx.saved_tensors
     args, outs = saved[: ctx.nargs], saved[ctx.nargs :]
     nsel = int(r.rdef.index_states is not None)
-    g = grads[0]
-    res = []
-    for k, a in enumerate(args):
-        if g is None or r.rdef.vjp is None:
-            res.append(None)
-            continue
-        grad = plans.vjp(r, k, args, outs, outs[len(outs) - nsel :], g.contiguous(), apply_op)
-        res.append(plans.finish(r, k, grad, a))
-    return None, res
+    needed = [r.rdef.vjp is not None] * len(args)
+    sel = outs[len(outs) - nsel :]
+    return None, plans.gradients(r, args, outs, sel, grads[0], needed, apply_op)
 
 
 torch.library.register_autograd("tvmred::genred", _backward, setup_context=_setup)

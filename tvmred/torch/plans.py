@@ -30,6 +30,19 @@ def chain(plan: Chain, args: Sequence, values: dict, apply: Apply) -> torch.Tens
     return results[-1]
 
 
+def gradients(r: Reduction, args, outs, sel, g, needed: Sequence[bool], apply: Apply) -> list:
+    """The backward of a reduction: the gradient w.r.t. each argument whose ``needed`` flag is
+    set (None for the others, and for all when the incoming gradient ``g`` is None), shaped
+    like the argument -- for the eager autograd Function and the custom op's autograd alike."""
+    res: list[Optional[torch.Tensor]] = []
+    for k, a in enumerate(args):
+        if g is None or not needed[k]:
+            res.append(None)
+            continue
+        res.append(finish(r, k, vjp(r, k, args, outs, sel, g.contiguous(), apply), a))
+    return res
+
+
 def vjp(r: Reduction, k: int, args, outs, sel, g: torch.Tensor, apply: Apply):
     """The gradient w.r.t. argument k for the incoming gradient ``g`` (None: zero)."""
     plan = r.vjp(k)
