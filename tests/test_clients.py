@@ -11,7 +11,7 @@ import sys
 import pytest
 import torch
 
-import tvmred.torch.genred
+import tvmred.torch.binding
 import tvmred.torch.lazytensor
 from tvmred.compat import install_pykeops_alias
 
@@ -43,7 +43,7 @@ def calls(monkeypatch):
     """Counts tvmred reductions (Genred calls and LazyTensor reductions), with their ranges."""
     seen = []
     for mod, name in (
-        (tvmred.torch.genred, "torch_call"),
+        (tvmred.torch.binding, "torch_call"),
         (tvmred.torch.lazytensor, "torch_call"),
         (tvmred.torch.lazytensor, "apply"),  # a plain LazyTensor reduction
     ):

@@ -1,4 +1,4 @@
-"""torch integration: the ``tvmred::genred`` custom op (``torch.library.opcheck``),
+"""torch integration: the ``tvmred::reduce`` custom op (``torch.library.opcheck``),
 ``torch.compile(fullgraph=True, dynamic=True)`` through LazyTensor and Genred reductions and
 their backward, ``torch.func`` transforms (vmap, grad, jacrev, jvp, jacfwd, hessian) and
 forward-mode derivatives of every differentiable reduction, against dense torch."""
@@ -39,7 +39,7 @@ def xyb(M=6, N=8):
 )
 def test_opcheck(red):
     r = routine(red, 1).reduction
-    res = torch.library.opcheck(torch.ops.tvmred.genred.default, (key_of(r), data(M=5, N=7)))
+    res = torch.library.opcheck(torch.ops.tvmred.reduce.default, (key_of(r), data(M=5, N=7)))
     assert all(v == "SUCCESS" for v in res.values()), res
 
 
@@ -48,10 +48,10 @@ def test_keys_rebuild_their_reduction_in_any_process():
     key = key_of(r)
     del REGISTRY[key]  # as in a process that loads a compiled graph from torch's cache
     x, y, b = xyb()
-    (out,) = torch.ops.tvmred.genred(key, [x, y, b])
+    (out,) = torch.ops.tvmred.reduce(key, [x, y, b])
     torch.testing.assert_close(out, gauss_dense(x, y, b))
     with pytest.raises(KeyError, match="not a reduction key"):
-        torch.ops.tvmred.genred("bogus", [x, y, b])
+        torch.ops.tvmred.reduce("bogus", [x, y, b])
 
 
 def loss(x, y, b):

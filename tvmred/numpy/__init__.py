@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from .. import settings as _settings
 from ..export import load as _load
+from .binding import Genred
 from .generic import generic_argkmin, generic_argmin, generic_logsumexp, generic_sum
-from .genred import Genred
 from .lazytensor import LazyTensor, Pm, Vi, Vj
 from .solve import KernelSolve
 

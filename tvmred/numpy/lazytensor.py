@@ -9,7 +9,7 @@ import numpy as np
 
 from .. import lazynodes as ln
 from ..lazy import GenericLazyTensor, variables
-from .genred import numpy_call
+from .binding import numpy_call
 from .solve import kernel_solve
 
 

@@ -8,7 +8,7 @@ import numpy as np
 
 from .. import solve
 from ..reductions import Reduction
-from .genred import numpy_call
+from .binding import numpy_call
 
 
 def kernel_solve(

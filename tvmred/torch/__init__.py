@@ -5,7 +5,7 @@
 Autograd: the backward of a reduction is the gradient plan of its reduction rule
 (:meth:`tvmred.reductions.Reduction.vjp`), evaluated by further reductions, so gradients of
 any order work; forward mode (``jvp``) likewise (:meth:`tvmred.reductions.Reduction.jvp`).
-The kernel call is the ``tvmred::genred`` custom op (:mod:`tvmred.torch.library`), so
+The kernel call is the ``tvmred::reduce`` custom op (:mod:`tvmred.torch.library`), so
 ``torch.compile`` and ``torch.func`` transforms work (:mod:`tvmred.torch.autograd`).
 """
 
@@ -14,8 +14,8 @@ from __future__ import annotations
 from .. import settings as _settings
 from ..export import load as _load
 from . import cluster
+from .binding import Genred
 from .generic import generic_argkmin, generic_argmin, generic_logsumexp, generic_sum
-from .genred import Genred
 from .lazytensor import LazyTensor, Pm, Vi, Vj
 from .solve import KernelSolve
 

@@ -6,7 +6,7 @@ work in eager mode and under ``torch.func`` (``grad``, ``vjp``, ``jacrev``, ``jv
 ``jacfwd``, ``hessian``, ``vmap``).  Two ``torch.autograd.Function`` classes share them:
 ``_GenredFn`` runs the kernel directly (eager, no transform active); ``_GenredFuncFn``, in the
 functorch-compatible form (``setup_context``, ``generate_vmap_rule``), calls the
-``tvmred::genred`` custom op, which carries the vmap rule.  Under ``torch.compile`` the custom
+``tvmred::reduce`` custom op, which carries the vmap rule.  Under ``torch.compile`` the custom
 op is called directly (its registered autograd gives the backward).
 """
 
@@ -20,7 +20,7 @@ from .. import dispatch
 from ..genred import copy_into, placement
 from ..reductions import Reduction
 from . import plans
-from .library import Signature, genred, key_of, outputs
+from .library import Signature, key_of, outputs, reduce_op
 
 
 def _setup(ctx, r: Reduction, args, output) -> None:
@@ -63,7 +63,7 @@ class _GenredFuncFn(torch.autograd.Function):
 
     @staticmethod
     def forward(r: Reduction, *args: torch.Tensor):  # type: ignore[override]
-        return tuple(genred(key_of(r), list(args)))
+        return tuple(reduce_op(key_of(r), list(args)))
 
     @staticmethod
     def setup_context(ctx, inputs, output) -> None:
@@ -90,11 +90,13 @@ def _saved(ctx) -> tuple:
 def apply(r: Union[Reduction, Signature], *args: torch.Tensor) -> Any:
     """pykeops' output(s) of one plain reduction, differentiable."""
     if isinstance(r, Signature):  # torch.compile, from a LazyTensor
-        outs, nsel = genred(r.key, list(args)), r.nsel
+        outs, nsel = reduce_op(r.key, list(args)), r.nsel
     else:
         nsel = int(r.rdef.index_states is not None)
         outs = (
-            genred(key_of(r), list(args)) if torch.compiler.is_compiling() else _function(r, *args)
+            reduce_op(key_of(r), list(args))
+            if torch.compiler.is_compiling()
+            else _function(r, *args)
         )
     n = len(outs) - nsel
     return outs[0] if n == 1 else tuple(outs[:n])

@@ -4,6 +4,6 @@ axis -- ``"a = Vi(1)"`` reduces over j -- and, for ``generic_argkmin``, K (``"a 
 from __future__ import annotations
 
 from ..generic import helpers
-from .genred import Genred
+from .binding import Genred
 
 generic_sum, generic_logsumexp, generic_argmin, generic_argkmin = helpers(Genred)

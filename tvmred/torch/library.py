@@ -1,4 +1,4 @@
-"""The kernel call as a ``torch.library`` custom op, ``tvmred::genred(key, args)``, so that
+"""The kernel call as a ``torch.library`` custom op, ``tvmred::reduce(key, args)``, so that
 ``torch.compile`` traces through a reduction without a graph break and ``torch.func``
 transforms see an operator they know.
 
@@ -105,7 +105,7 @@ def lookup(key: str) -> Reduction:
         try:
             r = _unflat(json.loads(zlib.decompress(base64.b64decode(key))))
         except Exception as e:
-            raise KeyError(f"tvmred::genred: {key[:40]!r}... is not a reduction key") from e
+            raise KeyError(f"tvmred::reduce: {key[:40]!r}... is not a reduction key") from e
         r.memo["key"] = key
         REGISTRY[key] = r
     return r
@@ -120,12 +120,12 @@ def outputs(r: Reduction, args) -> list[torch.Tensor]:
     return outs
 
 
-@torch.library.custom_op("tvmred::genred", mutates_args=())
-def genred(key: str, args: list[torch.Tensor]) -> list[torch.Tensor]:
+@torch.library.custom_op("tvmred::reduce", mutates_args=())
+def reduce_op(key: str, args: list[torch.Tensor]) -> list[torch.Tensor]:
     return outputs(lookup(key), args)
 
 
-@genred.register_fake
+@reduce_op.register_fake
 def _(key: str, args: list[torch.Tensor]) -> list[torch.Tensor]:
     r = lookup(key)
     dtype = TORCH_DTYPES[args[0].dtype]
@@ -148,16 +148,16 @@ def _vmap(info, in_dims, key: str, args: list[torch.Tensor]):
     per_batch = []
     for b in range(info.batch_size):
         sub = [a if d is None else a.select(d, b) for a, d in zip(args, dims)]
-        per_batch.append(genred(key, sub))
+        per_batch.append(reduce_op(key, sub))
     outs = [torch.stack(o) for o in zip(*per_batch)]
     return outs, [0] * len(outs)
 
 
-torch.library.register_vmap("tvmred::genred", _vmap)
+torch.library.register_vmap("tvmred::reduce", _vmap)
 
 
 def apply_op(red: Reduction, *args: torch.Tensor) -> torch.Tensor:
-    return genred(key_of(red), list(args))[0]
+    return reduce_op(key_of(red), list(args))[0]
 
 
 def _setup(ctx, inputs, output) -> None:
@@ -176,4 +176,4 @@ def _backward(ctx, grads):
     return None, plans.gradients(r, args, outs, sel, grads[0], needed, apply_op)
 
 
-torch.library.register_autograd("tvmred::genred", _backward, setup_context=_setup)
+torch.library.register_autograd("tvmred::reduce", _backward, setup_context=_setup)
