@@ -17,7 +17,7 @@ import importlib.util
 from pathlib import Path
 from typing import Any
 
-_NONE, _INT, _BOOL, _DLTENSOR, _RAWSTR = 0, 1, 2, 7, 8
+_INT, _BOOL, _DLTENSOR, _RAWSTR = 1, 2, 7, 8
 
 
 class _Any(ctypes.Structure):
@@ -104,15 +104,19 @@ def _raise(lib: ctypes.CDLL) -> None:
     raise exc.get(kind, RuntimeError)(msg)
 
 
+def _invoke(lib: ctypes.CDLL, func: int, arr: Any, n: int) -> _Any:
+    """``func(*arr[:n])`` through TVMFFIFunctionCall; a raised TVM error becomes Python's."""
+    res = _Any()
+    if lib.TVMFFIFunctionCall(func, arr, n, ctypes.byref(res)):
+        _raise(lib)
+    return res
+
+
 def _call_handle(func: int, args: list[tuple[int, int]]) -> _Any:
-    lib = _ffi()
     arr = (_Any * len(args))()
     for k, (t, v) in enumerate(args):
         arr[k].type_index, arr[k].v = t, v
-    res = _Any()
-    if lib.TVMFFIFunctionCall(func, arr, len(args), ctypes.byref(res)):
-        _raise(lib)
-    return res
+    return _invoke(_ffi(), func, arr, len(args))
 
 
 _DTYPES = {"float32": (2, 32), "float64": (2, 64), "int32": (0, 32), "int64": (0, 64),
@@ -152,9 +156,7 @@ class Function:
             t = _DLTensor(ptr, dev_type, dev_id, nd, dt[0], dt[1], 1, shape, None, 0)
             keep.append((t, shape))
             arr[k].type_index, arr[k].v = _DLTENSOR, ctypes.addressof(t)
-        res = _Any()
-        if self.lib.TVMFFIFunctionCall(self.handle, arr, n, ctypes.byref(res)):
-            _raise(self.lib)
+        _invoke(self.lib, self.handle, arr, n)  # ``keep`` holds the DLTensors until it returns
 
 
 class Module:

@@ -91,21 +91,14 @@ def run_states(r: Reduction, args: Sequence[Any]):
     dtype, n_out, n_red = check_args(r, args)
     dev = device_of(args)
     if r.red == "Sum" and r.formula.is_zero:
-        zero = _namespace(args).zeros((n_out, r.formula.dim), dtype, _like(args, dev))
+        like = _like(args, dev)
+        zero = xp(like).zeros((n_out, r.formula.dim), dtype, like)
         return zero, [zero]
     parts = [call_kernel(part, args, dtype, dev, n_out, n_red) for part in column_chunks(r, dtype)]
     x = xp(parts[0][0])
     state = parts[0] if len(parts) == 1 else [x.cat(b, 1) for b in zip(*parts)]
     variant = r.resolve(dtype)[1]
     return r.rdef.finalize(state, variant, dtype), state
-
-
-def _namespace(args: Sequence[Any]) -> Any:
-    if args:
-        return xp(args[0])
-    from .arrays import Torch
-
-    return Torch
 
 
 def _like(args: Sequence[Any], dev: Any) -> Any:
