@@ -28,6 +28,8 @@ class Torch:
 
     name = "torch"
 
+    _dtypes: dict[Any, Any] = {}  # name -> torch dtype, and torch dtype -> name
+
     @staticmethod
     def lib() -> Any:
         import torch
@@ -37,11 +39,19 @@ class Torch:
     @staticmethod
     def dtype(name: Any) -> Any:
         """torch's dtype of that name (a torch dtype is returned as it is)."""
-        return getattr(Torch.lib(), name) if isinstance(name, str) else name
+        if not isinstance(name, str):
+            return name
+        d = Torch._dtypes.get(name)
+        if d is None:
+            d = Torch._dtypes[name] = getattr(Torch.lib(), name)
+        return d
 
     @staticmethod
     def dtype_name(a: Any) -> str:
-        return str(a.dtype).rpartition(".")[2]
+        n = Torch._dtypes.get(a.dtype)
+        if n is None:
+            n = Torch._dtypes[a.dtype] = str(a.dtype).rpartition(".")[2]
+        return n
 
     @staticmethod
     def empty(shape: tuple, dtype: str, like: Any) -> Any:

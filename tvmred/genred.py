@@ -51,8 +51,9 @@ def placement(args: Sequence[Any], backend: str, device_id: int):
     copies them to ``cuda:device_id`` and the result back (pykeops' ``_host`` mode)."""
     if backend not in BACKENDS:
         raise ValueError(f"unknown backend {backend!r}; expected one of {BACKENDS}")
-    devs = {str(xp(a).device(a)): xp(a).device(a) for a in args if is_array(a)}
-    devs = set(devs.values())
+    devs = {xp(a).device(a) for a in args if is_array(a)}
+    if len(devs) > 1:  # the same place named twice (a numpy array and a CPU tensor)
+        devs = set({str(d): d for d in devs}.values())
     here = next(iter(devs)) if len(devs) == 1 else None  # mixed devices: check_args reports
     if backend == "CPU":
         if here is not None and here.type != "cpu":

@@ -14,6 +14,8 @@ from .arrays import ALIGN, is_array, xp
 from .build import DTYPES, get_kernel
 from .reductions import Reduction
 
+_ARRAY_CLASSES: set = set()  # classes is_array accepted
+
 
 def check_args(r: Reduction, args: Sequence[Any], batch: bool = False) -> tuple[str, int, int]:
     """Validate the call's tensors; return (dtype, n_out, n_red).  Raises before compiling.
@@ -23,20 +25,23 @@ def check_args(r: Reduction, args: Sequence[Any], batch: bool = False) -> tuple[
             f"this Genred takes {r.nargs} arguments ({', '.join(r.names)}), got {len(args)}"
         )
     for k, a in enumerate(args):
-        if not is_array(a):
-            raise TypeError(f"argument {r.describe(k)} must be a tensor, got {type(a).__name__}")
-    names = [xp(a).dtype_name(a) for a in args]
-    dtypes = set(names)
+        if a.__class__ not in _ARRAY_CLASSES:
+            if not is_array(a):
+                raise TypeError(
+                    f"argument {r.describe(k)} must be a tensor, got {type(a).__name__}"
+                )
+            _ARRAY_CLASSES.add(a.__class__)
+    names = _dtype_names(args)
     for k, a in enumerate(args):
         if names[k] not in DTYPES:
             raise TypeError(
                 f"argument {r.describe(k)} has dtype {a.dtype}; tvmred supports float32 and float64"
             )
-    if len(dtypes) > 1:
+    if len(set(names)) > 1:
         detail = ", ".join(f"{r.names[k]}: {a.dtype}" for k, a in enumerate(args))
         raise TypeError(f"all arguments must have the same dtype, got {detail}")
     devs = [xp(a).device(a) for a in args]
-    if len(set(map(str, devs))) > 1:
+    if len(set(devs)) > 1 and len(set(map(str, devs))) > 1:
         detail = ", ".join(f"{r.names[k]}: {d}" for k, d in enumerate(devs))
         raise ValueError(f"all arguments must be on the same device, got {detail}")
     sizes: dict[int, tuple[int, int]] = {}  # cat -> (size, arg index)
@@ -70,6 +75,13 @@ def check_args(r: Reduction, args: Sequence[Any], batch: bool = False) -> tuple[
     import torch  # no arguments at all: torch's default dtype, as pykeops
 
     return str(torch.get_default_dtype()).rpartition(".")[2], n_out, n_red
+
+
+def _dtype_names(args: Sequence[Any]) -> list[str]:
+    """The arguments' dtype names (one lookup when they share a dtype object, the usual case)."""
+    if args and len({a.dtype for a in args}) == 1:
+        return [xp(args[0]).dtype_name(args[0])] * len(args)
+    return [xp(a).dtype_name(a) for a in args]
 
 
 def device_of(args: Sequence[Any]) -> Any:
@@ -123,7 +135,7 @@ def call_kernel(r: Reduction, args, dtype: str, dev: Any, n_out: int, n_red: int
             k, variant = kernel_of(r, dtype, dev, split=True)
         except LookupError:  # an exported library without the split kernel
             chunks = 1
-    state = launch(r, k, args, n_out, n_red, chunks)
+    state = launch(r, k, args, n_out, n_red, chunks, dev)
     if chunks > 1:
         return r.rdef.combine([s[:, :n_out] for s in state], variant)
     if k.tile:
@@ -131,11 +143,13 @@ def call_kernel(r: Reduction, args, dtype: str, dev: Any, n_out: int, n_red: int
     return [s[:n_out] for s in state]
 
 
-def launch(r: Reduction, k: Any, args, n_out: int, n_red: int, chunks: int = 1) -> list:
+def launch(
+    r: Reduction, k: Any, args, n_out: int, n_red: int, chunks: int = 1, dev: Any = None
+) -> list:
     """Run kernel ``k`` (``chunks`` > 1: a split-j or tiled kernel) on fresh state buffers:
     ``(rows, cols)`` each, or ``(chunks, rows, cols)`` for a split-j kernel with chunks > 1
     and for every tiled kernel; rows padded to whole row blocks."""
-    call_args, state, sizes = kernel_args(r, k, args, n_out, n_red, chunks)
+    call_args, state, sizes = kernel_args(r, k, args, n_out, n_red, chunks, dev)
     if sizes[0]:  # no output rows: no launch (a CUDA grid of 0 blocks is an error)
         k.fn(*call_args, *state, *sizes)
     return state
@@ -188,15 +202,20 @@ def kernel_of(r: Reduction, dtype: str, dev: Any, split: bool = False) -> tuple[
 
 
 def kernel_args(
-    r: Reduction, k: Any, args: Sequence[Any], n_out: int, n_red: int, chunks: int = 1
+    r: Reduction,
+    k: Any,
+    args: Sequence[Any],
+    n_out: int,
+    n_red: int,
+    chunks: int = 1,
+    dev: Any = None,
 ) -> tuple[list, list, tuple]:
     """(input tensors, fresh state buffers, size arguments) for ``k.fn``: output-indexed
     inputs padded to whole row blocks, parameters flattened, everything contiguous.  A
     split-j call (``chunks`` > 1) or a tiled kernel has state buffers with a leading
     dimension of ``chunks`` and sizes ``(Mb, N, S, C)``; a tiled kernel's reduced-index inputs
     are zero-padded to whole tiles of every chunk (``C`` is then in tiles)."""
-    dev = device_of(args)
-    like = _like(args, dev)
+    like = args[0] if args else _like(args, dev or device_of(args))
     x = xp(like)
     mb = -(-n_out // k.row_block)
     rows = mb * k.row_block
@@ -212,28 +231,27 @@ def kernel_args(
         if cat == 2:
             a = a.reshape(-1)
         elif cat == r.out_cat and rows != n_out:
-            a = _padded(a, rows)
+            a = _padded(a, rows, x)
         elif cat != r.out_cat and k.tile and reduced_rows != n_red:
-            a = _padded(a, reduced_rows)
-        call_args.append(aligned(a))
+            a = _padded(a, reduced_rows, x)
+        call_args.append(aligned(a, x))
     lead = (chunks,) if split else ()
     state = [x.empty((*lead, rows, cols), dt, like) for cols, dt in k.state]
     sizes = (mb, n_red, chunks, per_chunk) if split else (mb, n_red)
     return call_args, state, sizes
 
 
-def _padded(a: Any, rows: int) -> Any:
-    x = xp(a)
+def _padded(a: Any, rows: int, x: Any) -> Any:
     padded = x.zeros((rows, a.shape[1]), x.dtype_name(a), a)
     padded[: a.shape[0]] = a
     return padded
 
 
-def aligned(a: Any) -> Any:
+def aligned(a: Any, x: Any = None) -> Any:
     """``a`` compact and 64-byte aligned, copying only when needed: a view into the middle of
     a tensor or a numpy array may be misaligned (the kernel would fault), and an empty tensor
     may keep the strides of what it was cut from (``.contiguous()`` leaves it as it is)."""
-    x = xp(a)
+    x = x or xp(a)
     if 0 in a.shape:
         return x.empty(tuple(a.shape), x.dtype_name(a), a)
     a = x.contiguous(a)

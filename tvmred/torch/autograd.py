@@ -80,11 +80,7 @@ def _function(r: Reduction, *args: torch.Tensor) -> tuple:
 
 
 def _saved(ctx) -> tuple:
-    """(arguments, user outputs, selected positions) saved by setup_context."""
-    saved = ctx.saved_tensors
-    nsel = int(ctx.r.rdef.index_states is not None)
-    args, rest = saved[: ctx.nargs], saved[ctx.nargs :]
-    return args, rest[: len(rest) - nsel], rest[len(rest) - nsel :]
+    return plans.saved(ctx.r, ctx.saved_tensors, ctx.nargs)
 
 
 def apply(r: Union[Reduction, Signature], *args: torch.Tensor) -> Any:

@@ -168,11 +168,8 @@ def _setup(ctx, inputs, output) -> None:
 
 def _backward(ctx, grads):
     r = lookup(ctx.key)
-    saved = ctx.saved_tensors
-    args, outs = saved[: ctx.nargs], saved[ctx.nargs :]
-    nsel = int(r.rdef.index_states is not None)
+    args, outs, sel = plans.saved(r, ctx.saved_tensors, ctx.nargs)
     needed = [r.rdef.vjp is not None] * len(args)
-    sel = outs[len(outs) - nsel :]
     return None, plans.gradients(r, args, outs, sel, grads[0], needed, apply_op)
 
 

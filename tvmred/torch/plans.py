@@ -30,6 +30,14 @@ def chain(plan: Chain, args: Sequence, values: dict, apply: Apply) -> torch.Tens
     return results[-1]
 
 
+def saved(r: Reduction, tensors: Sequence, nargs: int) -> tuple:
+    """(arguments, user outputs, selected positions) from what a forward saved: its
+    ``nargs`` arguments, then its outputs (the selected positions last, for Min/Max/KMin)."""
+    nsel = int(r.rdef.index_states is not None)
+    args, rest = tensors[:nargs], tensors[nargs:]
+    return args, rest[: len(rest) - nsel], rest[len(rest) - nsel :]
+
+
 def gradients(r: Reduction, args, outs, sel, g, needed: Sequence[bool], apply: Apply) -> list:
     """The backward of a reduction: the gradient w.r.t. each argument whose ``needed`` flag is
     set (None for the others, and for all when the incoming gradient ``g`` is None), shaped
