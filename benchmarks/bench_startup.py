@@ -9,9 +9,12 @@ same small script for both libraries -- one Gaussian-kernel Sum and its gradient
   disk cache (a previous run compiled them);
 * ``warm total``: import + first call + first gradient, the acceptance number;
 * ``numpy import``: ``import tvmred.numpy`` (whether it imported torch is shown);
+* ``new, server up``: import + first call of a never-seen formula in a fresh process while
+  the compile server (started by an earlier process) runs: the compile, not TVM's import;
+  pykeops (no server): import + its compile of a new formula in a warm build folder;
 * ``cold call``: the first call of a never-seen formula in a fresh process and an empty
-  cache, TVM's import and the compile included; ``second formula``: another new formula in
-  the same process.
+  cache, TVM's import and the compile included (no server); ``second formula``: another new
+  formula in the same process.
 
 Printed: one row per step with tvmred's and pykeops' times and their ratio, the modules the
 warm process imported (``torch._dynamo``, ``tvm``, ``tvm_ffi``, ``ml_dtypes``: none should be),
@@ -98,7 +101,7 @@ def available(lib: str) -> bool:
 
 def measure(lib: str, runs: int) -> dict:
     """Every step's times over ``runs`` fresh processes (lists of seconds)."""
-    base = dict(os.environ)
+    base = {**os.environ, "TVMRED_COMPILE_SERVER": "0"}
     times: dict[str, list] = {}
     modules = set()
     with tempfile.TemporaryDirectory() as warm_dir:
@@ -112,6 +115,15 @@ def measure(lib: str, runs: int) -> dict:
                 times.setdefault(f"warm {k}", []).append(r[k])
             times.setdefault("warm total", []).append(r["import"] + r["call"] + r["grad"])
             times.setdefault("torch import", []).append(r["torch"])
+        # a never-seen formula in a fresh process, the compile server up (tvmred; pykeops has
+        # none: its compile in a warm build folder); the server exits 5 s after the last run
+        env = {**env, "TVMRED_COMPILE_SERVER": "1", "TVMRED_COMPILE_SERVER_IDLE": "5"}
+        if lib == "tvmred":
+            run(script(lib, "Exp(-SqDist(x,y)*IntInv(99))*b", False), env)  # starts it
+            _wait_for_server(Path(warm_dir))
+        for n in range(runs):
+            r = run(script(lib, f"Exp(-SqDist(x,y)*IntInv({n + 100}))*b", False), env)
+            times.setdefault("new, server up", []).append(r["import"] + r["call"])
     for n in range(runs):
         with tempfile.TemporaryDirectory() as cold_dir:
             env = {**base, "TVMRED_CACHE_DIR": cold_dir}
@@ -124,6 +136,16 @@ def measure(lib: str, runs: int) -> dict:
         times.setdefault("numpy import", []).append(r["numpy"])
         times.setdefault("numpy imports torch", []).append(r["torch_imported"])
     return {"times": times, "modules": sorted(modules)}
+
+
+def _wait_for_server(d: Path, timeout: float = 120.0) -> None:
+    import time
+
+    deadline = time.monotonic() + timeout
+    while not list(d.glob("server-*.sock")):
+        if time.monotonic() > deadline:
+            raise RuntimeError("the compile server did not start: " + str(d / "server.log"))
+        time.sleep(0.1)
 
 
 def main() -> None:

@@ -16,7 +16,7 @@ LAYERS = [
     ["ops"],
     ["diff"],
     ["parse", "reductions"],
-    ["cabi", "runtime", "cache", "tunedb", "lower"],
+    ["cabi", "runtime", "cache", "tunedb", "lower", "compile_client"],
     ["build"],
     ["frontend", "launch"],  # text + options -> Reduction; Reduction + tensors -> outputs
     [
@@ -32,7 +32,7 @@ LAYERS = [
         "export",
         "tune",
     ],
-    ["torch", "numpy", "docs", "doctor", "compat", "__main__", "__init__"],  # bindings, tools
+    ["torch", "numpy", "docs", "doctor", "compat", "compile_server", "__main__", "__init__"],  # top
 ]
 LAYER = {name: k for k, names in enumerate(LAYERS) for name in names}
 

@@ -19,7 +19,7 @@ import time
 from dataclasses import dataclass
 from typing import Any, Optional
 
-from . import cache, schedules, tunedb
+from . import cache, compile_client, schedules, tunedb
 from .errors import KernelNotExported
 from .lower import lower
 from .reductions.core import KernelSpec
@@ -139,10 +139,14 @@ def get_kernel(spec: KernelSpec, device: Any) -> Kernel:
         if config is not None:
             log.debug("tvmred: tuned schedule %s for %s", config, describe(spec, device.type))
         what = describe(spec, _describe(target))
+        key = key_text(spec, target, config)
+        extra = {"formula": str(spec.formula), "reduction": spec.red, "schedule": config}
+        payload = {"key": key, "spec": spec, "target": target, "config": config}
         mod, meta = cache.get_or_build(
-            key_text(spec, target, config),
-            lambda: _timed(what, lambda: compile_reduction(spec, target, config)),
-            {"formula": str(spec.formula), "reduction": spec.red, "schedule": config},
+            key,
+            lambda: timed(what, lambda: compile_reduction(spec, target, config)),
+            extra,
+            remote=lambda: _remote({**payload, "extra": extra, "what": what}),
         )
         kernel = make_kernel(mod["main"], spec, meta["row_block"], config, meta.get("tile", 0))
         _KERNELS[base] = kernel
@@ -152,7 +156,7 @@ def get_kernel(spec: KernelSpec, device: Any) -> Kernel:
 SLOW_COMPILE = 5.0  # seconds after which a running compile says so on stderr
 
 
-def _timed(what: str, build: Any) -> Any:
+def timed(what: str, build: Any) -> Any:
     """``build()``, logged at INFO level with its time (``TVMRED_VERBOSE=1``); one warning
     line if it runs for more than SLOW_COMPILE seconds, so a long first call is explained."""
     import threading
@@ -162,11 +166,32 @@ def _timed(what: str, build: Any) -> Any:
     timer = threading.Timer(SLOW_COMPILE, log.warning, (f"tvmred: still compiling {what} ...",))
     timer.daemon = True
     timer.start()
+    res = False
     try:
-        return build()
+        res = build()
+        return res
     finally:
         timer.cancel()
-        log.info("compiled in %.2f s", time.perf_counter() - t0)
+        if res is not False:  # False: the compile server did not compile it
+            log.info("compiled in %.2f s", time.perf_counter() - t0)
+
+
+def identity() -> str:
+    """What a compile server must share with its clients: the code that shapes kernels, TVM's
+    version, the Python executable."""
+    return json.dumps([__version__, code_fingerprint(), tvm_version(), sys.executable])
+
+
+def _remote(payload: dict) -> bool:
+    """The compile server built the kernel into the disk cache (unless this process has TVM
+    imported already: then compiling here is as quick)."""
+    if "tvm" in sys.modules:
+        compile_client.ensure(identity())
+        return False
+    what = payload["what"]
+    return timed(
+        f"{what} on the compile server", lambda: compile_client.request(payload, identity())
+    )
 
 
 def _describe(target: dict) -> str:

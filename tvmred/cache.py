@@ -40,7 +40,7 @@ from .settings import cache_dir, make_private_dir, untrusted
 log = logging.getLogger("tvmred")
 
 #: Counters, for tests and ``tvmred cache`` diagnostics.
-stats = {"compiled": 0, "disk_hits": 0, "memory_hits": 0, "rebuilt_corrupt": 0}
+stats = {"compiled": 0, "disk_hits": 0, "memory_hits": 0, "rebuilt_corrupt": 0, "remote": 0}
 _MEMORY: dict[str, tuple[Any, dict]] = {}
 on_clear: list[Callable[[], None]] = []  # other in-process caches to drop with this one
 
@@ -213,7 +213,10 @@ def _usable(d: Path) -> tuple[bool, bool]:
 
 
 def get_or_build(
-    key_text: str, build: Callable[[], tuple[Any, dict]], extra: dict | None = None
+    key_text: str,
+    build: Callable[[], tuple[Any, dict]],
+    extra: dict | None = None,
+    remote: Callable[[], bool] | None = None,
 ) -> tuple[Any, dict]:
     """(runtime module, kernel metadata) for ``key_text``: from memory, else disk, else
     ``build()`` -- which returns a ``tvm.runtime.Executable`` and its metadata (JSON-able,
@@ -237,6 +240,8 @@ def get_or_build(
             hit = _load(d, h, key_text)  # another process may have built it meanwhile
             if hit is not None:
                 stats["disk_hits"] += 1
+            elif remote is not None and remote() and (hit := _load(d, h, key_text)):
+                stats["remote"] += 1
             else:
                 hit = _compile(
                     build, lambda ex, meta: _store(d, h, key_text, ex, meta, extra or {})
@@ -246,6 +251,13 @@ def get_or_build(
                     hit = stored
     _MEMORY[h] = hit
     return hit
+
+
+def store_built(key_text: str, executable: Any, kernel: dict, extra: dict) -> None:
+    """Store a compiled kernel as get_or_build would, without taking the entry's lock: for
+    the compile server, whose client holds it."""
+    d = cache_dir()
+    _store(d, key_hash(key_text), key_text, executable, kernel, extra)
 
 
 def _compile(build: Callable, store: Callable | None = None) -> tuple[Any, dict]:
@@ -298,8 +310,9 @@ def clear_cache(disk: bool = True) -> None:
     d = cache_dir()
     if disk and d.is_dir():
         for p in d.iterdir():
-            if p.name in ("tuning.json", "tuning.lock"):
-                continue  # tuning records outlive compiled kernels (tvmred.tunedb.clear())
+            if p.name in ("tuning.json", "tuning.lock") or p.name.startswith("server-"):
+                continue  # tuning records outlive compiled kernels (tvmred.tunedb.clear());
+                # a running compile server keeps its socket and lock
             if p.suffix in (SUFFIX, ".json", ".lock") or p.name.startswith("."):
                 if p.is_dir():
                     shutil.rmtree(p, ignore_errors=True)
