@@ -244,3 +244,54 @@ def test_bspline_is_a_partition_of_unity():
     ind = (T.bspline(X, 0) * LazyTensor(one[None])).sum(dim=1)
     want = ((knots[:-1] <= x) & (x < knots[1:])).to(F64)
     torch.testing.assert_close(ind, want)
+
+
+def _pairwise(fn, x, v):
+    """sum_j fn(x_i, v_j), by torch's own autograd functions, float64."""
+    return torch.stack([sum(fn(xi, vj) for vj in v) for xi in x])[:, None]
+
+
+def test_trace_divergence_laplacian_against_torch_autograd():
+    from tvmred.torch import Genred, LazyTensor
+
+    torch.manual_seed(3)
+    x = torch.randn(7, 3, dtype=torch.float64)
+    v = torch.randn(9, 3, dtype=torch.float64)
+    aliases = ["x = Vi(3)", "v = Vj(3)"]
+
+    def gauss(xi, vv):
+        return torch.exp(-((xi - vv) ** 2).sum())
+
+    jac = torch.autograd.functional.jacobian
+    hess = torch.autograd.functional.hessian
+    cases = {
+        # a linear map v -> x * v (elementwise) and a scalar linear form <x, v>
+        "TraceOperator(x*v, v)": lambda xi, vj: jac(lambda w: xi * w, vj).trace(),
+        "TraceOperator((x|v), v)": lambda xi, vj: jac(lambda w: xi @ w, vj).sum(),
+        "Divergence(Exp(-SqDist(x,v))*v, v)": lambda xi, vj: jac(
+            lambda w: gauss(xi, w) * w, vj
+        ).trace(),
+        "Laplacian(Exp(-SqDist(x,v)), v)": lambda xi, vj: hess(lambda w: gauss(xi, w), vj).trace(),
+    }
+    for formula, ref in cases.items():
+        out = Genred(formula, aliases, reduction_op="Sum", axis=1)(x, v)
+        torch.testing.assert_close(out, _pairwise(ref, x, v), msg=formula)
+    X, V = LazyTensor(x[:, None]), LazyTensor(v[None])
+    torch.testing.assert_close(
+        (X * V).trace_operator(V).sum(1), _pairwise(cases["TraceOperator(x*v, v)"], x, v)
+    )
+    with pytest.raises(Exception, match="dim"):
+        Genred("Divergence(x, v)", ["x = Vi(2)", "v = Vj(3)"], reduction_op="Sum", axis=1)
+
+
+def test_difference_matrix_as_pykeops_lays_it_out():
+    from tvmred.torch import LazyTensor
+
+    x, y = torch.randn(5, 3, dtype=torch.float64), torch.randn(4, 2, dtype=torch.float64)
+    out = LazyTensor(x[:, None]).difference_matrix(LazyTensor(y[None])).sum(1)
+    ref = torch.zeros(5, 6, dtype=torch.float64)
+    for j in range(4):
+        for a in range(2):
+            for b in range(3):
+                ref[:, a * 3 + b] += x[:, b] - y[j, a]  # out[j n + i] = x_i - y_j
+    torch.testing.assert_close(out, ref)

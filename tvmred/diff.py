@@ -69,3 +69,51 @@ def diff(fx: Node, v: Node, e: Node) -> Node:
 # so the parser and LazyTensors build them through ops.make without a special case
 op("Grad", 3, expand=grad, test=None, doc="Grad(f, v, e): (df/dv)^T e for a variable v (VJP)")
 op("Diff", 3, expand=diff, test=None, doc="Diff(f, v, e): (df/dv) e for a variable v (JVP)")
+
+
+# keopscore's linear operators of the derivative, as macros over Grad
+def _unit(d: int, k: int) -> Node:
+    return (
+        f("IntCst", params=(1,)) if d == 1 else f("ElemT", f("IntCst", params=(1,)), params=(d, k))
+    )
+
+
+def trace(fx: Node, v: Node) -> Node:
+    """The trace of the Jacobian of fx w.r.t. v at v: sum_k d fx_k / d v_k when dim fx = dim v,
+    sum_k d fx / d v_k when fx is scalar -- keopscore's TraceOperator of a linear fx (the
+    Jacobian is then the linear map's matrix, whatever v is) and its Divergence."""
+    if not v.is_var:
+        raise DimError(f"TraceOperator: the second argument must be a variable, got {v}")
+    d = v.dim
+    if fx.dim == 1:
+        g = grad(fx, v, f("IntCst", params=(1,)))
+        return g if d == 1 else f("Sum", g)
+    if fx.dim != d:
+        raise DimError(f"TraceOperator({fx}, {v}): f has dim {fx.dim}, expected 1 or {d}")
+    terms = [grad(fx, v, _unit(d, k)) for k in range(d)]
+    out = terms[0] if d == 1 else f("Elem", terms[0], params=(0,))
+    for k in range(1, d):
+        out = add(out, f("Elem", terms[k], params=(k,)))
+    return out
+
+
+def _divergence(fx: Node, v: Node) -> Node:
+    if fx.dim != v.dim:
+        raise DimError(f"Divergence({fx}, {v}): f has dim {fx.dim}, v has dim {v.dim}")
+    return trace(fx, v)
+
+
+def _laplacian(fx: Node, v: Node) -> Node:
+    if fx.dim != 1:
+        raise DimError(f"Laplacian({fx}, {v}): f must be scalar, got dim {fx.dim}")
+    if not v.is_var:
+        raise DimError(f"Laplacian: the second argument must be a variable, got {v}")
+    return trace(grad(fx, v, f("IntCst", params=(1,))), v)
+
+
+op("TraceOperator", 2, expand=trace, test=None,
+   doc="TraceOperator(f, v): the trace of f's Jacobian w.r.t. v (f linear in v; dim f = 1 or dim v)")  # fmt: skip
+op("Divergence", 2, expand=_divergence, test=None,
+   doc="Divergence(f, v): sum_k df_k/dv_k (dim f = dim v)")  # fmt: skip
+op("Laplacian", 2, expand=_laplacian, test=None,
+   doc="Laplacian(f, v): sum_k d^2 f/dv_k^2 (f scalar)")  # fmt: skip

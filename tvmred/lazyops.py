@@ -342,6 +342,15 @@ class LazyOps:
             res = res + t
         return res
 
+    def trace_operator(self, other):
+        """The trace of F's Jacobian w.r.t. the variable v = ``other`` (F linear in v, of dim
+        1 or dim v; keopscore's TraceOperator)."""
+        return self.op("TraceOperator", other)
+
+    def difference_matrix(self, other):
+        """F_i - G_j at j * dim F + i (dim F * dim G)."""
+        return self.op("DifferenceMatrix", other)
+
     def laplacian(self, other):
         """The divergence of the gradient (F scalar)."""
         if self.ndim != 1:

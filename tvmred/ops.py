@@ -1377,6 +1377,25 @@ op(
 )
 
 
+def _difference_matrix(x: Node, y: Node) -> Node:
+    """out[j n + i] = x_i - y_j (dim n m): Concat over j of x - y_j."""
+    cols = [sub(x, f("Elem", y, params=(j,)) if y.dim > 1 else y) for j in range(y.dim)]
+    out = cols[0]
+    for c in cols[1:]:
+        out = f("Concat", out, c)
+    return out
+
+
+op(
+    "DifferenceMatrix",
+    2,
+    expand=_difference_matrix,
+    ref=lambda x, y: (x[..., None, :] - y[..., :, None]).flatten(-2),
+    test=TestSpec(argdims=(3, 2)),
+    doc="DifferenceMatrix(x, y): x_i - y_j at j n + i (dim n m)",
+)
+
+
 #: Names the parser accepts for the comparison operators.
 COMPARISONS = {
     "==": "Equal",
