@@ -78,6 +78,27 @@ def test_compile_fullgraph_dynamic_forward_and_backward():
         torch.testing.assert_close(g, w)
 
 
+def kernel_times_tensor(x, y, b):
+    """pykeops' ``K @ b``: a LazyTensor times a torch tensor, and ``t * K`` / ``K * t``."""
+    K = (-LazyTensor(x[:, None, :]).sqdist(LazyTensor(y[None, :, :]))).exp()
+    two = torch.full((1,), 2.0, dtype=x.dtype)
+    return (K @ b).sum() + (two * K).sum(dim=1).sum() + (K * two).sum(dim=1).sum()
+
+
+@pytest.mark.parametrize("dynamic", [False, True])
+def test_lazytensor_times_tensor_in_a_full_graph(dynamic):
+    torch._dynamo.reset()
+    x, y, b = xyb()
+    x.requires_grad_()
+    got = torch.compile(kernel_times_tensor, fullgraph=True, dynamic=dynamic)(x, y, b)
+    K = torch.exp(-((x[:, None] - y[None]) ** 2).sum(-1))
+    want = (K @ b).sum() + 4 * K.sum()
+    torch.testing.assert_close(got, want)
+    torch.testing.assert_close(torch.autograd.grad(got, x)[0], torch.autograd.grad(want, x)[0])
+    with pytest.raises(TypeError):  # a tensor times a LazyTensor: not a LazyTensor operation
+        b.T @ LazyTensor(x[:, None, :]).sqdist(LazyTensor(y[None, :, :]))
+
+
 @pytest.mark.slow  # two fresh processes compiling (about a minute)
 def test_compiled_graph_from_the_cache_in_a_new_process(tmp_path):
     """A fresh process loading the compiled forward and backward graphs from torch's on-disk

@@ -15,6 +15,13 @@ from .library import TORCH_DTYPES, Signature, signature
 from .solve import kernel_solve
 
 
+_OPS = ("add", "sub", "mul", "truediv", "matmul", "pow")
+#: Tensor's operator (tensor first) -> the LazyTensor's method that computes it
+_REFLECTED = {f"__{o}__": f"__r{o}__" for o in _OPS} | {f"__r{o}__": f"__{o}__" for o in _OPS}
+_REFLECTED |= {"add": "__radd__", "sub": "__rsub__", "mul": "__rmul__", "div": "__rtruediv__",
+               "true_divide": "__rtruediv__", "pow": "__rpow__"}  # fmt: skip
+
+
 @ln.constant  # torch.compile runs it, never traces it
 def _signature(spec: tuple) -> tuple:
     return tuple(signature(ln.reduction(spec)))
@@ -27,6 +34,27 @@ class LazyTensor(GenericLazyTensor):
     @staticmethod
     def is_array(x: Any) -> bool:
         return isinstance(x, torch.Tensor)
+
+    @classmethod
+    def __torch_function__(cls, func: Any, types: Any, args: tuple = (), kwargs: Any = None):
+        """A tensor's operator met a LazyTensor: ``t * K`` (``Tensor.__mul__(t, K)``, or
+        ``Tensor.mul(t, K)`` as torch.compile's tracer spells it) is ``K.__rmul__(t)``; under
+        torch.compile, ``Tensor.matmul(t, K)`` is the tracer's spelling of ``K @ t`` (it has no
+        reflected matmul; ``t @ K`` is no LazyTensor operation, in pykeops either).  Anything
+        else is not a LazyTensor operation."""
+        if (
+            func is torch.Tensor.matmul
+            and torch.compiler.is_compiling()
+            and len(args) == 2
+            and isinstance(args[1], LazyTensor)
+        ):  # the tracer has no reflected matmul: it spells ``K @ t`` as Tensor.matmul(t, K)
+            return args[1].__matmul__(args[0])
+        name = _REFLECTED.get(getattr(func, "__name__", ""))
+        if name and not kwargs and len(args) == 2 and isinstance(args[1], LazyTensor):
+            method = getattr(args[1], name, None)
+            if method is not None:
+                return method(args[0])
+        return NotImplemented
 
     @staticmethod
     def dtype_name(x: torch.Tensor) -> str:
