@@ -14,7 +14,6 @@ from .autograd import apply, torch_call
 from .library import TORCH_DTYPES, Signature, signature
 from .solve import kernel_solve
 
-
 _OPS = ("add", "sub", "mul", "truediv", "matmul", "pow")
 #: Tensor's operator (tensor first) -> the LazyTensor's method that computes it
 _REFLECTED = {f"__{o}__": f"__r{o}__" for o in _OPS} | {f"__r{o}__": f"__{o}__" for o in _OPS}
