@@ -113,8 +113,10 @@ def compile_reduction(
 def describe(spec: KernelSpec, device: str) -> str:
     """The kernel in words, for messages."""
     options = "".join(f", {k}={v}" for k, v in spec.variant.key().items())
+    text = str(spec.formula)
+    text = text if len(text) <= 400 else f"{text[:400]}... ({len(text)} characters)"
     return (
-        f"{spec.red} over {'ij'[1 - spec.out_cat]} of {spec.formula} ({spec.dtype}, "
+        f"{spec.red} over {'ij'[1 - spec.out_cat]} of {text} ({spec.dtype}, "
         f"accumulator {spec.acc}, {device}{options})"
     )
 

@@ -347,6 +347,11 @@ class LazyOps:
         1 or dim v; keopscore's TraceOperator)."""
         return self.op("TraceOperator", other)
 
+    def softdtw_sqdist(self, other, gamma):
+        """Soft-DTW of the sequences F (dim n) and G (dim m) for the cost (F_i - G_j)^2, with
+        smoothing ``gamma`` (a scalar LazyTensor or number); n m at most 64 cells."""
+        return self.op("SoftDTW_SqDist", other, gamma)
+
     def difference_matrix(self, other):
         """F_i - G_j at j * dim F + i (dim F * dim G)."""
         return self.op("DifferenceMatrix", other)

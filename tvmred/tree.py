@@ -2,7 +2,9 @@
 
 Every node is interned, so two structurally equal sub-formulas are the *same* Python object.
 That makes equality and hashing O(1), lets the lowering share work between equal sub-formulas,
-and gives a canonical text form (``str(node)``) that the cache uses as a key.
+and gives a canonical text form (``str(node)``) that the cache uses as a key: the tree written
+out, or -- when that would be huge, for a DAG whose nodes are shared many times over -- a
+``Let($0=...;$1=...;root)`` naming the shared nodes.
 """
 
 from __future__ import annotations
@@ -10,6 +12,8 @@ from __future__ import annotations
 #: The deepest formula tree tvmred builds (TVM's C++ passes recurse over expressions: a few
 #: thousand levels overflow its stack).
 MAX_DEPTH = 1000
+#: Above this many nodes written out as a tree, a formula's text names its shared nodes.
+TEXT_NODES = 20000
 
 
 class Node:
@@ -49,11 +53,26 @@ class Node:
         return (Node, (self.op, self.args, self.params, self.dim))
 
     def __repr__(self) -> str:  # iterative: formulas may be nested deeper than Python recurses
+        order = postorder(self)
+        size: dict[int, int] = {}
+        uses: dict[int, int] = {}
+        for n in order:
+            size[id(n)] = 1 + sum(size[id(a)] for a in n.args)
+            for a in n.args:
+                uses[id(a)] = uses.get(id(a), 0) + 1
+        # a DAG whose tree is too big to write out (soft-DTW's cells are each used three
+        # times): name the shared nodes, $k = ..., in postorder -- canonical, linear in size
+        shared = size[id(self)] > TEXT_NODES
         text: dict[int, str] = {}
-        for n in postorder(self):
+        lets: list[str] = []
+        for n in order:
             parts = [text[id(a)] for a in n.args] + [_fmt(p) for p in n.params]
-            text[id(n)] = f"{n.op}({','.join(parts)})"
-        return text[id(self)]
+            t = f"{n.op}({','.join(parts)})"
+            if shared and n.args and uses.get(id(n), 0) > 1:
+                lets.append(f"${len(lets)}={t}")
+                t = f"${len(lets) - 1}"
+            text[id(n)] = t
+        return f"Let({';'.join(lets)};{text[id(self)]})" if lets else text[id(self)]
 
     __str__ = __repr__
 
