@@ -28,7 +28,8 @@ NVCC = pytest.mark.skipif(shutil.which("nvcc") is None, reason="nvcc is not inst
 
 
 def cuda_source(red, formula, variant, dtype, arch, config=None):
-    spec = KernelSpec(parse(formula, AL), red, 0, dtype, dtype, variant)
+    acc = "float32" if dtype in ("float16", "bfloat16") else dtype
+    spec = KernelSpec(parse(formula, AL), red, 0, dtype, acc, variant)
     ex, _ = compile_reduction(spec, cuda_target(arch), config)
     (dev,) = ex.mod.imports
     return ex, dev.inspect_source()
@@ -56,6 +57,17 @@ def test_cuda_kernels_generate(red, formula, variant, dtype, arch, tmp_path):
     assert "[2147483" not in src  # no INT_MAX-sized buffer from a symbolic extent
     ex.export_library(str(tmp_path / "k.so"))
     assert b"main_kernel" in (tmp_path / "k.so").read_bytes()  # the device code is embedded
+
+
+@NVCC
+@pytest.mark.parametrize("arch", ["sm_80", "sm_90"])
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+@pytest.mark.parametrize("red,formula,variant", CASES)
+def test_half_kernels_generate_and_compile(red, formula, variant, dtype, arch, tmp_path):
+    """Half inputs (bfloat16 as its int16 bits), float32 arithmetic and accumulators."""
+    _, src = cuda_source(red, formula, variant, dtype, arch)
+    assert "__global__" in src and "float" in src
+    assert b"main_kernel" in nvcc(src, arch, tmp_path)
 
 
 @NVCC

@@ -94,6 +94,11 @@ class Torch:
         return a.contiguous()
 
     @staticmethod
+    def kernel_view(a: Any) -> Any:
+        """``a`` as a kernel takes it: a bfloat16 tensor as its bits (int16)."""
+        return a.view(Torch.lib().int16) if a.dtype is Torch.dtype("bfloat16") else a
+
+    @staticmethod
     def copy(a: Any) -> Any:
         return a.clone()
 
@@ -180,6 +185,10 @@ class Numpy:
     @staticmethod
     def contiguous(a: Any) -> Any:
         return Numpy.lib().ascontiguousarray(a)
+
+    @staticmethod
+    def kernel_view(a: Any) -> Any:
+        return a
 
     @staticmethod
     def copy(a: Any) -> Any:

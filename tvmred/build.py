@@ -22,13 +22,13 @@ from typing import Any, Optional
 from . import cache, compile_client, schedules, tunedb
 from .errors import KernelNotExported
 from .lower import lower
-from .reductions.core import KernelSpec
+from .reductions.core import HALF, KernelSpec, compute_dtype
 from .targets import target_for, tvm_version
 from .tree import Node, variables
 
 log = logging.getLogger("tvmred")
 __version__ = "0.1.0"
-DTYPES = ("float32", "float64")
+DTYPES = ("float32", "float64", *HALF)
 
 
 @dataclass(frozen=True)
@@ -77,7 +77,7 @@ def key_text(spec: KernelSpec, target: dict, config: Optional[dict] = None) -> s
     }
     if config:
         key["schedule"] = config
-    tile = schedules.tile(target, spec.dtype, config)
+    tile = schedules.tile(target, compute_dtype(spec.dtype), config)
     if tile:  # the template's default tile may change (TVMRED_CUDA_TILE): it is in the key
         key["tile"] = tile
     return json.dumps(key, sort_keys=True)
@@ -86,7 +86,7 @@ def key_text(spec: KernelSpec, target: dict, config: Optional[dict] = None) -> s
 def row_block_for(spec: KernelSpec, target: dict, config: Optional[dict] = None) -> int:
     """Rows per block: the tuned value, else the template's rule for the values per row the
     reduction keeps in registers."""
-    return schedules.row_block(target, spec.dtype, config, spec.registers())
+    return schedules.row_block(target, compute_dtype(spec.dtype), config, spec.registers())
 
 
 def compile_reduction(
@@ -99,7 +99,7 @@ def compile_reduction(
 
     tpl = schedules.template(target["kind"])
     rb = row_block_for(spec, target, config)
-    tile = schedules.tile(target, spec.dtype, config)
+    tile = schedules.tile(target, compute_dtype(spec.dtype), config)
     low = lower(spec, rb, tpl.math, tile)
     sch = tpl.schedule(s_tir.Schedule(low.func), low.shape, target)
     mod = tpl.finish(sch.mod, low.shape, target)

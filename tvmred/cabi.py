@@ -121,7 +121,7 @@ def _call_handle(func: int, args: list[tuple[int, int]]) -> _Any:
 
 
 _DTYPES = {"float32": (2, 32), "float64": (2, 64), "int32": (0, 32), "int64": (0, 64),
-           "float16": (2, 16), "bfloat16": (4, 16)}  # fmt: skip
+           "int16": (0, 16), "float16": (2, 16), "bfloat16": (4, 16)}  # fmt: skip
 _DEVICES = {"cpu": 1, "cuda": 2}
 
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 import numbers
 from typing import Optional, Sequence
 
-from .build import DTYPES
 from .errors import DimError
 from .parse import Alias, parse, parse_aliases
 from .reductions import MAX_K, REDUCTIONS, Reduction
@@ -61,8 +60,11 @@ def check_options(
         )
     if isinstance(axis, bool) or not isinstance(axis, numbers.Integral) or axis not in (0, 1):
         raise ValueError(f"axis must be 0 (reduce over i) or 1 (reduce over j), got {axis!r}")
-    if dtype_acc not in ("auto", *DTYPES):
-        raise ValueError(f"dtype_acc must be 'auto', 'float32' or 'float64', got {dtype_acc!r}")
+    if dtype_acc not in ("auto", "float32", "float64"):
+        raise ValueError(
+            f"dtype_acc must be 'auto', 'float32' or 'float64', got {dtype_acc!r} (half "
+            "inputs are accumulated in float32)"
+        )
     rd = REDUCTIONS[reduction_op]
     if rd.needs_k:
         if not isinstance(opt_arg, numbers.Integral) or isinstance(opt_arg, bool) or opt_arg < 1:

@@ -35,7 +35,7 @@ def check_args(r: Reduction, args: Sequence[Any], batch: bool = False) -> tuple[
     for k, a in enumerate(args):
         if names[k] not in DTYPES:
             raise TypeError(
-                f"argument {r.describe(k)} has dtype {a.dtype}; tvmred supports float32 and float64"
+                f"argument {r.describe(k)} has dtype {a.dtype}; tvmred supports {', '.join(DTYPES)}"
             )
     if len(set(names)) > 1:
         detail = ", ".join(f"{r.names[k]}: {a.dtype}" for k, a in enumerate(args))
@@ -234,7 +234,7 @@ def kernel_args(
             a = _padded(a, rows, x)
         elif cat != r.out_cat and k.tile and reduced_rows != n_red:
             a = _padded(a, reduced_rows, x)
-        call_args.append(aligned(a, x))
+        call_args.append(x.kernel_view(aligned(a, x)))
     lead = (chunks,) if split else ()
     state = [x.empty((*lead, rows, cols), dt, like) for cols, dt in k.state]
     sizes = (mb, n_red, chunks, per_chunk) if split else (mb, n_red)

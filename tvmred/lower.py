@@ -31,7 +31,7 @@ from . import mathfns
 from ._tvm import te as _te
 from ._tvm import tirx
 from .ops import REGISTRY
-from .reductions.core import KernelSpec, Space
+from .reductions.core import KernelSpec, Space, compute_dtype
 from .schedules.shape import ReductionShape
 from .tree import Node, postorder, var_cat, variables
 
@@ -138,8 +138,29 @@ def lower(spec: KernelSpec, row_block: int, math: str = "poly", tile: int = 0) -
         )
 
 
+def _loader(data_dtype: str, dtype: str) -> Callable:
+    """An input value of ``data_dtype`` as ``dtype``.  bfloat16 inputs come as their bits
+    (int16, :func:`storage_dtype`), and bfloat16 is float32's upper half: the bits shifted up,
+    reinterpreted (TVM's own bfloat16 lowering miscompiles the conversion in a tuple
+    reducer's let-bindings: LogSumExpWeight gave garbage)."""
+    if data_dtype == dtype:
+        return lambda e: e
+    if data_dtype == "bfloat16":
+        t = tirx()
+        return lambda e: t.reinterpret("float32", t.Cast("int32", e) << t.const(16, "int32"))
+    return lambda e: e.astype(dtype)
+
+
+def storage_dtype(dtype: str) -> str:
+    """The dtype a kernel declares its inputs of ``dtype`` with (bfloat16: its bits, int16)."""
+    return "int16" if dtype == "bfloat16" else dtype
+
+
 def _lower(formula, red, out_cat, dtype, acc_dtype, row_block, variant, tile=0) -> Lowered:
+    """``dtype``: the inputs' dtype; the formula is evaluated in ``compute_dtype(dtype)``
+    (float32 for half inputs, converted as they are loaded)."""
     te = _te()
+    data_dtype, dtype = dtype, compute_dtype(dtype)
     Mb, N = te.var("Mb"), te.var("N")
     split = variant.split or tile > 0
     if tile:  # whole tiles: the schedule splits j by `tile` without a tail
@@ -158,18 +179,19 @@ def _lower(formula, red, out_cat, dtype, acc_dtype, row_block, variant, tile=0) 
     for v in inputs:
         pos, dim, cat = v.params
         shape = (dim,) if cat == 2 else ((rows, dim) if cat == out_cat else (reduced_rows, dim))
-        holders[id(v)] = te.placeholder(shape, dtype, name=f"arg{pos}")
+        holders[id(v)] = te.placeholder(shape, storage_dtype(data_dtype), name=f"arg{pos}")
+    load = _loader(data_dtype, dtype)
 
     def leaf(v: Node) -> Callable:
         h, cat = holders[id(v)], var_cat(v)
         if cat == 2:
-            return lambda i, j: [h[k] for k in range(v.dim)]
+            return lambda i, j: [load(h[k]) for k in range(v.dim)]
         if cat == out_cat:
-            return lambda i, j: [h[i, k] for k in range(v.dim)]
+            return lambda i, j: [load(h[i, k]) for k in range(v.dim)]
         if split and not tile:  # the last chunk runs past N (S*C >= N): its reads stay in
             # bounds (and the reducer masks those elements); tiled: the caller pads
-            return lambda i, j: [h[tirx().min(j, N - 1), k] for k in range(v.dim)]
-        return lambda i, j: [h[j, k] for k in range(v.dim)]
+            return lambda i, j: [load(h[tirx().min(j, N - 1), k]) for k in range(v.dim)]
+        return lambda i, j: [load(h[j, k]) for k in range(v.dim)]
 
     root_uses = red.root_uses(formula.dim) if red.root_uses else [1] * formula.dim
     if len(red.state(formula.dim, variant, dtype, acc_dtype)) > 1:

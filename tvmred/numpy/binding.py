@@ -31,9 +31,10 @@ def numpy_call(
             raise TypeError(
                 f"argument {r.describe(k)} must be a numpy array, got {type(a).__name__}"
             )
-        if a.dtype not in (np.float32, np.float64):
+        if a.dtype not in (np.float16, np.float32, np.float64):
             raise TypeError(
-                f"argument {r.describe(k)} has dtype {a.dtype}; tvmred supports float32 and float64"
+                f"argument {r.describe(k)} has dtype {a.dtype}; tvmred's numpy binding supports "
+                "float16, float32 and float64 (numpy has no bfloat16)"
             )
     plain = ranges is None and backend in ("auto", "CPU") and not _batched(r, args)
     if plain:

@@ -221,6 +221,15 @@ def reduction(name: str, **kw: Any) -> None:
 # ------------------------------------------------------------------- a use of a reduction
 
 
+#: Data dtypes the kernels compute in float32 (loaded and converted in the kernel)
+HALF = ("float16", "bfloat16")
+
+
+def compute_dtype(dtype: str) -> str:
+    """The dtype formulas are evaluated in for data of ``dtype`` (float32 for half types)."""
+    return "float32" if dtype in HALF else dtype
+
+
 @dataclass(frozen=True)
 class KernelSpec:
     """What one kernel computes: the reduction ``red`` of ``formula`` over the index of
@@ -239,10 +248,11 @@ class KernelSpec:
 
     def state(self) -> list:
         """The kernel's state buffers [(cols, dtype), ...]."""
-        return self.rdef.state(self.formula.dim, self.variant, self.dtype, self.acc)
+        return self.rdef.state(self.formula.dim, self.variant, compute_dtype(self.dtype), self.acc)
 
     def registers(self) -> int:
-        return self.rdef.registers(self.formula.dim, self.variant, self.dtype, self.acc)
+        cdt = compute_dtype(self.dtype)
+        return self.rdef.registers(self.formula.dim, self.variant, cdt, self.acc)
 
     def text_key(self, device_type: str) -> tuple:
         """A hashable key made of text (formula) and plain values, per device type."""
@@ -308,8 +318,14 @@ class Reduction:
 
     def resolve(self, dtype: str) -> tuple[str, Variant]:
         """(accumulator dtype, kernel variant) for data of ``dtype``."""
-        acc = dtype if self.dtype_acc == "auto" else self.dtype_acc
-        return acc, self.rdef.variant(self.k, self.sum_scheme, dtype, acc)
+        cdt = compute_dtype(dtype)
+        acc = cdt if self.dtype_acc == "auto" else self.dtype_acc
+        if acc in HALF:
+            raise ValueError(
+                f"dtype_acc={acc!r} is not supported: half inputs are accumulated in float32 "
+                "(dtype_acc='auto' or 'float32')"
+            )
+        return acc, self.rdef.variant(self.k, self.sum_scheme, cdt, acc)
 
     def spec(self, dtype: str, split: bool = False) -> KernelSpec:
         """The kernel of this reduction for data of ``dtype`` (``split``: the split-j one)."""

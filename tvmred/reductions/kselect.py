@@ -88,7 +88,7 @@ _kcommon = dict(
 )
 reduction(
     "KMin",
-    finalize=lambda s, v, dt: _kview(s[: v.k]),
+    finalize=lambda s, v, dt: xp_of(s).astype(_kview(s[: v.k]), dt),
     vjp=select_vjp,
     jvp=select_jvp,
     grad_doc=SELECTED,
@@ -105,7 +105,10 @@ reduction(
 )
 reduction(
     "KMin_ArgKMin",
-    finalize=lambda s, v, dt: (_kview(s[: v.k]), xp_of(s).astype(_kview(s[v.k :]), "int64")),
+    finalize=lambda s, v, dt: (
+        xp_of(s).astype(_kview(s[: v.k]), dt),
+        xp_of(s).astype(_kview(s[v.k :]), "int64"),
+    ),
     vjp=select_vjp,
     jvp=select_jvp,
     grad_doc=SELECTED,

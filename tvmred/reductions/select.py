@@ -121,6 +121,13 @@ def select_jvp(r: Reduction, ks: tuple) -> Plan:
 
 SELECTED = "any order (through the selected indices)"
 
+
+def _value(s: list, dt: str):
+    """The selected values in the data dtype (a half type's values, selected in float32,
+    are half values: the cast is exact)."""
+    return xp_of(s).astype(s[0], dt)
+
+
 for _name, _is_min in (("Min", True), ("Max", False)):
     _arg, _low = f"Arg{_name}", _name.lower()
     _common = dict(
@@ -133,7 +140,7 @@ for _name, _is_min in (("Min", True), ("Max", False)):
     )
     reduction(
         _name,
-        finalize=lambda s, v, dt: s[0],
+        finalize=lambda s, v, dt: _value(s, dt),
         vjp=select_vjp,
         jvp=select_jvp,
         grad_doc=SELECTED,
@@ -150,7 +157,7 @@ for _name, _is_min in (("Min", True), ("Max", False)):
     )
     reduction(
         f"{_name}_{_arg}",
-        finalize=lambda s, v, dt: (s[0], xp_of(s).astype(s[1], "int64")),
+        finalize=lambda s, v, dt: (_value(s, dt), xp_of(s).astype(s[1], "int64")),
         vjp=select_vjp,
         jvp=select_jvp,
         grad_doc=SELECTED,

@@ -60,7 +60,9 @@ class LazyTensor(GenericLazyTensor):
         name = TORCH_DTYPES.get(x.dtype)
         if name is None:
             what = "complex LazyTensors are" if x.is_complex() else f"dtype {x.dtype} is"
-            raise TypeError(f"{what} not supported: tvmred supports float32 and float64")
+            raise TypeError(
+                f"{what} not supported: tvmred supports {', '.join(TORCH_DTYPES.values())}"
+            )
         return name
 
     @staticmethod

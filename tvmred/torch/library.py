@@ -30,7 +30,8 @@ from ..reductions import REDUCTIONS, Reduction
 from ..tree import Node, postorder
 from . import plans
 
-TORCH_DTYPES = {torch.float32: "float32", torch.float64: "float64"}
+TORCH_DTYPES = {torch.float32: "float32", torch.float64: "float64", torch.float16: "float16",
+                torch.bfloat16: "bfloat16"}  # fmt: skip
 REGISTRY: dict[str, Reduction] = {}
 
 

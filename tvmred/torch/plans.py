@@ -16,6 +16,7 @@ import torch
 from ..reductions import Chain, Gathered, Reduction
 
 Apply = Callable[..., torch.Tensor]
+_HALF = (torch.float16, torch.bfloat16)
 
 
 def chain(plan: Chain, args: Sequence, values: dict, apply: Apply) -> torch.Tensor:
@@ -70,6 +71,9 @@ def _gathered_vjp(plan: Gathered, r: Reduction, k: int, args, idx, g, apply: App
         return None
     n_out, K, D = idx.shape
     g = g.reshape(n_out, K, D)
+    if g.dtype in _HALF:  # the selected rows (few) in float32: scatter and sum in float32
+        args = [a.float() for a in args]
+        g = g.float()
     total = None
     for kk in range(K):
         for u, spec in enumerate(plan.parts):
@@ -98,7 +102,7 @@ def finish(r: Reduction, k: int, res: Optional[torch.Tensor], a: torch.Tensor) -
         return torch.zeros_like(a)
     if r.args[k].params[2] == 2 and res.dim() == 2:  # parameter: summed over output rows
         res = res.sum(0)
-    return res.reshape(a.shape)
+    return res.reshape(a.shape).to(a.dtype)
 
 
 def jvp(r: Reduction, tangents: Sequence, args, outs, sel, apply: Apply) -> list:
