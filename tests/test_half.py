@@ -140,3 +140,31 @@ def test_autocast_keeps_the_inputs_dtype():
         x64, y64, b64 = (t.double() for t in (x, y, b))
         ref = torch.exp(-((x64[:, None] - y64[None]) ** 2).sum(-1)) @ b64
         close(out, ref, HALF.get(dtype, 0.0))
+
+
+@pytest.mark.parametrize("dtype", list(HALF), ids=str)
+def test_batch_dims_ranges_and_split_j(dtype):
+    from test_batch_ranges import clustered_problem
+
+    u = HALF[dtype]
+    g = Genred("Exp(-SqDist(x,y)*IntCst(4))*b", ["x = Vi(2)", "y = Vj(2)", "b = Vj(1)"], axis=1)
+
+    def gauss(x, y, b, mask=None):
+        x, y, b = (t.double() for t in (x, y, b))
+        K = torch.exp(-4 * ((x[..., :, None, :] - y[..., None, :, :]) ** 2).sum(-1))
+        return (K if mask is None else K * mask) @ b
+
+    # batch dimensions
+    xb, yb, bb = torch.rand(2, 30, 2), torch.rand(2, 40, 2), torch.rand(2, 40, 1)
+    xb, yb, bb = (t.to(dtype) for t in (xb, yb, bb))
+    out = g(xb, yb, bb)
+    assert out.dtype == dtype
+    close(out, gauss(xb, yb, bb), u)
+    # block-sparse ranges
+    x, y, b, ranges, mask, _ = clustered_problem(dtype=torch.float32)
+    x, y, b = (t.to(dtype) for t in (x, y, b))
+    close(g(x, y, b, ranges=ranges), gauss(x, y, b, mask), u)
+    # few output rows, many reduced ones: the split-j kernel and the float32 combine
+    xs, ys, bs = (torch.rand(8, 2).to(dtype), torch.rand(20000, 2).to(dtype),
+                  torch.rand(20000, 1).to(dtype))  # fmt: skip
+    close(g(xs, ys, bs), gauss(xs, ys, bs), u)
