@@ -13,7 +13,7 @@ LAYERS = [
     ["schedules"],  # the target templates: nothing of tvmred but their own shape.py
     ["errors", "settings", "tree", "mathfns", "_tvm", "arrays"],
     ["targets"],  # target dicts, host CPU detection, device types
-    ["ops"],
+    ["ops", "complexops"],  # complexops: macros over ops, imported by it
     ["diff"],
     ["parse", "reductions"],
     ["cabi", "runtime", "cache", "tunedb", "lower", "compile_client"],
@@ -27,6 +27,7 @@ LAYERS = [
         "lazyred",
         "lazymeta",
         "lazy",
+        "lazycomplex",
         "solve",
         "generic",
         "export",

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import sys as _sys
 
+from . import complexops as _complexops  # noqa: F401  (registers the complex operations)
 from . import settings as _settings
 from .build import __version__
 from .cache import clear_cache

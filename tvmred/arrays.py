@@ -8,6 +8,12 @@ from __future__ import annotations
 from typing import Any, Sequence
 
 ALIGN = 64  # bytes: TVM declares kernel buffers 64-byte aligned
+HALF = ("float16", "bfloat16")  # data dtypes computed in float32 (converted as loaded)
+
+
+def compute_dtype(dtype: str) -> str:
+    """The dtype formulas are evaluated in for data of ``dtype`` (float32 for half types)."""
+    return "float32" if dtype in HALF else dtype
 
 
 class CPU:

@@ -20,9 +20,10 @@ from dataclasses import dataclass
 from typing import Any, Optional
 
 from . import cache, compile_client, schedules, tunedb
+from .arrays import HALF, compute_dtype
 from .errors import KernelNotExported
 from .lower import lower
-from .reductions.core import HALF, KernelSpec, compute_dtype
+from .reductions.core import KernelSpec
 from .targets import target_for, tvm_version
 from .tree import Node, variables
 

@@ -21,6 +21,9 @@ from .lazymeta import Leaf, arguments, merge_meta, split_kwargs, variables
 from .lazyops import LazyOps
 from .lazyred import LazyReductions
 
+_COMPLEX_OF = {"Add": "ComplexAdd", "Subtract": "ComplexSubtract", "Mult": "ComplexMult",
+               "Divide": "ComplexDivide"}  # fmt: skip
+
 
 class GenericLazyTensor(LazyOps, LazyReductions):
     """The binding-agnostic LazyTensor (pykeops' ``GenericLazyTensor``).
@@ -36,8 +39,17 @@ class GenericLazyTensor(LazyOps, LazyReductions):
     float_types: tuple = (float,)
     nid, ndim, leaves = -1, 1, ()
     _meta: dict = {}  # _dtype, ni, nj, batchdims, ranges, backend (None: absent); shared
+    is_complex = False
+    complex_class: Optional[type] = None  # the binding's ComplexLazyTensor
 
-    def __init__(self, x: Any = None, axis: Optional[int] = None) -> None:
+    def __new__(cls, x: Any = None, axis: Optional[int] = None, is_complex: bool = False):
+        """A complex array (or ``is_complex=True``) makes the binding's ComplexLazyTensor."""
+        c = cls.complex_class
+        if c is not None and not cls.is_complex and (is_complex or cls.is_complex_array(x)):
+            return object.__new__(c)
+        return object.__new__(cls)
+
+    def __init__(self, x: Any = None, axis: Optional[int] = None, is_complex: bool = False):
         if x is None:
             return
         if self.is_array(x):
@@ -80,6 +92,10 @@ class GenericLazyTensor(LazyOps, LazyReductions):
     @staticmethod
     def dtype_name(x: Any) -> str:
         raise NotImplementedError
+
+    @staticmethod
+    def is_complex_array(x: Any) -> bool:
+        return False
 
     @staticmethod
     def param(values: list, like: Any) -> Any:
@@ -210,7 +226,10 @@ class GenericLazyTensor(LazyOps, LazyReductions):
         return self._derive(nid, dim, leaves, meta)
 
     def binary(self, name: str, other: Any, first: int = 0) -> "GenericLazyTensor":
-        """``name(self, other)`` (``first = 1``: ``name(other, self)``)."""
+        """``name(self, other)`` (``first = 1``: ``name(other, self)``); a complex ``other``
+        promotes ``self`` (+, -, *, / of complex values)."""
+        if name in _COMPLEX_OF and self._complex_operand(other):
+            return self.real2complex()._binary(_COMPLEX_OF[name], other, first)
         cls = self.__class__
         if not isinstance(other, GenericLazyTensor):
             other = cls(other)
@@ -229,6 +248,33 @@ class GenericLazyTensor(LazyOps, LazyReductions):
         res.nid, res.ndim, res.leaves = nid, dim, leaves
         res._meta = merge_meta(a._meta, b._meta)
         return res
+
+    def _complex_operand(self, x: Any) -> bool:
+        return (
+            self.complex_class is not None
+            and not self.is_complex
+            and (isinstance(x, complex) or getattr(x, "is_complex", False) is True
+                 or self.is_complex_array(x))
+        )  # fmt: skip
+
+    def _to_complex(self, name: str) -> Any:
+        if self.complex_class is None:
+            raise TypeError(f"{type(self).__name__} has no complex LazyTensors")
+        res = self.unary(name)
+        res.__class__ = self.complex_class
+        return res
+
+    def real2complex(self):
+        """F + 0i (a complex LazyTensor)."""
+        return self._to_complex("Real2Complex")
+
+    def imag2complex(self):
+        """0 + iF (a complex LazyTensor)."""
+        return self._to_complex("Imag2Complex")
+
+    def exp1j(self):
+        """e^(iF) (a complex LazyTensor)."""
+        return self._to_complex("ComplexExp1j")
 
     def unary(self, name: str, params: tuple = ()) -> "GenericLazyTensor":
         nid, dim = ln.unary(name, self.nid, params)

@@ -30,8 +30,9 @@ from typing import Callable
 from . import mathfns
 from ._tvm import te as _te
 from ._tvm import tirx
+from .arrays import compute_dtype
 from .ops import REGISTRY
-from .reductions.core import KernelSpec, Space, compute_dtype
+from .reductions.core import KernelSpec, Space
 from .schedules.shape import ReductionShape
 from .tree import Node, postorder, var_cat, variables
 

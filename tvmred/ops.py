@@ -215,6 +215,12 @@ def elementwise(fn: Callable[..., Any]) -> Callable[..., Exprs]:
     return rule
 
 
+def _lead_broadcast(*xs):
+    """Tensors broadcast over all but their last dimension (a constant beside a variable)."""
+    lead = _t().broadcast_shapes(*(x.shape[:-1] for x in xs))
+    return [x.expand(*lead, x.shape[-1]) for x in xs]
+
+
 def _t():
     import torch
 
@@ -997,7 +1003,7 @@ op(
         f("Extract", g, params=(0, a.dim)),
         f("Extract", g, params=(a.dim, b.dim)),
     ),
-    ref=lambda a, b: _t().cat([a, b], -1),
+    ref=lambda a, b: _t().cat(_lead_broadcast(a, b), -1),
     zero="all",
     cheap=True,
     test=TestSpec(argdims=(3, 2)),

@@ -10,7 +10,7 @@ from .. import settings as _settings
 from ..export import load as _load
 from .binding import Genred
 from .generic import generic_argkmin, generic_argmin, generic_logsumexp, generic_sum
-from .lazytensor import LazyTensor, Pm, Vi, Vj
+from .lazytensor import ComplexLazyTensor, LazyTensor, Pm, Vi, Vj
 from .solve import KernelSolve
 
 _settings.default_threads()
@@ -27,6 +27,7 @@ __all__ = [
     "Genred",
     "KernelSolve",
     "LazyTensor",
+    "ComplexLazyTensor",
     "Pm",
     "Vi",
     "Vj",

@@ -9,6 +9,7 @@ import numpy as np
 
 from .. import lazynodes as ln
 from ..lazy import GenericLazyTensor, variables
+from ..lazycomplex import ComplexLazy
 from .binding import numpy_call
 from .solve import kernel_solve
 
@@ -24,10 +25,16 @@ class LazyTensor(GenericLazyTensor):
 
     @staticmethod
     def dtype_name(x: np.ndarray) -> str:
-        if x.dtype not in (np.float32, np.float64):
-            what = "complex LazyTensors are" if x.dtype.kind == "c" else f"dtype {x.dtype} is"
-            raise TypeError(f"{what} not supported: tvmred supports float32 and float64")
+        if x.dtype not in (np.float16, np.float32, np.float64):
+            raise TypeError(
+                f"dtype {x.dtype} is not supported: tvmred.numpy supports float16, float32, "
+                "float64 and complex64/complex128 (ComplexLazyTensor)"
+            )
         return str(x.dtype)
+
+    @staticmethod
+    def is_complex_array(x: Any) -> bool:
+        return isinstance(x, np.ndarray) and x.dtype.kind == "c"
 
     @staticmethod
     def param(values: list, like: np.ndarray) -> np.ndarray:
@@ -40,4 +47,22 @@ class LazyTensor(GenericLazyTensor):
         return kernel_solve(ln.reduction(spec), pos, args, alpha=alpha, **kwargs)
 
 
+class ComplexLazyTensor(ComplexLazy, LazyTensor):
+    """A LazyTensor of a complex array (:mod:`tvmred.lazycomplex`): its interleaved real view
+    (no copy for a contiguous array), results viewed back as complex."""
+
+    @staticmethod
+    def as_real(x: np.ndarray) -> np.ndarray:
+        x = np.ascontiguousarray(x)
+        return x.view(x.real.dtype)
+
+    @staticmethod
+    def from_real(x: np.ndarray) -> np.ndarray:
+        return np.ascontiguousarray(x).view(
+            np.complex64 if x.dtype == np.float32 else np.complex128
+        )
+
+
+LazyTensor.complex_class = ComplexLazyTensor
+ComplexLazyTensor.real_class = LazyTensor
 Var, Vi, Vj, Pm = variables(LazyTensor)

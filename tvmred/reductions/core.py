@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Optional, Sequence, Union
 
 from .._tvm import tirx
-from ..arrays import xp
+from ..arrays import HALF, compute_dtype, xp
 from ..diff import diff as sym_diff
 from ..ops import add, make
 from ..tree import Node, var
@@ -221,15 +221,6 @@ def reduction(name: str, **kw: Any) -> None:
 # ------------------------------------------------------------------- a use of a reduction
 
 
-#: Data dtypes the kernels compute in float32 (loaded and converted in the kernel)
-HALF = ("float16", "bfloat16")
-
-
-def compute_dtype(dtype: str) -> str:
-    """The dtype formulas are evaluated in for data of ``dtype`` (float32 for half types)."""
-    return "float32" if dtype in HALF else dtype
-
-
 @dataclass(frozen=True)
 class KernelSpec:
     """What one kernel computes: the reduction ``red`` of ``formula`` over the index of
@@ -251,8 +242,9 @@ class KernelSpec:
         return self.rdef.state(self.formula.dim, self.variant, compute_dtype(self.dtype), self.acc)
 
     def registers(self) -> int:
-        cdt = compute_dtype(self.dtype)
-        return self.rdef.registers(self.formula.dim, self.variant, cdt, self.acc)
+        return self.rdef.registers(
+            self.formula.dim, self.variant, compute_dtype(self.dtype), self.acc
+        )
 
     def text_key(self, device_type: str) -> tuple:
         """A hashable key made of text (formula) and plain values, per device type."""

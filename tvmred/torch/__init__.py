@@ -16,7 +16,7 @@ from ..export import load as _load
 from . import cluster
 from .binding import Genred
 from .generic import generic_argkmin, generic_argmin, generic_logsumexp, generic_sum
-from .lazytensor import LazyTensor, Pm, Vi, Vj
+from .lazytensor import ComplexLazyTensor, LazyTensor, Pm, Vi, Vj
 from .solve import KernelSolve
 
 _settings.default_threads()  # torch is imported: its thread count
@@ -33,6 +33,7 @@ __all__ = [
     "Genred",
     "KernelSolve",
     "LazyTensor",
+    "ComplexLazyTensor",
     "Pm",
     "Vi",
     "Vj",

@@ -10,6 +10,7 @@ import torch
 
 from .. import lazynodes as ln
 from ..lazy import GenericLazyTensor, variables
+from ..lazycomplex import ComplexLazy
 from .autograd import apply, torch_call
 from .library import TORCH_DTYPES, Signature, signature
 from .solve import kernel_solve
@@ -33,6 +34,10 @@ class LazyTensor(GenericLazyTensor):
     @staticmethod
     def is_array(x: Any) -> bool:
         return isinstance(x, torch.Tensor)
+
+    @staticmethod
+    def is_complex_array(x: Any) -> bool:
+        return isinstance(x, torch.Tensor) and x.is_complex()
 
     @classmethod
     def __torch_function__(cls, func: Any, types: Any, args: tuple = (), kwargs: Any = None):
@@ -80,4 +85,19 @@ class LazyTensor(GenericLazyTensor):
         return kernel_solve(ln.reduction(spec), pos, args, alpha=alpha, **kwargs)
 
 
+class ComplexLazyTensor(ComplexLazy, LazyTensor):
+    """A LazyTensor of a complex tensor (:mod:`tvmred.lazycomplex`): its real view
+    (``view_as_real``, no copy, differentiable), results viewed back as complex."""
+
+    @staticmethod
+    def as_real(x: torch.Tensor) -> torch.Tensor:
+        return torch.view_as_real(x.resolve_conj()).flatten(-2)
+
+    @staticmethod
+    def from_real(x: torch.Tensor) -> torch.Tensor:
+        return torch.view_as_complex(x.reshape(*x.shape[:-1], -1, 2).contiguous())
+
+
+LazyTensor.complex_class = ComplexLazyTensor
+ComplexLazyTensor.real_class = LazyTensor
 Var, Vi, Vj, Pm = variables(LazyTensor)
