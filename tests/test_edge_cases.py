@@ -268,3 +268,43 @@ def test_bad_ranges(damage, match):
     damage(r)
     with pytest.raises(ValueError, match=match):
         g(x, y, ranges=r)
+
+
+def test_nested_polynomials_are_staged_not_copied():
+    """The formula that compiled for 281 s (issue 21): Exp's and Log's polynomials read their
+    argument several times, ArgMax its components; inlined and nested, the copies multiplied.
+    Now a large sub-expression read several times gets its own stage: the kernel stays small
+    (the bound is the _staged estimate, the structure that made the compile slow) and right."""
+    from tvmred import lower
+
+    g = Genred(
+        "ArgMax(Powf(Abs(y*Sum(b)-Sum(Cos(p)))+0.5, Min(IntInv(4)*x)))",
+        ["x = Vi(1)", "y = Vj(3)", "b = Vj(2)", "p = Pm(4)"],
+        reduction_op="LogSumExp",
+        axis=0,
+    )
+    spec = g.reduction.spec("float64")
+    staged = lower._staged(spec.formula, "float64", [2])
+    before = lower.INLINE_CHARS
+    try:
+        lower.INLINE_CHARS = 10**12  # the old rule: nothing staged for its size
+        assert len(lower._staged(spec.formula, "float64", [2])) < len(staged)
+    finally:
+        lower.INLINE_CHARS = before
+    torch.manual_seed(0)
+    x, y = torch.rand(50, 1, dtype=torch.float64), torch.rand(60, 3, dtype=torch.float64)
+    b, p = torch.rand(60, 2, dtype=torch.float64), torch.rand(4, dtype=torch.float64)
+    base = torch.abs(y[None] * b.sum(-1)[None, :, None] - torch.cos(p).sum()) + 0.5
+    am = (base ** (0.25 * x)[:, None, :]).argmax(-1).double()
+    torch.testing.assert_close(g(x, y, b, p), torch.logsumexp(am, 0)[:, None])
+
+
+def test_a_kernel_beyond_the_size_bound_is_a_clear_error(monkeypatch):
+    from tvmred import lower
+    from tvmred.errors import FormulaError
+
+    monkeypatch.setattr(lower, "MAX_KERNEL_CHARS", 20_000)
+    g = Genred("SoftDTW_SqDist(x,y,g)", ["x = Vi(5)", "y = Vj(5)", "g = Pm(1)"], axis=1)
+    x, y, gam = torch.rand(3, 5), torch.rand(4, 5), torch.ones(1)
+    with pytest.raises(FormulaError, match="compile would take minutes"):
+        g(x, y, gam)

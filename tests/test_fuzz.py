@@ -280,11 +280,21 @@ def test_random_formula(seed):
     "TVMRED_FUZZ" not in os.environ, reason="the long profile: set TVMRED_FUZZ=<number of seeds>"
 )
 def test_long_profile():
+    """Also the compile-time profile: each seed's time (its compiles are most of it) is
+    printed for the slowest seeds, and a seed over TVMRED_FUZZ_MAX_S (default 60 s) fails."""
+    import time
+
     start = int(os.environ.get("TVMRED_FUZZ_START", "1000"))
-    failures = []
+    limit = float(os.environ.get("TVMRED_FUZZ_MAX_S", "60"))
+    failures, times = [], []
     for seed in range(start, start + int(os.environ["TVMRED_FUZZ"])):
+        t0 = time.perf_counter()
         try:
             check(seed)
         except Exception as e:  # collect them all, then report
             failures.append(f"{type(e).__name__}: {e}")
+        times.append((time.perf_counter() - t0, seed))
+    times.sort(reverse=True)
+    print("slowest seeds (s):", ", ".join(f"{s}: {t:.1f}" for t, s in times[:10]))
+    failures += [f"seed {s} took {t:.0f} s (> {limit:.0f} s)" for t, s in times if t > limit]
     assert not failures, f"{len(failures)} failure(s):\n" + "\n".join(failures)

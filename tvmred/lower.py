@@ -31,6 +31,7 @@ from . import mathfns
 from ._tvm import te as _te
 from ._tvm import tirx
 from .arrays import compute_dtype
+from .errors import FormulaError
 from .ops import REGISTRY
 from .reductions.core import KernelSpec, Space
 from .schedules.shape import ReductionShape
@@ -49,6 +50,18 @@ def slot_of(n: Node, arg: Node) -> int:
 
 
 _NAME = re.compile(r"_a\d+_\d+_")  # the placeholder names _staged gives argument components
+INLINE_CHARS = 4000  # see _staged
+#: The largest kernel _staged lets through, in characters of per-pair expressions (SoftDTW of
+#: 8 x 8 cells: 1.9 million, its gradient kernel compiles in 30 s on a 2-vCPU Zen 5)
+MAX_KERNEL_CHARS = 5_000_000
+
+
+def _inlined(entry: tuple, size: dict, staged: set) -> int:
+    """Characters of a node's expressions with its children inlined (a staged one: a read)."""
+    chars, children = entry
+    for child, reads, dim in children:
+        chars += reads * (8 if child in staged else size.get(child, 0) // dim)
+    return chars
 
 
 def _staged(formula: Node, dtype: str, root_uses: list[int]) -> set[int]:
@@ -57,6 +70,9 @@ def _staged(formula: Node, dtype: str, root_uses: list[int]) -> set[int]:
     through inlined parents), unless the operation is pure data movement."""
     order = postorder(formula)
     occ: dict[int, list[list[int]]] = {}  # node -> per output comp -> per (arg, comp) count
+    size: dict[int, int] = {}  # node -> characters of its components' inlined expressions
+    own: dict[int, tuple] = {}  # node -> (its own characters, [(child, reads, child dim)])
+    big: set[int] = set()  # large sub-expressions read several times: staged (see below)
     for n in order:
         if not n.args:
             continue
@@ -69,8 +85,24 @@ def _staged(formula: Node, dtype: str, root_uses: list[int]) -> set[int]:
         flat = [s for a, row in enumerate(names) for s in row if slot_of(n, n.args[a]) == a]
         # 1 if the expression reads that component at all: repeats inside one expression are
         # left to the compiler's CSE (staging them would only add register pressure)
-        read = [set(_NAME.findall(str(e))) for e in exprs]  # one scan per expression
+        texts = [str(e) for e in exprs]
+        read = [set(_NAME.findall(t)) for t in texts]  # one scan per expression
         occ[id(n)] = [[int(s in seen) for s in flat] for seen in read]
+        # ... but inlining a large sub-expression read several times by one expression (Exp's
+        # and Log's polynomials read their argument four times; ArgMax its components) copies
+        # it each time, and nested, the copies multiply: TVM's passes then take minutes.  A
+        # component whose inlined text is over INLINE_CHARS is staged when read more than once.
+        reps = {s: sum(t.count(s) for t in texts) for s in flat}
+        own[id(n)] = (sum(len(t) for t in texts), [])
+        for a, arg in enumerate(n.args):
+            if slot_of(n, arg) != a or not arg.args:
+                continue
+            r = sum(reps[f"_a{a}_{k}_"] for k in range(arg.dim))
+            own[id(n)][1].append((id(arg), r, arg.dim))
+            if max(reps[f"_a{a}_{k}_"] for k in range(arg.dim)) > 1:
+                if size[id(arg)] // arg.dim > INLINE_CHARS:
+                    big.add(id(arg))
+        size[id(n)] = _inlined(own[id(n)], size, big)
     varying = {id(n) for n in order if n.is_var}  # constants fold: never worth a stage
     for n in order:
         if any(id(a) in varying for a in n.args):
@@ -80,7 +112,12 @@ def _staged(formula: Node, dtype: str, root_uses: list[int]) -> set[int]:
     for n in reversed(order):
         u = uses.get(id(n), [1] * n.dim)
         d = REGISTRY[n.op] if n.args else None
-        stage = id(n) in varying and d is not None and not d.cheap and (max(u) > 1 or d.own_stage)
+        stage = (
+            id(n) in varying
+            and d is not None
+            and not d.cheap
+            and (max(u) > 1 or d.own_stage or id(n) in big)
+        )
         if stage:
             staged.add(id(n))
         if not n.args:
@@ -92,6 +129,17 @@ def _staged(formula: Node, dtype: str, root_uses: list[int]) -> set[int]:
             for k in range(a.dim):
                 cnt[k] += sum(w * row[col + k] for w, row in zip(weight, occ[id(n)]))
             col += a.dim
+    final: dict[int, int] = {}  # the sizes again, every staged child now read from its stage
+    for n in order:
+        if id(n) in own:
+            final[id(n)] = _inlined(own[id(n)], final, staged)
+    text = sum(final.get(i, 0) for i in staged | {id(formula)})
+    if text > MAX_KERNEL_CHARS:
+        raise FormulaError(
+            f"this formula's kernel would be about {text // 1000} thousand characters of "
+            f"expressions per pair (the bound is {MAX_KERNEL_CHARS // 1000} thousand): its "
+            "compile would take minutes; split it into several reductions"
+        )
     return staged
 
 
