@@ -33,7 +33,7 @@ LAYERS = [
         "export",
         "tune",
     ],
-    ["torch", "numpy", "docs", "doctor", "compat", "compile_server", "__main__", "__init__"],  # top
+    ["torch", "numpy", "jax", "docs", "doctor", "compat", "compile_server", "__main__", "__init__"],
 ]
 LAYER = {name: k for k, names in enumerate(LAYERS) for name in names}
 

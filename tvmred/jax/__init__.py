@@ -1,0 +1,14 @@
+"""JAX binding: ``Genred`` on jax arrays (CPU), under ``jax.jit``, ``jax.grad`` (to any order)
+and ``jax.vmap`` -- see :mod:`tvmred.jax.binding`.  jax is optional: importing this module
+without it raises an ImportError that says so."""
+
+from __future__ import annotations
+
+try:
+    import jax  # noqa: F401
+except ImportError as e:  # pragma: no cover - depends on the environment
+    raise ImportError("tvmred.jax needs jax (pip install 'jax[cpu]')") from e
+
+from .binding import Genred, apply, function, jax_call
+
+__all__ = ["Genred", "apply", "function", "jax_call"]
