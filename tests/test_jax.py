@@ -119,3 +119,25 @@ def test_errors():
         G(x, y[:, :2], b)
     with pytest.raises(NotImplementedError, match="ranges"):
         G(x, y, b, ranges=(1, 2))
+
+
+def test_lazytensor_under_jit_and_grad():
+    from tvmred.jax import LazyTensor
+
+    x, y, b = map(jnp.asarray, data())
+
+    def lazy(x, y, b):
+        X, Y, B = LazyTensor(x[:, None]), LazyTensor(y[None]), LazyTensor(b[None])
+        return ((-((X - Y) ** 2).sum(-1)).exp() * B).sum(1)
+
+    def soft(x, y):
+        return (-LazyTensor(x[:, None]).sqdist(LazyTensor(y[None])) / 0.1).logsumexp(1)
+
+    def soft_dense(x, y):
+        return jax.scipy.special.logsumexp(-((x[:, None] - y[None]) ** 2).sum(-1) / 0.1, 1)
+
+    np.testing.assert_allclose(jax.jit(lazy)(x, y, b), gauss_dense(x, y, b), rtol=1e-12)
+    np.testing.assert_allclose(jax.jit(soft)(x, y)[:, 0], soft_dense(x, y), rtol=1e-12)
+    g = jax.grad(lambda x: (lazy(x, y, b) ** 2).sum() + soft(x, y).sum())(x)
+    w = jax.grad(lambda x: (gauss_dense(x, y, b) ** 2).sum() + soft_dense(x, y).sum())(x)
+    np.testing.assert_allclose(g, w, rtol=1e-9, atol=1e-11)
