@@ -5,7 +5,8 @@ twice; skipped without jax."""
 import numpy as np
 import pytest
 import torch
-from test_reductions import AL, ALL, DIFFERENTIABLE, VEC, K, dense
+from test_reductions import ALL, DIFFERENTIABLE, dense
+from test_reductions import routine as reductions_routine
 
 jax = pytest.importorskip("jax", reason="jax is not installed (optional binding)")
 jax.config.update("jax_enable_x64", True)
@@ -15,11 +16,7 @@ from tvmred.jax import Genred  # noqa: E402
 
 
 def routine(red, axis):
-    if red in ("LogSumExp", "Max_SumShiftExp"):
-        return Genred("-SqDist(x,y)", AL, reduction_op=red, axis=axis)
-    if red in ("LogSumExpWeight", "SumSoftMaxWeight"):
-        return Genred("-SqDist(x,y)", AL, reduction_op=red, axis=axis, formula2="b")
-    return Genred(VEC, AL, reduction_op=red, axis=axis, opt_arg=K if "KMin" in red else None)
+    return reductions_routine(red, axis, Genred)
 
 
 def data(M=30, N=40, seed=0):

@@ -56,12 +56,13 @@ def dense(red, x, y, b, axis, k=K):
     raise KeyError(red)
 
 
-def routine(red, axis):
+def routine(red, axis, genred=Genred):
+    """The test's reduction ``red`` over ``axis``, built by ``genred`` (a binding's Genred)."""
     if red in ("LogSumExp", "Max_SumShiftExp"):
-        return Genred("-SqDist(x,y)", AL, reduction_op=red, axis=axis)
+        return genred("-SqDist(x,y)", AL, reduction_op=red, axis=axis)
     if red in ("LogSumExpWeight", "SumSoftMaxWeight"):
-        return Genred("-SqDist(x,y)", AL, reduction_op=red, axis=axis, formula2="b")
-    return Genred(VEC, AL, reduction_op=red, axis=axis, opt_arg=K if "KMin" in red else None)
+        return genred("-SqDist(x,y)", AL, reduction_op=red, axis=axis, formula2="b")
+    return genred(VEC, AL, reduction_op=red, axis=axis, opt_arg=K if "KMin" in red else None)
 
 
 ALL = [
