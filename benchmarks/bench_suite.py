@@ -55,6 +55,7 @@ class Case:
     grad_of: Optional[int] = None  # time forward + gradient w.r.t. this argument
     dense: Optional[Callable] = None  # torch reference on full tensors
     dims: dict = field(default_factory=dict)
+    flops: Optional[float] = None  # per (i, j) pair, counted by hand (see FLOPS); None: -
 
 
 def gauss_dense(x, y, b):
@@ -74,6 +75,14 @@ def ref_dense(x, y, a, p):
 
 
 GAUSS = "Exp(-SqDist(x,y))*b"
+# Flops per (i, j) pair, by hand: + - * 1 each, exp 10 (its polynomial and scaling), the
+# accumulation of each output component 1; K-selection 1 (a comparison, as early exit skips
+# the insertion almost always).  Gradient cases are not counted (printed "-").
+EXP = 10
+
+
+def sqdist_flops(d: int) -> int:
+    return 3 * d - 1  # d subtractions, d products, d - 1 additions
 
 
 def gauss(n, d=3, e=3, dtype=torch.float32, grad=None, name=None):
@@ -86,6 +95,7 @@ def gauss(n, d=3, e=3, dtype=torch.float32, grad=None, name=None):
         dtype=dtype,
         grad_of=grad,
         dense=gauss_dense,
+        flops=None if grad is not None else sqdist_flops(d) + 1 + EXP + 2 * e,
     )
 
 
@@ -99,6 +109,7 @@ def cases(quick: bool) -> list[Case]:
             3000,
             5000,
             dense=ref_dense,
+            flops=2 + 3 + 3 * EXP + 3 + 3,  # (p-a)^2, x+y, exp, *, accumulate
         ),
         Case(
             "reference fwd+grad y",
@@ -121,6 +132,7 @@ def cases(quick: bool) -> list[Case]:
             10_000,
             reduction="LogSumExp",
             dense=lse_dense,
+            flops=sqdist_flops(3) + 2 + EXP + 4,  # -d*g; max, subtract, exp, add
         ),
         Case(
             "ArgKMin K=10 D=3 N=M=1e4",
@@ -131,6 +143,7 @@ def cases(quick: bool) -> list[Case]:
             reduction="ArgKMin",
             opt_arg=10,
             dense=argkmin_dense,
+            flops=sqdist_flops(3) + 1,
         ),
         Case(
             "ArgKMin K=10 D=64 N=M=1e4",
@@ -141,6 +154,7 @@ def cases(quick: bool) -> list[Case]:
             reduction="ArgKMin",
             opt_arg=10,
             dense=argkmin_dense,
+            flops=sqdist_flops(64) + 1,
         ),
         gauss(10_000, d=64, e=1),
         gauss(10_000, dtype=torch.float64),
@@ -281,6 +295,9 @@ def main(argv: Optional[list[str]] = None) -> int:
     repeats = 3 if a.quick else 7
     info = machine()
     print("machine:", json.dumps(info))
+    threads = int(os.environ.get("TVM_NUM_THREADS") or torch.get_num_threads())
+    info["peak_fp32"] = "%.3g flop/s (%s)" % timing.peak_flops(32, threads)
+    print("FP32 peak:", info["peak_fp32"])
     rows = []
     for case in cases(a.quick):
         if a.only and not any(s in case.name for s in a.only):
@@ -297,13 +314,21 @@ def main(argv: Optional[list[str]] = None) -> int:
         for lib in ("pykeops", "torch"):
             if row.get(f"{lib}_s") and t.get("s"):
                 row[f"{lib}/tvmred"] = row[f"{lib}_s"] / t["s"]
+        if case.flops and t.get("s"):
+            peak, _ = timing.peak_flops(64 if case.dtype == torch.float64 else 32, threads)
+            row["tvmred_peak_share"] = case.M * case.N * case.flops / t["s"] / peak
         rows.append(row)
         fmt = lambda v: f"{v * 1e3:10.2f}" if v else f"{'-':>10}"  # noqa: E731
         rat = lambda v: f"{v:8.1f}x" if v else f"{'-':>9}"  # noqa: E731
         print(
             f"{case.name:32s} tvmred {fmt(row.get('tvmred_s'))} ms | pykeops "
             f"{fmt(row.get('pykeops_s'))} ms {rat(row.get('pykeops/tvmred'))} | torch "
-            f"{fmt(row.get('torch_s'))} ms {rat(row.get('torch/tvmred'))}",
+            f"{fmt(row.get('torch_s'))} ms {rat(row.get('torch/tvmred'))} | tvmred "
+            + (
+                f"{100 * row['tvmred_peak_share']:4.0f}% of peak"
+                if "tvmred_peak_share" in row
+                else "   - of peak"
+            ),
             flush=True,
         )
     Path(a.out).parent.mkdir(parents=True, exist_ok=True)
