@@ -138,3 +138,12 @@ def test_lazytensor_under_jit_and_grad():
     g = jax.grad(lambda x: (lazy(x, y, b) ** 2).sum() + soft(x, y).sum())(x)
     w = jax.grad(lambda x: (gauss_dense(x, y, b) ** 2).sum() + soft_dense(x, y).sum())(x)
     np.testing.assert_allclose(g, w, rtol=1e-9, atol=1e-11)
+
+
+def test_float16():
+    x, y, b = (jnp.asarray(a, dtype=jnp.float16) for a in data())
+    out = G(x, y, b)
+    assert out.dtype == jnp.float16
+    ref = np.asarray(gauss_dense(*(a.astype(jnp.float64) for a in (x, y, b))))
+    err = np.abs(np.asarray(out, dtype=np.float64) - ref)
+    assert (err <= 2.0**-11 * np.abs(ref) + 2e-5 * np.abs(ref).max()).all()
