@@ -99,7 +99,7 @@ def function(r: Reduction) -> Any:
                 grads.append(jnp.zeros_like(a))
                 continue
             if isinstance(plan, Chain):
-                got = _chain(plan, args, {"grad": [g], "out": [outs[0]]})
+                got = plan.evaluate(args, {"grad": [g], "out": [outs[0]]}, apply)
             else:
                 got = _gathered(plan, r, k, args, sel[0], g)
             grads.append(_finish(r, k, got, a))
@@ -112,16 +112,6 @@ def function(r: Reduction) -> Any:
 
 def apply(r: Reduction, *args) -> Any:
     return function(r)(*args)[0]
-
-
-def _chain(plan: Chain, args, values: dict):
-    results: list = []
-    for step in plan.steps:
-        extra: list = []
-        for e in step.extra:
-            extra.extend([results[e]] if isinstance(e, int) else values[e])
-        results.append(apply(step.red, *args, *extra))
-    return results[-1]
 
 
 def _gathered(plan, r: Reduction, k: int, args, idx, g):

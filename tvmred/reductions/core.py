@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Optional, Sequence, Union
 
 from .._tvm import tirx
-from ..arrays import HALF, compute_dtype, xp
+from ..arrays import compute_dtype, xp
 from ..diff import diff as sym_diff
 from ..ops import add, make
 from ..tree import Node, var
@@ -120,6 +120,17 @@ class Chain:
     """The gradient is the result of the last step."""
 
     steps: tuple[Step, ...]
+
+    def evaluate(self, args: Sequence, values: dict, apply: Callable) -> Any:
+        """The last step's result, each step run by a binding's ``apply(red, *arrays)``; its
+        extra arguments are ``values[name]`` (a list of arrays) or an earlier step's result."""
+        results: list = []
+        for step in self.steps:
+            extra: list = []
+            for e in step.extra:
+                extra.extend([results[e]] if isinstance(e, int) else values[e])
+            results.append(apply(step.red, *args, *extra))
+        return results[-1]
 
 
 @dataclass(frozen=True)
@@ -311,12 +322,7 @@ class Reduction:
     def resolve(self, dtype: str) -> tuple[str, Variant]:
         """(accumulator dtype, kernel variant) for data of ``dtype``."""
         cdt = compute_dtype(dtype)
-        acc = cdt if self.dtype_acc == "auto" else self.dtype_acc
-        if acc in HALF:
-            raise ValueError(
-                f"dtype_acc={acc!r} is not supported: half inputs are accumulated in float32 "
-                "(dtype_acc='auto' or 'float32')"
-            )
+        acc = cdt if self.dtype_acc == "auto" else self.dtype_acc  # checked by check_options
         return acc, self.rdef.variant(self.k, self.sum_scheme, cdt, acc)
 
     def spec(self, dtype: str, split: bool = False) -> KernelSpec:

@@ -19,18 +19,6 @@ Apply = Callable[..., torch.Tensor]
 _HALF = (torch.float16, torch.bfloat16)
 
 
-def chain(plan: Chain, args: Sequence, values: dict, apply: Apply) -> torch.Tensor:
-    """The last step's result; a step's extra arguments are ``values[name]`` (a list of
-    tensors) or an earlier step's result."""
-    results: list[torch.Tensor] = []
-    for step in plan.steps:
-        extra: list[torch.Tensor] = []
-        for e in step.extra:
-            extra.extend([results[e]] if isinstance(e, int) else values[e])
-        results.append(apply(step.red, *args, *extra))
-    return results[-1]
-
-
 def saved(r: Reduction, tensors: Sequence, nargs: int) -> tuple:
     """(arguments, user outputs, selected positions) from what a forward saved: its
     ``nargs`` arguments, then its outputs (the selected positions last, for Min/Max/KMin)."""
@@ -58,7 +46,7 @@ def vjp(r: Reduction, k: int, args, outs, sel, g: torch.Tensor, apply: Apply):
     if plan is None:
         return None
     if isinstance(plan, Chain):
-        return chain(plan, args, {"grad": [g], "out": list(outs[:1])}, apply)
+        return plan.evaluate(args, {"grad": [g], "out": list(outs[:1])}, apply)
     return _gathered_vjp(plan, r, k, args, sel[0], g, apply)
 
 
@@ -71,9 +59,11 @@ def _gathered_vjp(plan: Gathered, r: Reduction, k: int, args, idx, g, apply: App
         return None
     n_out, K, D = idx.shape
     g = g.reshape(n_out, K, D)
-    if g.dtype in _HALF:  # the selected rows (few) in float32: scatter and sum in float32
-        args = [a.float() for a in args]
-        g = g.float()
+    # half inputs: the selected rows and the output-indexed arguments in float32, so that the
+    # scatter and the sums run in float32 (no float32 copy of the reduced-index arguments)
+    up = (lambda t: t.float()) if g.dtype in _HALF else (lambda t: t)
+    args = [b if v.params[2] == red_cat else up(b) for b, v in zip(args, r.args)]
+    g = up(g)
     total = None
     for kk in range(K):
         for u, spec in enumerate(plan.parts):
@@ -81,7 +71,7 @@ def _gathered_vjp(plan: Gathered, r: Reduction, k: int, args, idx, g, apply: App
                 continue
             J = idx[:, kk, u]
             Jc = J.clamp(min=0)
-            gathered = [b[Jc] if v.params[2] == red_cat else b for b, v in zip(args, r.args)]
+            gathered = [up(b[Jc]) if v.params[2] == red_cat else b for b, v in zip(args, r.args)]
             gu = (g[:, kk, u] * (J >= 0)).unsqueeze(1).contiguous()
             res = apply(spec, *gathered, gu)
             if r.args[k].params[2] == red_cat:
@@ -115,7 +105,7 @@ def jvp(r: Reduction, tangents: Sequence, args, outs, sel, apply: Apply) -> list
     ts = [tangents[k] for k in ks]
     plan = r.jvp(ks)
     if isinstance(plan, Chain):
-        res[0] = chain(plan, args, {"tangents": ts, "out": list(outs[:1])}, apply)
+        res[0] = plan.evaluate(args, {"tangents": ts, "out": list(outs[:1])}, apply)
     else:
         res[0] = _gathered_jvp(plan, r, ks, args, ts, sel[0], apply).reshape(outs[0].shape)
     return res
