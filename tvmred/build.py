@@ -144,12 +144,12 @@ def get_kernel(spec: KernelSpec, device: Any) -> Kernel:
         what = describe(spec, _describe(target))
         key = key_text(spec, target, config)
         extra = {"formula": str(spec.formula), "reduction": spec.red, "schedule": config}
-        payload = {"key": key, "spec": spec, "target": target, "config": config}
+        job = {"key": key, "spec": spec, "target": target, "config": config, "extra": extra}
         mod, meta = cache.get_or_build(
             key,
             lambda: timed(what, lambda: compile_reduction(spec, target, config)),
             extra,
-            remote=lambda: _remote({**payload, "extra": extra, "what": what}),
+            remote=lambda: _remote({**job, "what": what}),
         )
         kernel = make_kernel(mod["main"], spec, meta["row_block"], config, meta.get("tile", 0))
         _KERNELS[base] = kernel

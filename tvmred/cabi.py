@@ -169,7 +169,7 @@ class Function:
             if w is None:
                 heads += (_INT, 0, a)
                 continue
-            if (_KIND.get(a.__class__) or _kind(a))[0]:  # numpy
+            if a.__class__.__module__ == "numpy":
                 ptr, dev_type, dev_id = a.__array_interface__["data"][0], 1, 0
             else:
                 ptr, dev_id = a.data_ptr(), a.get_device()  # -1 on the CPU (``.device`` is slower)
@@ -180,14 +180,6 @@ class Function:
             tails += (ptr, dev_type, dev_id, len(shape), code, bits, 1, base + w[1], 0, 0, *shape)
         st.pack_into(buf, 0, *heads, *tails)
         _invoke(self.lib, self.handle, buf, len(args))  # ``buf`` lives until it returns
-
-
-_KIND: dict[type, tuple[bool]] = {}  # array class -> (is numpy,)
-
-
-def _kind(a: Any) -> tuple[bool]:
-    k = _KIND[a.__class__] = (a.__class__.__module__ == "numpy",)
-    return k
 
 
 def _dtype_of(a: Any) -> tuple[int, int]:
