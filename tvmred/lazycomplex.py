@@ -66,7 +66,7 @@ class ComplexLazy:
         return res
 
     def _binary(self, name: str, other: Any, first: int = 0) -> Any:
-        return GenericLazyTensor.binary(self, name, self._lift(other), first)  # type: ignore[arg-type]
+        return self.binary(name, self._lift(other), first)  # type: ignore[attr-defined]
 
     def _real_scalar(self, other: Any) -> bool:
         if isinstance(other, (int, float)) and not isinstance(other, bool):
@@ -79,7 +79,7 @@ class ComplexLazy:
 
     def _scale(self, other: Any) -> Any:
         s = other if isinstance(other, GenericLazyTensor) else self.real_class(other)
-        return GenericLazyTensor.binary(self, "ComplexRealScal", s, 1)  # type: ignore[arg-type]
+        return self.binary("ComplexRealScal", s, 1)  # type: ignore[attr-defined]
 
     # ---------------------------------------------------------------------- arithmetic
     def __add__(self, other):
@@ -111,34 +111,34 @@ class ComplexLazy:
         return self._scale(-1)
 
     def exp(self):
-        return GenericLazyTensor.unary(self, "ComplexExp")  # type: ignore[arg-type]
+        return self.unary("ComplexExp")  # type: ignore[attr-defined]
 
     def conj(self):
-        return GenericLazyTensor.unary(self, "Conj")  # type: ignore[arg-type]
+        return self.unary("Conj")  # type: ignore[attr-defined]
 
     @property
     def real(self):
-        return self._as_real(GenericLazyTensor.unary(self, "ComplexReal"))  # type: ignore[arg-type]
+        return self._as_real(self.unary("ComplexReal"))  # type: ignore[attr-defined]
 
     @property
     def imag(self):
-        return self._as_real(GenericLazyTensor.unary(self, "ComplexImag"))  # type: ignore[arg-type]
+        return self._as_real(self.unary("ComplexImag"))  # type: ignore[attr-defined]
 
     def abs(self):
-        return self._as_real(GenericLazyTensor.unary(self, "ComplexAbs"))  # type: ignore[arg-type]
+        return self._as_real(self.unary("ComplexAbs"))  # type: ignore[attr-defined]
 
     def angle(self):
-        return self._as_real(GenericLazyTensor.unary(self, "ComplexAngle"))  # type: ignore[arg-type]
+        return self._as_real(self.unary("ComplexAngle"))  # type: ignore[attr-defined]
 
     def sqabs(self):
-        return self._as_real(GenericLazyTensor.unary(self, "ComplexSquareAbs"))  # type: ignore[arg-type]
+        return self._as_real(self.unary("ComplexSquareAbs"))  # type: ignore[attr-defined]
 
     # ---------------------------------------------------------------------- reductions
     def sum(self, axis: int = -1, dim: Any = None, **kwargs):
         """The sum of the complex components (axis -1), or the Sum reduction over i or j."""
         axis = axis if dim is None else dim
         if axis == -1 or axis == self.nbatchdims + 2:  # type: ignore[attr-defined]
-            return GenericLazyTensor.unary(self, "ComplexSum")  # type: ignore[arg-type]
+            return self.unary("ComplexSum")  # type: ignore[attr-defined]
         return self.reduction("Sum", axis=axis, **kwargs)
 
     def reduction(self, reduction_op: str, *args: Any, **kwargs: Any) -> Any:
