@@ -17,7 +17,7 @@ import json
 import os
 from typing import TYPE_CHECKING, Any
 
-from .shape import ReductionShape, TargetTemplate
+from .shape import ReductionShape, TargetTemplate, block_partials
 
 if TYPE_CHECKING:
     import tvm
@@ -69,15 +69,18 @@ def cpu_candidates(target: dict, dtype: str, default: int) -> list[dict]:
 
 def cpu_rowblock(sch: s_tir.Schedule, shape: ReductionShape, target: dict) -> s_tir.Schedule:
     red = sch.get_sblock("red")
-    if shape.split:  # split-j: the (chunk, row block) pairs run in parallel
-        s, i, u, j = sch.get_loops(red)
-        io, ii = sch.split(i, factors=[None, shape.row_block])
-        sch.reorder(s, io, j, u, ii)
-        io = sch.fuse(s, io)
+    *s, i, u, j = sch.get_loops(red)  # split-j: s, the chunk loop
+    io, ii = sch.split(i, factors=[None, shape.row_block])
+    acc = red  # the block accumulating over j, at whose j loop the per-pair stages run
+    if shape.block:  # partial sums of blocks of j (acc), added to the total (red) after each
+        jb, j = sch.split(j, factors=[None, shape.block])
+        sch.reorder(*s, io, jb, j, u, ii)
+        acc = block_partials(sch, red, jb)
+        *s, io, jb, j, u, ii = sch.get_loops(acc)  # the same loops, now around both blocks
     else:
-        i, u, j = sch.get_loops(red)
-        io, ii = sch.split(i, factors=[None, shape.row_block])
-        sch.reorder(io, j, u, ii)
+        sch.reorder(*s, io, j, u, ii)
+    if s:  # split-j: the (chunk, row block) pairs run in parallel
+        io = sch.fuse(*s, io)
     sch.parallel(io)
     for name in reversed(shape.stages):  # consumers first, so every stage lands under j
         blk = sch.get_sblock(name)
@@ -85,7 +88,7 @@ def cpu_rowblock(sch: s_tir.Schedule, shape: ReductionShape, target: dict) -> s_
     # the block's rows of each output-indexed input, copied once per block into a transposed
     # (component-major) local buffer: every read in the j loop is then a contiguous vector
     # load instead of a strided gather
-    blocks = [sch.get_sblock(name) for name in shape.stages] + [red]
+    blocks = [sch.get_sblock(name) for name in shape.stages] + [acc]
     for name, _dim in shape.row_inputs:
         reader = next(b for b in blocks if _reads(sch, b, name))
         cache = sch.cache_read(reader, name, "local")
@@ -93,17 +96,27 @@ def cpu_rowblock(sch: s_tir.Schedule, shape: ReductionShape, target: dict) -> s_
         sch.transform_layout(cache, ("write", 0), lambda a, b: (b, a))
     # accumulators in registers, one SIMD vector per state column
     accs = [sch.cache_write(red, k, "local") for k in range(shape.outputs)]
-    for k, acc in enumerate(accs):
-        sch.reverse_compute_at(acc, io)
-        if shape.split:
-            sch.transform_layout(red, ("write", k), lambda c, a, b: (c, b, a))
-        else:
-            sch.transform_layout(red, ("write", k), lambda a, b: (b, a))
+    for k, acc_k in enumerate(accs):
+        sch.reverse_compute_at(acc_k, io)
+        sch.transform_layout(red, ("write", k), lambda *a: (*a[:-2], a[-1], a[-2]))
+    if shape.block:  # the partial sums too, and the total's update vectorised like them
+        sch.set_scope(acc, 0, "local")
+        sch.transform_layout(acc, ("write", 0), lambda *a: (*a[:-2], a[-1], a[-2]))
+        loops = sch.get_loops(red)
+        ti, *tu = loops[[sch.get_sref(x) for x in loops].index(sch.get_sref(jb)) + 1 :]
+        sch.reorder(*tu, ti)
+        for loop in tu:
+            sch.unroll(loop)
+        sch.vectorize(ti)
     sch.unroll(u)
     sch.vectorize(ii)
     for name in shape.stages:
         sch.vectorize(sch.get_loops(sch.get_sblock(name))[-1])
-    sch.decompose_reduction(red, j)
+    if shape.block:
+        sch.decompose_reduction(acc, j)
+        sch.decompose_reduction(red, jb)
+    else:
+        sch.decompose_reduction(red, j)
     return sch
 
 
@@ -132,7 +145,7 @@ def cpu_chunks(blocks: int, n: int, device: Any) -> int:
 TEMPLATE = TargetTemplate(
     kind="llvm",
     device="cpu",
-    math="poly",
+    math=lambda target: "avx512" if vector_registers(target)[1] == 512 else "poly",
     make_target=lambda device, host: host,
     row_block=cpu_row_block,
     candidates=cpu_candidates,

@@ -14,7 +14,7 @@ import functools
 import os
 from typing import TYPE_CHECKING, Any
 
-from .shape import ReductionShape, TargetTemplate
+from .shape import ReductionShape, TargetTemplate, block_partials
 
 if TYPE_CHECKING:
     from tvm import s_tir
@@ -57,27 +57,33 @@ def cuda_rows(sch: s_tir.Schedule, shape: ReductionShape, target: dict) -> s_tir
     input into shared memory together (one value per thread per step), then each thread
     reduces its rows (its i-data in registers) over the tile.  A tiled kernel is split-j
     (loops ``s, i, u, j``); the caller pads the reduced-index inputs to whole tiles and the
-    reducer masks j >= N (the template's loop partition lifts the mask off whole tiles)."""
+    reducer masks j >= N (the template's loop partition lifts the mask off whole tiles).
+    A block sum (``shape.block``) keeps a partial sum per tile (KeOps' block_sum), or per
+    ``block`` consecutive j without tiles, and adds it to the total after each."""
     red = sch.get_sblock("red")
-    loops = sch.get_loops(red)
-    s, (i, u, j) = (loops[0], loops[1:]) if shape.split else (None, loops)
+    *s, i, u, j = sch.get_loops(red)  # split-j: s, the chunk loop
     threads = min(THREADS, shape.row_block)
     per_thread = shape.row_block // threads
     # row = block * row_block + thread * per_thread + r: a thread's rows are adjacent, so its
     # registers (stages, accumulators) compact to per_thread entries
     io, ii, ir = sch.split(i, factors=[None, threads, per_thread])
-    jo = j
-    if shape.tile:
-        jo, j = sch.split(j, factors=[None, shape.tile])
-        sch.reorder(io, ii, jo, j, ir, u)
+    jo = j  # the loop over tiles (or over j): the shared copies and the partial sums go there
+    if shape.tile or shape.block:
+        jo, j = sch.split(j, factors=[None, shape.tile or shape.block])
+        sch.reorder(*s, io, ii, jo, j, ir, u)
     else:
-        sch.reorder(io, ii, j, ir, u)
-    if s is not None:  # split-j: one block per (chunk, row block)
-        io = sch.fuse(s, io)
+        sch.reorder(*s, io, ii, j, ir, u)
+    acc = red  # the block accumulating over j
+    if shape.block:  # partial sums over each tile (as KeOps' block_sum), or each block of j,
+        # added to the total (red) after each
+        acc = block_partials(sch, red, jo)
+        *s, io, ii, jo, j, ir, u = sch.get_loops(acc)  # the same loops, around both blocks
+    if s:  # split-j: one block per (chunk, row block)
+        io = sch.fuse(*s, io)
     sch.bind(io, "blockIdx.x")
     sch.bind(ii, "threadIdx.x")
     readers = {}  # buffer name -> the first block reading it
-    for blk in [sch.get_sblock(name) for name in shape.stages] + [red]:
+    for blk in [sch.get_sblock(name) for name in shape.stages] + [acc]:
         for region in sch.get(blk).reads:
             readers.setdefault(region.source.name, blk)
     for name in reversed(shape.stages):
@@ -87,13 +93,17 @@ def cuda_rows(sch: s_tir.Schedule, shape: ReductionShape, target: dict) -> s_tir
         if per_thread > 1:
             sch.unroll(sch.get_loops(blk)[-1])  # the thread's rows
     accs = [sch.cache_write(red, k, "local") for k in range(shape.outputs)]
-    for acc in accs:
-        sch.reverse_compute_at(acc, ii)
+    for a in accs:
+        sch.reverse_compute_at(a, ii)
+    if shape.block:  # the partial sums in registers too; the total's update unrolled
+        sch.set_scope(acc, 0, "local")
+        for loop in _loops_under(sch, red, jo):
+            sch.unroll(loop)
     if shape.tile:
         for name in shape.reduced_inputs:  # every consumer reads the shared copy
             tile = sch.cache_read(readers[name], name, "shared")
             sch.compute_at(tile, jo)
-            inner = sch.get_loops(tile)[3:]  # under (block, thread, tile): rows [, columns]
+            inner = _loops_under(sch, tile, jo)  # rows [, columns]
             fused = sch.fuse(*inner) if len(inner) > 1 else inner[0]  # consecutive addresses
             _, tx = sch.split(fused, factors=[None, threads])
             sch.bind(tx, "threadIdx.x")
@@ -104,8 +114,16 @@ def cuda_rows(sch: s_tir.Schedule, shape: ReductionShape, target: dict) -> s_tir
                 sch.unroll(loop)
     sch.unroll(ir)
     sch.unroll(u)
+    if shape.block:
+        sch.decompose_reduction(acc, j)
     sch.decompose_reduction(red, jo)
     return sch
+
+
+def _loops_under(sch: s_tir.Schedule, block: Any, at: Any) -> list:
+    """The loops of ``block`` nested inside the loop ``at``."""
+    loops = sch.get_loops(block)
+    return loops[[sch.get_sref(x) for x in loops].index(sch.get_sref(at)) + 1 :]
 
 
 @functools.cache
@@ -127,7 +145,7 @@ def cuda_chunks(blocks: int, n: int, device: Any) -> int:
 TEMPLATE = TargetTemplate(
     kind="cuda",
     device="cuda",
-    math="native",
+    math=lambda target: "native",
     make_target=cuda_target,
     row_block=cuda_row_block,
     candidates=cuda_candidates,

@@ -24,6 +24,10 @@ class ReductionShape:
     ``i`` by ``row_block`` never needs a tail.  With ``tile`` > 0 (always split-j) a chunk's
     ``j`` extent is a multiple of ``tile`` and the reduced-index inputs (``reduced_inputs``)
     are padded to whole tiles, so splitting ``j`` by ``tile`` needs no tail either.
+
+    With ``block`` > 0 (a Sum, pykeops' ``block_sum``) the reduction block is a plain sum and
+    the schedule must add its terms in partial sums of ``block`` consecutive j, each added to
+    the total once complete (:func:`block_partials`: ``rfactor`` of j split by ``block``).
     """
 
     kind: str  # reduction kind tag: "sum", "select", "kselect", "lse"
@@ -38,6 +42,7 @@ class ReductionShape:
     split: bool = False  # split-j: loops (s, i, u, j), outputs (S, rows, cols), j < C
     tile: int = 0  # reduced rows per tile (0: j is not tiled)
     reduced_inputs: tuple[str, ...] = ()  # buffer names of the reduced-index inputs
+    block: int = 0  # > 0: a Sum in partial sums of ``block`` consecutive j each (see below)
 
 
 def _as_is(mod: "tvm.IRModule", shape: ReductionShape, target: dict) -> "tvm.IRModule":
@@ -50,7 +55,8 @@ class TargetTemplate:
 
     kind: str  # TVM target kind ("llvm", "cuda")
     device: str  # the torch device type whose tensors its kernels take ("cpu", "cuda")
-    math: str  # "poly": tvmred's SIMD exp (tvmred.mathfns); "native": the target's own exp
+    math: Callable[[dict], str]  # target -> how kernels evaluate exp: "poly" / "avx512",
+    # tvmred's SIMD exp (tvmred.mathfns), or "native", the target's own
     make_target: Callable[[Any, dict], dict]  # (torch device, host CPU target) -> target dict
     row_block: Callable[[dict, str, int], int]  # (target, dtype, state width) -> rows per block
     candidates: Callable[[dict, str, int], list]  # (target, dtype, default rows) -> knob dicts
@@ -61,3 +67,15 @@ class TargetTemplate:
     tile: Callable[[dict, str], int] = lambda target, dtype: 0  # (target, dtype) -> default
     # reduced rows per tile (0: no tiles); the "tile" knob of a tuned config overrides it
     passes: dict = dataclasses.field(default_factory=dict)  # tvm.compile PassContext config
+
+
+def block_partials(sch: "s_tir.Schedule", red: Any, piece: Any) -> Any:
+    """Factor the reduction block ``red`` over ``piece``, the outer loop of its j loop split
+    by ``block``: a new block ``red_rf`` (returned) sums each piece of ``block`` consecutive
+    j into a partial sum (its buffer indexed by the piece first) in the loops of ``red``;
+    ``red`` adds each partial sum to the total, right after it is complete (under
+    ``piece``)."""
+    depth = [sch.get_sref(x) for x in sch.get_loops(red)].index(sch.get_sref(piece))
+    rf = sch.rfactor(piece, 0)
+    sch.reverse_compute_at(red, sch.get_loops(rf)[depth])
+    return rf

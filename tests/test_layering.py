@@ -170,3 +170,17 @@ def test_no_symlink_in_the_tree():
     links = [ln.split("\t", 1)[1] for ln in files if ln.startswith("120000")]
     assert not links, links
     assert not any(p.is_symlink() for p in (ROOT / "tvmred").rglob("*"))
+
+
+def test_every_package_is_installed():
+    """pyproject.toml lists each package explicitly (``tvmred.schedules`` lives in
+    ``schedules/``): a package directory missing from the list would be left out of a wheel,
+    and ``import tvmred`` would fail after ``pip install .`` (an editable install hides it)."""
+    tomllib = pytest.importorskip("tomllib", reason="tomllib is Python >= 3.11")
+    listed = set(
+        tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]
+    )
+    found = {"tvmred", "tvmred.schedules"} | {
+        "tvmred." + p.parent.name for p in (ROOT / "tvmred").glob("*/__init__.py")
+    }
+    assert listed == found, (sorted(found - listed), sorted(listed - found))

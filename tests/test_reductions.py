@@ -248,6 +248,23 @@ def test_float32_sum_accuracy_over_a_million_terms(monkeypatch, threads):
         assert relative_error(y, exact, **kw) < 1e-5, kw  # the default is block_sum
 
 
+@pytest.mark.parametrize("threads", ["1", "2"])
+@pytest.mark.parametrize("scheme", ["block_sum", "direct_sum", "kahan_scheme"])
+def test_sums_at_block_boundaries(monkeypatch, threads, scheme):
+    """Every term counted once whatever N is beside the block sums' pieces of BLOCK terms
+    (a piece cut short at N, a split-j chunk ending inside a piece), against float64."""
+    from tvmred.reductions.sum import BLOCK
+
+    monkeypatch.setenv("TVM_NUM_THREADS", threads)
+    g = Genred(
+        "Exp(-SqDist(x,y))*b", ["x = Vi(2)", "y = Vj(2)", "b = Vj(2)"], axis=1, sum_scheme=scheme
+    )
+    for n in (1, BLOCK - 1, BLOCK, BLOCK + 1, 3 * BLOCK + 5, 9 * BLOCK + 77):
+        x, y, b = torch.rand(70, 2), torch.rand(n, 2), torch.rand(n, 2)
+        want = torch.exp(-(torch.cdist(x.double(), y.double()) ** 2)) @ b.double()
+        torch.testing.assert_close(g(x, y, b).double(), want, rtol=1e-5, atol=0)  # a term: 1e-4
+
+
 def test_direct_float32_sum_is_indeed_less_accurate(monkeypatch):
     """Guards the accuracy test above against passing trivially: the naive sum fails it (in
     one kernel: one kernel thread, so no split-j, whose chunks are partial sums)."""
@@ -334,7 +351,7 @@ def test_cpu_kselect_kernel_has_the_early_exit():
     r = make_reduction("SqDist(x,y)", ["x = Vi(3)", "y = Vj(3)"], "ArgKMin", 1, "auto", 10)
     spec = r.spec("float32")
     tpl = schedules.template("llvm")
-    low = lower(spec, row_block_for(spec, cpu_target()), tpl.math)
+    low = lower(spec, row_block_for(spec, cpu_target()), tpl.math(cpu_target()))
     sch = tpl.schedule(s_tir.Schedule(low.func), low.shape, cpu_target())
     mod = tpl.finish(sch.mod, low.shape, cpu_target())
     assert isinstance(mod, tvm.IRModule) and "llvm.vector.reduce.or" in mod.script()

@@ -101,7 +101,7 @@ def compile_reduction(
     tpl = schedules.template(target["kind"])
     rb = row_block_for(spec, target, config)
     tile = schedules.tile(target, compute_dtype(spec.dtype), config)
-    low = lower(spec, rb, tpl.math, tile)
+    low = lower(spec, rb, tpl.math(target), tile)
     sch = tpl.schedule(s_tir.Schedule(low.func), low.shape, target)
     mod = tpl.finish(sch.mod, low.shape, target)
     # TVM's common-subexpression pass is quadratic in a kernel's size; the lowering already

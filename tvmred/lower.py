@@ -286,6 +286,7 @@ def _lower(formula, red, out_cat, dtype, acc_dtype, row_block, variant, tile=0) 
             for v in inputs
             if var_cat(v) == 1 - out_cat and holders[id(v)].name in live
         ),
+        red.partial(variant),
     )
     return Lowered(func, shape)
 

@@ -190,14 +190,13 @@ class RedDef:
     variant: Callable[..., Variant] = plain_variant  # (opt_arg, sum_scheme, dtype, acc) -> Variant
     width: Optional[Callable[[int, Variant, str, str], int]] = None  # default: all state columns
     tree: Callable[[Node, Optional[Node]], Node] = lambda main, weight: main
-    columns: Callable[[Node, int, int], Node] = lambda f, start, n: make(
-        "Extract", f, params=(start, n)
-    )
+    columns: Callable[[Node, int, int], Node] = lambda f, a, n: make("Extract", f, params=(a, n))
     # (kernel formula, start, n) -> the formula of state columns start..start+n-1 alone
     weight: Optional[str] = None  # None: no formula2; "optional"; "required"
     needs_k: bool = False
     scalar: bool = False  # F must have dim 1
     root_uses: Optional[Callable[[int], list]] = None  # per root component, if not 1 each
+    partial: Callable[[Variant], int] = lambda v: 0  # > 0: ReductionShape.block (Sum)
     doc: str = ""
 
     def selected(self, states: list, k: Optional[int]) -> Any:

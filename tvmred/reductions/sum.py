@@ -26,78 +26,56 @@ BLOCK = 1024  # terms per partial sum of sum_scheme="block_sum" (about sqrt(1e6)
 
 def _sum(te, root, rows, space: Space, dim, v: Variant, dtype, acc):
     """Schemes: "direct" (one accumulator), "block" (partial sums of BLOCK terms added to a
-    running total) or "kahan" (compensated); the last two keep two state buffers that
-    ``finalize`` adds.  Both update rules assume a sequential reduction."""
+    running total: the same plain sum here, the schedule makes the partial sums -- see
+    ``ReductionShape.block``) or "kahan" (compensated, two state buffers that ``finalize``
+    combines; its update rule assumes a sequential reduction)."""
     t = tirx()
 
     def comps(i, j):
         cs = root(i, j)
         return [x.astype(acc) for x in cs] if acc != dtype else cs
 
-    if v.scheme == "direct":
+    if v.scheme != "kahan":
         zero = t.const(0, acc)
         body = lambda i, u, ax, j, w: te.sum(masked(w, by_column(u, comps(i, j)), zero), axis=ax)  # noqa: E731
         return [space.compute(te, rows, dim, body)]
-    if v.scheme == "kahan":
-        bits = "int32" if acc == "float32" else "int64"
+    bits = "int32" if acc == "float32" else "int64"
 
-        def opaque(e):  # a bit-cast round trip hides t = s + y from TVM's simplifier
-            return t.reinterpret(acc, t.reinterpret(bits, e))
+    def opaque(e):  # a bit-cast round trip hides t = s + y from TVM's simplifier
+        return t.reinterpret(acc, t.reinterpret(bits, e))
 
-        def combine(a, b):
-            y = b[0] - a[1]
-            s = opaque(a[0] + y)
-            return s, (s - a[0]) - y
+    def combine(a, b):
+        y = b[0] - a[1]
+        s = opaque(a[0] + y)
+        return s, (s - a[0]) - y
 
-        zeros = lambda t0, t1: (t.const(0, t0), t.const(0, t1))  # noqa: E731
-        red = te.comm_reducer(combine, zeros, name="kahan")
-        zero = t.const(0, acc)
-        body = lambda i, u, ax, j, w: red(
-            (masked(w, by_column(u, comps(i, j)), zero), zero), axis=ax
-        )  # noqa: E731
-        return list(space.compute(te, rows, dim, body))
-
-    def combine_block(a, b):  # state (total, partial, j); the element is (0, x_j, j)
-        full = t.floormod(b[2], BLOCK) == BLOCK - 1
-        p = a[1] + b[1]
-        return t.Select(full, a[0] + p, a[0]), t.Select(full, t.const(0, acc), p), b[2]
-
-    red = te.comm_reducer(
-        combine_block, lambda *ts: tuple(t.const(0, x) for x in ts), name="blocksum"
-    )
-
-    def body(i, u, ax, j, w):
-        zero = t.const(0, acc)
-        return red((zero, masked(w, by_column(u, comps(i, j)), zero), j), axis=ax)
-
+    zeros = lambda t0, t1: (t.const(0, t0), t.const(0, t1))  # noqa: E731
+    red = te.comm_reducer(combine, zeros, name="kahan")
+    zero = t.const(0, acc)
+    body = lambda i, u, ax, j, w: red((masked(w, by_column(u, comps(i, j)), zero), zero), axis=ax)  # noqa: E731
     return list(space.compute(te, rows, dim, body))
 
 
 def _sum_state(d: int, v: Variant, dt: str, acc: str) -> list:
-    if v.scheme == "direct":
-        return [(d, acc)]
-    return [(d, acc), (d, acc)] + ([(d, "int32")] if v.scheme == "block" else [])
+    return [(d, acc), (d, acc)] if v.scheme == "kahan" else [(d, acc)]
 
 
 def _sum_value(s: list, v: Variant) -> Any:
-    """The sum a Sum state holds, in float64 (block: total + partial; Kahan: s - c)."""
+    """The sum a Sum state holds, in float64 (Kahan: s - c)."""
     x = xp_of(s)
-    a, b = x.astype(s[0], "float64"), x.astype(s[1], "float64") if len(s) > 1 else None
-    if v.scheme == "direct":
-        return a
-    return a - b if v.scheme == "kahan" else a + b
+    a = x.astype(s[0], "float64")
+    return a - x.astype(s[1], "float64") if v.scheme == "kahan" else a
 
 
 def _sum_final(s: list, v: Variant, dt: Any) -> Any:
-    return xp_of(s).astype(s[0] if v.scheme == "direct" else _sum_value(s, v), dt)
+    return xp_of(s).astype(s[0] if v.scheme != "kahan" else _sum_value(s, v), dt)
 
 
 def _sum_combine(states: list, v: Variant) -> list:
     x = xp_of(states)
     total = x.astype(_sum_value(states, v).sum(0), x.dtype_name(states[0]))
-    rest = [x.zeros(total.shape, x.dtype_name(total), total)] if v.scheme != "direct" else []
-    counter = [states[2][0]] if v.scheme == "block" else []
-    return [total, *rest, *counter]
+    rest = [x.zeros(total.shape, x.dtype_name(total), total)] if v.scheme == "kahan" else []
+    return [total, *rest]
 
 
 def _sum_vjp(r: Reduction, k: int) -> Plan:
@@ -136,7 +114,7 @@ reduction(
     jvp=_sum_jvp,
     grad_doc=ANY,
     variant=_sum_variant,
-    width=lambda d, v, dt, acc: d * (2 if v.scheme == "kahan" else 1),  # a block sum's total
-    # changes once in BLOCK steps: only its partial sums count
+    width=lambda d, v, dt, acc: d * (2 if v.scheme == "kahan" else 1),
+    partial=lambda v: BLOCK if v.scheme == "block" else 0,
     doc="sum_j F; gradient: a Sum again",
 )
