@@ -149,7 +149,8 @@ def _exponent(e: Any, k: dict, dt: str) -> Any:
 def is_nan(x: Any, dt: str, nan: bool = True) -> Any:
     """x is NaN (or, with ``nan=False``, is not), tested on the bits with integer comparisons:
     TVM's simplifier rewrites float tests such as ``not (b < a)`` into ``a <= b`` and
-    ``x != x`` into False, which is wrong for NaN."""
+    ``x != x`` into False, which is wrong for NaN; and its ``isnan`` intrinsic, a call, is
+    miscompiled inside a vectorised tuple reducer (Min/ArgMin gave wrong answers)."""
     t = _tirx()
     k = _F32 if dt == "float32" else _F64
     bits = t.bitwise_and(t.reinterpret(k["bits"], x), t.const(k["nanmask"], k["bits"]))

@@ -29,14 +29,13 @@ from .core import (
 def _keep(is_min: bool, dtype: str) -> Callable:
     """The accumulator (value a, index ia) is kept over b when it holds an element (ia >= 0:
     the identity never beats one, so a column of +inf still gets an index, as in torch) and a
-    is NaN (NaN propagates) or b is not NaN and a <= b (a >= b for max): ties keep the lowest
-    index."""
+    is NaN (NaN propagates) or a <= b (a >= b for max; false when b is NaN: NaN propagates):
+    ties keep the lowest index."""
 
     def keep(a, ia, b):
         t = tirx()
         cmp = a <= b if is_min else a >= b
-        better = t.Or(mathfns.is_nan(a, dtype), t.And(cmp, mathfns.is_nan(b, dtype, False)))
-        return t.And(ia >= 0, better)
+        return t.And(ia >= 0, t.Or(mathfns.is_nan(a, dtype), cmp))
 
     return keep
 
