@@ -34,13 +34,17 @@ def for_device(device_type: str) -> TargetTemplate:
     )
 
 
-def row_block(target: dict, dtype: str, config: dict | None = None, width: int = 1) -> int:
+def row_block(
+    target: dict, dtype: str, config: dict | None = None, width: int = 1, split: bool = False
+) -> int:
     """Output rows per block (the padding multiple): the tuned value from ``config`` if any,
     else the template's rule for ``width`` = values per row of the reduction state that a
-    block keeps in registers across the j loop."""
+    block keeps in registers across the j loop (``split``: for the split-j kernel)."""
     if config and "row_block" in config:
         return int(config["row_block"])
-    return template(target["kind"]).row_block(target, dtype, width)
+    tpl = template(target["kind"])
+    rule = tpl.split_row_block if split and tpl.split_row_block else tpl.row_block
+    return rule(target, dtype, width)
 
 
 def tile(target: dict, dtype: str, config: dict | None = None) -> int:

@@ -67,6 +67,8 @@ class TargetTemplate:
     tile: Callable[[dict, str], int] = lambda target, dtype: 0  # (target, dtype) -> default
     # reduced rows per tile (0: no tiles); the "tile" knob of a tuned config overrides it
     passes: dict = dataclasses.field(default_factory=dict)  # tvm.compile PassContext config
+    split_row_block: Callable[[dict, str, int], int] | None = None  # the split-j kernel's rows
+    # per block (it runs when there are few rows: less padding pays), None: ``row_block``'s
 
 
 def block_partials(sch: "s_tir.Schedule", red: Any, piece: Any) -> Any:

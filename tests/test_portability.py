@@ -37,9 +37,12 @@ def test_vector_registers_follow_the_target(target, regs):
 def test_row_blocks_follow_the_target(target, gauss, knn):
     """Four vectors, fewer while the state would not fit the registers, at least one vector:
     Gaussian conv (3 state values per row), ArgKMin K=10 (20)."""
+    lanes = vector_registers(target)[1] // 32
     for case, want in ((GAUSS, gauss), (KNN, knn)):
         r = make_reduction(*case[:3], 1, "auto", case[3])
         assert build.row_block_for(r.spec("float32"), target) == want
+        # the split-j kernel (few output rows): half as many rows, at least one vector
+        assert build.row_block_for(r.spec("float32", True), target) == max(lanes, want // 2)
     assert cpu_row_block(AVX2, "float64", 3) == 16  # four float64 vectors of 4
 
 

@@ -87,7 +87,8 @@ def key_text(spec: KernelSpec, target: dict, config: Optional[dict] = None) -> s
 def row_block_for(spec: KernelSpec, target: dict, config: Optional[dict] = None) -> int:
     """Rows per block: the tuned value, else the template's rule for the values per row the
     reduction keeps in registers."""
-    return schedules.row_block(target, compute_dtype(spec.dtype), config, spec.registers())
+    dtype = compute_dtype(spec.dtype)
+    return schedules.row_block(target, dtype, config, spec.registers(), spec.variant.split)
 
 
 def compile_reduction(
