@@ -35,16 +35,22 @@ def for_device(device_type: str) -> TargetTemplate:
 
 
 def row_block(
-    target: dict, dtype: str, config: dict | None = None, width: int = 1, split: bool = False
+    target: dict,
+    dtype: str,
+    config: dict | None = None,
+    width: int = 1,
+    split: bool = False,
+    reads: int = 0,
 ) -> int:
     """Output rows per block (the padding multiple): the tuned value from ``config`` if any,
     else the template's rule for ``width`` = values per row of the reduction state that a
-    block keeps in registers across the j loop (``split``: for the split-j kernel)."""
+    block keeps in registers across the j loop and ``reads`` = reduced-index values a pair
+    reads (``split``: for the split-j kernel)."""
     if config and "row_block" in config:
         return int(config["row_block"])
     tpl = template(target["kind"])
     rule = tpl.split_row_block if split and tpl.split_row_block else tpl.row_block
-    return rule(target, dtype, width)
+    return rule(target, dtype, width, reads)
 
 
 def tile(target: dict, dtype: str, config: dict | None = None) -> int:

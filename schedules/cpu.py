@@ -45,27 +45,34 @@ def vector_registers(target: dict) -> tuple[int, int]:
     return _registers(json.dumps(target, sort_keys=True))
 
 
-def cpu_row_block(target: dict, dtype: str, width: int = 1) -> int:
+#: Reduced-index values a pair reads from which a row block spans two vectors at least: each
+#: value is broadcast once per j for the whole block, and with one vector the loads bound the
+#: loop (KNN at D = 64 with AVX2 kernels: 1.2x faster with two vectors; at D = 3 one is best)
+WIDE_READS = 16
+
+
+def cpu_row_block(target: dict, dtype: str, width: int = 1, reads: int = 0) -> int:
     """Lanes per row block: four SIMD vectors of the data type, halved while the block's
     reduction state (``width`` values per row, kept in registers across the j loop) would
-    take more vectors than the target has registers -- but never below one vector: a
-    half-empty vector costs more than spilling part of a wide state (measurements in
-    CHANGELOG.md).  The block's inputs do not count: they are read from a
-    local (L1-resident) copy at every j."""
+    take more vectors than the target has registers -- but never below one vector (two when
+    a pair reads ``WIDE_READS`` or more reduced-index values): a half-empty vector costs more
+    than spilling part of a wide state (measurements in CHANGELOG.md).  The block's inputs do
+    not count: they are read from a local (L1-resident) copy at every j."""
     count, bits = vector_registers(target)
     per_vector = bits // (32 if dtype == "float32" else 64)
     lanes = 4 * per_vector
-    while lanes > per_vector and lanes * width > count * per_vector:
+    floor = per_vector * (2 if reads >= WIDE_READS else 1)
+    while lanes > floor and lanes * width > count * per_vector:
         lanes //= 2
     return lanes
 
 
-def cpu_split_row_block(target: dict, dtype: str, width: int = 1) -> int:
+def cpu_split_row_block(target: dict, dtype: str, width: int = 1, reads: int = 0) -> int:
     """The split-j kernel's row block: half of :func:`cpu_row_block`, at least one vector --
     it runs when the row blocks are fewer than the threads, where a half-empty block costs
     more than narrower blocks (M = 32, N = 2e6 Gaussian: 1.7x faster than 64-row blocks)."""
     per_vector = vector_registers(target)[1] // (32 if dtype == "float32" else 64)
-    return max(per_vector, cpu_row_block(target, dtype, width) // 2)
+    return max(per_vector, cpu_row_block(target, dtype, width, reads) // 2)
 
 
 def cpu_candidates(target: dict, dtype: str, default: int) -> list[dict]:

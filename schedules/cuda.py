@@ -30,7 +30,7 @@ def cuda_target(device: Any, host: dict) -> dict:
     return {"kind": "cuda", "arch": f"sm_{major}{minor}", "host": host}
 
 
-def cuda_row_block(target: dict, dtype: str, width: int = 1) -> int:
+def cuda_row_block(target: dict, dtype: str, width: int = 1, reads: int = 0) -> int:
     """One row per thread by default; rows per thread (row_block = THREADS x rows) is a
     tuning knob: more rows per thread reuse each j-row read, but leave fewer blocks to fill
     the GPU when M is small."""

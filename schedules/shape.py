@@ -58,7 +58,8 @@ class TargetTemplate:
     math: Callable[[dict], str]  # target -> how kernels evaluate exp: "poly" / "avx512",
     # tvmred's SIMD exp (tvmred.mathfns), or "native", the target's own
     make_target: Callable[[Any, dict], dict]  # (torch device, host CPU target) -> target dict
-    row_block: Callable[[dict, str, int], int]  # (target, dtype, state width) -> rows per block
+    row_block: Callable[[dict, str, int, int], int]  # (target, dtype, state width, reduced-index
+    # values read per pair) -> rows per block
     candidates: Callable[[dict, str, int], list]  # (target, dtype, default rows) -> knob dicts
     schedule: Callable[["s_tir.Schedule", ReductionShape, dict], "s_tir.Schedule"]
     finish: Callable[["tvm.IRModule", ReductionShape, dict], "tvm.IRModule"] = _as_is
@@ -67,7 +68,7 @@ class TargetTemplate:
     tile: Callable[[dict, str], int] = lambda target, dtype: 0  # (target, dtype) -> default
     # reduced rows per tile (0: no tiles); the "tile" knob of a tuned config overrides it
     passes: dict = dataclasses.field(default_factory=dict)  # tvm.compile PassContext config
-    split_row_block: Callable[[dict, str, int], int] | None = None  # the split-j kernel's rows
+    split_row_block: Callable[[dict, str, int, int], int] | None = None  # the split-j kernel's rows
     # per block (it runs when there are few rows: less padding pays), None: ``row_block``'s
 
 

@@ -88,7 +88,8 @@ def row_block_for(spec: KernelSpec, target: dict, config: Optional[dict] = None)
     """Rows per block: the tuned value, else the template's rule for the values per row the
     reduction keeps in registers."""
     dtype = compute_dtype(spec.dtype)
-    return schedules.row_block(target, dtype, config, spec.registers(), spec.variant.split)
+    reads = sum(v.dim for v in variables(spec.formula) if v.params[2] == 1 - spec.out_cat)
+    return schedules.row_block(target, dtype, config, spec.registers(), spec.variant.split, reads)
 
 
 def compile_reduction(
