@@ -7,6 +7,8 @@ Adding a target = one file defining its :class:`TargetTemplate` + one line in ``
 
 from __future__ import annotations
 
+from typing import Any
+
 from .cpu import TEMPLATE as CPU
 from .cuda import TEMPLATE as CUDA
 from .shape import ReductionShape, TargetTemplate
@@ -39,18 +41,27 @@ def row_block(
     dtype: str,
     config: dict | None = None,
     width: int = 1,
-    split: bool = False,
+    narrow: bool = False,
     reads: int = 0,
 ) -> int:
     """Output rows per block (the padding multiple): the tuned value from ``config`` if any,
     else the template's rule for ``width`` = values per row of the reduction state that a
     block keeps in registers across the j loop and ``reads`` = reduced-index values a pair
-    reads (``split``: for the split-j kernel)."""
+    reads (``narrow``: the narrower blocks of a split-j kernel for few output rows)."""
     if config and "row_block" in config:
         return int(config["row_block"])
     tpl = template(target["kind"])
-    rule = tpl.split_row_block if split and tpl.split_row_block else tpl.row_block
+    rule = tpl.split_row_block if narrow and tpl.split_row_block else tpl.row_block
     return rule(target, dtype, width, reads)
+
+
+def task_counts(mod: Any, shape: ReductionShape, target: dict) -> Any:
+    """A ranged kernel's loops over j bounded by each task's count (see ``ranged.py``)."""
+    if not shape.ranged:
+        return mod
+    from .ranged import task_counts as rewrite
+
+    return rewrite(mod, shape, target)
 
 
 def tile(target: dict, dtype: str, config: dict | None = None) -> int:
@@ -69,4 +80,5 @@ __all__ = [
     "for_device",
     "row_block",
     "tile",
+    "task_counts",
 ]

@@ -108,7 +108,7 @@ def cpu_rowblock(sch: s_tir.Schedule, shape: ReductionShape, target: dict) -> s_
         reader = next(b for b in blocks if _reads(sch, b, name))
         cache = sch.cache_read(reader, name, "local")
         sch.compute_at(cache, io)
-        sch.transform_layout(cache, ("write", 0), lambda a, b: (b, a))
+        sch.transform_layout(cache, ("write", 0), lambda *a: (*a[:-2], a[-1], a[-2]))
     # accumulators in registers, one SIMD vector per state column
     accs = [sch.cache_write(red, k, "local") for k in range(shape.outputs)]
     for k, acc_k in enumerate(accs):
@@ -168,4 +168,5 @@ TEMPLATE = TargetTemplate(
     finish=kselect_early_exit,
     chunks=cpu_chunks,
     split_row_block=cpu_split_row_block,
+    ranged=True,
 )

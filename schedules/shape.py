@@ -43,6 +43,7 @@ class ReductionShape:
     tile: int = 0  # reduced rows per tile (0: j is not tiled)
     reduced_inputs: tuple[str, ...] = ()  # buffer names of the reduced-index inputs
     block: int = 0  # > 0: a Sum in partial sums of ``block`` consecutive j each (see below)
+    ranged: bool = False  # split-j whose chunk s is a task (see tvmred.lower): C is its count
 
 
 def _as_is(mod: "tvm.IRModule", shape: ReductionShape, target: dict) -> "tvm.IRModule":
@@ -68,6 +69,7 @@ class TargetTemplate:
     tile: Callable[[dict, str], int] = lambda target, dtype: 0  # (target, dtype) -> default
     # reduced rows per tile (0: no tiles); the "tile" knob of a tuned config overrides it
     passes: dict = dataclasses.field(default_factory=dict)  # tvm.compile PassContext config
+    ranged: bool = False  # compiles ranged (block-sparse) kernels: ranges in one launch
     split_row_block: Callable[[dict, str, int, int], int] | None = None  # the split-j kernel's rows
     # per block (it runs when there are few rows: less padding pays), None: ``row_block``'s
 

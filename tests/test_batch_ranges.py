@@ -128,3 +128,120 @@ def test_numpy_ranges_and_batch():
     cb = g(xb, yb, bb)
     Kb = np.exp(-((xb[:, :, None] - yb[:, None]) ** 2).sum(-1))
     np.testing.assert_allclose(cb, Kb @ bb, rtol=1e-12)
+
+
+# ------------------------------------------------------------- ranges in one kernel launch
+
+RANGED = [
+    ("Sum", {}, "Exp(-SqDist(x,y)*IntCst(4))*b"),
+    ("Min_ArgMin", {}, "SqDist(x,y)"),
+    ("KMin_ArgKMin", {"opt_arg": 3}, "SqDist(x,y)"),
+    ("LogSumExp", {}, "-SqDist(x,y)*IntCst(4)"),
+    ("SumSoftMaxWeight", {"formula2": "b"}, "-SqDist(x,y)*IntCst(4)"),
+]
+
+
+def masked_reference(red, kw, x, y, b, mask, axis):
+    """The dense float64 answer of ``red`` over the kept pairs (rows with some kept pair)."""
+    if axis == 0:
+        x, y, mask = y, x, mask.T  # reduce over i: the roles swap (b is on the reduced side)
+    d2 = ((x[:, None] - y[None]) ** 2).sum(-1)
+    if red == "Sum":
+        return (torch.exp(-4 * d2) * mask) @ b
+    if red == "Min_ArgMin":
+        v, i = d2.masked_fill(~mask, float("inf")).min(1, keepdim=True)
+        return v, i
+    if red == "KMin_ArgKMin":
+        v, i = d2.masked_fill(~mask, float("inf")).topk(3, 1, largest=False)
+        return v, i
+    F = (-4 * d2).masked_fill(~mask, float("-inf"))
+    if red == "LogSumExp":
+        return F.logsumexp(1, keepdim=True)
+    return torch.softmax(F, 1) @ b
+
+
+@pytest.mark.parametrize("axis", [1, 0])
+@pytest.mark.parametrize("red,kw,formula", RANGED)
+def test_ranges_in_one_launch_every_reduction(red, kw, formula, axis):
+    """Values (indices: global, lowest first on ties) and gradients of every reduction kind
+    with block-sparse ranges against the dense masked float64 answer, computed by the ranged
+    kernel (one launch for all clusters)."""
+    x, y, b, ranges, mask, keep = clustered_problem(M=300, N=350)
+    al = ["x = Vi(2)", "y = Vj(2)", "b = Vj(1)" if axis == 1 else "b = Vi(1)"]
+    if axis == 0:
+        b = torch.rand(len(x), 1, dtype=x.dtype)
+    g = Genred(formula, al, reduction_op=red, axis=axis, **kw)
+    x.requires_grad_()
+    y.requires_grad_()
+    out = g(x, y, b, ranges=ranges)
+    assert ("kernel", "float64", x.device, "ranged") in g.reduction.memo  # the ranged kernel
+    xr, yr = x.detach().clone().requires_grad_(), y.detach().clone().requires_grad_()
+    ref = masked_reference(red, kw, xr, yr, b, mask, axis)
+    has = (mask.any(1) if axis == 1 else mask.any(0)).nonzero().flatten()
+    outs, refs = (out, ref) if isinstance(out, tuple) else ((out,), (ref,))
+    for o, w in zip(outs, refs):
+        if w.dtype == torch.int64:
+            assert torch.equal(o[has], w[has])
+        else:
+            torch.testing.assert_close(o[has], w[has])
+    e = torch.randn_like(outs[0])
+    e[[k for k in range(len(e)) if k not in set(has.tolist())]] = 0
+    for gg, w in zip(
+        torch.autograd.grad(outs[0], (x, y), e), torch.autograd.grad(refs[0], (xr, yr), e)
+    ):
+        torch.testing.assert_close(gg, w)
+
+
+def odd_ranges():
+    """Output clusters [0,5), [5,12) (no reduced range), [12,12) (empty), [12,30) and
+    [30,40) with the same ranges (merged into one group), [40,47) whose ranges are given
+    unsorted and contiguous ([20,30), [0,10), [10,20): one range [0,30))."""
+    ri = torch.tensor([[0, 5], [5, 12], [12, 12], [12, 30], [30, 40], [40, 47]])
+    redj = torch.tensor([[3, 9], [30, 31], [10, 25], [10, 25], [20, 30], [0, 10], [10, 20]])
+    si = torch.tensor([2, 2, 2, 3, 4, 7])
+    # the transposed triple: j-clusters of 10 rows, each with the i-ranges that keep it
+    m = torch.zeros(47, 40, dtype=torch.bool)
+    for c, (o0, o1) in enumerate(ri.tolist()):
+        for a, b2 in redj[(si[c - 1] if c else 0) : si[c]].tolist():
+            m[o0:o1, a:b2] = True
+    rj = torch.tensor([[0, 10], [10, 20], [20, 30], [30, 40]])
+    redi, sj = [], []
+    for a, b2 in rj.tolist():
+        rows = m[:, a:b2].any(1).nonzero().flatten().tolist()
+        redi += [[r, r + 1] for r in rows]
+        sj.append(len(redi))
+    return (ri, si, redj, rj, torch.tensor(sj), torch.tensor(redi)), m
+
+
+@pytest.mark.parametrize("threads", ["1", "2"])
+def test_ranged_plan_edge_cases(monkeypatch, threads):
+    """Clusters without ranges, empty clusters, rows in no cluster, unsorted contiguous
+    ranges (merged), clusters sharing their ranges (grouped), few tasks (long ranges cut into
+    pieces): the one-launch answer equals the dense masked one and the cluster-by-cluster
+    one, for sums (values, gradients) and K-min indices."""
+    import tvmred.dispatch
+    import tvmred.ranged
+
+    monkeypatch.setenv("TVM_NUM_THREADS", threads)
+    monkeypatch.setattr(tvmred.ranged, "MIN_PIECE", 4)  # cut even these short ranges
+    ranges, mask = odd_ranges()
+    x = torch.rand(50, 2, dtype=torch.float64, requires_grad=True)  # rows 47..49: no cluster
+    y, b = torch.rand(40, 2, dtype=torch.float64), torch.rand(40, 1, dtype=torch.float64)
+    mask = torch.cat([mask, torch.zeros(3, 40, dtype=torch.bool)])
+    g = Genred("Exp(-SqDist(x,y))*b", ["x = Vi(2)", "y = Vj(2)", "b = Vj(1)"], axis=1)
+    knn = Genred(
+        "SqDist(x,y)", ["x = Vi(2)", "y = Vj(2)"], reduction_op="ArgKMin", opt_arg=4, axis=1
+    )
+    c, idx = g(x, y, b, ranges=ranges), knn(x, y, ranges=ranges)
+    xr = x.detach().clone().requires_grad_()
+    d2 = ((xr[:, None] - y[None]) ** 2).sum(-1)
+    ref = (torch.exp(-d2) * mask) @ b
+    torch.testing.assert_close(c, ref)
+    e = torch.randn_like(ref)
+    torch.testing.assert_close(torch.autograd.grad(c, x, e)[0], torch.autograd.grad(ref, xr, e)[0])
+    full = mask.sum(1) >= 4  # rows with 4 kept pairs at least
+    want = d2.detach().masked_fill(~mask, float("inf")).topk(4, 1, largest=False).indices
+    assert torch.equal(idx[full], want[full])
+    monkeypatch.setattr(tvmred.dispatch, "ranged_device", lambda args: False)
+    torch.testing.assert_close(g(x, y, b, ranges=ranges), c)  # cluster by cluster
+    assert torch.equal(knn(x, y, ranges=ranges), idx)

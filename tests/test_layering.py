@@ -22,6 +22,7 @@ LAYERS = [
     [
         "genred",
         "dispatch",
+        "ranged",
         "lazynodes",
         "lazyops",
         "lazyred",

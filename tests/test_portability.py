@@ -41,8 +41,10 @@ def test_row_blocks_follow_the_target(target, gauss, knn):
     for case, want in ((GAUSS, gauss), (KNN, knn)):
         r = make_reduction(*case[:3], 1, "auto", case[3])
         assert build.row_block_for(r.spec("float32"), target) == want
-        # the split-j kernel (few output rows): half as many rows, at least one vector
-        assert build.row_block_for(r.spec("float32", True), target) == max(lanes, want // 2)
+        # the narrow split-j kernel (few output rows): half as many rows, at least one vector
+        assert build.row_block_for(r.spec("float32", True, narrow=True), target) == max(
+            lanes, want // 2
+        )
     # a pair reading 64 reduced-index values: two vectors at least, however wide the state
     wide = make_reduction("SqDist(x,y)", ["x = Vi(64)", "y = Vj(64)"], "ArgKMin", 1, "auto", 10)
     assert build.row_block_for(wide.spec("float32"), target) == 2 * lanes

@@ -89,7 +89,8 @@ def row_block_for(spec: KernelSpec, target: dict, config: Optional[dict] = None)
     reduction keeps in registers."""
     dtype = compute_dtype(spec.dtype)
     reads = sum(v.dim for v in variables(spec.formula) if v.params[2] == 1 - spec.out_cat)
-    return schedules.row_block(target, dtype, config, spec.registers(), spec.variant.split, reads)
+    narrow = spec.variant.narrow
+    return schedules.row_block(target, dtype, config, spec.registers(), narrow, reads)
 
 
 def compile_reduction(
@@ -105,7 +106,7 @@ def compile_reduction(
     tile = schedules.tile(target, compute_dtype(spec.dtype), config)
     low = lower(spec, rb, tpl.math(target), tile)
     sch = tpl.schedule(s_tir.Schedule(low.func), low.shape, target)
-    mod = tpl.finish(sch.mod, low.shape, target)
+    mod = tpl.finish(schedules.task_counts(sch.mod, low.shape, target), low.shape, target)
     # TVM's common-subexpression pass is quadratic in a kernel's size; the lowering already
     # computes shared sub-formulas once per pair, and LLVM / NVCC eliminate what is left
     with tvm.transform.PassContext(config={"tirx.disable_cse_tir": True, **tpl.passes}):

@@ -21,9 +21,13 @@ from .launch import check_args
 from .reductions import Reduction
 
 
-def each_problem(r: Reduction, args: Sequence[Any], fn: Callable, ranges: Any = None) -> Any:
-    """``fn(*args)`` for plain arguments, else batch by batch or cluster by cluster.  ``r``
-    is a :class:`Reduction` or anything with its ``nargs``, ``cats``, ``out_cat``, ``names``."""
+def each_problem(
+    r: Reduction, args: Sequence[Any], fn: Callable, ranges: Any = None, ranged: Any = None
+) -> Any:
+    """``fn(*args)`` for plain arguments, else batch by batch or cluster by cluster -- or,
+    with ranges, ``ranged(args, ranges)`` (one launch, :mod:`tvmred.ranged`) when the
+    binding gives it and the device has ranged kernels.  ``r`` is a :class:`Reduction` or
+    anything with its ``nargs``, ``cats``, ``out_cat``, ``names``."""
     shape = batch_shape(r, args)
     if shape is not None:
         check_args(r, args, batch=True)  # errors name the arguments' full shapes
@@ -31,8 +35,21 @@ def each_problem(r: Reduction, args: Sequence[Any], fn: Callable, ranges: Any = 
             raise NotImplementedError("ranges together with batch dimensions are not supported")
         return _batched(r, args, fn, shape)
     if ranges is not None:
+        if ranged is not None and ranged_device(args):
+            try:
+                return ranged(args, ranges)
+            except LookupError:  # an exported library without the ranged kernel
+                pass
         return _ranged(r, args, fn, ranges)
     return fn(*args)
+
+
+def ranged_device(args: Sequence[Any]) -> bool:
+    """Whether the arguments' device has ranged kernels (one launch for all clusters)."""
+    from . import schedules
+
+    dev = args[0].device if args else torch.device("cpu")
+    return schedules.for_device(dev.type).ranged
 
 
 def _core(r: Reduction, k: int) -> int:
@@ -96,7 +113,7 @@ def _ranged(r: Reduction, args: Sequence[torch.Tensor], fn: Callable, ranges: An
             n_out = a.shape[0]
         elif cat == red_cat:
             n_red = a.shape[0]
-    rng, slices, red = _read_ranges(ranges, out_cat, n_out, n_red)
+    rng, slices, red = read_ranges(ranges, out_cat, n_out, n_red)
     # every reduced index of every cluster at once, then one slice per cluster
     jall = _indices(red)
     lens = red[:, 1] - red[:, 0]
@@ -127,7 +144,7 @@ def _ranged(r: Reduction, args: Sequence[torch.Tensor], fn: Callable, ranges: An
 RANGE_NAMES = ("ranges_i", "slices_i", "redranges_j", "ranges_j", "slices_j", "redranges_i")
 
 
-def _read_ranges(ranges: Any, out_cat: int, n_out: int, n_red: int) -> tuple:
+def read_ranges(ranges: Any, out_cat: int, n_out: int, n_red: int) -> tuple:
     """(output ranges (C, 2), slices (C,), reduced ranges (R, 2)) for this axis, int64 on the
     CPU, after checking what pykeops assumes: integer tensors of those shapes, ranges inside
     the sizes with start <= end, non-decreasing slices ending within the reduced ranges,

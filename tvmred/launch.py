@@ -131,8 +131,8 @@ def call_kernel(r: Reduction, args, dtype: str, dev: Any, n_out: int, n_red: int
     mb = -(-n_out // k.row_block)
     chunks = schedules.for_device(dev.type).chunks(mb, n_red, dev) if mb else 1
     if chunks > 1 and not k.tile:
-        try:
-            k, variant = kernel_of(r, dtype, dev, split=True)
+        try:  # rows for half a block or less: narrower blocks waste less
+            k, variant = kernel_of(r, dtype, dev, split=True, narrow=n_out * 2 <= k.row_block)
         except LookupError:  # an exported library without the split kernel
             chunks = 1
     state = launch(r, k, args, n_out, n_red, chunks, dev)
@@ -183,15 +183,23 @@ def column_chunks(r: Reduction, dtype: str) -> list[Reduction]:
     return r.memo[key]
 
 
-def kernel_of(r: Reduction, dtype: str, dev: Any, split: bool = False) -> tuple[Any, Any]:
+def kernel_of(
+    r: Reduction,
+    dtype: str,
+    dev: Any,
+    split: bool = False,
+    ranged: bool = False,
+    narrow: bool = False,
+) -> tuple[Any, Any]:
     """(compiled kernel, its variant) of ``r`` for this dtype and device (``split``: the
-    split-j kernel), memoised on ``r`` so a call costs no key computation (the caches behind
-    get_kernel are keyed by text)."""
-    key = ("kernel", dtype, dev, split)
+    split-j kernel, ``narrow``: with narrower row blocks; ``ranged``: the block-sparse one),
+    memoised on ``r`` so a call costs no key computation (the caches behind get_kernel are
+    keyed by text)."""
+    key = ("kernel", dtype, dev, "ranged" if ranged else "narrow" if narrow else split)
     hit = r.memo.get(key)
     if hit is not None and hit[0] == build.generation:
         return hit[1], hit[2]
-    spec = r.spec(dtype, split)
+    spec = r.spec(dtype, split, ranged, narrow)
     try:
         kernel = get_kernel(spec, dev)
     except LookupError as e:  # KernelNotExported: say which variables the Var(...) are

@@ -4,6 +4,7 @@ Kernel signature (every kernel, every target)::
 
     main(*inputs, *outs, Mb, N)            or, split-j:   main(*inputs, *outs, Mb, N, S, C)
                                            or, tiled:     main(*inputs, *outs, Mb, N, S, Ct)
+                                       or, ranged: main(*inputs, tasks, *outs, Mb, N, S, C)
 
 * ``inputs``: the variables the formula uses, by position. A variable of the *output*
   category is ``(Mb * row_block, dim)`` (rows padded by the caller), one of the *reduced*
@@ -221,14 +222,21 @@ def _lower(formula, red, out_cat, dtype, acc_dtype, row_block, variant, tile=0) 
         chunks = tuple(sizes[2:])
     else:
         sizes, chunks = [Mb, N], None
-    space = Space(N, chunks)
-    rows = Mb * row_block
+    # ranged: chunk s is task s, the row block tasks[s, 0] of the output-indexed inputs, given
+    # as (blocks, row_block, dim): a row is the pair (block, row in block), the index ``i``
+    # below, so that each task's rows are one block (its copy compacts to the block)
+    tasks = None
+    if variant.ranged:
+        tasks = (te.placeholder((sizes[2], 3), "int32", name="tasks"), te.var("B"))
+    space = Space(N, chunks, tasks)
+    rows = row_block if variant.ranged else Mb * row_block  # ranged: Mb is unused
+    in_rows = (tasks[1], row_block) if variant.ranged else (rows,)
     reduced_rows = chunks[0] * chunks[1] if tile else N
     inputs = tuple(variables(formula))
     holders = {}
     for v in inputs:
         pos, dim, cat = v.params
-        shape = (dim,) if cat == 2 else ((rows, dim) if cat == out_cat else (reduced_rows, dim))
+        shape = (dim,) if cat == 2 else ((*in_rows, dim) if cat == out_cat else (reduced_rows, dim))
         holders[id(v)] = te.placeholder(shape, storage_dtype(data_dtype), name=f"arg{pos}")
     load = _loader(data_dtype, dtype)
 
@@ -237,8 +245,10 @@ def _lower(formula, red, out_cat, dtype, acc_dtype, row_block, variant, tile=0) 
         if cat == 2:
             return lambda i, j: [load(h[k]) for k in range(v.dim)]
         if cat == out_cat:
-            return lambda i, j: [load(h[i, k]) for k in range(v.dim)]
-        if split and not tile:  # the last chunk runs past N (S*C >= N): its reads stay in
+            return lambda i, j: [load(h[(*_pair(i), k)]) for k in range(v.dim)]
+        if (
+            split and not tile and not variant.ranged
+        ):  # the last chunk runs past N (S*C >= N): its reads stay in
             # bounds (and the reducer masks those elements); tiled: the caller pads
             return lambda i, j: [load(h[tirx().min(j, N - 1), k]) for k in range(v.dim)]
         return lambda i, j: [load(h[j, k]) for k in range(v.dim)]
@@ -251,8 +261,8 @@ def _lower(formula, red, out_cat, dtype, acc_dtype, row_block, variant, tile=0) 
         root_uses = [2 * u for u in root_uses]
     staged = _staged(formula, dtype, root_uses)
     while True:
-        func, outs, blocks_of = _build(te, formula, red, holders, leaf, staged, rows, reduced_rows, space, sizes,
-                                       variant, dtype, acc_dtype)  # fmt: skip
+        func, outs, blocks_of = _build(te, formula, red, holders, leaf, staged, (rows, in_rows), reduced_rows,
+                                       space, sizes, variant, dtype, acc_dtype, tasks)  # fmt: skip
         emitted, live = _live(func)
         # a stage whose block no live block reads was folded away: inline its node instead
         dead = {
@@ -287,15 +297,27 @@ def _lower(formula, red, out_cat, dtype, acc_dtype, row_block, variant, tile=0) 
             if var_cat(v) == 1 - out_cat and holders[id(v)].name in live
         ),
         red.partial(variant),
+        variant.ranged,
     )
     return Lowered(func, shape)
 
 
+def _pair(i) -> tuple:
+    """A row index as a tuple: (i,), or a ranged kernel's (block, row in block)."""
+    return i if isinstance(i, tuple) else (i,)
+
+
+def _unpair(ix: tuple):
+    return ix if len(ix) > 1 else ix[0]
+
+
 def _build(
-    te, formula, red, holders, leaf, staged, rows, N, space, sizes, variant, dtype, acc_dtype
+    te, formula, red, holders, leaf, staged, rows, N, space, sizes, variant, dtype, acc_dtype, tasks
 ):
     """(PrimFunc, reduction outputs, stage block names per staged node) with the nodes of
-    ``staged`` computed in per-pair stages and the others inlined."""
+    ``staged`` computed in per-pair stages and the others inlined.  ``rows``: (state rows,
+    rows of the output-indexed inputs)."""
+    rows, in_rows = rows
     stage: dict[int, list] = {}  # staged node -> its per-component tensors
     blocks_of: dict[int, list[str]] = {}
 
@@ -305,7 +327,7 @@ def _build(
         vals: dict[int, list] = {}
         for n in postorder(root, frozenset(stage)):
             if id(n) in stage and (n is not root or not inside):
-                vals[id(n)] = [t[i, j] for t in stage[id(n)]]
+                vals[id(n)] = [t[(*_pair(i), j)] for t in stage[id(n)]]
             elif n.is_var:
                 vals[id(n)] = leaf(n)(i, j)
             else:
@@ -315,12 +337,13 @@ def _build(
     for n in postorder(formula):
         if id(n) in staged:
             base = f"s{len(blocks_of)}"
-            comp = lambda k, n=n: lambda i, j: exprs(n, i, j, inside=True)[k]  # noqa: E731
+            comp = lambda k, n=n: lambda *ij: exprs(n, _unpair(ij[:-1]), ij[-1], inside=True)[k]  # noqa: E731
             stage[id(n)] = [
-                te.compute((rows, N), comp(k), name=f"{base}_{k}") for k in range(n.dim)
+                te.compute((*in_rows, N), comp(k), name=f"{base}_{k}") for k in range(n.dim)
             ]
             blocks_of[id(n)] = [f"{base}_{k}" for k in range(n.dim)]  # all computed at the same j
     root = lambda i, j: exprs(formula, i, j)  # noqa: E731
     outs = red.compute(te, root, rows, space, formula.dim, variant, dtype, acc_dtype)
     inputs = [holders[id(v)] for v in variables(formula)]
-    return te.create_prim_func([*inputs, *outs, *sizes]), outs, blocks_of
+    extra = [tasks[0]] if tasks is not None else []
+    return te.create_prim_func([*inputs, *extra, *outs, *sizes]), outs, blocks_of

@@ -55,7 +55,7 @@ def _batched(r, args) -> bool:
 def _through_torch(r, args, backend: str, device_id: int, ranges: object) -> Any:
     import torch
 
-    from .. import dispatch
+    from .. import dispatch, ranged
 
     targs = [torch.from_numpy(np.ascontiguousarray(a)) for a in args]
     if ranges is not None:
@@ -63,7 +63,8 @@ def _through_torch(r, args, backend: str, device_id: int, ranges: object) -> Any
     dev, host = placement(targs, backend, device_id)
     if host:
         targs = [t.to(dev) for t in targs]
-    res = dispatch.each_problem(r, targs, lambda *a: run(r, a), ranges)
+    one = lambda a, rg: ranged.output(r, a, rg)  # noqa: E731  (ranges in one launch)
+    res = dispatch.each_problem(r, targs, lambda *a: run(r, a), ranges, one)
     res = tuple(t.cpu() for t in res) if isinstance(res, tuple) else res.cpu()
     return tuple(t.numpy() for t in res) if isinstance(res, tuple) else res.numpy()
 

@@ -26,75 +26,32 @@ the LogSumExp family needs a scalar F and takes an optional weight G.
 from __future__ import annotations
 
 import dataclasses
-import math
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional, Sequence, Union
 
-from .._tvm import tirx
 from ..arrays import compute_dtype, xp
 from ..diff import diff as sym_diff
 from ..ops import add, make
 from ..tree import Node, var
+from .space import Space, by_column, inf, masked, tirx  # noqa: F401  (the reducers' helpers)
 
 
 @dataclass(frozen=True)
 class Variant:
     """Compile-time options of a reduction kernel: ``k``, the K of the K-min reductions;
     ``scheme``, the summation scheme of Sum ("direct", "block" or "kahan"); ``split``, the
-    split-j kernel (partial states of chunks of the reduced index, see :class:`Space`)."""
+    split-j kernel (partial states of chunks of the reduced index, see :class:`Space`);
+    ``ranged``, the block-sparse kernel (a split-j kernel whose chunks are tasks: a block of
+    output rows and a range of the reduced index each)."""
 
     k: Optional[int] = None
     scheme: Optional[str] = None
     split: bool = False
+    ranged: bool = False
+    narrow: bool = False  # split-j with the template's narrower row block (few output rows)
 
     def key(self) -> dict:
         return {n: v for n, v in dataclasses.asdict(self).items() if v not in (None, False)}
-
-
-@dataclass(frozen=True)
-class Space:
-    """The reduced index of a kernel: all of ``[0, n)``, or -- the split-j scheme, with
-    ``chunks = (S, C)`` -- chunk s of S, ``j = s*C + jj`` for ``jj`` in ``[0, C)`` and
-    ``j < n``: the kernel then writes one partial state per chunk (outputs ``(S, rows,
-    cols)``), merged by the reduction's ``combine``."""
-
-    n: Any
-    chunks: Optional[tuple] = None
-
-    def compute(self, te: Any, rows: Any, cols: int, body: Callable) -> Any:
-        """``te.compute`` of the reduction block ``red``: ``body(i, u, axis, j, where)``
-        returns the reducer call over ``axis`` of the element at global index ``j``, which
-        counts only where ``where`` holds (None: everywhere) -- the reducers put their
-        identity element there (:func:`_masked`: ``te.create_prim_func`` drops the ``where``
-        of a tuple reducer)."""
-        if self.chunks is None:
-            j = te.reduce_axis((0, self.n), name="j")
-            return te.compute((rows, cols), lambda i, u: body(i, u, j, j.var, None), name="red")
-        S, C = self.chunks
-        jj = te.reduce_axis((0, C), name="j")
-
-        def chunk(s, i, u):
-            j = s * C + jj.var
-            return body(i, u, jj, j, j < self.n)
-
-        return te.compute((S, rows, cols), chunk, name="red")
-
-
-def masked(where: Any, x: Any, identity: Any) -> Any:
-    """The element ``x``, or the reducer's identity where ``where`` is false."""
-    return x if where is None else tirx().Select(tirx().likely(where), x, identity)
-
-
-def by_column(u: Any, exprs: list) -> Any:
-    """exprs[u] for the column loop variable u (folded away once the schedule unrolls u)."""
-    e = exprs[-1]
-    for k in range(len(exprs) - 2, -1, -1):
-        e = tirx().Select(u == k, exprs[k], e)
-    return e
-
-
-def inf(dt: str, sign: float = 1.0) -> Any:
-    return tirx().const(sign * math.inf, dt)
 
 
 def xp_of(states: Sequence) -> Any:
@@ -324,11 +281,15 @@ class Reduction:
         acc = cdt if self.dtype_acc == "auto" else self.dtype_acc  # checked by check_options
         return acc, self.rdef.variant(self.k, self.sum_scheme, cdt, acc)
 
-    def spec(self, dtype: str, split: bool = False) -> KernelSpec:
-        """The kernel of this reduction for data of ``dtype`` (``split``: the split-j one)."""
+    def spec(
+        self, dtype: str, split: bool = False, ranged: bool = False, narrow: bool = False
+    ) -> KernelSpec:
+        """The kernel of this reduction for data of ``dtype`` (``split``: the split-j one,
+        ``narrow``: with narrower row blocks; ``ranged``: the block-sparse one, a split-j
+        kernel over tasks)."""
         acc, variant = self.resolve(dtype)
-        if split:
-            variant = dataclasses.replace(variant, split=True)
+        if split or ranged:
+            variant = dataclasses.replace(variant, split=True, ranged=ranged, narrow=narrow)
         return KernelSpec(self.formula, self.red, self.out_cat, dtype, acc, variant)
 
     def grad_axis(self, k: int) -> int:

@@ -16,7 +16,7 @@ from typing import Any, Optional, Union
 
 import torch
 
-from .. import dispatch
+from .. import dispatch, ranged
 from ..genred import copy_into, placement
 from ..reductions import Reduction
 from . import plans
@@ -73,6 +73,48 @@ class _GenredFuncFn(torch.autograd.Function):
     jvp = staticmethod(_jvp)  # type: ignore[assignment]
 
 
+class _RangedFn(torch.autograd.Function):
+    """A reduction with pykeops' ``ranges`` in one launch (:mod:`tvmred.ranged`); its
+    derivatives are ranged reductions again (the gradient w.r.t. a reduced-index argument
+    takes the transposed ranges of the 6-tuple, as in pykeops), so any order works."""
+
+    @staticmethod
+    def forward(ctx, r: Reduction, ranges: Any, *args: torch.Tensor):  # type: ignore[override]
+        out = tuple(ranged.run(r, args, ranges))
+        ctx.mark_non_differentiable(*[o for o in out if not o.is_floating_point()])
+        ctx.r, ctx.nargs, ctx.ranges = r, len(args), ranges
+        ctx.save_for_backward(*args, *out)
+        ctx.save_for_forward(*args, *out)
+        return out
+
+    @staticmethod
+    def backward(ctx, *grads: Optional[torch.Tensor]):  # type: ignore[override]
+        args, outs, sel = _saved(ctx)
+        needed = ctx.needs_input_grad[2:]
+        step = _ranged_step(ctx.ranges)
+        return (
+            None,
+            None,
+            *plans.gradients(ctx.r, args, outs, sel, grads[0], needed, step, apply_fn),
+        )
+
+    @staticmethod
+    def jvp(ctx, *tangents: Optional[torch.Tensor]):  # type: ignore[override]
+        args, outs, sel = _saved(ctx)
+        res = plans.jvp(ctx.r, tangents[2:], args, outs, sel, _ranged_step(ctx.ranges), apply_fn)
+        return tuple(res) + (None,) * len(sel)
+
+
+def _ranged_step(ranges: Any):
+    return lambda r, *args: _RangedFn.apply(r, ranges, *args)[0]
+
+
+def _ranged_apply(r: Reduction, args, ranges) -> Any:
+    outs = _RangedFn.apply(r, ranges, *args)
+    n = len(outs) - int(r.rdef.index_states is not None)
+    return outs[0] if n == 1 else tuple(outs[:n])
+
+
 def _function(r: Reduction, *args: torch.Tensor) -> tuple:
     if torch._C._are_functorch_transforms_active():
         return _GenredFuncFn.apply(r, *args)
@@ -116,13 +158,19 @@ def torch_call(
     dev, host = placement(args, backend, device_id)
     if host:  # pykeops' "_host" backends: compute on the GPU, return on the CPU
         args = tuple(a.to(dev) if isinstance(a, torch.Tensor) else a for a in args)
+    # ranges in one launch: eager mode with a Reduction (torch.func / torch.compile: cluster
+    # by cluster, through the custom op)
+    one = None
+    if isinstance(r, Reduction) and not torch._C._are_functorch_transforms_active():
+        if not torch.compiler.is_compiling():
+            one = lambda a, rg: _ranged_apply(r, a, rg)  # noqa: E731
     if out is not None:
         with torch.no_grad():
-            res = dispatch.each_problem(r, args, lambda *a: apply(r, *a), ranges)
+            res = dispatch.each_problem(r, args, lambda *a: apply(r, *a), ranges, one)
         if isinstance(res, tuple):
             raise ValueError("out= is not supported for a reduction with two outputs")
         return copy_into(res.cpu() if host else res, out)
-    res = dispatch.each_problem(r, args, lambda *a: apply(r, *a), ranges)
+    res = dispatch.each_problem(r, args, lambda *a: apply(r, *a), ranges, one)
     if host:
         res = tuple(t.cpu() for t in res) if isinstance(res, tuple) else res.cpu()
     return res

@@ -27,27 +27,39 @@ def saved(r: Reduction, tensors: Sequence, nargs: int) -> tuple:
     return args, rest[: len(rest) - nsel], rest[len(rest) - nsel :]
 
 
-def gradients(r: Reduction, args, outs, sel, g, needed: Sequence[bool], apply: Apply) -> list:
+def gradients(
+    r: Reduction,
+    args,
+    outs,
+    sel,
+    g,
+    needed: Sequence[bool],
+    apply: Apply,
+    gathered: Optional[Apply] = None,
+) -> list:
     """The backward of a reduction: the gradient w.r.t. each argument whose ``needed`` flag is
     set (None for the others, and for all when the incoming gradient ``g`` is None), shaped
-    like the argument -- for the eager autograd Function and the custom op's autograd alike."""
+    like the argument -- for the eager autograd Function and the custom op's autograd alike.
+    ``gathered`` (default ``apply``) evaluates the reductions on selected pairs (Min, Max,
+    KMin), which never take the call's ranges."""
     res: list[Optional[torch.Tensor]] = []
     for k, a in enumerate(args):
         if g is None or not needed[k]:
             res.append(None)
             continue
-        res.append(finish(r, k, vjp(r, k, args, outs, sel, g.contiguous(), apply), a))
+        grad = vjp(r, k, args, outs, sel, g.contiguous(), apply, gathered or apply)
+        res.append(finish(r, k, grad, a))
     return res
 
 
-def vjp(r: Reduction, k: int, args, outs, sel, g: torch.Tensor, apply: Apply):
+def vjp(r: Reduction, k: int, args, outs, sel, g: torch.Tensor, apply: Apply, gathered: Apply):
     """The gradient w.r.t. argument k for the incoming gradient ``g`` (None: zero)."""
     plan = r.vjp(k)
     if plan is None:
         return None
     if isinstance(plan, Chain):
         return plan.evaluate(args, {"grad": [g], "out": list(outs[:1])}, apply)
-    return _gathered_vjp(plan, r, k, args, sel[0], g, apply)
+    return _gathered_vjp(plan, r, k, args, sel[0], g, gathered)
 
 
 def _gathered_vjp(plan: Gathered, r: Reduction, k: int, args, idx, g, apply: Apply):
@@ -95,9 +107,17 @@ def finish(r: Reduction, k: int, res: Optional[torch.Tensor], a: torch.Tensor) -
     return res.reshape(a.shape).to(a.dtype)
 
 
-def jvp(r: Reduction, tangents: Sequence, args, outs, sel, apply: Apply) -> list:
+def jvp(
+    r: Reduction,
+    tangents: Sequence,
+    args,
+    outs,
+    sel,
+    apply: Apply,
+    gathered: Optional[Apply] = None,
+) -> list:
     """Tangents of the outputs ``outs`` (None for index outputs) given the tangents of the
-    arguments (None: zero)."""
+    arguments (None: zero); ``gathered`` as in :func:`gradients`."""
     ks = tuple(k for k, t in enumerate(tangents) if t is not None)
     res: list = [None] * len(outs)
     if not ks or not outs[0].is_floating_point():
@@ -107,7 +127,8 @@ def jvp(r: Reduction, tangents: Sequence, args, outs, sel, apply: Apply) -> list
     if isinstance(plan, Chain):
         res[0] = plan.evaluate(args, {"tangents": ts, "out": list(outs[:1])}, apply)
     else:
-        res[0] = _gathered_jvp(plan, r, ks, args, ts, sel[0], apply).reshape(outs[0].shape)
+        res[0] = _gathered_jvp(plan, r, ks, args, ts, sel[0], gathered or apply)
+        res[0] = res[0].reshape(outs[0].shape)
     return res
 
 

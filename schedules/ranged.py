@@ -1,0 +1,60 @@
+"""Ranged (block-sparse) kernels: a split-j kernel whose chunk s is a task -- a block of
+output rows starting at ``tasks[s, 0]`` and ``tasks[s, 2]`` reduced rows from ``tasks[s, 1]``
+(``tvmred.lower``).  The schedule sees a split-j kernel with chunks of ``C`` rows; once its
+blocks are lowered to loops, each task's own count replaces ``C`` inside the loop over tasks,
+so every loop over j runs exactly the task's rows (no masked iterations)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import tvm
+from tvm import s_tir, tirx
+
+from .shape import ReductionShape
+
+
+def _to_loops(mod: tvm.IRModule, target: tvm.target.Target) -> tvm.IRModule:
+    passes = [
+        tirx.transform.BindTarget(target),
+        s_tir.transform.CanonicalizeLoop(),
+        s_tir.transform.LowerInitBlock(),
+        s_tir.transform.PlanAndUpdateBufferAllocationLocation(),
+        s_tir.transform.ConvertBlocksToOpaque(),
+        s_tir.transform.CompactBufferAllocation(),
+        s_tir.transform.LowerMatchBuffer(),
+        s_tir.transform.LowerOpaqueBlock(),
+    ]
+    with tvm.transform.PassContext():
+        return tvm.ir.transform.Sequential(passes)(mod)
+
+
+def _task_loop(stmt: Any) -> Any:
+    """The outermost parallel (or thread-bound) loop: the loop over tasks."""
+    todo = [stmt]
+    while todo:
+        node = todo.pop(0)
+        if isinstance(node, tirx.For) and node.kind in (
+            tirx.ForKind.PARALLEL,
+            tirx.ForKind.THREAD_BINDING,
+        ):
+            return node
+        for name in ("body", "then_case", "else_case"):
+            child = getattr(node, name, None)
+            if child is not None:
+                todo.append(child)
+        todo.extend(getattr(node, "seq", ()) or ())
+    raise LookupError("ranged kernel: no parallel loop over tasks")
+
+
+def task_counts(mod: tvm.IRModule, shape: ReductionShape, target: dict) -> tvm.IRModule:
+    """``mod`` with ``C`` replaced, inside the loop over tasks, by the task's count."""
+    if not shape.ranged:
+        return mod
+    low = _to_loops(mod, tvm.target.Target(target))
+    func = low["main"]
+    params = {p.name: p for p in func.params}
+    loop = _task_loop(func.body)  # one row block per task: the loop over tasks
+    count = tirx.BufferLoad(params["tasks"], [loop.loop_var, 2])  # a param is its buffer
+    low["main"] = func.specialize({params["C"]: count})
+    return low

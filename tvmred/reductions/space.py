@@ -1,0 +1,69 @@
+"""Where a reduction block runs: its reduced index (all of it, split-j chunks, or ranged
+tasks), and the TIR helpers the reducers share (masking, column selection, infinities)."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Callable, Optional
+
+from .._tvm import tirx
+
+
+@dataclass(frozen=True)
+class Space:
+    """The reduced index of a kernel: all of ``[0, n)``, or -- the split-j scheme, with
+    ``chunks = (S, C)`` -- chunk s of S, ``j = s*C + jj`` for ``jj`` in ``[0, C)`` and
+    ``j < n``: the kernel then writes one partial state per chunk (outputs ``(S, rows,
+    cols)``), merged by the reduction's ``combine``.  With ``tasks`` (ranged), chunk s is
+    the row block ``tasks[s, 0]`` (rows ``(block, i)``) and ``j = tasks[s, 1] + jj`` for
+    ``jj < tasks[s, 2]``."""
+
+    n: Any
+    chunks: Optional[tuple] = None
+    tasks: Any = None  # ranged: (tasks (S, 3) int32 (row block, first j, number of j), blocks)
+
+    def compute(self, te: Any, rows: Any, cols: int, body: Callable) -> Any:
+        """``te.compute`` of the reduction block ``red``: ``body(i, u, axis, j, where)``
+        returns the reducer call over ``axis`` of the element at global index ``j``, which
+        counts only where ``where`` holds (None: everywhere) -- the reducers put their
+        identity element there (:func:`_masked`: ``te.create_prim_func`` drops the ``where``
+        of a tuple reducer)."""
+        if self.chunks is None:
+            j = te.reduce_axis((0, self.n), name="j")
+            return te.compute((rows, cols), lambda i, u: body(i, u, j, j.var, None), name="red")
+        S, C = self.chunks
+        jj = te.reduce_axis((0, C), name="j")
+
+        def chunk(s, i, u):
+            if self.tasks is not None:  # C stands for the task's count, set after scheduling
+                # clamped (the caller's tasks are in bounds): the schedule can then prove
+                # every access in bounds, and guards none
+                tasks, blocks = self.tasks
+                block = _clamp(tasks[s, 0], blocks)
+                return body((block, i), u, jj, _clamp(tasks[s, 1] + jj.var, self.n), None)
+            j = s * C + jj.var
+            return body(i, u, jj, j, j < self.n)
+
+        return te.compute((S, rows, cols), chunk, name="red")
+
+
+def _clamp(x: Any, n: Any) -> Any:
+    return tirx().max(tirx().min(x, n - 1), 0)
+
+
+def masked(where: Any, x: Any, identity: Any) -> Any:
+    """The element ``x``, or the reducer's identity where ``where`` is false."""
+    return x if where is None else tirx().Select(tirx().likely(where), x, identity)
+
+
+def by_column(u: Any, exprs: list) -> Any:
+    """exprs[u] for the column loop variable u (folded away once the schedule unrolls u)."""
+    e = exprs[-1]
+    for k in range(len(exprs) - 2, -1, -1):
+        e = tirx().Select(u == k, exprs[k], e)
+    return e
+
+
+def inf(dt: str, sign: float = 1.0) -> Any:
+    return tirx().const(sign * math.inf, dt)
