@@ -263,3 +263,26 @@ def test_pickle_roundtrip():
     h = pickle.loads(pickle.dumps(g))
     x, y, a, p = reference_inputs(20, 30, torch.float64)
     torch.testing.assert_close(h(x, y, a, p), dense(x, y, a, p))
+
+
+def test_cuda_calls_launch_on_the_callers_stream(monkeypatch):
+    """A kernel on CUDA tensors runs on torch's current stream there (TVM's environment
+    stream set for the call, restored after).  Without a GPU: a CPU call whose array
+    library reports a stream takes the same path (a CPU kernel ignores TVM's CUDA stream)."""
+    from tvmred import arrays, cabi
+
+    seen = []
+    monkeypatch.setattr(arrays.Torch, "stream", staticmethod(lambda a: (0, 0xABC0)))
+    before = cabi.get_stream(2, 0)
+    g = Genred("x*y", ["x = Vi(1)", "y = Vj(1)"], axis=1)
+    real = cabi.set_stream
+
+    def spy(device_type, device_id, stream):
+        seen.append((device_type, device_id, stream))
+        return real(device_type, device_id, stream)
+
+    monkeypatch.setattr(cabi, "set_stream", spy)
+    x, y = torch.rand(5, 1), torch.rand(7, 1)
+    torch.testing.assert_close(g(x, y), x * y.sum())
+    assert seen[0] == (2, 0, 0xABC0) and seen[-1] == (2, 0, before)  # set, then restored
+    assert cabi.get_stream(2, 0) == before

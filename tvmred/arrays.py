@@ -100,6 +100,13 @@ class Torch:
         return a.contiguous()
 
     @staticmethod
+    def stream(a: Any) -> Any:
+        """(device index, torch's current CUDA stream there) for a CUDA tensor, else None."""
+        if not a.is_cuda:
+            return None
+        return a.get_device(), Torch.lib().cuda.current_stream(a.device).cuda_stream
+
+    @staticmethod
     def kernel_view(a: Any) -> Any:
         """``a`` as a kernel takes it: a bfloat16 tensor as its bits (int16)."""
         return a.view(Torch.lib().int16) if a.dtype is Torch.dtype("bfloat16") else a
@@ -195,6 +202,10 @@ class Numpy:
     @staticmethod
     def kernel_view(a: Any) -> Any:
         return a
+
+    @staticmethod
+    def stream(a: Any) -> Any:
+        return None  # host memory
 
     @staticmethod
     def copy(a: Any) -> Any:

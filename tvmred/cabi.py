@@ -70,7 +70,25 @@ def _ffi() -> ctypes.CDLL:
     lib.TVMFFIErrorMoveFromRaised.argtypes = [ctypes.POINTER(ctypes.c_void_p)]
     lib.TVMFFIErrorMoveFromRaised.restype = None
     lib.TVMFFIObjectDecRef.argtypes = [ctypes.c_void_p]
+    lib.TVMFFIEnvSetStream.argtypes = [
+        ctypes.c_int32, ctypes.c_int32, ctypes.c_void_p, ctypes.POINTER(ctypes.c_void_p)
+    ]  # fmt: skip
+    lib.TVMFFIEnvGetStream.argtypes = [ctypes.c_int32, ctypes.c_int32]
+    lib.TVMFFIEnvGetStream.restype = ctypes.c_void_p
     return lib
+
+
+def set_stream(device_type: int, device_id: int, stream: int | None) -> int | None:
+    """Make ``stream`` the stream TVM's kernels of that device launch on (TVM's thread-local
+    environment stream, which its CUDA module reads at each launch); the previous one."""
+    prev = ctypes.c_void_p()
+    if _ffi().TVMFFIEnvSetStream(device_type, device_id, stream, ctypes.byref(prev)):
+        _raise(_ffi())
+    return prev.value
+
+
+def get_stream(device_type: int, device_id: int) -> int | None:
+    return _ffi().TVMFFIEnvGetStream(device_type, device_id)
 
 
 @functools.lru_cache(maxsize=None)

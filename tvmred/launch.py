@@ -9,7 +9,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Sequence
 
-from . import build, schedules
+from . import build, cabi, schedules
 from .arrays import ALIGN, is_array, xp
 from .build import DTYPES, get_kernel
 from .reductions import Reduction
@@ -151,8 +151,27 @@ def launch(
     and for every tiled kernel; rows padded to whole row blocks."""
     call_args, state, sizes = kernel_args(r, k, args, n_out, n_red, chunks, dev)
     if sizes[0]:  # no output rows: no launch (a CUDA grid of 0 blocks is an error)
-        k.fn(*call_args, *state, *sizes)
+        invoke(k.fn, state[0], *call_args, *state, *sizes)
     return state
+
+
+def invoke(fn: Any, like: Any, *args: Any) -> None:
+    """``fn(*args)``; for arrays on a CUDA device (``like``), launched on the array
+    library's current stream there (torch's ``current_stream``: ordered with the caller's
+    work, no synchronisation, capturable in a CUDA graph), TVM's stream restored after."""
+    where = xp(like).stream(like)
+    if where is None:
+        fn(*args)
+        return
+    dev, stream = where
+    prev = cabi.set_stream(CUDA, dev, stream)
+    try:
+        fn(*args)
+    finally:
+        cabi.set_stream(CUDA, dev, prev)
+
+
+CUDA = 2  # DLPack's device type
 
 
 #: State values per output row one kernel computes (columns x state buffers): a wider

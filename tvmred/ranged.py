@@ -19,7 +19,7 @@ import torch
 
 from .arrays import Torch
 from .dispatch import read_ranges
-from .launch import aligned, check_args, column_chunks, kernel_of
+from .launch import aligned, check_args, column_chunks, invoke, kernel_of
 from .reductions import Reduction
 
 #: Reduced rows per task at least (a task's setup -- its block copy, its state -- is then
@@ -169,7 +169,7 @@ def _states(r, args, dtype, dev, n_out, n_red, ranges) -> tuple[list, Plan]:
         torch.empty(n_tasks, rb, cols, dtype=getattr(torch, dt), device=dev) for cols, dt in k.state
     ]
     if n_tasks:
-        k.fn(*call, tasks, *state, 1, n_red, n_tasks)
+        invoke(k.fn, state[0], *call, tasks, *state, 1, n_red, n_tasks)
     # each block's tasks side by side: (per_block, blocks * rb, cols) partial states
     parts = [
         s.reshape(blocks, p.per_block, rb, -1).transpose(0, 1).reshape(p.per_block, blocks * rb, -1)

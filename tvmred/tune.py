@@ -17,7 +17,7 @@ from typing import Any, Optional, Sequence
 
 from . import build, schedules, tunedb
 from .frontend import reduction_from
-from .launch import check_args, kernel_args
+from .launch import check_args, invoke, kernel_args
 from .targets import target_for
 
 
@@ -118,12 +118,12 @@ def _time(kernel: Any, r: Any, args: list, repeats: int) -> tuple[float, list]:
     dtype, n_out, n_red = check_args(r, args)
     inputs, state, sizes = kernel_args(r, kernel, args, n_out, n_red)
     sync = torch.cuda.synchronize if args[0].device.type == "cuda" else (lambda: None)
-    kernel.fn(*inputs, *state, *sizes)
+    invoke(kernel.fn, state[0], *inputs, *state, *sizes)
     sync()
     best = float("inf")
     for _ in range(repeats):
         t0 = time.perf_counter()
-        kernel.fn(*inputs, *state, *sizes)
+        invoke(kernel.fn, state[0], *inputs, *state, *sizes)
         sync()
         best = min(best, time.perf_counter() - t0)
     return best, [(t[0] if kernel.tile else t)[:n_out] for t in state]
