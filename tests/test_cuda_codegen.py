@@ -205,3 +205,35 @@ def test_the_default_tile_comes_from_the_environment(monkeypatch):
     assert build.key_text(spec, target) != plain
     ex, meta = build.compile_reduction(spec, target)
     assert meta["tile"] == 64 and "arg1_shared_ptr[192]" in ex.mod.imports[0].inspect_source()
+
+
+def _nvrtc_ready() -> bool:
+    from tvmred import cudatool
+
+    return cudatool.nvrtc_version() is not None and "headers from" in cudatool.setup()
+
+
+NVRTC = pytest.mark.skipif(
+    "not _nvrtc_ready()", reason="cuda-bindings / NVRTC / CUDA headers not installed (tvmred[cuda])"
+)
+
+
+@NVRTC
+@pytest.mark.parametrize("arch", ["sm_80", "sm_90"])
+@pytest.mark.parametrize("red,formula,variant", CASES)
+def test_nvrtc_compiles_every_kernel_kind(red, formula, variant, arch):
+    """Every kernel kind compiles to a cubin for sm_80 and sm_90 with NVRTC -- from pip
+    (tvmred[cuda]) when there is no CUDA toolkit: the route TVM takes by default."""
+    from tvm.support import nvcc as tvm_nvcc
+
+    _, src = cuda_source(red, formula, variant, "float32", arch)
+    cubin = bytes(tvm_nvcc.compile_cuda(src, target_format="cubin", arch=arch, compiler="nvrtc"))
+    assert cubin[:4] == b"\x7fELF" and b"main_kernel" in cubin
+
+
+def test_a_cuda_version_mismatch_is_named():
+    from tvmred.cudatool import check
+
+    assert check("13.0", (13, 5)) is None and check(None, (12, 8)) is None
+    msg = check("12.8", (13, 5))
+    assert "CUDA 12.8" in msg and "CUDA 13.5" in msg and "tvmred[cuda12]" in msg

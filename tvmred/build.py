@@ -19,7 +19,7 @@ import time
 from dataclasses import dataclass
 from typing import Any, Optional
 
-from . import cache, compile_client, schedules, tunedb
+from . import cache, compile_client, cudatool, schedules, tunedb
 from .arrays import HALF, compute_dtype
 from .errors import KernelNotExported
 from .lower import lower
@@ -102,6 +102,8 @@ def compile_reduction(
     from tvm import s_tir
 
     tpl = schedules.template(target["kind"])
+    if target["kind"] == "cuda":
+        cudatool.setup()  # NVRTC with pip's CUDA headers when there is no toolkit
     rb = row_block_for(spec, target, config)
     tile = schedules.tile(target, compute_dtype(spec.dtype), config)
     low = lower(spec, rb, tpl.math(target), tile)

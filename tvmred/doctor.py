@@ -12,7 +12,7 @@ import time
 import traceback
 from typing import Callable
 
-from . import cache, targets, tunedb
+from . import cache, cudatool, targets, tunedb
 from .build import __version__
 from .settings import cache_dir
 
@@ -79,8 +79,20 @@ def report() -> list[tuple[str, str]]:
         ("torch CUDA", _safe(_torch_cuda)),
         ("TVM CUDA runtime", _safe(lambda: tvm.runtime.enabled("cuda"))),
         ("nvcc", _safe(_nvcc)),
+        ("CUDA compiler", _safe(cudatool.setup)),
+        ("NVRTC", _safe(_nvrtc)),
     ]
     return rows
+
+
+def _nvrtc() -> str:
+    import torch
+
+    version = cudatool.nvrtc_version()
+    if version is None:
+        return "not installed (pip install tvmred[cuda])"
+    problem = cudatool.check(torch.version.cuda, version)
+    return f"CUDA {version[0]}.{version[1]}" + (f" -- MISMATCH: {problem}" if problem else "")
 
 
 def _torch_cuda() -> str:
