@@ -21,27 +21,21 @@ from __future__ import annotations
 import tvm
 from tvm import s_tir, tirx
 
+from .ranged import to_loops
 from .shape import ReductionShape
 
 
 def _to_vectorised(mod: tvm.IRModule, target: tvm.target.Target) -> tvm.IRModule:
-    passes = [
-        tirx.transform.BindTarget(target),
-        s_tir.transform.CanonicalizeLoop(),
-        s_tir.transform.LowerInitBlock(),
-        s_tir.transform.PlanAndUpdateBufferAllocationLocation(),
-        s_tir.transform.ConvertBlocksToOpaque(),
-        s_tir.transform.CompactBufferAllocation(),
-        s_tir.transform.LowerMatchBuffer(),
-        s_tir.transform.StmtSimplify(),
-        s_tir.transform.LowerOpaqueBlock(),
-        tirx.transform.FlattenBuffer(),
-        tirx.transform.NarrowDataType(32),
-        s_tir.transform.LoopPartition(),
-        tirx.transform.VectorizeLoop(True),
-    ]
-    with tvm.transform.PassContext():
-        return tvm.ir.transform.Sequential(passes)(mod)
+    return to_loops(
+        mod,
+        target,
+        (
+            tirx.transform.FlattenBuffer(),
+            tirx.transform.NarrowDataType(32),
+            s_tir.transform.LoopPartition(),
+            tirx.transform.VectorizeLoop(True),
+        ),
+    )
 
 
 def _guard_seq(stmts: list, first: str, last: str) -> tuple[list, bool]:

@@ -14,7 +14,10 @@ from tvm import s_tir, tirx
 from .shape import ReductionShape
 
 
-def _to_loops(mod: tvm.IRModule, target: tvm.target.Target) -> tvm.IRModule:
+def to_loops(mod: tvm.IRModule, target: tvm.target.Target, more: tuple = ()) -> tvm.IRModule:
+    """``mod`` through the start of ``tvm.compile``'s TIR pipeline, its blocks lowered to
+    loops, then the passes ``more`` (the pipeline runs them all again on such a module:
+    they are no-ops on lowered TIR)."""
     passes = [
         tirx.transform.BindTarget(target),
         s_tir.transform.CanonicalizeLoop(),
@@ -23,7 +26,9 @@ def _to_loops(mod: tvm.IRModule, target: tvm.target.Target) -> tvm.IRModule:
         s_tir.transform.ConvertBlocksToOpaque(),
         s_tir.transform.CompactBufferAllocation(),
         s_tir.transform.LowerMatchBuffer(),
+        s_tir.transform.StmtSimplify(),
         s_tir.transform.LowerOpaqueBlock(),
+        *more,
     ]
     with tvm.transform.PassContext():
         return tvm.ir.transform.Sequential(passes)(mod)
@@ -51,7 +56,7 @@ def task_counts(mod: tvm.IRModule, shape: ReductionShape, target: dict) -> tvm.I
     """``mod`` with ``C`` replaced, inside the loop over tasks, by the task's count."""
     if not shape.ranged:
         return mod
-    low = _to_loops(mod, tvm.target.Target(target))
+    low = to_loops(mod, tvm.target.Target(target))
     func = low["main"]
     params = {p.name: p for p in func.params}
     loop = _task_loop(func.body)  # one row block per task: the loop over tasks
