@@ -1,6 +1,7 @@
-"""tvmred.jax: every reduction kind's values and gradients against dense float64 references,
-under jit, grad (second order included), vmap, and a jitted training step calling tvmred
-twice; skipped without jax."""
+"""tvmred.jax: every reduction kind's values, gradients and forward-mode derivatives against
+dense float64 references, under jit, grad, jvp (and their compositions: second order both
+ways), vmap (of grad, under grad, nested), and a jitted training step calling tvmred twice;
+skipped without jax."""
 
 import numpy as np
 import pytest
@@ -64,6 +65,45 @@ def test_gradients(red):
         np.testing.assert_allclose(np.asarray(g), w, rtol=1e-9, atol=1e-11)
 
 
+def dense_jvp(red, arrays, tangents, axis):
+    """torch's forward-mode derivative of the dense reference (first output)."""
+    ts = tuple(torch.from_numpy(np.array(a)) for a in arrays)
+    tt = tuple(torch.from_numpy(np.array(t)) for t in tangents)
+    _, want = torch.func.jvp(lambda *a: dense(red, *a, axis), ts, tt)
+    return (want[0] if isinstance(want, tuple) else want).numpy()
+
+
+@pytest.mark.parametrize("axis", [1, 0])
+@pytest.mark.parametrize("red", DIFFERENTIABLE + ["ArgKMin"])
+def test_forward_mode(red, axis):
+    arrays = data()
+    rng = np.random.default_rng(2)
+    tangents = [rng.standard_normal(a.shape) for a in arrays]
+    r = routine(red, axis)
+    _, got = jax.jvp(lambda *a: r(*a), tuple(map(jnp.asarray, arrays)),
+                     tuple(map(jnp.asarray, tangents)))  # fmt: skip
+    got = got[0] if isinstance(got, tuple) else got
+    if red == "ArgKMin":  # index outputs carry no tangent (float0)
+        assert got.dtype == jax.dtypes.float0
+        return
+    want = dense_jvp(red, arrays, tangents, axis)
+    np.testing.assert_allclose(np.asarray(got), want, rtol=1e-10, atol=1e-10)
+    # the same through jit and along one argument only
+    only_y = jax.jit(lambda y, t: jax.jvp(lambda y: r(arrays[0], y, arrays[2]), (y,), (t,))[1])
+    got = only_y(jnp.asarray(arrays[1]), jnp.asarray(tangents[1]))
+    got = got[0] if isinstance(got, tuple) else got
+    zero = [np.zeros_like(tangents[0]), tangents[1], np.zeros_like(tangents[2])]
+    np.testing.assert_allclose(np.asarray(got), dense_jvp(red, arrays, zero, axis), rtol=1e-10,
+                               atol=1e-10)  # fmt: skip
+
+
+def test_forward_mode_unsupported_reduction_says_so():
+    arrays = list(map(jnp.asarray, data()))
+    r = routine("Max_SumShiftExp", 1)
+    with pytest.raises(NotImplementedError, match="Max_SumShiftExp has no forward-mode"):
+        jax.jvp(lambda *a: r(*a), tuple(arrays), tuple(map(jnp.ones_like, arrays)))
+
+
 def gauss_dense(x, y, b):
     return jnp.exp(-((x[:, None] - y[None]) ** 2).sum(-1)) @ b
 
@@ -86,6 +126,70 @@ def test_jit_second_order_and_vmap():
         jax.vmap(lambda x: G(x, y, b))(xs), jax.vmap(lambda x: gauss_dense(x, y, b))(xs),
         rtol=1e-12,
     )  # fmt: skip
+
+
+@pytest.mark.parametrize("red", ["Sum", "Min", "LogSumExp", "SumSoftMaxWeight"])
+def test_mixed_orders(red):
+    """Hessian-vector products both ways (forward over reverse, reverse over forward) and a
+    second forward derivative, against the dense reference's."""
+    arrays = [jnp.asarray(a) for a in data()]
+    v = jnp.asarray(np.random.default_rng(3).standard_normal(arrays[0].shape))
+    e = jnp.asarray(np.random.default_rng(4).standard_normal((30, 2)))
+
+    def f(fn):
+        def loss(x):
+            out = fn(x, *arrays[1:])
+            out = out[0] if isinstance(out, tuple) else out
+            return (jnp.tanh(out) * e[:, : out.shape[1]]).sum()
+
+        return loss
+
+    r = routine(red, 1)
+    T = lambda a: torch.from_numpy(np.array(a))  # noqa: E731
+
+    def torch_loss(x):
+        out = dense(red, x, *map(T, arrays[1:]), 1)
+        out = out[0] if isinstance(out, tuple) else out
+        return (torch.tanh(out) * T(e)[:, : out.shape[1]]).sum()
+
+    x0, v0 = T(arrays[0]), T(v)
+    hvp = torch.func.jvp(torch.func.grad(torch_loss), (x0,), (v0,))[1].numpy()
+    fwd_rev = jax.jvp(jax.grad(f(r)), (arrays[0],), (v,))[1]
+    rev_fwd = jax.grad(lambda x: jax.jvp(f(r), (x,), (v,))[1])(arrays[0])
+    np.testing.assert_allclose(np.asarray(fwd_rev), hvp, rtol=1e-9, atol=1e-10)
+    np.testing.assert_allclose(np.asarray(rev_fwd), hvp, rtol=1e-9, atol=1e-10)
+    second = jax.jvp(lambda x: jax.jvp(f(r), (x,), (v,))[1], (arrays[0],), (v,))[1]
+    want = torch.func.jvp(lambda x: torch.func.jvp(torch_loss, (x,), (v0,))[1], (x0,), (v0,))[1]
+    np.testing.assert_allclose(float(second), float(want), rtol=1e-9)
+
+
+def test_vmap_with_derivatives():
+    x, y, b = map(jnp.asarray, data())
+    xs = jnp.stack([x, 0.5 * x, x + 1])
+    ys = jnp.stack([y, y[::-1], 2 * y, y - 1], axis=2)  # batched along axis 2: (40, 3, 4)
+
+    def loss(f):
+        return lambda x, y: (f(x, y, b) ** 2).sum()
+
+    # vmap of grad, with batch axes in different places
+    got = jax.vmap(jax.grad(loss(G), argnums=(0, 1)), in_axes=(None, 2))(x, ys)
+    want = jax.vmap(jax.grad(loss(gauss_dense), argnums=(0, 1)), in_axes=(None, 2))(x, ys)
+    for g, w in zip(got, want):
+        np.testing.assert_allclose(g, w, rtol=1e-9, atol=1e-11)
+    # grad of vmap (a parameter-like unbatched argument gets its gradient summed)
+    got = jax.grad(lambda y: jax.vmap(lambda x: loss(G)(x, y))(xs).sum())(y)
+    want = jax.grad(lambda y: jax.vmap(lambda x: loss(gauss_dense)(x, y))(xs).sum())(y)
+    np.testing.assert_allclose(got, want, rtol=1e-9, atol=1e-11)
+    # nested vmap, and jvp under vmap
+    got = jax.vmap(jax.vmap(lambda x, y: G(x, y, b), in_axes=(None, 2)), in_axes=(0, None))(xs, ys)
+    want = jax.vmap(jax.vmap(lambda x, y: gauss_dense(x, y, b), in_axes=(None, 2)),
+                    in_axes=(0, None))(xs, ys)  # fmt: skip
+    assert got.shape == (3, 4, 30, 2)
+    np.testing.assert_allclose(got, want, rtol=1e-12)
+    t = jnp.ones_like(x)
+    got = jax.vmap(lambda x: jax.jvp(lambda x: G(x, y, b), (x,), (t,))[1])(xs)
+    want = jax.vmap(lambda x: jax.jvp(lambda x: gauss_dense(x, y, b), (x,), (t,))[1])(xs)
+    np.testing.assert_allclose(got, want, rtol=1e-10, atol=1e-12)
 
 
 def test_a_jitted_training_step_calling_tvmred_twice():
@@ -147,3 +251,46 @@ def test_float16():
     ref = np.asarray(gauss_dense(*(a.astype(jnp.float64) for a in (x, y, b))))
     err = np.abs(np.asarray(out, dtype=np.float64) - ref)
     assert (err <= 2.0**-11 * np.abs(ref) + 2e-5 * np.abs(ref).max()).all()
+
+
+@pytest.mark.parametrize("bridge", ["ffi", "callback"])
+def test_both_bridges_into_xla(bridge, monkeypatch):
+    """The XLA FFI custom call (default) and jax.pure_callback give the same values,
+    gradients and batched calls; the lowered module names the chosen one."""
+    monkeypatch.setenv("TVMRED_JAX_BRIDGE", bridge)
+    scale = {"ffi": 2, "callback": 3}[bridge]  # a reduction of its own: nothing cached
+    g = Genred(
+        f"Exp(-SqDist(x,y)*IntInv({scale}))*b", ["x = Vi(3)", "y = Vj(3)", "b = Vj(2)"], axis=1
+    )
+    x, y, b = map(jnp.asarray, data())
+
+    def dense(x, y, b):
+        return jnp.exp(-((x[:, None] - y[None]) ** 2).sum(-1) / scale) @ b
+
+    hlo = jax.jit(g.__call__).lower(x, y, b).as_text()
+    assert ("tvmred_reduce" in hlo) == (bridge == "ffi")
+    np.testing.assert_allclose(jax.jit(g.__call__)(x, y, b), dense(x, y, b), rtol=1e-12)
+    got = jax.grad(lambda y: (g(x, y, b) ** 2).sum())(y)
+    np.testing.assert_allclose(got, jax.grad(lambda y: (dense(x, y, b) ** 2).sum())(y),
+                               rtol=1e-9)  # fmt: skip
+    xs = jnp.stack([x, x + 1])
+    np.testing.assert_allclose(jax.vmap(lambda x: g(x, y, b))(xs),
+                               jax.vmap(lambda x: dense(x, y, b))(xs), rtol=1e-12)  # fmt: skip
+
+
+def test_an_error_inside_the_custom_call_reaches_the_caller(monkeypatch):
+    from tvmred.jax import ffi
+
+    x, y, b = map(jnp.asarray, data())
+    fn = jax.jit(G.__call__)
+    fn(x, y, b).block_until_ready()  # compiled, the reduction known to the handler
+    monkeypatch.setattr(ffi, "_REDUCTIONS", {})  # as if the reduction were gone
+    with pytest.raises(Exception, match="tvmred: RuntimeError: the reduction .* no longer exists"):
+        fn(x, y, b).block_until_ready()
+
+
+def test_a_bad_bridge_setting_is_named(monkeypatch):
+    monkeypatch.setenv("TVMRED_JAX_BRIDGE", "cffi")
+    g = Genred("SqDist(x,y)", ["x = Vi(3)", "y = Vj(3)"])
+    with pytest.raises(ValueError, match="TVMRED_JAX_BRIDGE='cffi'"):
+        jax.jit(g.__call__)(*map(jnp.asarray, data()[:2]))

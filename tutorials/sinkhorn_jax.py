@@ -5,8 +5,8 @@ Sinkhorn in JAX with ``jit`` and ``grad``
 Entropic optimal transport between two point clouds, cost :math:`C_{ij} = |x_i - y_j|^2`,
 by log-domain Sinkhorn iterations on the dual potentials -- each a ``logsumexp`` reduction of
 a ``tvmred.jax.LazyTensor`` formula, inside ``jax.jit`` -- and the gradient of the OT cost
-with respect to the points x by ``jax.grad`` (through the iterations: tvmred's symbolic
-gradients of each reduction).  Beside it, when ott-jax is installed, ott's ``PointCloud`` in
+with respect to the points x by ``jax.grad`` (the envelope theorem: one last differentiated
+update, tvmred's symbolic gradients of two reductions).  Beside it, when ott-jax is installed, ott's ``PointCloud`` in
 its online mode (the cost recomputed in batches, never stored) with the same number of
 iterations; else dense ``jax.numpy``.  The script prints both costs, the gradient's
 difference and the times.
@@ -29,34 +29,43 @@ y = jax.random.normal(ky, (M, 2)) * 0.3 + jnp.array([1.0, 0.0])
 log_a, log_b = jnp.full((N,), -jnp.log(N)), jnp.full((M,), -jnp.log(M))
 
 
-def sinkhorn_cost(x, y):
-    x_i, y_j = LazyTensor(x[:, None, :]), LazyTensor(y[None, :, :])
-    C = x_i.sqdist(y_j)  # symbolic (N, M) cost
+def sinkhorn(x, y, C, lse):
+    """ITERS log-domain Sinkhorn updates on the points held fixed (no derivative through the
+    loop), then one last update of both potentials from the points themselves: the OT cost
+    <a, f> + <b, g>, whose derivative w.r.t. the points is then the envelope theorem's (the
+    gradient at the optimum, as geomloss and ott-jax's implicit differentiation give), for
+    the cost of one extra iteration.  ``C(x, y)`` is the cost, ``lse(t, axis)`` the
+    log-sum-exp over the axis (the LazyTensor and dense versions below)."""
 
-    def step(_, fg):
-        f, g = fg
-        f = -EPS * (LazyTensor(log_b[None, :, None]) + (LazyTensor(g[None, :, None]) - C) / EPS
-                    ).logsumexp(dim=1)[:, 0]  # fmt: skip
-        g = -EPS * (LazyTensor(log_a[:, None, None]) + (LazyTensor(f[:, None, None]) - C) / EPS
-                    ).logsumexp(dim=0)[:, 0]  # fmt: skip
-        return f, g
+    def T(pot, logw, Cxy, axis):  # -eps LSE over `axis` of log w + (pot - C) / eps
+        i = (slice(None), None, None) if axis == 0 else (None, slice(None), None)
+        return -EPS * lse(logw[i] + (pot[i] - Cxy) / EPS, axis)
 
-    f, g = jax.lax.fori_loop(0, ITERS, step, (jnp.zeros(N), jnp.zeros(M)))
-    return f.mean() + g.mean()
+    def update(f, g, Cxy):
+        f = T(g, log_b, Cxy, 1)
+        return f, T(f, log_a, Cxy, 0)
+
+    C0 = C(jax.lax.stop_gradient(x), jax.lax.stop_gradient(y))
+    f, g = jax.lax.fori_loop(0, ITERS, lambda _, fg: update(*fg, C0), (jnp.zeros(N), jnp.zeros(M)))
+    Cxy = C(x, y)
+    return T(g, log_b, Cxy, 1).mean() + T(f, log_a, Cxy, 0).mean()
 
 
-def sinkhorn_cost_dense(x, y):
-    C = ((x[:, None, :] - y[None, :, :]) ** 2).sum(-1)
-    lse = jax.scipy.special.logsumexp
+def sinkhorn_cost(x, y):  # tvmred: C a symbolic (N, M) LazyTensor, never stored
+    def C(x, y):
+        return LazyTensor(x[:, None, :]).sqdist(LazyTensor(y[None, :, :]))
 
-    def step(_, fg):
-        f, g = fg
-        f = -EPS * lse(log_b[None, :] + (g[None, :] - C) / EPS, 1)
-        g = -EPS * lse(log_a[:, None] + (f[:, None] - C) / EPS, 0)
-        return f, g
+    def lse(t, axis):  # t: a LazyTensor; arrays broadcast into it become LazyTensors
+        return t.logsumexp(dim=axis)[:, 0]
 
-    f, g = jax.lax.fori_loop(0, ITERS, step, (jnp.zeros(N), jnp.zeros(M)))
-    return f.mean() + g.mean()
+    return sinkhorn(x, y, C, lse)
+
+
+def sinkhorn_cost_dense(x, y):  # the reference: the (N, M) matrix in memory
+    def C(x, y):
+        return ((x[:, None, :] - y[None, :, :]) ** 2).sum(-1, keepdims=True)
+
+    return sinkhorn(x, y, C, lambda t, axis: jax.scipy.special.logsumexp(t, axis)[:, 0])
 
 
 def ott_cost(x, y, batch_size=512):
@@ -71,14 +80,15 @@ def ott_cost(x, y, batch_size=512):
 
 
 try:
+    import jax._src.interpreters.batching as _batching
+    import jax.interpreters.batching
     import ott  # noqa: F401
 
+    # ott-jax 0.6's online mode calls jax.interpreters.batching.is_vmappable, which jax 0.10
+    # removed from that public module; jax's own function is still there, under jax._src
+    if not hasattr(jax.interpreters.batching, "is_vmappable"):
+        jax.interpreters.batching.is_vmappable = _batching.is_vmappable
     other, other_name = ott_cost, "ott-jax PointCloud (online)"
-    try:
-        jax.eval_shape(jax.value_and_grad(ott_cost), x, y)
-    except AttributeError as e:  # ott-jax 0.6's online mode calls an API jax 0.10 removed
-        print(f"ott-jax's online PointCloud fails with this jax ({e}); its dense one instead")
-        other, other_name = lambda x, y: ott_cost(x, y, None), "ott-jax PointCloud (dense)"
 except ImportError:
     other, other_name = sinkhorn_cost_dense, "dense jax.numpy (ott-jax is not installed)"
 
