@@ -38,7 +38,11 @@ def _lse(te, root, rows, space: Space, dim, v: Variant, dtype, acc):
         a_big = a[0] >= b[0]  # False when b is NaN: then m and s both become NaN
         same = a[0] == b[0]
         e = t.Select(same, t.const(1, acc), mathfns.exp(-t.abs(a[0] - b[0]), acc))
-        return t.Select(a_big, a[0], b[0]), t.Select(a_big, a[1] + b[1] * e, a[1] * e + b[1])
+        # s_big + s_small e: e written once (CUDA's code generator copies an expression
+        # into both arms of a select -- two exps a pair)
+        return t.Select(a_big, a[0], b[0]), t.Select(a_big, a[1], b[1]) + t.Select(
+            a_big, b[1], a[1]
+        ) * e
 
     red = te.comm_reducer(combine, lambda t0, t1: (inf(t0, -1.0), t.const(0, t1)), name="lse")
 
