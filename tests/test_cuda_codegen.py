@@ -237,3 +237,37 @@ def test_a_cuda_version_mismatch_is_named():
     assert check("13.0", (13, 5)) is None and check(None, (12, 8)) is None
     msg = check("12.8", (13, 5))
     assert "CUDA 12.8" in msg and "CUDA 13.5" in msg and "tvmred[cuda12]" in msg
+
+
+def _sass_tools():
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    import sass_count
+
+    return sass_count
+
+
+@pytest.mark.parametrize("case", ["Gaussian D=3, j-tiles 128", "LogSumExp D=3, thread per row"])
+def test_sass_instructions_per_pair(case):
+    """The machine code of the pair loop (benchmarks/sass_count.py): float32 exp is the bare
+    MUFU.EX2 (no subnormal guard: tvmred flushes those results to 0, as on the CPU); one exp
+    per pair in the LogSumExp (it was two: one per arm of a select); the tiled D=3
+    Gaussian at <= 12 SASS instructions a pair (issue 22's bound)."""
+    from tvmred.cudatool import nvrtc_version
+
+    sc = _sass_tools()
+    tool = sc.cuobjdump()
+    if tool is None:
+        pytest.skip("cuobjdump is not installed (pip install nvidia-cuda-cuobjdump)")
+    if shutil.which("nvcc") is None and nvrtc_version() is None:
+        pytest.skip("neither nvcc nor NVRTC is installed")
+    row = sc.analyse(case, sc.CASES[case], "sm_90", tool)
+    assert not row["exp_guarded"]
+    assert row["pairs"] >= 1
+    dim = sc.CASES[case][2]
+    if "thread per row" in case:  # y's D values read once a pair from global memory
+        assert row["loads_per_pair"] == dim
+    else:
+        assert row["per_pair"] <= 12

@@ -10,6 +10,7 @@ canonical formula text, the reduction, dtypes, target and the tvmred/TVM version
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import logging
@@ -52,7 +53,7 @@ def code_fingerprint() -> str:
     from pathlib import Path
 
     here = Path(__file__).parent
-    files = ["ops.py", "lower.py", "build.py", "mathfns.py"]
+    files = ["ops.py", "lower.py", "build.py", "mathfns.py", "cudatool.py"]  # + CUDA's rewrite
     paths = [here / f for f in files] + sorted((here / "reductions").glob("*.py"))
     paths += sorted(Path(schedules.__file__).parent.glob("*.py"))
     h = hashlib.sha256()
@@ -111,7 +112,8 @@ def compile_reduction(
     mod = tpl.finish(schedules.task_counts(sch.mod, low.shape, target), low.shape, target)
     # TVM's common-subexpression pass is quadratic in a kernel's size; the lowering already
     # computes shared sub-formulas once per pair, and LLVM / NVCC eliminate what is left
-    with tvm.transform.PassContext(config={"tirx.disable_cse_tir": True, **tpl.passes}):
+    cuda = cudatool.building() if target["kind"] == "cuda" else contextlib.nullcontext()
+    with cuda, tvm.transform.PassContext(config={"tirx.disable_cse_tir": True, **tpl.passes}):
         ex = tvm.compile(mod, target=tvm.target.Target(target))
     return ex, {"kind": tpl.kind, "row_block": rb, "tile": tile}
 

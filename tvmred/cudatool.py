@@ -10,11 +10,58 @@ failure: a compiler for another CUDA than the driver and torch)."""
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import importlib.util
 import os
 import shutil
 from pathlib import Path
-from typing import Optional
+from typing import Any, Iterator, Optional
+
+# float32 exp is exp2f(x log2 e) (tvmred.mathfns, "native"); CUDA's exp2f wraps the hardware
+# MUFU.EX2 in 3 more instructions (a compare and two multiplies) to get subnormal results
+# right.  tvmred's exp flushes results below the smallest normal number to 0 on every target
+# (the CPU's too), so its kernels call the bare instruction: 3 of ~18 instructions a pair in
+# a Gaussian kernel.  Same accuracy otherwise (2 ulp, CUDA's documented bound for both).
+EX2 = (
+    "__device__ __forceinline__ float tvmred_ex2f(float x) {\n"
+    '  float r; asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(r) : "f"(x)); return r;\n'
+    "}\n"
+)
+_BUILDING: contextvars.ContextVar[bool] = contextvars.ContextVar("tvmred_cuda", default=False)
+_PREVIOUS: list = []
+
+
+def postprocess(code: str) -> str:
+    """tvmred's generated CUDA source as it is compiled: ``exp2f`` as ``ex2.approx.ftz.f32``."""
+    if "exp2f(" not in code:
+        return code
+    head = code.find('extern "C" __global__')
+    head = 0 if head < 0 else head
+    return code[:head] + EX2 + code[head:].replace("exp2f(", "tvmred_ex2f(")
+
+
+@contextlib.contextmanager
+def building() -> Iterator[None]:
+    """While tvmred compiles a CUDA kernel: TVM's ``tvm_callback_cuda_postproc`` hook applies
+    :func:`postprocess` (registered once; outside tvmred's compiles it leaves the source
+    alone, or calls the hook that was registered before)."""
+    if not _PREVIOUS:
+        import tvm_ffi
+
+        _PREVIOUS.append(tvm_ffi.get_global_func("tvm_callback_cuda_postproc", allow_missing=True))
+        tvm_ffi.register_global_func("tvm_callback_cuda_postproc", _hook, override=True)
+    token = _BUILDING.set(True)
+    try:
+        yield
+    finally:
+        _BUILDING.reset(token)
+
+
+def _hook(code: str, target: Any) -> str:
+    if _BUILDING.get():
+        return postprocess(code)
+    return _PREVIOUS[0](code, target) if _PREVIOUS[0] is not None else code
 
 
 def pip_cuda() -> Optional[Path]:

@@ -1,0 +1,175 @@
+"""CUDA kernels read at the machine-code level, without a GPU: SASS instructions per pair.
+
+Each case's kernel is generated as tvmred compiles it (the source TVM emits, after
+``tvmred.cudatool.postprocess``), compiled to a cubin for the chosen architecture (nvcc, else
+NVRTC), disassembled (``cuobjdump -sass``; ``pip install nvidia-cuda-cuobjdump``) and its
+innermost loop -- the backward branch enclosing the most marker instructions -- counted.  The
+marker is an instruction each pair executes a known number of times: one exp (MUFU.EX2) for
+exp formulas, y's D global loads (LDG) for the thread-per-row Min / K-Min kernels (y is read
+from global memory once a pair there); pairs per iteration = marker count / per pair.  Printed per case:
+registers, spills, instructions per pair, the share of FFMA, loads per pair, and the time the
+count predicts for N = M = 1e4 / 1e5 / 1e6 at one warp instruction per scheduler per clock
+(4 schedulers per SM; 132 SMs at 1.98 GHz, an H100 SXM / H200) against the MUFU limit
+(16 ex2 per SM per clock).
+
+    python benchmarks/sass_count.py [--arch sm_90] [--json PATH]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+SMS, CLOCK, SCHEDULERS, MUFU_PER_SM = 132, 1.98e9, 4, 16
+
+# name: (formula, reduction, D, schedule config[, (marker opcode, per pair), K])
+CASES = {
+    "Min_ArgMin D=3, thread per row": ("SqDist(x,y)", "Min_ArgMin", 3, None, ("LDG", 3)),
+    "KMin_ArgKMin K=10 D=3, thread per row": (
+        "SqDist(x,y)",
+        "KMin_ArgKMin",
+        3,
+        None,
+        ("LDG", 3),
+        10,
+    ),
+    "Gaussian D=3, thread per row": ("Exp(-SqDist(x,y))*b", "Sum", 3, None),
+    "Gaussian D=3, j-tiles 128": ("Exp(-SqDist(x,y))*b", "Sum", 3, {"tile": 128}),
+    "LogSumExp D=3, thread per row": ("Concat(-SqDist(x,y),IntCst(1))", "LogSumExp", 3, None),
+    "LogSumExp D=3, j-tiles 128": ("Concat(-SqDist(x,y),IntCst(1))", "LogSumExp", 3, {"tile": 128}),
+    "Gaussian D=64, thread per row": ("Exp(-SqDist(x,y))*b", "Sum", 64, None),
+    "Gaussian D=64, j-tiles 128": ("Exp(-SqDist(x,y))*b", "Sum", 64, {"tile": 128}),
+}
+
+
+def cuobjdump() -> str | None:
+    found = shutil.which("cuobjdump")
+    if found:
+        return found
+    try:
+        import nvidia
+
+        for base in nvidia.__path__:
+            for p in sorted(Path(base).glob("cu*/bin/cuobjdump")):
+                return str(p)
+    except ImportError:
+        pass
+    return None
+
+
+def source(formula: str, red: str, dim: int, config, arch: str, k=None) -> str:
+    from tvmred.build import compile_reduction
+    from tvmred.cudatool import postprocess
+    from tvmred.parse import parse, parse_aliases
+    from tvmred.reductions import KernelSpec, Variant
+    from tvmred.targets import cuda_target
+
+    al = parse_aliases([f"x = Vi({dim})", f"y = Vj({dim})", "b = Vj(1)"])
+    spec = KernelSpec(parse(formula, al), red, 0, "float32", "float32", Variant(k=k))
+    ex, _ = compile_reduction(spec, cuda_target(arch), config)
+    (dev,) = ex.mod.imports
+    return postprocess(dev.inspect_source())
+
+
+def cubin(src: str, arch: str, tmp: Path) -> tuple[bytes, str]:
+    """The cubin and ptxas' resource line (registers, spills)."""
+    if shutil.which("nvcc"):
+        (tmp / "k.cu").write_text(src)
+        r = subprocess.run(["nvcc", "-cubin", f"-arch={arch}", "-Xptxas", "-v", "-o",
+                            str(tmp / "k.cubin"), str(tmp / "k.cu")], capture_output=True,
+                           text=True, check=True)  # fmt: skip
+        return (tmp / "k.cubin").read_bytes(), r.stderr
+    from tvm.support import nvcc as tvm_nvcc
+
+    from tvmred.cudatool import setup
+
+    setup()
+    return bytes(tvm_nvcc.compile_cuda(src, target_format="cubin", arch=arch, compiler="nvrtc")), ""
+
+
+LINE = re.compile(r"/\*([0-9a-f]{4,})\*/\s+(@!?U?P\w+\s+)?([A-Z0-9_.]+)([^;]*);")
+
+
+def innermost_loop(sass: str, marker: str = "MUFU.EX2") -> list[str]:
+    """The opcodes of the backward-branch loop holding the most ``marker`` instructions (the
+    pair loop; its rarely taken branches, as a K-selection's insertion, included)."""
+    ins = [(int(m.group(1), 16), m.group(3), m.group(4)) for m in LINE.finditer(sass)]
+    best: list[str] = []
+    for k, (addr, op, rest) in enumerate(ins):
+        if not op.startswith("BRA"):
+            continue
+        target = re.search(r"0x([0-9a-f]+)", rest)
+        if target is None or int(target.group(1), 16) >= addr:
+            continue
+        start = int(target.group(1), 16)
+        body = [o for a, o, _ in ins[: k + 1] if a >= start]
+        if sum(o.startswith(marker) for o in body) > sum(o.startswith(marker) for o in best):
+            best = body
+    return best
+
+
+def analyse(name: str, case: tuple, arch: str, tool: str) -> dict:
+    formula, red, dim, config = case[:4]
+    marker, per = case[4] if len(case) > 4 else ("MUFU.EX2", 1)
+    src = source(formula, red, dim, config, arch, case[5] if len(case) > 5 else None)
+    with tempfile.TemporaryDirectory() as d:
+        binary, ptxas = cubin(src, arch, Path(d))
+        (Path(d) / "k.cubin").write_bytes(binary)
+        sass = subprocess.run([tool, "-sass", str(Path(d) / "k.cubin")], capture_output=True,
+                              text=True, check=True).stdout  # fmt: skip
+    loop = innermost_loop(sass, marker)
+    pairs = sum(o.startswith(marker) for o in loop) / per
+    regs = re.search(r"Used (\d+) registers", ptxas)
+    spills = re.search(r"(\d+) bytes spill stores", ptxas)
+    row = {"case": name, "instructions": len(loop), "pairs": pairs, "marker": marker,
+           "registers": int(regs.group(1)) if regs else None,
+           "spill_bytes": int(spills.group(1)) if spills else None,
+           "exp_guarded": "FSETP.GEU.AND" in sass and "-126" in sass}  # fmt: skip
+    if pairs:
+        per = len(loop) / pairs
+        row["per_pair"] = per
+        row["ffma_share"] = sum(o.startswith("FFMA") for o in loop) / len(loop)
+        row["loads_per_pair"] = sum(o.startswith(("LDS", "LDG")) for o in loop) / pairs
+        for n in (10**4, 10**5, 10**6):
+            issue = n * n * per / 32 / (SMS * SCHEDULERS * CLOCK)
+            exps = sum(o.startswith("MUFU.EX2") for o in loop) / pairs
+            mufu = n * n * exps / (SMS * MUFU_PER_SM * CLOCK)
+            row[f"predicted_s_{n:.0e}"] = max(issue, mufu)
+    return row
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--arch", default="sm_90")
+    ap.add_argument("--json", type=Path)
+    args = ap.parse_args()
+    tool = cuobjdump()
+    if tool is None:
+        sys.exit("cuobjdump not found: pip install nvidia-cuda-cuobjdump")
+    rows = []
+    print(f"{'case':<38} {'regs':>4} {'instr/pair':>10} {'FFMA':>5} {'loads/pair':>10} "
+          f"{'1e4 (ms)':>9} {'1e5 (ms)':>9} {'1e6 (s)':>8}")  # fmt: skip
+    for name, case in CASES.items():
+        row = analyse(name, case, args.arch, tool)
+        rows.append(row)
+        if "per_pair" not in row:
+            print(f"{name:<38} no pair loop found")
+            continue
+        print(f"{name:<38} {row['registers']:>4} {row['per_pair']:>10.2f} "
+              f"{row['ffma_share']:>5.0%} {row['loads_per_pair']:>10.2f} "
+              f"{row['predicted_s_1e+04'] * 1e3:>9.3f} {row['predicted_s_1e+05'] * 1e3:>9.2f} "
+              f"{row['predicted_s_1e+06']:>8.3f}")  # fmt: skip
+    if args.json:
+        args.json.write_text(json.dumps({"arch": args.arch, "rows": rows}, indent=1) + "\n")
+
+
+if __name__ == "__main__":
+    main()
