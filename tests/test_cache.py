@@ -93,8 +93,9 @@ c2 = Genred("Sin((x|y))*b", al, axis=1)(x, y, b)  # new: imports TVM and compile
 c3 = Genred("Exp(-SqDist(x,y)*IntCst(SEED))*b", al, axis=1)(x, y, b)
 r1 = torch.exp(-((x[:, None] - y[None]) ** 2).sum(-1) * SEED) @ b
 r2 = torch.sin(x @ y.T) @ b
-print(json.dumps({"light": light, "err": max(((c1 - r1).abs().max() / r1.abs().max()).item(),
-                  ((c2 - r2).abs().max() / r2.abs().max()).item(), (c3 - r1).abs().max().item())}))
+print(json.dumps({"light": light, "cached": ((c1 - r1).abs().max() / r1.abs().max()).item(),
+                  "compiled": ((c2 - r2).abs().max() / r2.abs().max()).item(),
+                  "cached_again": ((c3 - r1).abs().max() / r1.abs().max()).item()}))
 """
 
 
@@ -114,7 +115,8 @@ def test_cached_kernel_without_tvm_then_a_compile_in_the_same_process(tmp_path):
     )
     assert r.returncode == 0, r.stderr
     out = json.loads(r.stdout.strip().splitlines()[-1])
-    assert out["light"] and out["err"] < 1e-13
+    assert out["light"], out
+    assert max(out["cached"], out["compiled"], out["cached_again"]) < 1e-13, out  # each named
 
 
 @pytest.mark.parametrize("damage", ["truncate", "garbage", "manifest"])
