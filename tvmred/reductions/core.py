@@ -27,12 +27,13 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Any, Callable, Optional, Sequence, Union
+from typing import Any, Callable, Optional, Sequence
 
 from ..arrays import compute_dtype, xp
 from ..diff import diff as sym_diff
 from ..ops import add, make
 from ..tree import Node, var
+from .plans import Chain, Gathered, Plan, Step, plan_reductions  # noqa: F401  (re-exported)
 from .space import Space, by_column, inf, masked, tirx  # noqa: F401  (the reducers' helpers)
 
 
@@ -57,59 +58,6 @@ class Variant:
 def xp_of(states: Sequence) -> Any:
     """The array namespace (:mod:`tvmred.arrays`) of a list of state buffers."""
     return xp(states[0])
-
-
-# ---------------------------------------------------------------------- gradient plans
-
-
-@dataclass(frozen=True)
-class Step:
-    """One reduction of a backward pass, called with the forward call's arguments followed by
-    ``extra``: "grad" (the incoming gradient), "out" (the forward output), or the index of an
-    earlier step of the same :class:`Chain` (its result)."""
-
-    red: "Reduction"
-    extra: tuple = ()
-
-
-@dataclass(frozen=True)
-class Chain:
-    """The gradient is the result of the last step."""
-
-    steps: tuple[Step, ...]
-
-    def evaluate(self, args: Sequence, values: dict, apply: Callable) -> Any:
-        """The last step's result, each step run by a binding's ``apply(red, *arrays)``; its
-        extra arguments are ``values[name]`` (a list of arrays) or an earlier step's result."""
-        results: list = []
-        for step in self.steps:
-            extra: list = []
-            for e in step.extra:
-                extra.extend([results[e]] if isinstance(e, int) else values[e])
-            results.append(apply(step.red, *args, *extra))
-        return results[-1]
-
-
-@dataclass(frozen=True)
-class Gathered:
-    """The gradient flows through the selected (i, j) pairs (Min, Max, KMin, as torch.min):
-    ``parts[u]`` is a Sum over the output rows of the gradient of component u of F, written
-    with output-indexed variables only; the caller gathers the selected rows of the
-    reduced-index arguments and of the gradient, and scatters the result back."""
-
-    parts: tuple[Optional["Reduction"], ...]
-
-
-Plan = Union[Chain, Gathered, None]
-
-
-def plan_reductions(plan: Plan) -> list["Reduction"]:
-    """The reductions a gradient plan evaluates."""
-    if isinstance(plan, Chain):
-        return [s.red for s in plan.steps]
-    if isinstance(plan, Gathered):
-        return [p for p in plan.parts if p is not None]
-    return []
 
 
 def tangent_diff(r: "Reduction", node: Node, ks: tuple) -> Node:

@@ -9,6 +9,7 @@ under ``torch.compile``.
 
 from __future__ import annotations
 
+from types import SimpleNamespace
 from typing import Callable, Optional, Sequence
 
 import torch
@@ -63,39 +64,20 @@ def vjp(r: Reduction, k: int, args, outs, sel, g: torch.Tensor, apply: Apply, ga
 
 
 def _gathered_vjp(plan: Gathered, r: Reduction, k: int, args, idx, g, apply: Apply):
-    """Min/Max/KMin: the gradient flows through the selected (i, j) pairs, as torch.min does:
-    for each selected index and component, the reduced-index arguments' selected rows are
-    gathered, and the result scattered back when argument k is reduced-indexed."""
+    """Min/Max/KMin: the gradient flows through the selected (i, j) pairs, as torch.min does
+    (:meth:`Gathered.gradient`).  Half inputs: the selected rows and the output-indexed
+    arguments in float32, so that the scatter and the sums run in float32 (no float32 copy
+    of the reduced-index arguments)."""
     red_cat = 1 - r.out_cat
-    if _nothing_selected(r, args):
-        return None
-    n_out, K, D = idx.shape
-    g = g.reshape(n_out, K, D)
-    # half inputs: the selected rows and the output-indexed arguments in float32, so that the
-    # scatter and the sums run in float32 (no float32 copy of the reduced-index arguments)
     up = (lambda t: t.float()) if g.dtype in _HALF else (lambda t: t)
     args = [b if v.params[2] == red_cat else up(b) for b, v in zip(args, r.args)]
-    g = up(g)
-    total = None
-    for kk in range(K):
-        for u, spec in enumerate(plan.parts):
-            if spec is None:
-                continue
-            J = idx[:, kk, u]
-            Jc = J.clamp(min=0)
-            gathered = [up(b[Jc]) if v.params[2] == red_cat else b for b, v in zip(args, r.args)]
-            gu = (g[:, kk, u] * (J >= 0)).unsqueeze(1).contiguous()
-            res = apply(spec, *gathered, gu)
-            if r.args[k].params[2] == red_cat:
-                res = res.new_zeros(args[k].shape[0], res.shape[1]).index_add(0, Jc, res)
-            total = res if total is None else total + res
-    return total
-
-
-def _nothing_selected(r: Reduction, args) -> bool:
-    """No reduced-index rows (N = 0 on this axis): every selected index is -1."""
-    red_cat = 1 - r.out_cat
-    return any(v.params[2] == red_cat and len(b) == 0 for b, v in zip(args, r.args))
+    ops = SimpleNamespace(
+        clamp0=lambda J: J.clamp(min=0),
+        take=lambda b, J: up(b[J]),
+        column=lambda gc, J: (gc * (J >= 0)).unsqueeze(1).contiguous(),
+        scatter=lambda n, J, res: res.new_zeros(n, res.shape[1]).index_add(0, J, res),
+    )
+    return plan.gradient(r, k, args, idx, up(g), apply, ops)
 
 
 def finish(r: Reduction, k: int, res: Optional[torch.Tensor], a: torch.Tensor) -> torch.Tensor:
@@ -134,16 +116,10 @@ def jvp(
 
 def _gathered_jvp(plan: Gathered, r: Reduction, ks, args, ts, idx, apply: Apply):
     """d out[i, k, u] = component u of dF at the selected pair (i, idx[i, k, u])."""
-    red_cat = 1 - r.out_cat
-    n_out, K, D = idx.shape
-    if _nothing_selected(r, args):
-        return args[0].new_zeros(n_out, K, D)
-    cols = []
-    for kk in range(K):
-        for u, spec in enumerate(plan.parts):
-            J = idx[:, kk, u]
-            Jc = J.clamp(min=0)
-            sub = [b[Jc] if v.params[2] == red_cat else b for b, v in zip(args, r.args)]
-            sub += [t[Jc] if r.args[k].params[2] == red_cat else t for t, k in zip(ts, ks)]
-            cols.append(apply(spec, *sub)[:, 0] * (J >= 0))
-    return torch.stack(cols, dim=1).reshape(n_out, K, D)
+    cols = plan.tangent(r, ks, args, ts, idx, apply, _TAKE)
+    if cols is None:  # no reduced-index rows
+        return args[0].new_zeros(idx.shape)
+    return torch.stack(cols, dim=1).reshape(idx.shape)
+
+
+_TAKE = SimpleNamespace(clamp0=lambda J: J.clamp(min=0), take=lambda b, J: b[J])
