@@ -2,7 +2,7 @@
 
 Each case's kernel is generated as tvmred compiles it (the source TVM emits, after
 ``tvmred.cudatool.postprocess``), compiled to a cubin for the chosen architecture (nvcc, else
-NVRTC), disassembled (``cuobjdump -sass``; ``pip install nvidia-cuda-cuobjdump``) and its
+NVRTC), disassembled (``cuobjdump -sass``; ``pip install nvidia-cuda-cuobjdump nvidia-cuda-nvdisasm``) and its
 innermost loop -- the backward branch enclosing the most marker instructions -- counted.  The
 marker is an instruction each pair executes a known number of times: one exp (MUFU.EX2) for
 exp formulas, y's D global loads (LDG) for the thread-per-row Min / K-Min kernels (y is read
@@ -51,17 +51,23 @@ CASES = {
 
 
 def cuobjdump() -> str | None:
-    found = shutil.which("cuobjdump")
-    if found:
-        return found
+    """cuobjdump, with the nvdisasm it runs for ``-sass`` (beside it, on PATH or in
+    NVDISASM_PATH); None if either is missing."""
+    import os
+
+    found = [shutil.which("cuobjdump")]
     try:
         import nvidia
 
-        for base in nvidia.__path__:
-            for p in sorted(Path(base).glob("cu*/bin/cuobjdump")):
-                return str(p)
+        found += [
+            str(p) for base in nvidia.__path__ for p in sorted(Path(base).glob("cu*/bin/cuobjdump"))
+        ]
     except ImportError:
         pass
+    for tool in filter(None, found):
+        beside = Path(tool).with_name("nvdisasm").is_file()
+        if beside or shutil.which("nvdisasm") or os.environ.get("NVDISASM_PATH"):
+            return tool
     return None
 
 
@@ -153,7 +159,9 @@ def main() -> None:
     args = ap.parse_args()
     tool = cuobjdump()
     if tool is None:
-        sys.exit("cuobjdump not found: pip install nvidia-cuda-cuobjdump")
+        sys.exit(
+            "cuobjdump / nvdisasm not found: pip install nvidia-cuda-cuobjdump nvidia-cuda-nvdisasm"
+        )
     rows = []
     print(f"{'case':<38} {'regs':>4} {'instr/pair':>10} {'FFMA':>5} {'loads/pair':>10} "
           f"{'1e4 (ms)':>9} {'1e5 (ms)':>9} {'1e6 (s)':>8}")  # fmt: skip

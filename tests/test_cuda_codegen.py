@@ -260,7 +260,9 @@ def test_sass_instructions_per_pair(case):
     sc = _sass_tools()
     tool = sc.cuobjdump()
     if tool is None:
-        pytest.skip("cuobjdump is not installed (pip install nvidia-cuda-cuobjdump)")
+        pytest.skip(
+            "cuobjdump/nvdisasm missing (pip install nvidia-cuda-cuobjdump nvidia-cuda-nvdisasm)"
+        )
     if shutil.which("nvcc") is None and nvrtc_version() is None:
         pytest.skip("neither nvcc nor NVRTC is installed")
     row = sc.analyse(case, sc.CASES[case], "sm_90", tool)
