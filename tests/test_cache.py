@@ -27,7 +27,11 @@ if barrier:  # every process ready before any compiles: their compiles overlap
     while len(os.listdir(barrier)) < int(os.environ["BARRIER_N"]):
         time.sleep(0.01)
 c = g(x, y, b)
-ref = torch.exp(-((x[:, None] - y[None]) ** 2).sum(-1) * SEED) @ b
+# the reference in numpy: torch's float64 exp(...) @ b was seen 3.4e-10 off on rows 25..49 of
+# 50, in about one process out of ten, while numpy and tvmred agreed to 4e-16
+import numpy as np
+X, Y, Bn = x.numpy(), y.numpy(), b.numpy()
+ref = torch.from_numpy(np.exp(-((X[:, None] - Y[None]) ** 2).sum(-1) * SEED) @ Bn)
 err = ((c - ref).abs().max() / ref.abs().max()).item()
 print(json.dumps({"err": err, "tvm_imported": "tvm" in sys.modules, **tvmred.cache.stats}))
 """
@@ -91,8 +95,10 @@ c1 = Genred("Exp(-SqDist(x,y)*IntCst(SEED))*b", al, axis=1)(x, y, b)  # cached: 
 light = "tvm" not in sys.modules
 c2 = Genred("Sin((x|y))*b", al, axis=1)(x, y, b)  # new: imports TVM and compiles
 c3 = Genred("Exp(-SqDist(x,y)*IntCst(SEED))*b", al, axis=1)(x, y, b)
-r1 = torch.exp(-((x[:, None] - y[None]) ** 2).sum(-1) * SEED) @ b
-r2 = torch.sin(x @ y.T) @ b
+import numpy as np  # the references in numpy (see SCRIPT)
+X, Y, Bn = x.numpy(), y.numpy(), b.numpy()
+r1 = torch.from_numpy(np.exp(-((X[:, None] - Y[None]) ** 2).sum(-1) * SEED) @ Bn)
+r2 = torch.from_numpy(np.sin(X @ Y.T) @ Bn)
 print(json.dumps({"light": light, "cached": ((c1 - r1).abs().max() / r1.abs().max()).item(),
                   "compiled": ((c2 - r2).abs().max() / r2.abs().max()).item(),
                   "cached_again": ((c3 - r1).abs().max() / r1.abs().max()).item()}))
