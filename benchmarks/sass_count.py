@@ -30,7 +30,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 SMS, CLOCK, SCHEDULERS, MUFU_PER_SM = 132, 1.98e9, 4, 16
 
-# name: (formula, reduction, D, schedule config[, (marker opcode, per pair), K])
+# name: (formula, reduction, D, schedule config[, (marker opcode, per pair), K]); "row_block"
+# 128 x R: R rows a thread, each j-row read from shared memory once for all R
 CASES = {
     "Min_ArgMin D=3, thread per row": ("SqDist(x,y)", "Min_ArgMin", 3, None, ("LDG", 3)),
     "KMin_ArgKMin K=10 D=3, thread per row": (
@@ -43,10 +44,35 @@ CASES = {
     ),
     "Gaussian D=3, thread per row": ("Exp(-SqDist(x,y))*b", "Sum", 3, None),
     "Gaussian D=3, j-tiles 128": ("Exp(-SqDist(x,y))*b", "Sum", 3, {"tile": 128}),
+    "Gaussian D=3, j-tiles 128, 2 rows/thread": (
+        "Exp(-SqDist(x,y))*b",
+        "Sum",
+        3,
+        {"tile": 128, "row_block": 256},
+    ),
+    "Gaussian D=3, j-tiles 128, 4 rows/thread": (
+        "Exp(-SqDist(x,y))*b",
+        "Sum",
+        3,
+        {"tile": 128, "row_block": 512},
+    ),
     "LogSumExp D=3, thread per row": ("Concat(-SqDist(x,y),IntCst(1))", "LogSumExp", 3, None),
     "LogSumExp D=3, j-tiles 128": ("Concat(-SqDist(x,y),IntCst(1))", "LogSumExp", 3, {"tile": 128}),
     "Gaussian D=64, thread per row": ("Exp(-SqDist(x,y))*b", "Sum", 64, None),
     "Gaussian D=64, j-tiles 128": ("Exp(-SqDist(x,y))*b", "Sum", 64, {"tile": 128}),
+    "Gaussian D=64, j-tiles 128, 2 rows/thread": (
+        "Exp(-SqDist(x,y))*b",
+        "Sum",
+        64,
+        {"tile": 128, "row_block": 256},
+    ),
+    "Exp((x|y))*b D=64, j-tiles 128": ("Exp((x|y))*b", "Sum", 64, {"tile": 128}),
+    "Exp((x|y))*b D=64, j-tiles 128, 2 rows/thread": (
+        "Exp((x|y))*b",
+        "Sum",
+        64,
+        {"tile": 128, "row_block": 256},
+    ),
 }
 
 
@@ -163,15 +189,15 @@ def main() -> None:
             "cuobjdump / nvdisasm not found: pip install nvidia-cuda-cuobjdump nvidia-cuda-nvdisasm"
         )
     rows = []
-    print(f"{'case':<38} {'regs':>4} {'instr/pair':>10} {'FFMA':>5} {'loads/pair':>10} "
+    print(f"{'case':<46} {'regs':>4} {'instr/pair':>10} {'FFMA':>5} {'loads/pair':>10} "
           f"{'1e4 (ms)':>9} {'1e5 (ms)':>9} {'1e6 (s)':>8}")  # fmt: skip
     for name, case in CASES.items():
         row = analyse(name, case, args.arch, tool)
         rows.append(row)
         if "per_pair" not in row:
-            print(f"{name:<38} no pair loop found")
+            print(f"{name:<46} no pair loop found")
             continue
-        print(f"{name:<38} {row['registers']:>4} {row['per_pair']:>10.2f} "
+        print(f"{name:<46} {row['registers']:>4} {row['per_pair']:>10.2f} "
               f"{row['ffma_share']:>5.0%} {row['loads_per_pair']:>10.2f} "
               f"{row['predicted_s_1e+04'] * 1e3:>9.3f} {row['predicted_s_1e+05'] * 1e3:>9.2f} "
               f"{row['predicted_s_1e+06']:>8.3f}")  # fmt: skip

@@ -273,3 +273,36 @@ def test_sass_instructions_per_pair(case):
         assert row["loads_per_pair"] == dim
     else:
         assert row["per_pair"] <= 12
+
+
+def _sass_row(case):
+    from tvmred.cudatool import nvrtc_version
+
+    sc = _sass_tools()
+    tool = sc.cuobjdump()
+    if tool is None:
+        pytest.skip(
+            "cuobjdump/nvdisasm missing (pip install nvidia-cuda-cuobjdump nvidia-cuda-nvdisasm)"
+        )
+    if shutil.which("nvcc") is None and nvrtc_version() is None:
+        pytest.skip("neither nvcc nor NVRTC is installed")
+    row = sc.analyse(case, sc.CASES[case], "sm_90", tool)
+    assert row["pairs"] >= 1 and not row["spill_bytes"]
+    return row
+
+
+def test_sass_rows_per_thread_share_the_tile_loads():
+    """R = 2 rows a thread read each shared-memory j-row once for both rows: half the loads a
+    pair of one row a thread, and still <= 12 instructions a pair."""
+    one = _sass_row("Gaussian D=3, j-tiles 128")
+    two = _sass_row("Gaussian D=3, j-tiles 128, 2 rows/thread")
+    assert two["loads_per_pair"] <= 0.55 * one["loads_per_pair"]
+    assert two["per_pair"] <= 12
+
+
+def test_sass_high_dimension_inner_loop_is_fma():
+    """D = 64: a dot product's pair loop is >= 75 % FFMA with 2 rows a thread (issue 22's
+    bound; the sum's terms are FMA chains, not a pairwise tree of FMUL + FADD), a squared
+    distance's >= 40 % (its d subtractions are FADDs: 50 % is that form's ceiling)."""
+    assert _sass_row("Exp((x|y))*b D=64, j-tiles 128, 2 rows/thread")["ffma_share"] >= 0.75
+    assert _sass_row("Gaussian D=64, j-tiles 128, 2 rows/thread")["ffma_share"] >= 0.40
