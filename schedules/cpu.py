@@ -7,7 +7,8 @@ sub-expression is evaluated once per (i, j) pair), and the block's accumulators 
 (register) buffer laid out component-major so each component is one SIMD vector.  The block's
 rows of every output-indexed input are copied once, before the j loop, into a component-major
 local buffer, so the j loop reads them with contiguous vector loads instead of strided gathers.
-K-selections get an early exit after scheduling (``early_exit.py``).
+K-selections get an early exit after scheduling (``early_exit.py``), and a block sum's last
+block runs only its own j (``tails.py``).
 """
 
 from __future__ import annotations
@@ -139,10 +140,13 @@ def _reads(sch: s_tir.Schedule, block: Any, name: str) -> bool:
     return any(r.source.name == name for r in sch.get(block).reads)
 
 
-def kselect_early_exit(mod: tvm.IRModule, shape: ReductionShape, target: dict) -> tvm.IRModule:
-    from .early_exit import kselect_early_exit as rewrite
+def cpu_finish(mod: tvm.IRModule, shape: ReductionShape, target: dict) -> tvm.IRModule:
+    """After scheduling: a block sum's last block cut to its own j (``tails.py``), the
+    K-selection early exit (``early_exit.py``)."""
+    from .early_exit import kselect_early_exit
+    from .tails import clip_block_tails
 
-    return rewrite(mod, shape, target)
+    return kselect_early_exit(clip_block_tails(mod, shape, target), shape, target)
 
 
 MIN_CHUNK = 4096  # reduced rows per split-j chunk: below, a row block's setup dominates
@@ -165,7 +169,7 @@ TEMPLATE = TargetTemplate(
     row_block=cpu_row_block,
     candidates=cpu_candidates,
     schedule=cpu_rowblock,
-    finish=kselect_early_exit,
+    finish=cpu_finish,
     chunks=cpu_chunks,
     split_row_block=cpu_split_row_block,
     ranged=True,

@@ -245,3 +245,68 @@ def test_ranged_plan_edge_cases(monkeypatch, threads):
     monkeypatch.setattr(tvmred.dispatch, "ranged_device", lambda args: False)
     torch.testing.assert_close(g(x, y, b, ranges=ranges), c)  # cluster by cluster
     assert torch.equal(knn(x, y, ranges=ranges), idx)
+
+
+@pytest.mark.parametrize("ranged", [False, True])
+def test_a_block_sums_last_block_runs_only_its_own_j(ranged):
+    """The CPU schedule's finish cuts the loop over a block sum's last block of j to the j
+    below its bound (N, or the task's count): a ranged task of 100 j computed the per-pair
+    stages of 1024 before (schedules/tails.py)."""
+    import tvm
+    from tvm import s_tir
+
+    from tvmred import schedules
+    from tvmred.lower import lower
+    from tvmred.parse import parse, parse_aliases
+    from tvmred.reductions import KernelSpec, Variant
+    from tvmred.schedules.tails import _guard_bound
+    from tvmred.targets import cpu_target
+
+    al = parse_aliases(["x = Vi(3)", "y = Vj(3)", "b = Vj(2)"])
+    variant = Variant(scheme="block", split=ranged, ranged=ranged)
+    spec = KernelSpec(parse("Exp(-SqDist(x,y))*b", al), "Sum", 0, "float32", "float32", variant)
+    target = cpu_target()
+    tpl = schedules.template("llvm")
+    low = lower(spec, 64, tpl.math(target), 0)
+    assert low.shape.block == 1024
+    sch = tpl.schedule(s_tir.Schedule(low.func), low.shape, target)
+    mod = tpl.finish(schedules.task_counts(sch.mod, low.shape, target), low.shape, target)
+    loops = []
+
+    def walk(n):
+        if isinstance(n, tvm.tirx.For):
+            loops.append(n)
+        for name in ("body", "then_case", "else_case"):
+            if getattr(n, name, None) is not None:
+                walk(getattr(n, name))
+        for c in getattr(n, "seq", None) or ():
+            walk(c)
+
+    walk(mod["main"].body)
+    inner = [f for f in loops if _guard_bound(f.body, f.loop_var) is not None]
+    assert inner and all(isinstance(f.extent, tvm.tirx.Min) for f in inner)
+    bound = "tasks" if ranged else "N"
+    assert all(bound in str(f.extent) for f in inner)
+
+
+def test_ranges_shorter_than_a_block():
+    """Ranged Sums whose ranges are shorter than a block, longer, and empty, against the
+    dense masked reference."""
+    torch.manual_seed(3)
+    x, y = torch.rand(300, 3, dtype=torch.float64), torch.rand(3000, 3, dtype=torch.float64)
+    b = torch.rand(3000, 2, dtype=torch.float64)
+    ri = torch.tensor([[0, 100], [100, 200], [200, 300]], dtype=torch.int32)
+    rj = torch.tensor([[0, 7], [7, 1507], [1600, 1600], [2000, 2999]], dtype=torch.int32)
+    sl = torch.tensor([1, 2, 4], dtype=torch.int32)
+    rjt = torch.tensor([[0, 7], [7, 1507], [2000, 2999]], dtype=torch.int32)
+    rit = torch.tensor([[0, 100], [100, 200], [200, 300]], dtype=torch.int32)
+    slt = torch.tensor([1, 2, 3], dtype=torch.int32)
+    out = Genred("Exp(-SqDist(x,y))*b", ["x = Vi(3)", "y = Vj(3)", "b = Vj(2)"], axis=1)(
+        x, y, b, ranges=(ri, sl, rj, rjt, slt, rit)
+    )
+    mask = torch.zeros(300, 3000, dtype=torch.float64)
+    mask[0:100, 0:7] = 1
+    mask[100:200, 7:1507] = 1
+    mask[200:300, 2000:2999] = 1
+    ref = (torch.exp(-((x[:, None] - y[None]) ** 2).sum(-1)) * mask) @ b
+    torch.testing.assert_close(out, ref)
