@@ -247,6 +247,128 @@ def test_ranged_plan_edge_cases(monkeypatch, threads):
     assert torch.equal(knn(x, y, ranges=ranges), idx)
 
 
+# ------------------------------------------------------------- batch dims in one launch
+
+
+def _no_loop(monkeypatch):
+    """Fail if a batched call runs its problems one by one."""
+    from tvmred import dispatch
+
+    def loop(*a, **k):
+        raise AssertionError("the batched call ran problem by problem")
+
+    monkeypatch.setattr(dispatch, "_batched", loop)
+
+
+def _dense(red, d2, b, k=3):
+    """float64 reference of the reductions below over the last axis of d2 (B..., M, N)."""
+    if red == "Sum":
+        return torch.exp(-d2) @ b
+    if red == "LogSumExp":
+        return torch.logsumexp(-d2, -1, keepdim=True)
+    if red == "Min_ArgMin":
+        v, i = d2.min(-1, keepdim=True)
+        return v, i
+    if red == "ArgKMin":
+        return d2.topk(k, -1, largest=False).indices
+    if red == "SumSoftMaxWeight":
+        return torch.softmax(-d2, -1) @ b
+    raise ValueError(red)
+
+
+CASES = {
+    "Sum": ("Exp(-SqDist(x,y))*b", {}),
+    "LogSumExp": ("-SqDist(x,y)", {}),
+    "Min_ArgMin": ("SqDist(x,y)", {}),
+    "ArgKMin": ("SqDist(x,y)", {"opt_arg": 3}),
+    "SumSoftMaxWeight": ("-SqDist(x,y)", {"formula2": "b"}),
+}
+
+
+@pytest.mark.parametrize("red", list(CASES))
+@pytest.mark.parametrize("axis", [0, 1])
+def test_batched_calls_run_in_one_launch(red, axis, monkeypatch):
+    """A batch of small problems is one block-diagonal ranged launch: values (positions local
+    to each problem), on both axes, with broadcast batch dims, against dense float64."""
+    _no_loop(monkeypatch)
+    formula, kw = CASES[red]
+    aliases = ["x = Vi(3)", "y = Vj(3)", "b = Vj(2)"] if "b" in formula + kw.get(
+        "formula2", "") else ["x = Vi(3)", "y = Vj(3)"]  # fmt: skip
+    if axis == 0:  # the reduction over i: b is an i-variable then
+        aliases = [a.replace("b = Vj", "b = Vi") for a in aliases]
+    g = Genred(formula, aliases, reduction_op=red, axis=axis, **kw)
+    torch.manual_seed(1)
+    x = torch.rand(2, 3, 70, 3, dtype=torch.float64)
+    y = torch.rand(1, 3, 90, 3, dtype=torch.float64)  # broadcast over the first batch dim
+    b = torch.rand(2, 3, 70 if axis == 0 else 90, 2, dtype=torch.float64)
+    args = (x, y, b) if len(aliases) == 3 else (x, y)
+    out = g(*args)
+    d2 = ((x[..., :, None, :] - y[..., None, :, :]) ** 2).sum(-1)
+    if axis == 0:
+        d2 = d2.transpose(-1, -2)
+    ref = _dense(red, d2, b)
+    if red == "Min_ArgMin":
+        torch.testing.assert_close(out[0], ref[0])
+        assert torch.equal(out[1], ref[1])
+    elif red == "ArgKMin":
+        assert torch.equal(out, ref)
+    else:
+        torch.testing.assert_close(out, ref)
+
+
+def test_one_launch_batches_differentiate(monkeypatch):
+    """Gradients through the stacked launch reach every argument in its own (broadcast)
+    shape, to the second order, as through the dense reference."""
+    _no_loop(monkeypatch)
+    g = Genred("Exp(-SqDist(x,y))*b", ["x = Vi(3)", "y = Vj(3)", "b = Vj(2)"], axis=1)
+    x = torch.rand(4, 20, 3, dtype=torch.float64, requires_grad=True)
+    y = torch.rand(1, 30, 3, dtype=torch.float64, requires_grad=True)
+    b = torch.rand(30, 2, dtype=torch.float64, requires_grad=True)
+    ins = [t.detach().clone().requires_grad_() for t in (x, y, b)]
+    c = g(x, y, b)
+    ref = torch.exp(-((ins[0][:, :, None] - ins[1][:, None]) ** 2).sum(-1)) @ ins[2]
+    torch.testing.assert_close(c, ref)
+    e = torch.randn_like(ref)
+    got = torch.autograd.grad(c, (x, y, b), e, create_graph=True)
+    want = torch.autograd.grad(ref, ins, e, create_graph=True)
+    for a, w in zip(got, want):
+        assert a.shape == w.shape
+        torch.testing.assert_close(a, w)
+    torch.testing.assert_close(torch.autograd.grad(got[0].sum(), y)[0],
+                               torch.autograd.grad(want[0].sum(), ins[1])[0])  # fmt: skip
+
+
+def test_batches_that_cannot_be_stacked_run_one_by_one(monkeypatch):
+    """A parameter with batch dims (one launch has one parameter vector), or problems above
+    ONE_LAUNCH_PAIRS, run problem by problem -- and still give the right answer."""
+    from tvmred import dispatch
+
+    def stacked(*a, **k):
+        raise AssertionError("stacked")
+
+    monkeypatch.setattr(dispatch, "batched_one_launch", stacked)
+    x = torch.rand(3, 20, 3, dtype=torch.float64)
+    y = torch.rand(3, 30, 3, dtype=torch.float64)
+    b = torch.rand(3, 30, 2, dtype=torch.float64)
+    s = torch.rand(3, 1, dtype=torch.float64)
+    out = Genred(GAUSS, AL, axis=1)(x, y, b, s)
+    torch.testing.assert_close(out, dense_batch(x, y, b, s))
+    monkeypatch.setattr(dispatch, "ONE_LAUNCH_PAIRS", 20 * 30)
+    s1 = torch.rand(1, dtype=torch.float64)
+    out = Genred(GAUSS, AL, axis=1)(x, y, b, s1)
+    torch.testing.assert_close(out, dense_batch(x, y, b, s1))
+
+
+def test_numpy_batches_in_one_launch(monkeypatch):
+    _no_loop(monkeypatch)
+    rng = np.random.default_rng(2)
+    x, y = rng.random((5, 40, 3)), rng.random((5, 50, 3))
+    out = NpGenred("SqDist(x,y)", ["x = Vi(3)", "y = Vj(3)"], reduction_op="ArgKMin",
+                   axis=1, opt_arg=4)(x, y)  # fmt: skip
+    d2 = ((x[:, :, None] - y[:, None]) ** 2).sum(-1)
+    np.testing.assert_array_equal(out, np.argsort(d2, -1, kind="stable")[..., :4])
+
+
 @pytest.mark.parametrize("ranged", [False, True])
 def test_a_block_sums_last_block_runs_only_its_own_j(ranged):
     """The CPU schedule's finish cuts the loop over a block sum's last block of j to the j

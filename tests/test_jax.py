@@ -294,3 +294,22 @@ def test_a_bad_bridge_setting_is_named(monkeypatch):
     g = Genred("SqDist(x,y)", ["x = Vi(3)", "y = Vj(3)"])
     with pytest.raises(ValueError, match="TVMRED_JAX_BRIDGE='cffi'"):
         jax.jit(g.__call__)(*map(jnp.asarray, data()[:2]))
+
+
+def test_vmap_is_one_launch(monkeypatch):
+    """A vmapped call (the batch dims of one call) runs its problems in one ranged launch;
+    positions stay local to each problem."""
+    from tvmred import dispatch
+
+    calls = []
+    real = dispatch.batched_one_launch
+    monkeypatch.setattr(dispatch, "batched_one_launch",
+                        lambda *a: calls.append(1) or real(*a))  # fmt: skip
+    rng = np.random.default_rng(4)
+    x, y = jnp.asarray(rng.random((6, 30, 3))), jnp.asarray(rng.random((6, 40, 3)))
+    g = Genred("SqDist(x,y)", ["x = Vi(3)", "y = Vj(3)"], reduction_op="ArgKMin", axis=1,
+               opt_arg=3)  # fmt: skip
+    out = jax.jit(jax.vmap(g.__call__))(x, y)
+    d2 = ((x[:, :, None] - y[:, None]) ** 2).sum(-1)
+    np.testing.assert_array_equal(out, np.argsort(np.asarray(d2), -1, kind="stable")[..., :3])
+    assert calls

@@ -1,13 +1,15 @@
-"""The host side of a tvmred.jax call: a reduction run on numpy arrays (views of XLA's
-buffers), leading dimensions looping over the problems.  No jax here: the FFI handler and
-the pure_callback both call :func:`outputs`."""
+"""The host side of a tvmred.jax call: a reduction run on XLA's buffers -- numpy views on the
+CPU, torch CUDA tensors on a GPU (:func:`tvmred.jax.ffi.run_on_device`) -- leading dimensions
+looping over the problems.  No jax here: the FFI handlers and the pure_callback call
+:func:`outputs`."""
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Optional, Sequence
 
 import numpy as np
 
+from ..arrays import xp
 from ..launch import run_states
 from ..reductions import Reduction
 
@@ -17,15 +19,20 @@ def cats_rank(cat: int) -> int:
 
 
 def outputs(r: Reduction, args) -> list:
-    """pykeops' output(s) of ``r`` on numpy arrays, then the selected positions if any; leading
-    (batch) dimensions loop over the problems."""
+    """pykeops' output(s) of ``r`` on numpy arrays (or torch tensors), then the selected
+    positions if any; leading (batch) dimensions loop over the problems."""
+    args = [a if type(a).__module__.startswith("torch") else np.asarray(a) for a in args]
     lead = lead_shape([a.shape for a in args], [cats_rank(c) for c in r.cats])
+    ns = xp(args[0]) if args else None
     if lead:
-        flat = [np.broadcast_to(a, lead + a.shape[a.ndim - cats_rank(c):])
+        one = _one_launch(r, args, lead)
+        if one is not None:
+            return one
+        flat = [ns.lib().broadcast_to(a, lead + tuple(a.shape[a.ndim - cats_rank(c):]))
                 for a, c in zip(args, r.cats)]  # fmt: skip
         per = [outputs(r, [a[ix] for a in flat]) for ix in np.ndindex(*lead)]
-        return [np.stack(o).reshape(lead + o[0].shape) for o in zip(*per)]
-    out, state = run_states(r, [np.ascontiguousarray(a) for a in args])
+        return [ns.stack(o, 0).reshape(lead + tuple(o[0].shape)) for o in zip(*per)]
+    out, state = run_states(r, [ns.contiguous(a) for a in args] if args else [])
     outs = list(out) if isinstance(out, tuple) else [out]
     if r.rdef.index_states is not None:
         outs.append(r.rdef.selected(state, r.k))
@@ -34,3 +41,24 @@ def outputs(r: Reduction, args) -> list:
 
 def lead_shape(shapes: Sequence[tuple], ranks: Sequence[int]) -> tuple:
     return tuple(np.broadcast_shapes(*(s[: len(s) - c] for s, c in zip(shapes, ranks))))
+
+
+def _one_launch(r: Reduction, args: list, lead: tuple) -> Optional[list]:
+    """The batched call's outputs from one launch (:func:`tvmred.dispatch.batched_one_launch`,
+    through torch CPU tensors viewing the same memory), or None where that does not apply:
+    no torch, arrays not on the CPU, a parameter with batch dimensions, big problems."""
+    if any(type(a).__module__ != "numpy" for a in args):
+        return None  # the device path: torch tensors, problem by problem
+    try:
+        import torch
+    except ImportError:
+        return None
+    from .. import dispatch, ranged
+
+    # (read-only buffers copied: torch warns on views of them)
+    targs = [torch.from_numpy(np.ascontiguousarray(a) if a.flags.writeable else a.copy())
+             for a in args]  # fmt: skip
+    if not dispatch.stackable(r, targs, lead):
+        return None
+    run = lambda a, rg: ranged.run(r, a, rg)  # noqa: E731
+    return [o.numpy() for o in dispatch.batched_one_launch(r, targs, lead, run)]
