@@ -296,6 +296,144 @@ def test_a_bad_bridge_setting_is_named(monkeypatch):
         jax.jit(g.__call__)(*map(jnp.asarray, data()[:2]))
 
 
+# ------------------------------------------------------------------ the CUDA handler, no GPU
+
+
+class _Frame:
+    """An XLA_FFI_CallFrame built in memory as XLA lays it out (c_api.h, 64-bit), with an API
+    table whose XLA_FFI_Stream_Get / XLA_FFI_DeviceOrdinal_Get / XLA_FFI_Error_Create are
+    Python functions: what the CUDA platform's handler is given, without a GPU."""
+
+    def __init__(self, rid, ins, outs, stream=0x5EED, ordinal=1, ordinal_error=False):
+        import ctypes as C
+        import struct
+
+        from tvmred.jax import ffi
+
+        self.keep, self.errors = [], []
+
+        def mem(data: bytes) -> int:
+            buf = C.create_string_buffer(data, len(data))
+            self.keep.append(buf)
+            return C.addressof(buf)
+
+        def context_get(value, fail):
+            def get(args):
+                if fail:
+                    return 0xE0
+                C.c_void_p.from_address(C.addressof(args.contents) + 24).value = value
+                return None
+
+            fn = ffi._ContextGet(get)
+            self.keep.append(fn)
+            return C.cast(fn, C.c_void_p).value
+
+        def error_create(args):
+            self.errors.append(args.contents.message.decode())
+            return 0xE1
+
+        create = ffi._ErrorCreate(error_create)
+        self.keep.append(create)
+        api = bytearray(192)
+        struct.pack_into("<Q", api, ffi._ERROR_CREATE, C.cast(create, C.c_void_p).value)
+        struct.pack_into("<Q", api, ffi._STREAM_GET, context_get(stream, False))
+        struct.pack_into("<Q", api, ffi._ORDINAL_GET, context_get(ordinal, ordinal_error))
+        api_ptr = mem(bytes(api))
+        code = {v: k for k, v in ffi._DTYPE_NAMES.items()}
+
+        def buffers(arrays):
+            ptrs = []
+            for a in arrays:
+                dims = mem(struct.pack(f"<{a.ndim}q", *a.shape)) if a.ndim else 0
+                ptrs.append(mem(ffi._BUFFER.pack(ffi._BUFFER.size, 0, code[a.dtype.name],
+                                                 a.ctypes.data, a.ndim, dims)))  # fmt: skip
+            return mem(struct.pack(f"<{len(ptrs)}Q", *ptrs)), len(ptrs)
+
+        (ia, ni), (oa, no) = buffers(ins), buffers(outs)
+        name = b"reduction"
+        value = C.c_int64(rid)
+        self.keep.append(value)
+        span = mem(ffi._SPAN.pack(mem(name), len(name)))
+        scalar = mem(ffi._SCALAR.pack(5, C.addressof(value)))
+        frame = ffi._FRAME.pack(ffi._FRAME.size, 0, api_ptr, 0xC7C7, ffi._STAGE_EXECUTE,
+                                40, 0, ni, mem(bytes(4 * ni)), ia,
+                                40, 0, no, mem(bytes(4 * no)), oa,
+                                48, 0, 1, mem(struct.pack("<i", ffi._ATTR_SCALAR)),
+                                mem(struct.pack("<Q", span)), mem(struct.pack("<Q", scalar)))  # fmt: skip
+        self.address = mem(frame)
+
+
+def _registered(g, *args):
+    """The reduction id ``g``'s jitted call registers with the handler, and its reduction."""
+    from tvmred.jax import ffi
+
+    jax.jit(g.__call__).lower(*args)  # binds: the reduction gets its id
+    rid = max(ffi._REDUCTIONS.keys())
+    return rid, ffi._REDUCTIONS[rid]
+
+
+def test_the_cuda_handler_reads_xla_stream_device_and_buffers(monkeypatch):
+    """The CUDA platform's handler takes XLA's stream and device ordinal from the execution
+    context, hands the device path every buffer (address, dtype, shape) and the reduction;
+    here the device path is replaced by one that computes on the host at those addresses."""
+    from tvmred.jax import ffi
+    from tvmred.jax.host import outputs
+
+    x, y, b = data()
+    g = Genred("Exp(-SqDist(x,y)*IntInv(7))*b", ["x = Vi(3)", "y = Vj(3)", "b = Vj(2)"], axis=1)
+    rid, red = _registered(g, *map(jnp.asarray, (x, y, b)))
+    out = np.zeros((x.shape[0], 2))
+    seen = {}
+
+    def device(r, ins, outs, ordinal, stream):
+        seen.update(r=r, ins=ins, outs=outs, ordinal=ordinal, stream=stream)
+        for (ptr, dt, shape), res in zip(outs, outputs(r, [x, y, b])):
+            assert ptr == out.ctypes.data and dt == "float64" and shape == out.shape
+            out[...] = res
+
+    monkeypatch.setattr(ffi, "run_on_device", device)
+    frame = _Frame(rid, [x, y, b], [out], stream=0x5EED, ordinal=1)
+    assert ffi._handle_device(frame.address) is None, frame.errors
+    assert seen["r"] is red and seen["stream"] == 0x5EED and seen["ordinal"] == 1
+    assert seen["ins"] == [(a.ctypes.data, "float64", a.shape) for a in (x, y, b)]
+    ref = np.exp(-((x[:, None] - y[None]) ** 2).sum(-1) / 7) @ b
+    np.testing.assert_allclose(out, ref, rtol=1e-12)
+
+
+def test_the_cuda_handler_returns_xla_errors():
+    """A failing XLA_FFI_DeviceOrdinal_Get, and this CPU-only torch (no CUDA), come back as
+    XLA errors naming the problem -- never an exception through XLA's C frames."""
+    from tvmred.jax import ffi
+
+    x, y, b = data()
+    g = Genred("Exp(-SqDist(x,y)*IntInv(9))*b", ["x = Vi(3)", "y = Vj(3)", "b = Vj(2)"], axis=1)
+    rid, _ = _registered(g, *map(jnp.asarray, (x, y, b)))
+    out = np.zeros((x.shape[0], 2))
+    frame = _Frame(rid, [x, y, b], [out], ordinal_error=True)
+    assert ffi._handle_device(frame.address) == 0xE1
+    assert "XLA_FFI_DeviceOrdinal_Get failed" in frame.errors[0]
+    torch = pytest.importorskip("torch")
+    if torch.cuda.is_available():
+        pytest.skip("this torch has CUDA: the no-CUDA error cannot occur")
+    frame = _Frame(rid, [x, y, b], [out])
+    assert ffi._handle_device(frame.address) == 0xE1
+    assert "this torch has no CUDA" in frame.errors[0]
+
+
+def test_a_cuda_lowering_calls_the_custom_call():
+    """Lowered for XLA's CUDA platform (jax.export's cross-platform lowering; no GPU needed),
+    a jitted tvmred call is the same typed FFI custom call, which the CUDA handler serves."""
+    from jax import export
+
+    x, y, b = map(jnp.asarray, data())
+    g = Genred("Exp(-SqDist(x,y))*b", ["x = Vi(3)", "y = Vj(3)", "b = Vj(2)"], axis=1)
+    check = [export.DisabledSafetyCheck.custom_call("tvmred_reduce")]
+    ex = export.export(jax.jit(g.__call__), platforms=("cuda",), disabled_checks=check)(x, y, b)
+    assert ex.platforms == ("cuda",)
+    calls = [ln for ln in ex.mlir_module().splitlines() if "custom_call @tvmred_reduce" in ln]
+    assert len(calls) == 1 and "reduction =" in calls[0]
+
+
 def test_vmap_is_one_launch(monkeypatch):
     """A vmapped call (the batch dims of one call) runs its problems in one ranged launch;
     positions stay local to each problem."""
