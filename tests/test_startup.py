@@ -77,3 +77,31 @@ def test_a_warm_process_imports_nothing_heavy(binding, tmp_path):
     assert warm["err"] < 1e-12
     if binding == "numpy":
         assert warm["knn"]
+
+
+COMPILE = """
+import json, os, sys, torch
+from tvmred.torch import Genred
+x, y = torch.rand(40, 3, dtype=torch.float64), torch.rand(60, 3, dtype=torch.float64)
+b = torch.rand(60, 2, dtype=torch.float64)
+c = Genred("Exp(-SqDist(x,y)*IntCst(2))*b", ["x = Vi(3)", "y = Vj(3)", "b = Vj(2)"], axis=1)(
+    x, y, b)
+err = (c - torch.exp(-2 * ((x[:, None] - y[None]) ** 2).sum(-1)) @ b).abs().max().item()
+compiled = "tvm" in sys.modules
+with_ml = "ml_dtypes" in sys.modules
+import ml_dtypes  # still importable afterwards
+print(json.dumps({"compiled": compiled, "ml_dtypes": with_ml, "err": err,
+                  "bf16": ml_dtypes.bfloat16.__name__}))
+"""
+
+
+@pytest.mark.parametrize("full", [False, True])
+def test_a_compile_imports_tvm_without_ml_dtypes(full, tmp_path, monkeypatch):
+    """A fresh process that compiles (empty cache, no compile server) imports and uses TVM
+    without ml_dtypes (0.5-0.7 s of its first call; tvmred/_tvm.py), the answer right and
+    ml_dtypes importable after; TVMRED_TVM_FULL_IMPORT=1 imports TVM as it is."""
+    monkeypatch.setenv("TVMRED_COMPILE_SERVER", "0")
+    monkeypatch.setenv("TVMRED_TVM_FULL_IMPORT", "1" if full else "0")
+    out = child(COMPILE, tmp_path)
+    assert out["compiled"] and out["err"] < 1e-12 and out["bf16"] == "bfloat16"
+    assert out["ml_dtypes"] == full

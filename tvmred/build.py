@@ -20,7 +20,7 @@ import time
 from dataclasses import dataclass
 from typing import Any, Optional
 
-from . import cache, compile_client, cudatool, schedules, tunedb
+from . import _tvm, cache, compile_client, cudatool, schedules, tunedb
 from .arrays import HALF, compute_dtype
 from .errors import KernelNotExported
 from .lower import lower
@@ -94,11 +94,13 @@ def row_block_for(spec: KernelSpec, target: dict, config: Optional[dict] = None)
     return schedules.row_block(target, dtype, config, spec.registers(), narrow, reads)
 
 
+@_tvm.lean()
 def compile_reduction(
     spec: KernelSpec, target: dict, config: Optional[dict] = None
 ) -> tuple[Any, dict]:
     """Lower, schedule and compile (no cache): a ``tvm.runtime.Executable`` and its metadata
     (``kind``: the target kind, ``row_block``, ``tile``)."""
+    _tvm.load()
     import tvm
     from tvm import s_tir
 
@@ -253,6 +255,7 @@ def _runtime_only() -> bool:
 @functools.lru_cache(maxsize=None)
 def compiler_available() -> bool:
     """False when only TVM's runtime library is loaded (``TVM_USE_RUNTIME_LIB=1``)."""
+    _tvm.load()
     import tvm
 
     return tvm.get_global_func("target.build.llvm", allow_missing=True) is not None

@@ -34,6 +34,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
+from . import _tvm
 from .runtime import load_module
 from .settings import cache_dir, make_private_dir, untrusted
 
@@ -160,7 +161,9 @@ def _load(d: Path, h: str, key_text: str) -> tuple[Any, dict] | None:
         return None
 
 
+@_tvm.lean()
 def _store(d: Path, h: str, key_text: str, executable: Any, kernel: dict, extra: dict) -> None:
+    _tvm.load()
     import tvm
 
     so, manifest = d / f"{h}{SUFFIX}", d / f"{h}.json"
@@ -272,6 +275,7 @@ def _compile(build: Callable, store: Callable | None = None) -> tuple[Any, dict]
     return _detached(ex, meta), meta
 
 
+@_tvm.lean()
 def _detached(ex: Any, meta: dict) -> Any:
     """The compiled module, exported to a private temporary file and loaded back from it, so
     that the compiler's in-memory module is released (1.5 MiB a kernel instead of 40 KiB);

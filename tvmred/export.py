@@ -31,7 +31,7 @@ import warnings
 from pathlib import Path
 from typing import Iterator, Optional, Union
 
-from . import build
+from . import _tvm, build
 from .cabi import cuda_runtime
 from .cache import SUFFIX, clean_temporaries, temp_path
 from .errors import KernelNotExported
@@ -82,8 +82,10 @@ def kernels_of(r: Reduction, grads: list[int], dtype: str) -> Iterator[Reduction
         yield from column_chunks(red, dtype)
 
 
+@_tvm.lean()
 def export(spec: Union[str, os.PathLike, dict], out_dir: Union[str, os.PathLike]) -> Path:
     """Compile everything ``spec`` asks for into ``out_dir``; returns the manifest path."""
+    _tvm.load()
     import tvm
 
     spec = read_spec(spec)

@@ -22,7 +22,7 @@ import logging
 import os
 from typing import Any
 
-from . import cabi
+from . import _tvm, cabi
 
 log = logging.getLogger("tvmred")
 
@@ -37,6 +37,7 @@ def load_module(path: str, device_kind: str) -> Any:
             return cabi.Module(path)
         except OSError as e:
             log.debug("tvmred: %s through TVM's Python package (%s)", path, e)
+    _tvm.load()
     import tvm
 
     return tvm.runtime.load_module(path)

@@ -18,7 +18,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from . import schedules
+from . import _tvm, schedules
 from .settings import cache_dir, make_private_dir, untrusted
 
 
@@ -32,6 +32,7 @@ def tvm_version() -> str:
             return metadata.version("apache-tvm")
         except metadata.PackageNotFoundError:
             pass
+    _tvm.load()
     import tvm
 
     return tvm.__version__
@@ -65,6 +66,7 @@ def _cpuinfo() -> tuple[str, set[str]] | None:
 
 def _detect() -> dict:
     """LLVM's name for this CPU and the ISA extensions it implies (imports TVM)."""
+    _tvm.load()
     from tvm.target import Target, codegen
 
     mcpu = codegen.llvm_get_system_cpu()
