@@ -30,6 +30,46 @@ from timing import min_time  # noqa: E402
 
 GAUSS = ("Exp(-SqDist(x,y))*b", ["x = Vi(D)", "y = Vj(D)", "b = Vj(E)"])
 ROWS = 256
+SASS = Path(__file__).resolve().parent / "results" / "sass_sm90.json"
+
+
+def sass_case(name: str) -> Optional[str]:
+    """The case of ``benchmarks/sass_count.py`` whose kernel this run's case compiles to
+    (the kernel variant from TVMRED_CUDA_TILE / TVMRED_CUDA_ROWS), None if it has none."""
+    import os
+
+    tile = int(os.environ.get("TVMRED_CUDA_TILE") or 0)
+    rows = int(os.environ.get("TVMRED_CUDA_ROWS") or 1)
+    scheme = f"j-tiles {tile}" if tile else "thread per row"
+    if rows > 1:
+        scheme += f", {rows} rows/thread"
+    kind = {"gauss D=3": "Gaussian D=3", "gauss D=64": "Gaussian D=64",
+            "LogSumExp D=3": "LogSumExp D=3", "ArgKMin K=10 D=3": "KMin_ArgKMin K=10 D=3"}  # fmt: skip
+    for prefix, sass in kind.items():
+        if name.startswith(prefix):
+            return f"{sass}, {scheme}"
+    return None
+
+
+def predicted_s(name: str, M: int, N: int, device: torch.device) -> Optional[float]:
+    """The time the SASS instruction count predicts (sass_count.py's model: one warp
+    instruction per scheduler per clock, 16 MUFU.EX2 per SM per clock; the card's SM count,
+    sass_count's clock), None without a counted kernel."""
+    import sass_count
+
+    if not SASS.is_file():
+        return None
+    rows = {r["case"]: r for r in json.loads(SASS.read_text())["rows"]}
+    row = rows.get(sass_case(name) or "")
+    if row is None or "per_pair" not in row:
+        return None
+    sms = sass_count.SMS
+    if device.type == "cuda":
+        sms = torch.cuda.get_device_properties(device).multi_processor_count
+    clock = sass_count.CLOCK
+    issue = M * N * row["per_pair"] / 32 / (sms * sass_count.SCHEDULERS * clock)
+    mufu = M * N / (sms * sass_count.MUFU_PER_SM * clock) if row["marker"] == "MUFU.EX2" else 0
+    return max(issue, mufu)
 
 
 def timer(device: torch.device) -> Callable[[Callable, int], float]:
@@ -147,6 +187,10 @@ def run_case(case: dict, device: torch.device, time_fn) -> dict:
     reps = 3 if case["M"] * case["N"] >= 1e12 else 10
     row["tvmred_s"] = time_fn(lambda: g(*args), reps)
     row["ns_per_pair"] = row["tvmred_s"] / case["M"] / case["N"] * 1e9
+    pred = predicted_s(case["name"], case["M"], case["N"], device)
+    if pred is not None:  # the SASS model's time for this kernel variant, and the gap
+        row["sass_case"], row["predicted_s"] = sass_case(case["name"]), pred
+        row["measured/predicted"] = row["tvmred_s"] / pred
     if case["torch"] is not None and case["M"] * case["N"] <= 1e8:
         try:
             row["torch_s"] = time_fn(lambda: case["torch"](*args), reps)

@@ -30,11 +30,20 @@ def cuda_target(device: Any, host: dict) -> dict:
     return {"kind": "cuda", "arch": f"sm_{major}{minor}", "host": host}
 
 
+def rows_per_thread() -> int:
+    """Rows a thread by default: ``$TVMRED_CUDA_ROWS`` (1, 2, 4 or 8), else 1."""
+    value = os.environ.get("TVMRED_CUDA_ROWS") or "1"
+    if value not in ("1", "2", "4", "8"):
+        raise ValueError(f"TVMRED_CUDA_ROWS={value!r}: use 1, 2, 4 or 8 (rows a thread)")
+    return int(value)
+
+
 def cuda_row_block(target: dict, dtype: str, width: int = 1, reads: int = 0) -> int:
-    """One row per thread by default; rows per thread (row_block = THREADS x rows) is a
-    tuning knob: more rows per thread reuse each j-row read, but leave fewer blocks to fill
-    the GPU when M is small."""
-    return THREADS
+    """One row per thread by default (``$TVMRED_CUDA_ROWS`` rows otherwise); rows per thread
+    (row_block = THREADS x rows) is also a tuning knob: more rows per thread reuse each
+    j-row read (with tiles, one shared-memory load for all rows: sass_count.py), but leave
+    fewer blocks to fill the GPU when M is small."""
+    return THREADS * rows_per_thread()
 
 
 def cuda_tile(target: dict, dtype: str) -> int:
@@ -152,6 +161,7 @@ TEMPLATE = TargetTemplate(
     schedule=cuda_rows,
     chunks=cuda_chunks,
     tile=cuda_tile,
+    settings=lambda target: {"rows": r} if (r := rows_per_thread()) != 1 else {},
     # the tiled kernels' masks (j < N, marked likely) leave the loop over whole tiles: the
     # tile loop is split into the tiles below N, without the mask, and the last one
     passes={"s_tir.LoopPartition": {"partition_const_loop": True}},

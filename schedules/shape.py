@@ -72,6 +72,8 @@ class TargetTemplate:
     ranged: bool = False  # compiles ranged (block-sparse) kernels: ranges in one launch
     split_row_block: Callable[[dict, str, int, int], int] | None = None  # the split-j kernel's rows
     # per block (it runs when there are few rows: less padding pays), None: ``row_block``'s
+    settings: Callable[[dict], dict] = lambda target: {}  # environment settings that change
+    # the template's default kernels (they go into the cache key), e.g. CUDA's rows a thread
 
 
 def block_partials(sch: "s_tir.Schedule", red: Any, piece: Any) -> Any:

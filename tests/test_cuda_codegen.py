@@ -207,6 +207,27 @@ def test_the_default_tile_comes_from_the_environment(monkeypatch):
     assert meta["tile"] == 64 and "arg1_shared_ptr[192]" in ex.mod.imports[0].inspect_source()
 
 
+def test_rows_per_thread_come_from_the_environment(monkeypatch):
+    """TVMRED_CUDA_ROWS sets the rows a thread of the default CUDA kernels (in the cache key:
+    never reused across settings); the kernel keeps that many accumulators a thread; a bad
+    value is named."""
+    from tvmred import build
+
+    spec = KernelSpec(parse(CASES[0][1], AL), "Sum", 0, "float32", "float32", CASES[0][2])
+    target = cuda_target("sm_90")
+    monkeypatch.delenv("TVMRED_CUDA_ROWS", raising=False)
+    plain = build.key_text(spec, target)
+    assert build.compile_reduction(spec, target)[1]["row_block"] == 128
+    monkeypatch.setenv("TVMRED_CUDA_ROWS", "2")
+    assert build.key_text(spec, target) != plain
+    ex, meta = build.compile_reduction(spec, target)
+    assert meta["row_block"] == 256
+    assert "red_local_ptr[1]" in ex.mod.imports[0].inspect_source()
+    monkeypatch.setenv("TVMRED_CUDA_ROWS", "3")
+    with pytest.raises(ValueError, match="TVMRED_CUDA_ROWS='3'"):
+        build.compile_reduction(spec, target)
+
+
 def _nvrtc_ready() -> bool:
     from tvmred import cudatool
 

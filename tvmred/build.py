@@ -79,6 +79,7 @@ def key_text(spec: KernelSpec, target: dict, config: Optional[dict] = None) -> s
     }
     if config:
         key["schedule"] = config
+    key.update(schedules.template(target["kind"]).settings(target))
     tile = schedules.tile(target, compute_dtype(spec.dtype), config)
     if tile:  # the template's default tile may change (TVMRED_CUDA_TILE): it is in the key
         key["tile"] = tile
