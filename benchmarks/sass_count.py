@@ -44,36 +44,25 @@ CASES = {
     ),
     "Gaussian D=3, thread per row": ("Exp(-SqDist(x,y))*b", "Sum", 3, None),
     "Gaussian D=3, j-tiles 128": ("Exp(-SqDist(x,y))*b", "Sum", 3, {"tile": 128}),
-    "Gaussian D=3, j-tiles 128, 2 rows/thread": (
-        "Exp(-SqDist(x,y))*b",
-        "Sum",
-        3,
-        {"tile": 128, "row_block": 256},
-    ),
-    "Gaussian D=3, j-tiles 128, 4 rows/thread": (
-        "Exp(-SqDist(x,y))*b",
-        "Sum",
-        3,
-        {"tile": 128, "row_block": 512},
-    ),
     "LogSumExp D=3, thread per row": ("Concat(-SqDist(x,y),IntCst(1))", "LogSumExp", 3, None),
     "LogSumExp D=3, j-tiles 128": ("Concat(-SqDist(x,y),IntCst(1))", "LogSumExp", 3, {"tile": 128}),
     "Gaussian D=64, thread per row": ("Exp(-SqDist(x,y))*b", "Sum", 64, None),
     "Gaussian D=64, j-tiles 128": ("Exp(-SqDist(x,y))*b", "Sum", 64, {"tile": 128}),
-    "Gaussian D=64, j-tiles 128, 2 rows/thread": (
-        "Exp(-SqDist(x,y))*b",
-        "Sum",
-        64,
-        {"tile": 128, "row_block": 256},
-    ),
     "Exp((x|y))*b D=64, j-tiles 128": ("Exp((x|y))*b", "Sum", 64, {"tile": 128}),
-    "Exp((x|y))*b D=64, j-tiles 128, 2 rows/thread": (
-        "Exp((x|y))*b",
-        "Sum",
-        64,
-        {"tile": 128, "row_block": 256},
-    ),
 }
+for _name, _rows in (
+    ("Gaussian D=3", (2, 4)),
+    ("Gaussian D=64", (2,)),
+    ("Exp((x|y))*b D=64", (2,)),
+):
+    for _r in _rows:  # R rows a thread: the tiled case with row_block 128 R
+        _f, _red, _d, _cfg = CASES[f"{_name}, j-tiles 128"]
+        CASES[f"{_name}, j-tiles 128, {_r} rows/thread"] = (
+            _f,
+            _red,
+            _d,
+            {**_cfg, "row_block": 128 * _r},
+        )
 
 
 def cuobjdump() -> str | None:

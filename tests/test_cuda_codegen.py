@@ -191,41 +191,33 @@ def test_nvcc_compiles_tiled_without_spills(red, formula, variant, arch, tmp_pat
         assert spills == 0 and regs <= 255 and smem >= 128 * 4, (regs, spills, smem)
 
 
-def test_the_default_tile_comes_from_the_environment(monkeypatch):
-    """TVMRED_CUDA_TILE picks the default tile of CUDA kernels (0: thread per row), and the
-    cache key says which: a kernel compiled with one default is never reused with another."""
+@pytest.mark.parametrize(
+    "env, knob, default, value, want, code",
+    [
+        ("TVMRED_CUDA_TILE", "tile", 0, "64", 64, "arg1_shared_ptr[192]"),  # 64 rows of y (3)
+        ("TVMRED_CUDA_ROWS", "row_block", 128, "2", 256, "red_local_ptr[1]"),  # 2 accumulators
+    ],
+)
+def test_cuda_defaults_come_from_the_environment(monkeypatch, env, knob, default, value, want,
+                                                 code):  # fmt: skip
+    """TVMRED_CUDA_TILE picks the default tile of CUDA kernels (0: thread per row),
+    TVMRED_CUDA_ROWS the rows a thread; the cache key says which (a kernel compiled with one
+    default is never reused with another); a bad rows value is named."""
     from tvmred import build
 
     spec = KernelSpec(parse(CASES[0][1], AL), "Sum", 0, "float32", "float32", CASES[0][2])
     target = cuda_target("sm_90")
-    monkeypatch.delenv("TVMRED_CUDA_TILE", raising=False)
+    monkeypatch.delenv(env, raising=False)
     plain = build.key_text(spec, target)
-    assert build.compile_reduction(spec, target)[1]["tile"] == 0
-    monkeypatch.setenv("TVMRED_CUDA_TILE", "64")
+    assert build.compile_reduction(spec, target)[1][knob] == default
+    monkeypatch.setenv(env, value)
     assert build.key_text(spec, target) != plain
     ex, meta = build.compile_reduction(spec, target)
-    assert meta["tile"] == 64 and "arg1_shared_ptr[192]" in ex.mod.imports[0].inspect_source()
-
-
-def test_rows_per_thread_come_from_the_environment(monkeypatch):
-    """TVMRED_CUDA_ROWS sets the rows a thread of the default CUDA kernels (in the cache key:
-    never reused across settings); the kernel keeps that many accumulators a thread; a bad
-    value is named."""
-    from tvmred import build
-
-    spec = KernelSpec(parse(CASES[0][1], AL), "Sum", 0, "float32", "float32", CASES[0][2])
-    target = cuda_target("sm_90")
-    monkeypatch.delenv("TVMRED_CUDA_ROWS", raising=False)
-    plain = build.key_text(spec, target)
-    assert build.compile_reduction(spec, target)[1]["row_block"] == 128
-    monkeypatch.setenv("TVMRED_CUDA_ROWS", "2")
-    assert build.key_text(spec, target) != plain
-    ex, meta = build.compile_reduction(spec, target)
-    assert meta["row_block"] == 256
-    assert "red_local_ptr[1]" in ex.mod.imports[0].inspect_source()
-    monkeypatch.setenv("TVMRED_CUDA_ROWS", "3")
-    with pytest.raises(ValueError, match="TVMRED_CUDA_ROWS='3'"):
-        build.compile_reduction(spec, target)
+    assert meta[knob] == want and code in ex.mod.imports[0].inspect_source()
+    if env == "TVMRED_CUDA_ROWS":
+        monkeypatch.setenv(env, "3")
+        with pytest.raises(ValueError, match="TVMRED_CUDA_ROWS='3'"):
+            build.compile_reduction(spec, target)
 
 
 def _nvrtc_ready() -> bool:
@@ -276,20 +268,9 @@ def test_sass_instructions_per_pair(case):
     MUFU.EX2 (no subnormal guard: tvmred flushes those results to 0, as on the CPU); one exp
     per pair in the LogSumExp (it was two: one per arm of a select); the tiled D=3
     Gaussian at <= 12 SASS instructions a pair (issue 22's bound)."""
-    from tvmred.cudatool import nvrtc_version
-
-    sc = _sass_tools()
-    tool = sc.cuobjdump()
-    if tool is None:
-        pytest.skip(
-            "cuobjdump/nvdisasm missing (pip install nvidia-cuda-cuobjdump nvidia-cuda-nvdisasm)"
-        )
-    if shutil.which("nvcc") is None and nvrtc_version() is None:
-        pytest.skip("neither nvcc nor NVRTC is installed")
-    row = sc.analyse(case, sc.CASES[case], "sm_90", tool)
+    row = _sass_row(case)
     assert not row["exp_guarded"]
-    assert row["pairs"] >= 1
-    dim = sc.CASES[case][2]
+    dim = _sass_tools().CASES[case][2]
     if "thread per row" in case:  # y's D values read once a pair from global memory
         assert row["loads_per_pair"] == dim
     else:
