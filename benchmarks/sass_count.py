@@ -30,7 +30,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 SMS, CLOCK, SCHEDULERS, MUFU_PER_SM = 132, 1.98e9, 4, 16
 
-# name: (formula, reduction, D, schedule config[, (marker opcode, per pair), K]); "row_block"
+# name: (formula, reduction, D, schedule config[, (marker opcode, per pair), K, dim of b]);
+# "row_block"
 # 128 x R: R rows a thread, each j-row read from shared memory once for all R
 CASES = {
     "Min_ArgMin D=3, thread per row": ("SqDist(x,y)", "Min_ArgMin", 3, None, ("LDG", 3)),
@@ -49,6 +50,17 @@ CASES = {
     "Gaussian D=64, thread per row": ("Exp(-SqDist(x,y))*b", "Sum", 64, None),
     "Gaussian D=64, j-tiles 128": ("Exp(-SqDist(x,y))*b", "Sum", 64, {"tile": 128}),
     "Exp((x|y))*b D=64, j-tiles 128": ("Exp((x|y))*b", "Sum", 64, {"tile": 128}),
+    # attention: a softmax-weighted sum of 64-dimensional values (the LogSumExp kernel with
+    # 64 weight columns, as SumSoftMaxWeight's); 64-row tiles (two 64-float rows: 32 KiB)
+    "softmax weights D=64, E=64, j-tiles 64": (
+        "Concat((x|y),b)",
+        "LogSumExp",
+        64,
+        {"tile": 64},
+        ("MUFU.EX2", 1),
+        None,
+        64,
+    ),
 }
 for _name, _rows in (
     ("Gaussian D=3", (2, 4)),
@@ -86,14 +98,14 @@ def cuobjdump() -> str | None:
     return None
 
 
-def source(formula: str, red: str, dim: int, config, arch: str, k=None) -> str:
+def source(formula: str, red: str, dim: int, config, arch: str, k=None, bdim=1) -> str:
     from tvmred.build import compile_reduction
     from tvmred.cudatool import postprocess
     from tvmred.parse import parse, parse_aliases
     from tvmred.reductions import KernelSpec, Variant
     from tvmred.targets import cuda_target
 
-    al = parse_aliases([f"x = Vi({dim})", f"y = Vj({dim})", "b = Vj(1)"])
+    al = parse_aliases([f"x = Vi({dim})", f"y = Vj({dim})", f"b = Vj({bdim})"])
     spec = KernelSpec(parse(formula, al), red, 0, "float32", "float32", Variant(k=k))
     ex, _ = compile_reduction(spec, cuda_target(arch), config)
     (dev,) = ex.mod.imports
@@ -140,7 +152,8 @@ def innermost_loop(sass: str, marker: str = "MUFU.EX2") -> list[str]:
 def analyse(name: str, case: tuple, arch: str, tool: str) -> dict:
     formula, red, dim, config = case[:4]
     marker, per = case[4] if len(case) > 4 else ("MUFU.EX2", 1)
-    src = source(formula, red, dim, config, arch, case[5] if len(case) > 5 else None)
+    k, bdim = (case[5] if len(case) > 5 else None), (case[6] if len(case) > 6 else 1)
+    src = source(formula, red, dim, config, arch, k, bdim)
     with tempfile.TemporaryDirectory() as d:
         binary, ptxas = cubin(src, arch, Path(d))
         (Path(d) / "k.cubin").write_bytes(binary)

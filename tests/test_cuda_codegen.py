@@ -308,3 +308,11 @@ def test_sass_high_dimension_inner_loop_is_fma():
     distance's >= 40 % (its d subtractions are FADDs: 50 % is that form's ceiling)."""
     assert _sass_row("Exp((x|y))*b D=64, j-tiles 128, 2 rows/thread")["ffma_share"] >= 0.75
     assert _sass_row("Gaussian D=64, j-tiles 128, 2 rows/thread")["ffma_share"] >= 0.40
+
+
+def test_sass_softmax_weights_one_exp_a_pair():
+    """A softmax-weighted sum of 64-dimensional values (the LogSumExp kernel with 64 weight
+    columns) evaluates one exp a pair, not one a column (the running max is shared; sass_count
+    counts pairs by MUFU.EX2, so 64 a pair would show as 64 pairs of ~10 instructions)."""
+    row = _sass_row("softmax weights D=64, E=64, j-tiles 64")
+    assert row["pairs"] == 1 and row["per_pair"] >= 128  # 64 FMAs (q|k) + 64 column updates

@@ -355,3 +355,28 @@ def test_cpu_kselect_kernel_has_the_early_exit():
     sch = tpl.schedule(s_tir.Schedule(low.func), low.shape, cpu_target())
     mod = tpl.finish(sch.mod, low.shape, cpu_target())
     assert isinstance(mod, tvm.IRModule) and "llvm.vector.reduce.or" in mod.script()
+
+
+@pytest.mark.parametrize("dim", [3, 40, 70])
+def test_wide_softmax_weights_share_one_max(dim):
+    """SumSoftMaxWeight / LogSumExpWeight / Max_SumShiftExpWeight with many weight columns
+    (one running max for all of them; past 31 columns, several kernels whose states join)
+    against dense float64 torch, with the gradient."""
+    torch.manual_seed(dim)
+    q = torch.randn(50, 8, dtype=torch.float64)
+    k = torch.randn(60, 8, dtype=torch.float64, requires_grad=True)
+    v = torch.randn(60, dim, dtype=torch.float64, requires_grad=True)
+    al = ["q = Vi(8)", "k = Vj(8)", f"v = Vj({dim})"]
+    s = q @ k.T
+    out = Genred("(q|k)", al, reduction_op="SumSoftMaxWeight", formula2="v", axis=1)(q, k, v)
+    ref = torch.softmax(s, 1) @ v
+    torch.testing.assert_close(out, ref)
+    e = torch.randn_like(ref)
+    for a, b in zip(torch.autograd.grad(out, (k, v), e), torch.autograd.grad(ref, (k, v), e)):
+        torch.testing.assert_close(a, b)
+    w = v.detach().abs() + 0.1  # positive weights: log sum_j exp(s) w_j
+    lse = Genred("(q|k)", al, reduction_op="LogSumExpWeight", formula2="v", axis=1)(q, k, w)
+    torch.testing.assert_close(lse, torch.logsumexp(s.detach()[:, :, None] + w.log()[None], 1))
+    raw = Genred("(q|k)", al, reduction_op="Max_SumShiftExpWeight", formula2="v", axis=1)(q, k, w)
+    m = s.detach().amax(1, keepdim=True)
+    torch.testing.assert_close(raw, torch.cat([m, torch.exp(s.detach() - m) @ w], 1))

@@ -107,8 +107,7 @@ def run_states(r: Reduction, args: Sequence[Any]):
         zero = xp(like).zeros((n_out, r.formula.dim), dtype, like)
         return zero, [zero]
     parts = [call_kernel(part, args, dtype, dev, n_out, n_red) for part in column_chunks(r, dtype)]
-    x = xp(parts[0][0])
-    state = parts[0] if len(parts) == 1 else [x.cat(b, 1) for b in zip(*parts)]
+    state = parts[0] if len(parts) == 1 else r.rdef.join_states(parts)
     variant = r.resolve(dtype)[1]
     return r.rdef.finalize(state, variant, dtype), state
 
@@ -188,9 +187,12 @@ def column_chunks(r: Reduction, dtype: str) -> list[Reduction]:
     if key not in r.memo:
         acc, variant = r.resolve(dtype)
         rd, dim = r.rdef, r.formula.dim
-        state = rd.state(dim, variant, dtype, acc)  # every buffer has one column per column
-        cols = state[0][0]
-        width = max(1, MAX_STATE // len(state))
+        if rd.chunking is not None:
+            cols, per, fixed = rd.chunking(dim, variant, dtype, acc)
+        else:  # every buffer has one column per formula column
+            state = rd.state(dim, variant, dtype, acc)
+            cols, per, fixed = state[0][0], len(state), 0
+        width = max(1, (MAX_STATE - fixed) // per)
         parts = [r]
         if cols > width:
             cuts = [(c, min(width, cols - c)) for c in range(0, cols, width)]

@@ -135,9 +135,7 @@ def run(r: Reduction, args: Sequence[torch.Tensor], ranges: Any) -> list[torch.T
         _states(part, args, dtype, dev, n_out, n_red, ranges) for part in column_chunks(r, dtype)
     ]
     p = parts[0][1]
-    state = (
-        parts[0][0] if len(parts) == 1 else [torch.cat(b, 1) for b in zip(*(s for s, _ in parts))]
-    )
+    state = parts[0][0] if len(parts) == 1 else r.rdef.join_states([s for s, _ in parts])
     variant = r.resolve(dtype)[1]
     res = r.rdef.finalize(state, variant, dtype)
     outs = list(res) if isinstance(res, tuple) else [res]

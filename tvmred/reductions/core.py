@@ -102,6 +102,11 @@ class RedDef:
     scalar: bool = False  # F must have dim 1
     root_uses: Optional[Callable[[int], list]] = None  # per root component, if not 1 each
     partial: Callable[[Variant], int] = lambda v: 0  # > 0: ReductionShape.block (Sum)
+    join: Optional[Callable[[list], list]] = None  # the states of column chunks, side by
+    # side (default: each buffer's columns concatenated)
+    chunking: Optional[Callable[[int, Variant, str, str], tuple]] = None  # (formula columns,
+    # state values a column, state values besides) for column chunks; default: every buffer
+    # has one column per formula column
     doc: str = ""
 
     def selected(self, states: list, k: Optional[int]) -> Any:
@@ -118,6 +123,13 @@ class RedDef:
         out = list(states)
         out[sl] = [xp_of(states).where(t >= 0, t + offset, t) for t in states[sl]]
         return out
+
+    def join_states(self, parts: list) -> list:
+        """The states of a reduction's column chunks (``launch.column_chunks``) as one."""
+        if self.join is not None:
+            return self.join(parts)
+        x = xp_of(parts[0])
+        return [x.cat(b, 1) for b in zip(*parts)]
 
     def registers(self, dim: int, v: Variant, dtype: str, acc: str) -> int:
         """State values per output row that a kernel keeps in registers across the j loop."""

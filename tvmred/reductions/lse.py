@@ -18,7 +18,6 @@ from .core import (
     Space,
     Step,
     Variant,
-    by_column,
     inf,
     masked,
     reduction,
@@ -31,63 +30,102 @@ from .sum import ANY
 
 def _lse(te, root, rows, space: Space, dim, v: Variant, dtype, acc):
     """State (m, s_1..s_G) = running max of F and sum_j exp(F - m) * G_j, per weight column;
-    the root formula is Concat(F, G).  One exp per step: exp(-|m_a - m_b|)."""
+    the root formula is Concat(F, G).  One tuple reduction: the running max is kept once for
+    all G columns -- one exp a pair (a reduction per column kept G copies of the max, each with
+    its own exp: a SumSoftMaxWeight with 64-dimensional values evaluated 64 exps a pair)."""
     t = tirx()
+    G = dim - 1
 
     def combine(a, b):
         a_big = a[0] >= b[0]  # False when b is NaN: then m and s both become NaN
         same = a[0] == b[0]
-        e = t.Select(same, t.const(1, acc), mathfns.exp(-t.abs(a[0] - b[0]), acc))
-        # s_big + s_small e: e written once (CUDA's code generator copies an expression
-        # into both arms of a select -- two exps a pair)
-        return t.Select(a_big, a[0], b[0]), t.Select(a_big, a[1], b[1]) + t.Select(
-            a_big, b[1], a[1]
-        ) * e
+        m = t.Select(a_big, a[0], b[0])
+        if G == 1:
+            e = t.Select(same, t.const(1, acc), mathfns.exp(-t.abs(a[0] - b[0]), acc))
+            # s_big + s_small e: e written once (CUDA's code generator copies an expression
+            # into both arms of a select -- two exps a pair)
+            return m, t.Select(a_big, a[1], b[1]) + t.Select(a_big, b[1], a[1]) * e
+        # G columns: the exp's argument is selected (0 for equal maxima, -inf - -inf
+        # included), not its value -- a select around a call is an if/else in CUDA C, one per
+        # column, which no compiler merged (64 exps a pair); as straight-line code the G
+        # copies are one.  Then the two scale factors and a multiply and an FMA a column.
+        d = -t.abs(t.Select(same, t.const(0, acc), a[0] - b[0]))
+        one = t.const(1, acc)
 
-    red = te.comm_reducer(combine, lambda t0, t1: (inf(t0, -1.0), t.const(0, t1)), name="lse")
+        def column(k: int):
+            # e and the exp's argument bound (Let: the exp's expression uses its argument many
+            # times -- unbound, a kernel of 31 columns was 4x the size and twice as slow to compile)
+            ev, dv = t.Var(f"e{k}", acc), t.Var(f"d{k}", acc)  # one definition each (TIR's rule)
+            e = t.Let(dv, d, mathfns.exp(dv, acc))
+            return t.Let(ev, e, a[k] * t.Select(a_big, one, ev) + b[k] * t.Select(a_big, ev, one))
+
+        return (m, *[column(k) for k in range(1, G + 1)])
+
+    def identity(*ts):
+        return (inf(ts[0], -1.0), *[t.const(0, x) for x in ts[1:]])
+
+    red = te.comm_reducer(combine, identity, name="lse")
 
     def body(i, u, ax, j, w):
         comps = root(i, j)
         if acc != dtype:
             comps = [x.astype(acc) for x in comps]
         f = masked(w, comps[0], inf(acc, -1.0))
-        return red((f, masked(w, by_column(u, comps[1:]), t.const(0, acc))), axis=ax)
+        return red((f, *[masked(w, c, t.const(0, acc)) for c in comps[1:]]), axis=ax)
 
-    return list(space.compute(te, rows, dim - 1, body))
+    return list(space.compute(te, rows, 1, body))
 
 
 def _lse_state(d: int, v: Variant, dt: str, acc: str) -> list:
-    return [(d - 1, acc), (d - 1, acc)]
+    """The running max, then one sum per weight column: d buffers of one column."""
+    return [(1, acc)] * d
+
+
+def _ms(states: list) -> tuple:
+    """(m, s): the running max (..., rows, 1) and the sums side by side (..., rows, G)."""
+    return states[0], xp_of(states).cat(states[1:], -1) if len(states) > 2 else states[1]
 
 
 def _lse_combine(states: list, v: Variant) -> list:
     x = xp_of(states)
-    m, s = states
+    m, s = _ms(states)
     top = x.amax(m, 0)  # NaN propagates
     scale = x.where(m == -math.inf, x.zeros(m.shape, x.dtype_name(m), m), x.fn("exp", m - top))
-    return [top, (s * scale).sum(0)]
+    total = (s * scale).sum(0)
+    return [top, *[total[:, k : k + 1] for k in range(total.shape[1])]]
+
+
+def _lse_join(parts: list) -> list:
+    """The states of column chunks side by side: one max (every chunk reduced the same F in
+    the same order), all the sums."""
+    return [parts[0][0], *[s for p in parts for s in p[1:]]]
+
+
+def _lse_chunking(d: int, v: Variant, dt: str, acc: str) -> tuple:
+    """(weight columns, state values a column, state values besides): the max is shared."""
+    return d - 1, 2, 1
 
 
 def _lse_uses(d: int) -> list:
-    return [d - 1] + [1] * (d - 1)  # F is read by every weight column
+    return [d - 1] + [1] * (d - 1)  # F is read by every weight column's update: staged
 
 
 def _lse_final(s, v, dtype):
-    m, sm = s
+    m, sm = _ms(s)
     return xp_of(s).astype(m + xp_of(s).fn("log", sm), dtype)
 
 
 def _softmax_final(s, v, dtype):
     """NaN where the max of F is infinite (+inf somewhere, or -inf everywhere), as
     torch.softmax: the weights are undefined there."""
-    m, sm = s
+    m, sm = _ms(s)
     ratio = sm[:, 1:] / sm[:, :1]
     x = xp_of(s)
     return x.astype(x.where(x.fn("isinf", m[:, :1]), math.nan, ratio), dtype)
 
 
 def _raw_lse_final(s, v, dtype):
-    m, sm = s
+    m, sm = _ms(s)
     return xp_of(s).astype(xp_of(s).cat([m[:, :1], sm], 1), dtype)
 
 
@@ -161,6 +199,8 @@ _lcommon = dict(
     state=_lse_state,
     compute=_lse,
     combine=_lse_combine,
+    join=_lse_join,
+    chunking=_lse_chunking,
     scalar=True,
     root_uses=_lse_uses,
     tree=_lse_tree,
