@@ -359,6 +359,19 @@ def test_batches_that_cannot_be_stacked_run_one_by_one(monkeypatch):
     torch.testing.assert_close(out, dense_batch(x, y, b, s1))
 
 
+def test_stacking_stays_within_int32_rows():
+    """Stacked rows are indexed by int32 ranges: a batch whose rows would pass 2^31 runs
+    problem by problem (the shapes decide: broadcast views, nothing allocated)."""
+    from tvmred import dispatch
+
+    r = Genred(GAUSS, AL, axis=1).reduction
+    one = torch.empty(1)
+    x, s = one.expand(3000, 1, 3), one.expand(1)
+    for n, ok in ((10**5, True), (10**6, False)):  # 3000 x 1e6 rows > 2^31
+        y, b = one.expand(3000, n, 3), one.expand(3000, n, 2)
+        assert dispatch.stackable(r, [x, y, b, s], (3000,)) == ok
+
+
 def test_numpy_batches_in_one_launch(monkeypatch):
     _no_loop(monkeypatch)
     rng = np.random.default_rng(2)

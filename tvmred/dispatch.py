@@ -93,7 +93,7 @@ def stackable(r: Reduction, args: Sequence[Any], shape: Sequence[int]) -> bool:
         return False
     if int(torch.Size(shape).numel()) < 2:
         return False
-    size = {}
+    size: dict = {}
     for k, a in enumerate(args):
         if a.dim() < _core(r, k) or (r.cats[k] == 2 and a.dim() > 1):
             return False
@@ -101,7 +101,13 @@ def stackable(r: Reduction, args: Sequence[Any], shape: Sequence[int]) -> bool:
             if a.shape[-2] == 0 or a.shape[-1] == 0:
                 return False
             size[r.cats[k]] = a.shape[-2]
-    return len(size) == 2 and size[0] * size[1] < ONE_LAUNCH_PAIRS
+    batch = int(torch.Size(shape).numel())
+    # (the stacked rows are indexed by int32 ranges)
+    return (
+        len(size) == 2
+        and size[0] * size[1] < ONE_LAUNCH_PAIRS
+        and (batch * max(size.values()) < 2**31)
+    )
 
 
 def batched_one_launch(r: Reduction, args: Sequence[Any], shape: Sequence[int],
