@@ -70,6 +70,10 @@ def argkmin_dense(x, y):
     return torch.cdist(x, y).topk(10, dim=1, largest=False).indices
 
 
+def softmax_dense(q, k, v):
+    return torch.softmax(q @ k.T, dim=1) @ v
+
+
 def ref_dense(x, y, a, p):
     return (((p - a.T) ** 2)[..., None] * torch.exp(x[:, None, :] + y[None, :, :])).sum(1)
 
@@ -158,6 +162,17 @@ def cases(quick: bool) -> list[Case]:
         ),
         gauss(10_000, d=64, e=1),
         gauss(10_000, dtype=torch.float64),
+        Case(
+            "attention SumSoftMaxWeight D=64 N=M=4000",
+            "(q|k)",
+            ["q = Vi(64)", "k = Vj(64)", "v = Vj(64)"],
+            4000,
+            4000,
+            reduction="SumSoftMaxWeight",
+            formula2="v",
+            dense=softmax_dense,
+            flops=2 * 64 + EXP + 3 * 64 + 4,  # (q|k); exp, max; a multiply and an FMA a column
+        ),
     ]
 
 
