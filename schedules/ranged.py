@@ -34,22 +34,30 @@ def to_loops(mod: tvm.IRModule, target: tvm.target.Target, more: tuple = ()) -> 
         return tvm.ir.transform.Sequential(passes)(mod)
 
 
-def _task_loop(stmt: Any) -> Any:
-    """The outermost parallel (or thread-bound) loop: the loop over tasks."""
+def first(stmt: Any, found: Any) -> Any:
+    """The first non-None ``found(node)`` over the statements in ``stmt``, outermost first
+    (breadth-first), else None."""
     todo = [stmt]
     while todo:
         node = todo.pop(0)
-        if isinstance(node, tirx.For) and node.kind in (
-            tirx.ForKind.PARALLEL,
-            tirx.ForKind.THREAD_BINDING,
-        ):
-            return node
+        hit = found(node)
+        if hit is not None:
+            return hit
         for name in ("body", "then_case", "else_case"):
             child = getattr(node, name, None)
             if child is not None:
                 todo.append(child)
         todo.extend(getattr(node, "seq", ()) or ())
-    raise LookupError("ranged kernel: no parallel loop over tasks")
+    return None
+
+
+def _task_loop(stmt: Any) -> Any:
+    """The outermost parallel (or thread-bound) loop: the loop over tasks."""
+    kinds = (tirx.ForKind.PARALLEL, tirx.ForKind.THREAD_BINDING)
+    loop = first(stmt, lambda n: n if isinstance(n, tirx.For) and n.kind in kinds else None)
+    if loop is None:
+        raise LookupError("ranged kernel: no parallel loop over tasks")
+    return loop
 
 
 def task_counts(mod: tvm.IRModule, shape: ReductionShape, target: dict) -> tvm.IRModule:

@@ -19,7 +19,7 @@ from typing import Any, Optional
 import tvm
 from tvm import tirx
 
-from .ranged import to_loops
+from .ranged import first, to_loops
 from .shape import ReductionShape
 
 
@@ -38,17 +38,9 @@ def _guard(cond: Any, var: Any) -> Optional[Any]:
 
 def _guard_bound(stmt: Any, var: Any) -> Optional[Any]:
     """``bound - base`` of the first guard ``base + var < bound`` in ``stmt``, else None."""
-    todo = [stmt]
-    while todo:
-        node = todo.pop(0)
-        if isinstance(node, tirx.IfThenElse) and _guard(node.condition, var) is not None:
-            return _guard(node.condition, var)
-        for name in ("body", "then_case", "else_case"):
-            child = getattr(node, name, None)
-            if child is not None:
-                todo.append(child)
-        todo.extend(getattr(node, "seq", ()) or ())
-    return None
+    return first(
+        stmt, lambda n: _guard(n.condition, var) if isinstance(n, tirx.IfThenElse) else None
+    )
 
 
 def _stores_outside(stmt: Any, var: Any, bound: Any, allocated: tuple) -> bool:

@@ -1,9 +1,9 @@
 """TVM, imported on first use: parsing, differentiating and calling cached kernels never
 import it (``import tvm`` costs about a second).
 
-Every place in tvmred that imports TVM calls :func:`load` first, and compiles and exports
-under :func:`lean`: TVM is imported and used **without ml_dtypes** when nothing has imported
-ml_dtypes yet.  TVM's FFI package imports it only to map numpy's bfloat16/float8 dtypes (and
+Every place in tvmred that imports TVM either calls :func:`load` first or runs under
+:func:`lean` (compiling, storing, exporting): TVM is imported and used **without ml_dtypes**
+when nothing has imported ml_dtypes yet.  TVM's FFI package imports it only to map numpy's bfloat16/float8 dtypes (and
 carries on without it), and it was 0.5-0.7 s of the ~2.3 s a fresh process took for its
 first compile (``benchmarks/bench_startup.py``: 2.3-2.6 -> 1.6-1.8 s on a 2-vCPU Xeon).
 tvmred never hands TVM such arrays (kernels take bfloat16 as int16 bits, through DLPack).

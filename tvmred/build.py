@@ -101,7 +101,6 @@ def compile_reduction(
 ) -> tuple[Any, dict]:
     """Lower, schedule and compile (no cache): a ``tvm.runtime.Executable`` and its metadata
     (``kind``: the target kind, ``row_block``, ``tile``)."""
-    _tvm.load()
     import tvm
     from tvm import s_tir
 

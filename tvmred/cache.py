@@ -163,7 +163,6 @@ def _load(d: Path, h: str, key_text: str) -> tuple[Any, dict] | None:
 
 @_tvm.lean()
 def _store(d: Path, h: str, key_text: str, executable: Any, kernel: dict, extra: dict) -> None:
-    _tvm.load()
     import tvm
 
     so, manifest = d / f"{h}{SUFFIX}", d / f"{h}.json"

@@ -91,23 +91,26 @@ def stackable(r: Reduction, args: Sequence[Any], shape: Sequence[int]) -> bool:
     parameter is one vector for the whole launch)."""
     if len(args) != r.nargs or not all(isinstance(a, torch.Tensor) for a in args):
         return False
-    if int(torch.Size(shape).numel()) < 2:
+    batch = int(torch.Size(shape).numel())
+    if batch < 2:
         return False
-    size: dict = {}
     for k, a in enumerate(args):
         if a.dim() < _core(r, k) or (r.cats[k] == 2 and a.dim() > 1):
             return False
-        if r.cats[k] != 2:
-            if a.shape[-2] == 0 or a.shape[-1] == 0:
-                return False
-            size[r.cats[k]] = a.shape[-2]
-    batch = int(torch.Size(shape).numel())
+        if r.cats[k] != 2 and (a.shape[-2] == 0 or a.shape[-1] == 0):
+            return False
+    size = _rows(r, args)
     # (the stacked rows are indexed by int32 ranges)
     return (
         len(size) == 2
         and size[0] * size[1] < ONE_LAUNCH_PAIRS
         and (batch * max(size.values()) < 2**31)
     )
+
+
+def _rows(r: Reduction, args: Sequence[Any]) -> dict:
+    """{category: rows of one problem} for the i- and j-variables among ``args``."""
+    return {r.cats[k]: a.shape[-2] for k, a in enumerate(args) if r.cats[k] != 2}
 
 
 def batched_one_launch(r: Reduction, args: Sequence[Any], shape: Sequence[int],
@@ -118,10 +121,7 @@ def batched_one_launch(r: Reduction, args: Sequence[Any], shape: Sequence[int],
     arguments are expanded (copied B times: what the stacked kernel reads), through torch
     ops, so gradients flow back to the arguments' own shapes.  Positions (int64 outputs) are
     made local to their problem again."""
-    size = {0: 1, 1: 1}
-    for k, a in enumerate(args):
-        if r.cats[k] != 2:
-            size[r.cats[k]] = a.shape[-2]
+    size = _rows(r, args)  # both categories: stackable() checked
     batch = int(torch.Size(shape).numel())
     flat = []
     for k, a in enumerate(args):

@@ -85,7 +85,6 @@ def kernels_of(r: Reduction, grads: list[int], dtype: str) -> Iterator[Reduction
 @_tvm.lean()
 def export(spec: Union[str, os.PathLike, dict], out_dir: Union[str, os.PathLike]) -> Path:
     """Compile everything ``spec`` asks for into ``out_dir``; returns the manifest path."""
-    _tvm.load()
     import tvm
 
     spec = read_spec(spec)

@@ -2,10 +2,12 @@
 ``vmap``.
 
 A call binds the jax primitive of :mod:`tvmred.jax.primitive`: the kernel runs in XLA's FFI
-custom call (:mod:`tvmred.jax.ffi`) on numpy views of XLA's buffers (no copy, no torch); forward mode (``jax.jvp``) runs the reduction's forward-mode plan, reverse mode
-(``jax.grad``) its transpose -- tvmred's gradient reductions -- and derivatives of derivatives
-follow to any order, in either mode.  ``vmap`` passes the batch as leading dimensions of the
-call (one problem per batch entry).  The output shapes are found at trace time by a dry run
+custom call (:mod:`tvmred.jax.ffi`) on numpy views of XLA's buffers (no copy); forward mode
+(``jax.jvp``) runs the reduction's forward-mode plan, reverse mode (``jax.grad``) its
+transpose -- tvmred's gradient reductions -- and derivatives of derivatives follow to any
+order, in either mode.  ``vmap`` passes the batch as leading dimensions of the call: small
+problems are stacked into one ranged launch (through torch, when installed), others run
+one by one.  The output shapes are found at trace time by a dry run
 of the kernel on one reduced row.
 """
 

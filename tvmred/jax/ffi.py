@@ -48,7 +48,6 @@ _ERROR_UNKNOWN = 2
 #: XLA_FFI_DataType codes -> dtype names (bfloat16: the device path only -- numpy has none)
 _DTYPE_NAMES = {10: "float16", 11: "float32", 12: "float64", 16: "bfloat16", 4: "int32",
                 5: "int64"}  # fmt: skip
-_DTYPES = {k: np.dtype(v) for k, v in _DTYPE_NAMES.items() if v != "bfloat16"}
 
 
 class _ErrorArgs(C.Structure):  # XLA_FFI_Error_Create_Args
@@ -235,9 +234,8 @@ def _reduction_id(n: int, types: int, names: int, values: int) -> int:
 
 def _array(ptr: int) -> np.ndarray:
     """A numpy view of an XLA buffer (row-major, as XLA's default layout on the CPU)."""
-    _, _, code, data, rank, dims = _BUFFER.unpack(C.string_at(ptr, _BUFFER.size))
-    shape = struct.unpack(f"<{rank}q", C.string_at(dims, 8 * rank)) if rank else ()
-    dtype = _DTYPES[code]
+    data, name, shape = _buffer(ptr)
+    dtype = np.dtype(name)
     size = dtype.itemsize * int(np.prod(shape, dtype=np.int64))
     if size == 0:
         return np.zeros(shape, dtype)

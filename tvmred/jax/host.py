@@ -1,6 +1,6 @@
 """The host side of a tvmred.jax call: a reduction run on XLA's buffers -- numpy views on the
 CPU, torch CUDA tensors on a GPU (:func:`tvmred.jax.ffi.run_on_device`) -- leading dimensions
-looping over the problems.  No jax here: the FFI handlers and the pure_callback call
+stacked into one launch (:func:`_one_launch`) or looping over the problems.  No jax here: the FFI handlers and the pure_callback call
 :func:`outputs`."""
 
 from __future__ import annotations
@@ -20,7 +20,8 @@ def cats_rank(cat: int) -> int:
 
 def outputs(r: Reduction, args) -> list:
     """pykeops' output(s) of ``r`` on numpy arrays (or torch tensors), then the selected
-    positions if any; leading (batch) dimensions loop over the problems."""
+    positions if any; leading (batch) dimensions in one launch where :func:`_one_launch`
+    applies, else a loop over the problems."""
     args = [a if type(a).__module__.startswith("torch") else np.asarray(a) for a in args]
     lead = lead_shape([a.shape for a in args], [cats_rank(c) for c in r.cats])
     ns = xp(args[0]) if args else None
