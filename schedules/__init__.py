@@ -64,12 +64,13 @@ def task_counts(mod: Any, shape: ReductionShape, target: dict) -> Any:
     return rewrite(mod, shape, target)
 
 
-def tile(target: dict, dtype: str, config: dict | None = None) -> int:
+def tile(target: dict, dtype: str, config: dict | None = None, row_bytes: int = 0) -> int:
     """Reduced rows per tile (0: none): the tuned value from ``config`` if any, else the
-    template's default."""
-    if config and "tile" in config:
-        return int(config["tile"])
-    return template(target["kind"]).tile(target, dtype)
+    template's default, fitted by the template to ``row_bytes`` (the bytes of one reduced
+    row of every reduced-index input: a tile must fit the GPU's shared memory)."""
+    tpl = template(target["kind"])
+    rows = int(config["tile"]) if config and "tile" in config else tpl.tile(target, dtype)
+    return tpl.fit_tile(rows, row_bytes) if rows else 0
 
 
 __all__ = [

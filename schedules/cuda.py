@@ -53,6 +53,20 @@ def cuda_tile(target: dict, dtype: str) -> int:
     return int(os.environ.get("TVMRED_CUDA_TILE") or 0)
 
 
+SHARED_BYTES = 48 * 1024  # static shared memory a block may declare without an opt-in
+WARP = 32
+
+
+def cuda_fit_tile(tile: int, row_bytes: int) -> int:
+    """The tile a kernel gets: ``tile`` rows of ``row_bytes`` bytes (the reduced-index inputs
+    of one j) where they fit the 48 KiB of static shared memory, else as many whole warps of
+    rows as fit (a tile of 128 rows of two 64-float vectors would need 64 KiB and fail to
+    compile), else 0 -- no tile (the thread-per-row kernel) where not even a warp of rows fits."""
+    if tile * row_bytes <= SHARED_BYTES:
+        return tile
+    return SHARED_BYTES // row_bytes // WARP * WARP
+
+
 def cuda_candidates(target: dict, dtype: str, default: int) -> list[dict]:
     blocks = [64, 128, 256, 512]
     out = [{"row_block": b} for b in [default] + [b for b in blocks if b != default]]
@@ -161,6 +175,7 @@ TEMPLATE = TargetTemplate(
     schedule=cuda_rows,
     chunks=cuda_chunks,
     tile=cuda_tile,
+    fit_tile=cuda_fit_tile,
     settings=lambda target: {"rows": r} if (r := rows_per_thread()) != 1 else {},
     # the tiled kernels' masks (j < N, marked likely) leave the loop over whole tiles: the
     # tile loop is split into the tiles below N, without the mask, and the last one

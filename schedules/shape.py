@@ -68,6 +68,8 @@ class TargetTemplate:
     # the reduced index for (row blocks, reduced rows, torch device); 1: no split
     tile: Callable[[dict, str], int] = lambda target, dtype: 0  # (target, dtype) -> default
     # reduced rows per tile (0: no tiles); the "tile" knob of a tuned config overrides it
+    fit_tile: Callable[[int, int], int] = lambda tile, row_bytes: tile  # (tile, bytes of one
+    # reduced row) -> the tile the kernel gets (fewer rows where the tile would not fit, 0: none)
     passes: dict = dataclasses.field(default_factory=dict)  # tvm.compile PassContext config
     ranged: bool = False  # compiles ranged (block-sparse) kernels: ranges in one launch
     split_row_block: Callable[[dict, str, int, int], int] | None = None  # the split-j kernel's rows

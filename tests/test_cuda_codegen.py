@@ -192,6 +192,33 @@ def test_nvcc_compiles_tiled_without_spills(red, formula, variant, arch, tmp_pat
 
 
 @pytest.mark.parametrize(
+    "dims, dtype, want",
+    [
+        (64, "float32", "fewer"),  # 128 rows of y and b (64 + 64 floats): 64 KiB > 48 KiB
+        (64, "float64", "fewer"),
+        (1000, "float64", "none"),  # not even a warp of 2000-double rows fits: no tile
+        (3, "float32", "all"),  # 128 rows of 6 floats: 3 KiB
+    ],
+)
+def test_tiles_fit_shared_memory(dims, dtype, want, tmp_path):
+    """A tile of wide reduced rows is cut to whole warps of rows that fit the 48 KiB of static
+    shared memory a block may declare (else the kernel fails to compile), or dropped where
+    not even a warp fits; the kernel compiles and its shared memory is what ptxas reports."""
+    al = parse_aliases([f"x = Vi({dims})", f"y = Vj({dims})", f"b = Vj({dims})"])
+    spec = KernelSpec(parse("Exp(-SqDist(x,y))*b", al), "Sum", 0, dtype, dtype, Variant())
+    ex, meta = compile_reduction(spec, cuda_target("sm_90"), {"row_block": 256, "tile": 128})
+    row_bytes = 2 * dims * (4 if dtype == "float32" else 8)
+    tile = meta["tile"]
+    assert {"all": tile == 128, "fewer": 0 < tile < 128, "none": tile == 0}[want], tile
+    assert tile % 32 == 0 and tile * row_bytes <= 48 * 1024
+    src = ex.mod.imports[0].inspect_source()
+    assert ("__shared__" in src) == (tile > 0)
+    if shutil.which("nvcc"):
+        regs, spills, smem = ptxas_report(src, "sm_90", tmp_path)
+        assert smem == tile * row_bytes, (smem, tile, row_bytes)
+
+
+@pytest.mark.parametrize(
     "env, knob, default, value, want, code",
     [
         ("TVMRED_CUDA_TILE", "tile", 0, "64", 64, "arg1_shared_ptr[192]"),  # 64 rows of y (3)

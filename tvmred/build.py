@@ -23,7 +23,7 @@ from typing import Any, Optional
 from . import _tvm, cache, compile_client, cudatool, schedules, tunedb
 from .arrays import HALF, compute_dtype
 from .errors import KernelNotExported
-from .lower import lower
+from .lower import lower, storage_dtype
 from .reductions.core import KernelSpec
 from .targets import target_for, tvm_version
 from .tree import Node, variables
@@ -80,7 +80,7 @@ def key_text(spec: KernelSpec, target: dict, config: Optional[dict] = None) -> s
     if config:
         key["schedule"] = config
     key.update(schedules.template(target["kind"]).settings(target))
-    tile = schedules.tile(target, compute_dtype(spec.dtype), config)
+    tile = tile_for(spec, target, config)
     if tile:  # the template's default tile may change (TVMRED_CUDA_TILE): it is in the key
         key["tile"] = tile
     return json.dumps(key, sort_keys=True)
@@ -93,6 +93,15 @@ def row_block_for(spec: KernelSpec, target: dict, config: Optional[dict] = None)
     reads = sum(v.dim for v in variables(spec.formula) if v.params[2] == 1 - spec.out_cat)
     narrow = spec.variant.narrow
     return schedules.row_block(target, dtype, config, spec.registers(), narrow, reads)
+
+
+def tile_for(spec: KernelSpec, target: dict, config: Optional[dict] = None) -> int:
+    """Reduced rows per tile (0: none): the tuned or default tile, fitted to the bytes one
+    reduced row of the formula's reduced-index inputs takes (as the kernel stores them)."""
+    dims = sum(v.dim for v in variables(spec.formula) if v.params[2] == 1 - spec.out_cat)
+    bits = int("".join(c for c in storage_dtype(spec.dtype) if c.isdigit()))  # float32: 32
+    row_bytes = dims * bits // 8
+    return schedules.tile(target, compute_dtype(spec.dtype), config, row_bytes)
 
 
 @_tvm.lean()
@@ -108,7 +117,7 @@ def compile_reduction(
     if target["kind"] == "cuda":
         cudatool.setup()  # NVRTC with pip's CUDA headers when there is no toolkit
     rb = row_block_for(spec, target, config)
-    tile = schedules.tile(target, compute_dtype(spec.dtype), config)
+    tile = tile_for(spec, target, config)
     low = lower(spec, rb, tpl.math(target), tile)
     sch = tpl.schedule(s_tir.Schedule(low.func), low.shape, target)
     mod = tpl.finish(schedules.task_counts(sch.mod, low.shape, target), low.shape, target)
