@@ -192,20 +192,20 @@ def test_nvcc_compiles_tiled_without_spills(red, formula, variant, arch, tmp_pat
 
 
 @pytest.mark.parametrize(
-    "dims, dtype, want",
+    "formula, dims, dtype, want",
     [
-        (64, "float32", "fewer"),  # 128 rows of y and b (64 + 64 floats): 64 KiB > 48 KiB
-        (64, "float64", "fewer"),
-        (1000, "float64", "none"),  # not even a warp of 2000-double rows fits: no tile
-        (3, "float32", "all"),  # 128 rows of 6 floats: 3 KiB
+        ("Exp(-SqDist(x,y))*b", 64, "float32", "fewer"),  # 128 rows of y, b: 64 KiB > 48 KiB
+        ("Exp(-SqDist(x,y))*b", 64, "float64", "fewer"),
+        ("Sum(y)*x + Sum(b)", 100, "float64", "none"),  # a warp of 1600-byte rows: 50 KiB
+        ("Exp(-SqDist(x,y))*b", 3, "float32", "all"),  # 128 rows of 6 floats: 3 KiB
     ],
 )
-def test_tiles_fit_shared_memory(dims, dtype, want, tmp_path):
+def test_tiles_fit_shared_memory(formula, dims, dtype, want, tmp_path):
     """A tile of wide reduced rows is cut to whole warps of rows that fit the 48 KiB of static
     shared memory a block may declare (else the kernel fails to compile), or dropped where
     not even a warp fits; the kernel compiles and its shared memory is what ptxas reports."""
     al = parse_aliases([f"x = Vi({dims})", f"y = Vj({dims})", f"b = Vj({dims})"])
-    spec = KernelSpec(parse("Exp(-SqDist(x,y))*b", al), "Sum", 0, dtype, dtype, Variant())
+    spec = KernelSpec(parse(formula, al), "Sum", 0, dtype, dtype, Variant())
     ex, meta = compile_reduction(spec, cuda_target("sm_90"), {"row_block": 256, "tile": 128})
     row_bytes = 2 * dims * (4 if dtype == "float32" else 8)
     tile = meta["tile"]
