@@ -162,6 +162,33 @@ def test_tiled_values(red, axis, chunks, tiled):
     assert k.tile == 16  # the tiled kernel ran
 
 
+@pytest.mark.parametrize("red", ["LogSumExp", "LogSumExpWeight", "SumSoftMaxWeight"])
+@pytest.mark.parametrize("tile", [0, 16])
+def test_the_last_rows_max_counts_once(red, tile, monkeypatch):
+    """A split kernel's masked j (past N, in the last chunk) and a tiled kernel's padding
+    re-read the reduced row N - 1 (``Space.duplicates``: the running max takes no mask).
+    Here that row holds every output row's max of F and a weight of 1: it must count once
+    (dense float64 reference)."""
+    over = {"tile": lambda t, d: tile} if tile else {}
+    tpl = dataclasses.replace(schedules.TEMPLATES["llvm"], chunks=lambda b, n, d: 3, **over)
+    monkeypatch.setitem(schedules.TEMPLATES, "llvm", tpl)
+    x, y, b = data(torch.float64)  # 80 reduced rows in 3 chunks of 27 (of 32 with tiles)
+    b[:, 0] = 0.0
+    b[-1, 0] = 1.0  # F = 3.5 b_0 - |x - y|^2 (|x - y|^2 <= 3): the last row is every output
+    f = "IntCst(7)/IntCst(2)*Elem(b,0) - SqDist(x,y)"  # row's max, not dominating the sums
+    al = ["x = Vi(3)", "y = Vj(3)", "b = Vj(2)"]
+    F = 3.5 * b[None, :, 0] - ((x[:, None] - y[None]) ** 2).sum(-1)
+    if red == "LogSumExp":
+        got, want = Genred(f, al, reduction_op=red, axis=1)(x, y, b), F.logsumexp(1, True)
+    else:
+        got = Genred(f, al, reduction_op=red, axis=1, formula2="b")(x, y, b)
+        p = F.softmax(1) if red == "SumSoftMaxWeight" else (F - F.max(1, True).values).exp()
+        want = p @ b
+        if red == "LogSumExpWeight":
+            want = want.log() + F.max(1, True).values
+    torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+
+
 @pytest.mark.parametrize("red", DIFFERENTIABLE)
 def test_tiled_gradients(red, tiled):
     tiled(3)

@@ -262,7 +262,7 @@ def kernel_args(
         elif cat == r.out_cat and rows != n_out:
             a = _padded(a, rows, x)
         elif cat != r.out_cat and k.tile and reduced_rows != n_red:
-            a = _padded(a, reduced_rows, x)
+            a = _padded(a, reduced_rows, x, repeat=True)
         call_args.append(x.kernel_view(aligned(a, x)))
     lead = (chunks,) if split else ()
     state = [x.empty((*lead, rows, cols), dt, like) for cols, dt in k.state]
@@ -270,9 +270,13 @@ def kernel_args(
     return call_args, state, sizes
 
 
-def _padded(a: Any, rows: int, x: Any) -> Any:
+def _padded(a: Any, rows: int, x: Any, repeat: bool = False) -> Any:
+    """``a`` with ``rows`` rows: zeros after its own, or (``repeat``) copies of its last row
+    (a tiled kernel's masked j then reads a duplicate of j = N - 1: ``Space.duplicates``)."""
     padded = x.zeros((rows, a.shape[1]), x.dtype_name(a), a)
     padded[: a.shape[0]] = a
+    if repeat and a.shape[0]:
+        padded[a.shape[0] :] = a[-1:]
     return padded
 
 

@@ -228,7 +228,7 @@ def _lower(formula, red, out_cat, dtype, acc_dtype, row_block, variant, tile=0) 
     tasks = None
     if variant.ranged:
         tasks = (te.placeholder((sizes[2], 3), "int32", name="tasks"), te.var("B"))
-    space = Space(N, chunks, tasks)
+    space = Space(N, chunks, tasks, duplicates=split and not variant.ranged)
     rows = row_block if variant.ranged else Mb * row_block  # ranged: Mb is unused
     in_rows = (tasks[1], row_block) if variant.ranged else (rows,)
     reduced_rows = chunks[0] * chunks[1] if tile else N

@@ -70,7 +70,9 @@ def _lse(te, root, rows, space: Space, dim, v: Variant, dtype, acc):
         comps = root(i, j)
         if acc != dtype:
             comps = [x.astype(acc) for x in comps]
-        f = masked(w, comps[0], inf(acc, -1.0))
+        # a masked j: its weights 0, its F a duplicate of F at j = N - 1 (which the running
+        # max already holds or will hold: the max is unchanged) where the space allows it
+        f = comps[0] if space.duplicates else masked(w, comps[0], inf(acc, -1.0))
         return red((f, *[masked(w, c, t.const(0, acc)) for c in comps[1:]]), axis=ax)
 
     return list(space.compute(te, rows, 1, body))

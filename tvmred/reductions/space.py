@@ -22,6 +22,12 @@ class Space:
     n: Any
     chunks: Optional[tuple] = None
     tasks: Any = None  # ranged: (tasks (S, 3) int32 (row block, first j, number of j), blocks)
+    #: a masked j (j >= n, split-j) reads the reduced-index inputs' last row again: split-j
+    #: kernels clamp their reads to n - 1, and tiled kernels' callers pad with copies of the
+    #: last row (``tvmred.launch``) -- so an element enters a max as a duplicate of the element
+    #: at j = n - 1, and a max needs no mask (LogSumExp's: its masked select, copied into
+    #: every weight column's update, made a 3-column kernel compile for 15 s instead of 1.5)
+    duplicates: bool = False
 
     def compute(self, te: Any, rows: Any, cols: int, body: Callable) -> Any:
         """``te.compute`` of the reduction block ``red``: ``body(i, u, axis, j, where)``
