@@ -218,8 +218,10 @@ def test_errors():
         G(x.astype(jnp.int32), y, b)
     with pytest.raises(ValueError, match=r"argument 'y'.*shape \(40, 2\)"):
         G(x, y[:, :2], b)
-    with pytest.raises(NotImplementedError, match="ranges"):
+    with pytest.raises(ValueError, match="ranges must be the 6-tuple"):
         G(x, y, b, ranges=(1, 2))
+    with pytest.raises(NotImplementedError, match="out="):
+        G(x, y, b, out=x)
 
 
 def test_lazytensor_under_jit_and_grad():
@@ -451,3 +453,132 @@ def test_vmap_is_one_launch(monkeypatch):
     d2 = ((x[:, :, None] - y[:, None]) ** 2).sum(-1)
     np.testing.assert_array_equal(out, np.argsort(np.asarray(d2), -1, kind="stable")[..., :3])
     assert calls
+
+
+# ------------------------------------------------------------ ranges (block-sparse)
+
+
+def block_sparse(M=60, N=80):
+    """pykeops' ranges of 4 row clusters x 3 column clusters (the last row cluster keeps no
+    block: its rows get 0) and the (M, N) mask of the pairs they keep."""
+    from tvmred.numpy.cluster import from_matrix
+
+    ri = np.array([[0, 15], [15, 30], [30, 50], [50, M]])
+    rj = np.array([[0, 30], [30, 55], [55, N]])
+    keep = np.array([[1, 0, 1], [1, 1, 0], [0, 1, 1], [0, 0, 0]], bool)
+    mask = np.zeros((M, N), bool)
+    for a, (i0, i1) in enumerate(ri):
+        for c, (j0, j1) in enumerate(rj):
+            mask[i0:i1, j0:j1] = keep[a, c]
+    return from_matrix(ri, rj, keep), mask
+
+
+def masked_gauss(x, y, b, mask):
+    k = jnp.exp(-((x[:, None] - y[None]) ** 2).sum(-1)) * mask
+    return k @ b
+
+
+def test_ranges_values_gradients_and_forward_mode():
+    """ranges= (pykeops' 6-tuple) under jit: a Gaussian Sum's values, its gradients w.r.t.
+    every argument (the gradient w.r.t. y reads the transposed ranges) and its forward-mode
+    derivative against the dense masked sum in float64; rows in no cluster get 0."""
+    rg, mask = block_sparse()
+    x, y = map(jnp.asarray, data(60, 80)[:2])
+    b = jnp.asarray(np.random.default_rng(3).random((80, 2)))
+    out = jax.jit(lambda x, y, b: G(x, y, b, ranges=rg))(x, y, b)
+    want = masked_gauss(x, y, b, mask)
+    np.testing.assert_allclose(out, want, rtol=1e-12, atol=1e-14)
+    assert (np.asarray(out[50:]) == 0).all() and (np.asarray(want[:50]) != 0).all()
+    e = jnp.asarray(np.random.default_rng(4).standard_normal(want.shape))
+    got = jax.jit(jax.grad(lambda *a: (G(*a, ranges=rg) * e).sum(), (0, 1, 2)))(x, y, b)
+    ref = jax.grad(lambda *a: (masked_gauss(*a, mask) * e).sum(), (0, 1, 2))(x, y, b)
+    for g, w in zip(got, ref):
+        np.testing.assert_allclose(g, w, rtol=1e-10, atol=1e-12)
+    ts = tuple(jnp.asarray(np.random.default_rng(5).standard_normal(a.shape)) for a in (x, y, b))
+    _, tan = jax.jvp(lambda *a: G(*a, ranges=rg), (x, y, b), ts)
+    _, tan_ref = jax.jvp(lambda *a: masked_gauss(*a, mask), (x, y, b), ts)
+    np.testing.assert_allclose(tan, tan_ref, rtol=1e-10, atol=1e-12)
+
+
+def test_ranges_selections_and_lazytensor():
+    """ArgKMin and Min with ranges (global indices, the K nearest kept points; the
+    gradient of Min through its selected pairs), LogSumExp through a LazyTensor's
+    ``ranges`` attribute, against dense float64; ranges under vmap and bad ranges named."""
+    from tvmred.jax import LazyTensor
+
+    rg, mask = block_sparse()
+    x, y = map(jnp.asarray, data(60, 80)[:2])
+    d = ((np.asarray(x)[:, None] - np.asarray(y)[None]) ** 2).sum(-1)
+    dm = np.where(mask, d, np.inf)[:50]
+    knn = Genred("SqDist(x,y)", ["x = Vi(3)", "y = Vj(3)"], reduction_op="ArgKMin", axis=1,
+                 opt_arg=3)  # fmt: skip
+    idx = np.asarray(jax.jit(lambda x, y: knn(x, y, ranges=rg))(x, y))
+    assert idx.dtype == np.int64 and (idx[50:] == -1).all()
+    np.testing.assert_array_equal(idx[:50], np.argsort(dm, 1, kind="stable")[:, :3])
+    mn = Genred("SqDist(x,y)", ["x = Vi(3)", "y = Vj(3)"], reduction_op="Min", axis=1)
+    g = jax.grad(lambda x: mn(x, y, ranges=rg)[:50].sum())(x)
+    j = dm.argmin(1)
+    want = 2 * (np.asarray(x)[:50] - np.asarray(y)[j])
+    np.testing.assert_allclose(np.asarray(g)[:50], want, rtol=1e-12)
+    assert (np.asarray(g)[50:] == 0).all()
+
+    def soft(x, y):
+        D = LazyTensor(x[:, None]).sqdist(LazyTensor(y[None]))
+        D.ranges = rg
+        return (-D).logsumexp(1)[:50, 0]
+
+    def soft_dense(x, y):
+        dd = ((x[:, None] - y[None]) ** 2).sum(-1)
+        return jax.scipy.special.logsumexp(jnp.where(mask, -dd, -jnp.inf), 1)[:50]
+
+    np.testing.assert_allclose(jax.jit(soft)(x, y), soft_dense(x, y), rtol=1e-12)
+    gs = jax.grad(lambda x, y: soft(x, y).sum(), (0, 1))(x, y)
+    ws = jax.grad(lambda x, y: soft_dense(x, y).sum(), (0, 1))(x, y)
+    for a, w in zip(gs, ws):
+        np.testing.assert_allclose(a, w, rtol=1e-10, atol=1e-12)
+    b = jnp.ones((80, 2))
+    with pytest.raises(NotImplementedError, match="vmap"):
+        jax.vmap(lambda x: G(x, y, b, ranges=rg))(x[None])
+    with pytest.raises(ValueError, match="6-tuple"):
+        G(x, y, b, ranges=rg[:3])
+    with pytest.raises(ValueError, match="integers"):
+        G(x, y, b, ranges=tuple(np.asarray(t, float) for t in rg))
+
+
+# ------------------------------------------------------------ KernelSolve
+
+
+def test_kernel_solve_values_and_gradients():
+    """KernelSolve and LazyTensor.solve: (alpha Id + K) a = b against numpy's dense solve in
+    float64, under jit; gradients w.r.t. b, the points and the parameter (implicit
+    differentiation through tvmred's reductions) against jax's dense solve."""
+    from tvmred.jax import KernelSolve, LazyTensor
+
+    rng = np.random.default_rng(7)
+    x = jnp.asarray(rng.random((50, 2)))
+    b = jnp.asarray(rng.standard_normal((50, 3)))
+    g = jnp.asarray([2.0])
+    alpha = 0.5
+    solver = KernelSolve("Exp(-g*SqDist(x,y))*a", ["x = Vi(2)", "y = Vj(2)", "a = Vj(3)",
+                         "g = Pm(1)"], "a", axis=1)  # fmt: skip
+
+    def dense(x, b, g):
+        K = jnp.exp(-g[0] * ((x[:, None] - x[None]) ** 2).sum(-1))
+        return jnp.linalg.solve(alpha * jnp.eye(len(x)) + K, b)
+
+    def ours(x, b, g):
+        return solver(x, x, b, g, alpha=alpha, eps=1e-12)
+
+    np.testing.assert_allclose(jax.jit(ours)(x, b, g), dense(x, b, g), rtol=1e-9, atol=1e-10)
+    e = jnp.asarray(rng.standard_normal((50, 3)))
+    got = jax.grad(lambda *a: (ours(*a) * e).sum(), (0, 1, 2))(x, b, g)
+    want = jax.grad(lambda *a: (dense(*a) * e).sum(), (0, 1, 2))(x, b, g)
+    for a, w in zip(got, want):
+        np.testing.assert_allclose(a, w, rtol=1e-7, atol=1e-9)
+
+    def lazy(x, b):
+        K = (-2.0 * LazyTensor(x[:, None]).sqdist(LazyTensor(x[None]))).exp()
+        return K.solve(b, alpha=alpha, eps=1e-12)
+
+    np.testing.assert_allclose(jax.jit(lazy)(x, b), dense(x, b, g), rtol=1e-9, atol=1e-10)
+    np.testing.assert_allclose(ours(x, jnp.zeros_like(b), g), 0.0)  # |b| below eps: 0

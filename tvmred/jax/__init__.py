@@ -1,4 +1,4 @@
-"""JAX binding: ``Genred`` and ``LazyTensor`` on jax arrays (CPU), under ``jax.jit``, ``jax.grad`` (to any order)
+"""JAX binding: ``Genred``, ``KernelSolve`` and ``LazyTensor`` on jax arrays (CPU), under ``jax.jit``, ``jax.grad`` (to any order)
 and ``jax.vmap`` -- see :mod:`tvmred.jax.binding`.  jax is optional: importing this module
 without it raises an ImportError that says so."""
 
@@ -11,5 +11,6 @@ except ImportError as e:  # pragma: no cover - depends on the environment
 
 from .binding import Genred, apply, function, jax_call
 from .lazytensor import LazyTensor, Pm, Vi, Vj
+from .solve import KernelSolve
 
-__all__ = ["Genred", "LazyTensor", "Vi", "Vj", "Pm", "apply", "function", "jax_call"]
+__all__ = ["Genred", "KernelSolve", "LazyTensor", "Vi", "Vj", "Pm", "apply", "function", "jax_call"]

@@ -31,8 +31,10 @@ __all__ = ["Genred", "apply", "function", "jax_call"]
 
 
 def jax_call(r: Reduction, args, ranges: Any = None, out: Any = None, **kw: Any) -> Any:
-    if ranges is not None or out is not None:
-        raise NotImplementedError("tvmred.jax: ranges= and out= are not supported yet")
+    """A reduction call as ``Genred.__call__`` makes it: checks, ``ranges`` (pykeops' 6-tuple
+    of integer arrays, block-sparse, all clusters in one launch), pykeops' output(s)."""
+    if out is not None:
+        raise NotImplementedError("tvmred.jax: out= cannot write into a jax array (immutable)")
     backend = kw.get("backend", "auto")
     if backend not in ("auto", "CPU"):
         raise NotImplementedError(f"tvmred.jax runs on the CPU; backend={backend!r}")
@@ -44,9 +46,27 @@ def jax_call(r: Reduction, args, ranges: Any = None, out: Any = None, **kw: Any)
                 f"argument {r.describe(k)} has dtype {a.dtype}; tvmred.jax supports "
                 f"{', '.join(_DTYPES)}"
             )
-    outs = bind(r, *args)
+    outs = bind(r, *args, ranges=_ranges(ranges))
     n = len(outs) - int(r.rdef.index_states is not None)
     return outs[0] if n == 1 else tuple(outs[:n])
+
+
+def _ranges(ranges: Any) -> tuple:
+    """pykeops' ranges as 6 integer jax arrays (() for None)."""
+    if ranges is None:
+        return ()
+    import jax.numpy as jnp
+
+    if not isinstance(ranges, (tuple, list)) or len(ranges) != 6:
+        raise ValueError(
+            "ranges must be the 6-tuple (ranges_i, slices_i, redranges_j, ranges_j, slices_j, "
+            "redranges_i)"
+        )
+    out = tuple(jnp.asarray(t) for t in ranges)
+    for k, t in enumerate(out):
+        if not jnp.issubdtype(t.dtype, jnp.integer):
+            raise ValueError(f"ranges: array {k} must hold integers, got {t.dtype}")
+    return out
 
 
 class Genred(genred.Genred):

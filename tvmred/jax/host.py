@@ -21,8 +21,11 @@ def cats_rank(cat: int) -> int:
 def outputs(r: Reduction, args) -> list:
     """pykeops' output(s) of ``r`` on numpy arrays (or torch tensors), then the selected
     positions if any; leading (batch) dimensions in one launch where :func:`_one_launch`
-    applies, else a loop over the problems."""
+    applies, else a loop over the problems.  Inputs after ``r``'s arguments are pykeops'
+    ``ranges`` (:func:`_ranged`)."""
     args = [a if type(a).__module__.startswith("torch") else np.asarray(a) for a in args]
+    if len(args) > r.nargs:
+        return _ranged(r, args[: r.nargs], args[r.nargs :])
     lead = lead_shape([a.shape for a in args], [cats_rank(c) for c in r.cats])
     ns = xp(args[0]) if args else None
     if lead:
@@ -63,3 +66,28 @@ def _one_launch(r: Reduction, args: list, lead: tuple) -> Optional[list]:
         return None
     run = lambda a, rg: ranged.run(r, a, rg)  # noqa: E731
     return [o.numpy() for o in dispatch.batched_one_launch(r, targs, lead, run)]
+
+
+def _ranged(r: Reduction, args: list, ranges: list) -> list:
+    """The outputs with pykeops' ``ranges`` (6 integer arrays): all clusters in one launch
+    (:func:`tvmred.ranged.run`, through torch CPU tensors viewing the same memory, as
+    ``tvmred.numpy`` runs ranges)."""
+    if len(ranges) != 6:
+        raise ValueError(
+            "ranges must be the 6-tuple (ranges_i, slices_i, redranges_j, ranges_j, slices_j, "
+            f"redranges_i), got {len(ranges)} arrays"
+        )
+    if lead_shape([a.shape for a in args], [cats_rank(c) for c in r.cats]):
+        raise NotImplementedError("ranges together with batch dimensions are not supported")
+    if any(type(a).__module__ != "numpy" for a in args):
+        raise NotImplementedError("tvmred.jax: ranges= runs on the CPU only")
+    try:
+        import torch
+    except ImportError:
+        raise RuntimeError("tvmred.jax: ranges= runs its one-launch kernels through torch's "
+                           "CPU tensors (as tvmred.numpy does): pip install torch") from None  # fmt: skip
+    from .. import ranged
+
+    view = lambda a: torch.from_numpy(a if a.flags.writeable else a.copy())  # noqa: E731
+    targs = [view(np.ascontiguousarray(a)) for a in args]
+    return [o.numpy() for o in ranged.run(r, targs, [view(np.asarray(t)) for t in ranges])]

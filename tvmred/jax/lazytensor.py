@@ -42,7 +42,9 @@ class LazyTensor(GenericLazyTensor):
         return jax_call(ln.reduction(spec), args, **(kwargs or {}))
 
     def solve_spec(self, spec: tuple, pos: int, args: list, alpha: float, kwargs: dict) -> Any:
-        raise NotImplementedError("tvmred.jax: KernelSolve / LazyTensor.solve is not supported")
+        from .solve import kernel_solve
+
+        return kernel_solve(ln.reduction(spec), pos, args, alpha=alpha, **kwargs)
 
 
 Var, Vi, Vj, Pm = variables(LazyTensor)

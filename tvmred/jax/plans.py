@@ -12,10 +12,11 @@ from ..reductions import Chain, Gathered, Reduction
 
 
 def gradient(r: Reduction, k: int, apply: Callable, args: Sequence, g: Any, out: Any,
-             sel: Any = None) -> Any:  # fmt: skip
+             sel: Any = None, gathered: Callable = None) -> Any:  # fmt: skip
     """The gradient w.r.t. argument k for the incoming gradient ``g`` of the first output
     ``out`` (``sel``: the selected positions), shaped like the argument; each reduction of
-    the plan evaluated by ``apply(red, *arrays)``."""
+    the plan evaluated by ``apply(red, *arrays)`` -- those on selected pairs (Min, Max,
+    KMin) by ``gathered`` (default ``apply``), which never takes the call's ranges."""
     import jax.numpy as jnp
 
     plan = r.vjp(k)
@@ -25,7 +26,7 @@ def gradient(r: Reduction, k: int, apply: Callable, args: Sequence, g: Any, out:
     if isinstance(plan, Chain):
         res = plan.evaluate(args, {"grad": [g], "out": [out]}, apply)
     else:
-        res = plan.gradient(r, k, args, sel, g, apply, _ops())
+        res = plan.gradient(r, k, args, sel, g, gathered or apply, _ops())
     if res is None:
         return jnp.zeros_like(a)
     if r.cats[k] == 2 and res.ndim == 2:  # a parameter: summed over the output rows

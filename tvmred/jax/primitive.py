@@ -16,6 +16,12 @@ A bind has two modes (its ``ks`` parameter):
 
 Batching (``jax.vmap``) moves the batch axis in front: the arguments' leading dimensions are
 the call's batch dimensions (broadcast as in a tvmred call, one problem per entry).
+
+pykeops' ``ranges`` (block-sparse reductions) are the bind's last ``nr`` inputs (6 integer
+arrays, or none): the kernel runs them in one launch (:func:`tvmred.jax.host.outputs`), and
+every reduction of a derivative plan takes them too -- the gradient w.r.t. a reduced-index
+argument reads the transposed half of the 6-tuple, as in pykeops -- except the reductions on
+selected pairs (Min, Max, KMin), which never take ranges.  Ranges do not batch (``vmap``).
 """
 
 from __future__ import annotations
@@ -76,7 +82,8 @@ def primitive() -> Any:
     p.def_impl(partial(dispatch.apply_primitive, p))  # eager: the lowering, jitted and cached
     p.def_abstract_eval(_abstract)
     mlir.register_lowering(
-        p, mlir.lower_fun(lambda *a, red, ks: _evaluate(a, red, ks), multiple_results=True)
+        p,
+        mlir.lower_fun(lambda *a, red, ks, nr: _evaluate(a, red, ks, nr), multiple_results=True),
     )
     ad.primitive_jvps[p] = _jvp
     ad.primitive_transposes[p] = _transpose
@@ -84,9 +91,9 @@ def primitive() -> Any:
     return p
 
 
-def bind(r: Reduction, *args: Any) -> list:
-    """All outputs of ``r`` (selected positions last)."""
-    return primitive().bind(*args, red=r, ks=None)
+def bind(r: Reduction, *args: Any, ranges: Sequence = ()) -> list:
+    """All outputs of ``r`` (selected positions last); ``ranges``: pykeops' 6 arrays, or ()."""
+    return primitive().bind(*args, *ranges, red=r, ks=None, nr=len(ranges))
 
 
 def apply(r: Reduction, *args: Any) -> Any:
@@ -94,12 +101,25 @@ def apply(r: Reduction, *args: Any) -> Any:
     return bind(r, *args)[0]
 
 
-def _abstract(*avals: Any, red: Reduction, ks: Optional[tuple]) -> list:
+def ranged_apply(ranges: Sequence) -> Any:
+    """How a derivative plan calls its reductions with the call's ``ranges``."""
+    if not ranges:
+        return apply
+    return lambda r, *args: bind(r, *args, ranges=ranges)[0]
+
+
+def _split(inputs: Sequence, nr: int) -> tuple:
+    """(the bind's inputs without the ranges, the ranges)."""
+    return tuple(inputs[: len(inputs) - nr]), tuple(inputs[len(inputs) - nr :])
+
+
+def _abstract(*avals: Any, red: Reduction, ks: Optional[tuple], nr: int) -> list:
     from jax.core import ShapedArray
 
     if ks is not None:  # the tangent of the first output: shaped like it
         out = avals[red.nargs + len(ks)]
         return [ShapedArray(out.shape, out.dtype)]
+    avals = _split(avals, nr)[0]
     ranks = _ranks(red, None, len(avals))
     lead = _lead_shape([a.shape for a in avals], ranks)
     core = tuple(tuple(a.shape[a.ndim - c :]) for a, c in zip(avals, ranks))
@@ -107,19 +127,22 @@ def _abstract(*avals: Any, red: Reduction, ks: Optional[tuple]) -> list:
     return [ShapedArray(lead + s, d) for s, d in outs]
 
 
-def _evaluate(inputs: Sequence, red: Reduction, ks: Optional[tuple]) -> list:
+def _evaluate(inputs: Sequence, red: Reduction, ks: Optional[tuple], nr: int) -> list:
     import jax
 
-    if ks is None:
+    if ks is None:  # (the ranges, if any, reach the host as the inputs after the arguments)
         shapes = [
-            jax.ShapeDtypeStruct(s.shape, s.dtype) for s in _abstract(*inputs, red=red, ks=None)
+            jax.ShapeDtypeStruct(s.shape, s.dtype)
+            for s in _abstract(*inputs, red=red, ks=None, nr=nr)
         ]
         if ffi.enabled():  # the custom call: 108 us a tiny call, pure_callback 194 (ffi.py)
             return ffi.call(red, inputs, shapes)
         fn = lambda *a: tuple(outputs(red, a))  # noqa: E731
         return list(jax.pure_callback(fn, tuple(shapes), *inputs, vmap_method="broadcast_all"))
     n = red.nargs
-    fn = lambda *a: _tangent(red, ks, a[:n], a[n : n + len(ks)], *a[n + len(ks) :])  # noqa: E731
+    inputs, ranges = _split(inputs, nr)
+    fn = lambda *a: _tangent(red, ks, a[:n], a[n : n + len(ks)], *a[n + len(ks) :],  # noqa: E731
+                             ranges=ranges)  # fmt: skip
     return [per_problem(fn, inputs, _ranks(red, ks, len(inputs)))]
 
 
@@ -140,39 +163,42 @@ def per_problem(fn: Any, inputs: Sequence, ranks: Sequence[int]) -> Any:
     return out.reshape(lead + out.shape[1:])
 
 
-def _tangent(r: Reduction, ks: tuple, args, ts, out, sel=None) -> Any:
+def _tangent(r: Reduction, ks: tuple, args, ts, out, sel=None, ranges: Sequence = ()) -> Any:
     """d out along the tangents ``ts`` of the arguments ``ks``, one problem."""
     from .plans import gathered_jvp
 
     plan = r.jvp(ks)
     if isinstance(plan, Chain):
-        res = plan.evaluate(args, {"tangents": list(ts), "out": [out]}, apply)
+        res = plan.evaluate(args, {"tangents": list(ts), "out": [out]}, ranged_apply(ranges))
     else:
         res = gathered_jvp(plan, r, ks, args, ts, sel, apply)
     return res.reshape(out.shape).astype(out.dtype)
 
 
-def _jvp(primals: Sequence, tangents: Sequence, *, red: Reduction, ks: Optional[tuple]):
+def _jvp(primals: Sequence, tangents: Sequence, *, red: Reduction, ks: Optional[tuple], nr: int):
     import jax
     import jax.numpy as jnp
     from jax.interpreters import ad
 
     p = primitive()
-    if ks is not None:  # differentiate the forward-mode plan itself
-        ts = [ad.instantiate_zeros(t) for t in tangents]
-        out, tan = jax.jvp(lambda *a: _evaluate(a, red, ks), list(primals), ts)
+    if ks is not None:  # differentiate the forward-mode plan itself (the ranges held fixed)
+        inputs, ranges = _split(primals, nr)
+        ts = [ad.instantiate_zeros(t) for t in tangents[: len(inputs)]]
+        out, tan = jax.jvp(lambda *a: _evaluate((*a, *ranges), red, ks, nr), list(inputs), ts)
         return out, tan
-    outs = p.bind(*primals, red=red, ks=None)
+    outs = p.bind(*primals, red=red, ks=None, nr=nr)
     zero = [ad.Zero(jax.typeof(o).to_tangent_aval()) for o in outs]
-    nz = tuple(k for k, t in enumerate(tangents) if type(t) is not ad.Zero)
+    args, ranges = _split(primals, nr)
+    nz = tuple(k for k, t in enumerate(tangents[: len(args)]) if type(t) is not ad.Zero)
     if not nz or not jnp.issubdtype(outs[0].dtype, jnp.floating):
         return outs, zero
     sel = outs[-1:] if red.rdef.index_states is not None else []
-    t0 = p.bind(*primals, *(tangents[k] for k in nz), outs[0], *sel, red=red, ks=nz)[0]
+    t0 = p.bind(*args, *(tangents[k] for k in nz), outs[0], *sel, *ranges, red=red, ks=nz,
+                nr=nr)[0]  # fmt: skip
     return outs, [t0, *zero[1:]]
 
 
-def _transpose(cts: Sequence, *inputs: Any, red: Reduction, ks: Optional[tuple]) -> list:
+def _transpose(cts: Sequence, *inputs: Any, red: Reduction, ks: Optional[tuple], nr: int):
     from jax.interpreters import ad
 
     from .plans import gradient
@@ -184,13 +210,16 @@ def _transpose(cts: Sequence, *inputs: Any, red: Reduction, ks: Optional[tuple])
     ct = cts[0]
     if type(ct) is ad.Zero:
         return res
+    inputs, ranges = _split(inputs, nr)
     args, rest = list(inputs[:n]), list(inputs[n + len(ks) :])
     ranks = _ranks(red, ks, len(inputs))
+    step = ranged_apply(ranges)
     for m, k in enumerate(ks):
         t = inputs[n + m]
         if not ad.is_undefined_primal(t):
             continue
-        fn = lambda *a, k=k: gradient(red, k, apply, a[:n], a[n], *a[n + 1 :])  # noqa: E731
+        fn = lambda *a, k=k: gradient(red, k, step, a[:n], a[n], *a[n + 1 :],  # noqa: E731
+                                      gathered=apply)  # fmt: skip
         sub = [*ranks[:n], ranks[n + len(ks)], *ranks[n + len(ks) :]]
         got = per_problem(fn, [*args, ct, *rest], sub)
         res[n + m] = unbroadcast(got, t.aval.shape)
@@ -205,10 +234,15 @@ def unbroadcast(x: Any, shape: tuple) -> Any:
     return x.sum(axes, keepdims=True) if axes else x
 
 
-def _batch(args: Sequence, dims: Sequence, *, red: Reduction, ks: Optional[tuple]):
+def _batch(args: Sequence, dims: Sequence, *, red: Reduction, ks: Optional[tuple], nr: int):
     """The batch axis in front of every argument, as a leading dimension of the call."""
     import jax.numpy as jnp
 
+    if nr:
+        raise NotImplementedError(
+            "tvmred.jax: ranges= under jax.vmap (batch dimensions with ranges) is not "
+            "supported -- as in pykeops, ranges describe one problem"
+        )
     ranks = _ranks(red, ks, len(args))
     inner = max(
         a.ndim - c - (d is not None) for a, c, d in zip(args, ranks, dims)
@@ -221,5 +255,5 @@ def _batch(args: Sequence, dims: Sequence, *, red: Reduction, ks: Optional[tuple
             a = jnp.moveaxis(a, d, 0)
             a = a.reshape(a.shape[:1] + (1,) * (inner + 1 - (a.ndim - c)) + a.shape[1:])
         moved.append(a)
-    outs = primitive().bind(*moved, red=red, ks=ks)
+    outs = primitive().bind(*moved, red=red, ks=ks, nr=0)
     return outs, [0] * len(outs)
