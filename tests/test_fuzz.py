@@ -4,7 +4,8 @@ dense float64 evaluation) and float32 (values, as accurate as torch's own float3
 
 The default (CI) profile checks a fixed set of seeds; ``TVMRED_FUZZ=<n>`` runs n seeds from
 ``TVMRED_FUZZ_START`` (default 1000), e.g. ``TVMRED_FUZZ=500 pytest tests/test_fuzz.py -k long``
-(the long profile; a failure prints the seed, the formula and how to replay it).
+(the long profile; a failure prints the seed, the formula and how to replay it);
+``TVMRED_FUZZ_SPLIT=1`` runs it through the split-j kernels.
 """
 
 from __future__ import annotations
@@ -276,13 +277,36 @@ def test_random_formula(seed):
     check(seed)
 
 
+def force_split(monkeypatch) -> None:
+    """Every CPU call through the split-j kernels (3 chunks of the reduced index, the last
+    one partly masked): what calls with few output rows run, and which M = 23 never picks."""
+    import dataclasses
+
+    from tvmred import schedules
+
+    tpl = dataclasses.replace(schedules.TEMPLATES["llvm"], chunks=lambda b, n, d: 3)
+    monkeypatch.setitem(schedules.TEMPLATES, "llvm", tpl)
+
+
+@pytest.mark.parametrize("seed", CI_SEEDS[:6])
+def test_random_formula_split_j(seed, monkeypatch):
+    """The same checks through split-j kernels (their masks once made a LogSumExp-family
+    kernel compile for 15 s: the long profile times them with TVMRED_FUZZ_SPLIT=1)."""
+    force_split(monkeypatch)
+    check(seed)
+
+
 @pytest.mark.skipif(
     "TVMRED_FUZZ" not in os.environ, reason="the long profile: set TVMRED_FUZZ=<number of seeds>"
 )
-def test_long_profile():
+def test_long_profile(monkeypatch):
     """Also the compile-time profile: each seed's time (its compiles are most of it) is
-    printed for the slowest seeds, and a seed over TVMRED_FUZZ_MAX_S (default 60 s) fails."""
+    printed for the slowest seeds, and a seed over TVMRED_FUZZ_MAX_S (default 60 s) fails;
+    ``TVMRED_FUZZ_SPLIT=1``: through split-j kernels."""
     import time
+
+    if os.environ.get("TVMRED_FUZZ_SPLIT", "0") not in ("", "0"):
+        force_split(monkeypatch)
 
     start = int(os.environ.get("TVMRED_FUZZ_START", "1000"))
     limit = float(os.environ.get("TVMRED_FUZZ_MAX_S", "60"))
