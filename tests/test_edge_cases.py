@@ -210,6 +210,32 @@ def test_a_deep_chain_computes_with_gradients():
     )
 
 
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_constants_tvm_cannot_fold_are_computed_once(dtype):
+    """An Exp (or Asin, Log...) of a constant does not fold to a literal (TVM folds no math
+    function): read several times by an outer Exp, it was copied into each read, nested --
+    ``Exp(Exp(Asin(1/2)))`` made a float64 kernel of hundreds of thousands of characters that
+    compiled for over ten minutes.  Such constants are staged like varying sub-formulas: the
+    kernel stays small and the value is right (math's, in float64)."""
+    import math
+
+    from tvmred.lower import lower
+    from tvmred.parse import parse, parse_aliases
+    from tvmred.reductions import KernelSpec, Variant
+
+    f = "SqDist(x,y)*Exp(Exp(Asin(IntInv(2))))"
+    al = ["x = Vi(3)", "y = Vj(3)"]
+    dt = str(dtype).split(".")[1]
+    spec = KernelSpec(parse(f, parse_aliases(al)), "Sum", 0, dt, dt, Variant())
+    assert len(lower(spec, 8).func.script()) < 40_000
+    x, y = rand(20, 3).to(dtype), rand(30, 3).to(dtype)
+    got = Genred(f, al, axis=1)(x, y)
+    d = ((x.double()[:, None] - y.double()[None]) ** 2).sum(-1)
+    want = d.sum(1, keepdim=True) * math.exp(math.exp(math.asin(0.5)))
+    tol = 1e-13 if dtype == torch.float64 else 1e-6
+    torch.testing.assert_close(got.double(), want, rtol=tol, atol=0)
+
+
 # ------------------------------------------------------------------------- bad inputs
 
 

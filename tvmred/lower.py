@@ -105,9 +105,12 @@ def _staged(formula: Node, dtype: str, root_uses: list[int]) -> set[int]:
                 if size[id(arg)] // arg.dim > INLINE_CHARS:
                     big.add(id(arg))
         size[id(n)] = _inlined(own[id(n)], size, big)
-    varying = {id(n) for n in order if n.is_var}  # constants fold: never worth a stage
+    # constants fold (never worth a stage) -- those TVM folds to literals; any other (an Exp,
+    # Log, Asin of a constant: TVM folds no math function) is staged like a varying node
+    folded = _folded(order, dtype)
+    varying = {id(n) for n in order if n.is_var}
     for n in order:
-        if any(id(a) in varying for a in n.args):
+        if any(id(a) in varying for a in n.args) or (n.args and id(n) not in folded):
             varying.add(id(n))
     uses: dict[int, list[int]] = {id(formula): list(root_uses)}
     staged: set[int] = set()
@@ -143,6 +146,27 @@ def _staged(formula: Node, dtype: str, root_uses: list[int]) -> set[int]:
             "compile would take minutes; split it into several reductions"
         )
     return staged
+
+
+def _folded(order: list, dtype: str) -> dict[int, list]:
+    """Constant nodes (in ``order``, children first) whose components TVM's simplifier folds
+    to literals: node id -> the literals.  A variable, or a constant under a function TVM
+    does not fold (an Exp of a constant keeps its polynomial), is not in it: inlined where it
+    is read several times, such an expression is copied each time -- nested, the copies
+    multiply (``SqDist(x,y)*Exp(Exp(Asin(IntInv(2))))``, float64: over ten minutes)."""
+    from tvm.sym.analyzer import Analyzer
+
+    analyzer = Analyzer()
+    literal = (tirx().FloatImm, tirx().IntImm)
+    out: dict[int, list] = {}
+    for n in order:
+        if n.is_var or any(id(a) not in out for a in n.args):
+            continue
+        exprs = REGISTRY[n.op].te([out[id(a)] for a in n.args], n.params, dtype)
+        values = [analyzer.simplify(e) for e in exprs]
+        if all(isinstance(v, literal) for v in values):
+            out[id(n)] = values
+    return out
 
 
 def _live(func) -> tuple[set[str], set[str]]:
