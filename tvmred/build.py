@@ -90,18 +90,23 @@ def row_block_for(spec: KernelSpec, target: dict, config: Optional[dict] = None)
     """Rows per block: the tuned value, else the template's rule for the values per row the
     reduction keeps in registers."""
     dtype = compute_dtype(spec.dtype)
-    reads = sum(v.dim for v in variables(spec.formula) if v.params[2] == 1 - spec.out_cat)
     narrow = spec.variant.narrow
-    return schedules.row_block(target, dtype, config, spec.registers(), narrow, reads)
+    return schedules.row_block(
+        target, dtype, config, spec.registers(), narrow, _reduced_values(spec)
+    )
 
 
 def tile_for(spec: KernelSpec, target: dict, config: Optional[dict] = None) -> int:
     """Reduced rows per tile (0: none): the tuned or default tile, fitted to the bytes one
     reduced row of the formula's reduced-index inputs takes (as the kernel stores them)."""
-    dims = sum(v.dim for v in variables(spec.formula) if v.params[2] == 1 - spec.out_cat)
     bits = int("".join(c for c in storage_dtype(spec.dtype) if c.isdigit()))  # float32: 32
-    row_bytes = dims * bits // 8
+    row_bytes = _reduced_values(spec) * bits // 8
     return schedules.tile(target, compute_dtype(spec.dtype), config, row_bytes)
+
+
+def _reduced_values(spec: KernelSpec) -> int:
+    """Values of the reduced-index inputs a pair reads (one reduced row of them all)."""
+    return sum(v.dim for v in variables(spec.formula) if v.params[2] == 1 - spec.out_cat)
 
 
 @_tvm.lean()

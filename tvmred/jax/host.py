@@ -71,12 +71,7 @@ def _one_launch(r: Reduction, args: list, lead: tuple) -> Optional[list]:
 def _ranged(r: Reduction, args: list, ranges: list) -> list:
     """The outputs with pykeops' ``ranges`` (6 integer arrays): all clusters in one launch
     (:func:`tvmred.ranged.run`, through torch CPU tensors viewing the same memory, as
-    ``tvmred.numpy`` runs ranges)."""
-    if len(ranges) != 6:
-        raise ValueError(
-            "ranges must be the 6-tuple (ranges_i, slices_i, redranges_j, ranges_j, slices_j, "
-            f"redranges_i), got {len(ranges)} arrays"
-        )
+    ``tvmred.numpy`` runs ranges; the binding checked there are six)."""
     if lead_shape([a.shape for a in args], [cats_rank(c) for c in r.cats]):
         raise NotImplementedError("ranges together with batch dimensions are not supported")
     if any(type(a).__module__ != "numpy" for a in args):

@@ -26,7 +26,7 @@ class Space:
     #: kernels clamp their reads to n - 1, and tiled kernels' callers pad with copies of the
     #: last row (``tvmred.launch``) -- so an element enters a max as a duplicate of the element
     #: at j = n - 1, and a max needs no mask (LogSumExp's: its masked select, copied into
-    #: every weight column's update, made a 3-column kernel compile for 15 s instead of 1.5)
+    #: every weight column's update, made a 3-column kernel compile for 15 s instead of 0.2)
     duplicates: bool = False
 
     def compute(self, te: Any, rows: Any, cols: int, body: Callable) -> Any:
