@@ -112,7 +112,8 @@ def cuda_rows(sch: s_tir.Schedule, shape: ReductionShape, target: dict) -> s_tir
     for name in reversed(shape.stages):
         blk = sch.get_sblock(name)
         sch.compute_at(blk, j)
-        sch.set_scope(blk, 0, "local")
+        for k in range(len(sch.get(blk).writes)):  # a loop operation's block writes several
+            sch.set_scope(blk, k, "local")
         if per_thread > 1:
             sch.unroll(sch.get_loops(blk)[-1])  # the thread's rows
     accs = [sch.cache_write(red, k, "local") for k in range(shape.outputs)]

@@ -343,3 +343,38 @@ def test_sass_softmax_weights_one_exp_a_pair():
     counts pairs by MUFU.EX2, so 64 a pair would show as 64 pairs of ~10 instructions)."""
     row = _sass_row("softmax weights D=64, E=64, j-tiles 64")
     assert row["pairs"] == 1 and row["per_pair"] >= 128  # 64 FMAs (q|k) + 64 column updates
+
+
+LOOPS = parse_aliases(["x = Vi(20)", "y = Vj(30)", "p = Pm(1)", "e = Vi(1)"])
+LOOP_CASES = [
+    ("SoftDTW_SqDist(x,y,p)", "r_loop_ptr[20]"),  # one column of the recursion
+    ("e*Extract(GradSoftDTW_SqDist(x,y,p),0,20)", "r_loop_ptr[600]"),  # all its cells
+    ("e*GradSoftDTW_SqDist_Gamma(x,y,p)", "r_loop_ptr[600]"),
+]
+
+
+def loop_source(formula, arch):
+    spec = KernelSpec(parse(formula, LOOPS), "Sum", 0, "float32", "float32", Variant())
+    ex, _ = compile_reduction(spec, cuda_target(arch))
+    return ex, ex.mod.imports[0].inspect_source()
+
+
+@pytest.mark.parametrize("arch", ["sm_80", "sm_90"])
+@pytest.mark.parametrize("formula,array", LOOP_CASES)
+def test_loop_operations_keep_their_arrays_per_thread(formula, array, arch, tmp_path):
+    """A loop operation's arrays are each thread's own (a thread runs one row's program at a
+    time): n m cells of local memory for the gradient, not one per row of the block."""
+    ex, src = loop_source(formula, arch)
+    assert array in src and "tvmred_loop_" not in src  # every placeholder spliced
+    ex.export_library(str(tmp_path / "k.so"))
+
+
+@NVRTC
+@pytest.mark.parametrize("arch", ["sm_80", "sm_90"])
+@pytest.mark.parametrize("formula,array", LOOP_CASES)
+def test_nvrtc_compiles_loop_operations(formula, array, arch):
+    from tvm.support import nvcc as tvm_nvcc
+
+    _, src = loop_source(formula, arch)
+    cubin = bytes(tvm_nvcc.compile_cuda(src, target_format="cubin", arch=arch, compiler="nvrtc"))
+    assert cubin[:4] == b"\x7fELF" and b"main_kernel" in cubin

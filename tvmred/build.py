@@ -20,7 +20,7 @@ import time
 from dataclasses import dataclass
 from typing import Any, Optional
 
-from . import _tvm, cache, compile_client, cudatool, schedules, tunedb
+from . import _tvm, cache, compile_client, cudatool, loops, schedules, tunedb
 from .arrays import HALF, compute_dtype
 from .errors import KernelNotExported
 from .lower import lower, storage_dtype
@@ -125,7 +125,8 @@ def compile_reduction(
     tile = tile_for(spec, target, config)
     low = lower(spec, rb, tpl.math(target), tile)
     sch = tpl.schedule(s_tir.Schedule(low.func), low.shape, target)
-    mod = tpl.finish(schedules.task_counts(sch.mod, low.shape, target), low.shape, target)
+    mod = loops.bind_lanes(sch.mod, low.loops)
+    mod = tpl.finish(schedules.task_counts(mod, low.shape, target), low.shape, target)
     # TVM's common-subexpression pass is quadratic in a kernel's size; the lowering already
     # computes shared sub-formulas once per pair, and LLVM / NVCC eliminate what is left
     cuda = cudatool.building() if target["kind"] == "cuda" else contextlib.nullcontext()

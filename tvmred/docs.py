@@ -11,7 +11,7 @@ def ops_table() -> str:
     rows = ["| operation | args | params | description |", "|---|---|---|---|"]
     for name in sorted(REGISTRY):
         d = REGISTRY[name]
-        kind = " (macro)" if d.expand else ""
+        kind = " (loop)" if d.loop else " (macro)" if d.expand else ""
         doc = d.doc.replace("|", "\\|")
         rows.append(f"| `{name}` | {d.nargs} | {d.nparams} | {doc}{kind} |")
     return "\n".join(rows)

@@ -28,7 +28,7 @@ import re
 from dataclasses import dataclass
 from typing import Callable
 
-from . import mathfns
+from . import loops, mathfns
 from ._tvm import te as _te
 from ._tvm import tirx
 from .arrays import compute_dtype
@@ -43,6 +43,7 @@ from .tree import Node, postorder, var_cat, variables
 class Lowered:
     func: object  # tvm.tirx.PrimFunc (unscheduled)
     shape: ReductionShape
+    loops: int = 0  # its loop operations' blocks (loops.bind_lanes)
 
 
 def slot_of(n: Node, arg: Node) -> int:
@@ -180,6 +181,7 @@ def _live(func) -> tuple[set[str], set[str]]:
     blocks = {
         sch.get(b).name_hint: sch.get(b) for b in sch.get_child_blocks(sch.get_sblock("root"))
     }
+    writer = {w.source.name: name for name, b in blocks.items() for w in b.writes}
     reads: set[str] = set()
     todo = ["red"]
     while todo:
@@ -187,9 +189,11 @@ def _live(func) -> tuple[set[str], set[str]]:
             name = r.source.name
             if name not in reads:
                 reads.add(name)
-                if name in blocks:
-                    todo.append(name)
-    return set(blocks), reads
+                if name in writer:
+                    todo.append(writer[name])
+    # a loop operation's block writes several buffers (loops.splice): live if one is read
+    live = {writer[name] for name in reads if name in writer}
+    return set(blocks), reads | live
 
 
 def lower(spec: KernelSpec, row_block: int, math: str = "poly", tile: int = 0) -> Lowered:
@@ -285,8 +289,8 @@ def _lower(formula, red, out_cat, dtype, acc_dtype, row_block, variant, tile=0) 
         root_uses = [2 * u for u in root_uses]
     staged = _staged(formula, dtype, root_uses)
     while True:
-        func, outs, blocks_of = _build(te, formula, red, holders, leaf, staged, (rows, in_rows), reduced_rows,
-                                       space, sizes, variant, dtype, acc_dtype, tasks)  # fmt: skip
+        func, outs, blocks_of = _build(te, formula, red, holders, leaf, staged, (rows, in_rows, row_block),
+                                       reduced_rows, space, sizes, variant, dtype, acc_dtype, tasks)  # fmt: skip
         emitted, live = _live(func)
         # a stage whose block no live block reads was folded away: inline its node instead
         dead = {
@@ -297,7 +301,7 @@ def _lower(formula, red, out_cat, dtype, acc_dtype, row_block, variant, tile=0) 
         if not dead:
             break
         staged -= dead
-    stages = [n for names in blocks_of.values() for n in names if n in live]
+    stages = [n for names in blocks_of.values() for n in names if n in live and n in emitted]
     row_inputs = tuple(
         (holders[id(v)].name, v.dim)
         for v in inputs
@@ -323,7 +327,9 @@ def _lower(formula, red, out_cat, dtype, acc_dtype, row_block, variant, tile=0) 
         red.partial(variant),
         variant.ranged,
     )
-    return Lowered(func, shape)
+    looped = {id(n) for n in postorder(formula) if REGISTRY[n.op].loop is not None}
+    return Lowered(func, shape, sum(nid in looped and bool(set(names) & set(stages))
+                                    for nid, names in blocks_of.items()))  # fmt: skip
 
 
 def _pair(i) -> tuple:
@@ -340,8 +346,8 @@ def _build(
 ):
     """(PrimFunc, reduction outputs, stage block names per staged node) with the nodes of
     ``staged`` computed in per-pair stages and the others inlined.  ``rows``: (state rows,
-    rows of the output-indexed inputs)."""
-    rows, in_rows = rows
+    rows of the output-indexed inputs, rows per row block)."""
+    rows, in_rows, lanes = rows
     stage: dict[int, list] = {}  # staged node -> its per-component tensors
     blocks_of: dict[int, list[str]] = {}
 
@@ -358,8 +364,21 @@ def _build(
                 vals[id(n)] = REGISTRY[n.op].te([vals[id(a)] for a in n.args], n.params, dtype)
         return vals[id(root)]
 
+    looped: dict[str, tuple] = {}  # the stage blocks of loop operations (tvmred.loops)
     for n in postorder(formula):
-        if id(n) in staged:
+        if id(n) in staged and REGISTRY[n.op].loop is not None:
+            # a tensor per component as any stage, all written by the first one's block,
+            # which runs the operation's program (loops.splice)
+            base, args = f"s{len(blocks_of)}", _args_of(n, exprs)
+            stage[id(n)] = [
+                te.compute((*in_rows, N), loops.component(n.op, k, dtype, args), name=f"{base}_{k}")
+                for k in range(n.dim)
+            ]
+            blocks_of[id(n)] = [f"{base}_{k}" for k in range(n.dim)]
+            # lanes: a row block's rows, the most a vectorised row loop has
+            looped[base] = (REGISTRY[n.op].loop, [a.dim for a in n.args], n.params, dtype,
+                            blocks_of[id(n)], lanes)  # fmt: skip
+        elif id(n) in staged:
             base = f"s{len(blocks_of)}"
             comp = lambda k, n=n: lambda *ij: exprs(n, _unpair(ij[:-1]), ij[-1], inside=True)[k]  # noqa: E731
             stage[id(n)] = [
@@ -370,4 +389,10 @@ def _build(
     outs = red.compute(te, root, rows, space, formula.dim, variant, dtype, acc_dtype)
     inputs = [holders[id(v)] for v in variables(formula)]
     extra = [tasks[0]] if tasks is not None else []
-    return te.create_prim_func([*inputs, *extra, *outs, *sizes]), outs, blocks_of
+    func = te.create_prim_func([*inputs, *extra, *outs, *sizes])
+    return loops.splice(func, looped), outs, blocks_of
+
+
+def _args_of(n: Node, exprs: Callable) -> Callable:
+    """(i, j) -> the components of ``n``'s arguments there, in order."""
+    return lambda *ij: [e for a in n.args for e in exprs(a, _unpair(ij[:-1]), ij[-1])]

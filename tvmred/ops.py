@@ -20,7 +20,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional, Sequence
 
-from . import mathfns
+from . import loops, mathfns
 from ._tvm import tirx
 from .errors import DimError, FormulaError
 from .tree import MAX_DEPTH, Node
@@ -53,6 +53,8 @@ class OpDef:
     zero: Optional[str] = None  # "any": zero if any arg is Zero (multilinear); "all": linear
     defaults: tuple = ()  # values of the last parameters when they are left out
     cheap: bool = False  # pure data movement: never worth a stage of its own
+    loop: Optional[Callable[..., None]] = None  # a loop operation (tvmred.loops): its program,
+    # rule(program, args, params, emit(k, value)); its te is loops.placeholder
     own_stage: bool = False  # always a stage of its own where it varies per pair (its TE
     # binds variables: one definition each; tvmred.lower)
     doc: str = ""
@@ -1429,24 +1431,29 @@ def _softmin3(a: Node, b: Node, c: Node, gamma: Node) -> Node:
     return sub(m, mul(gamma, f("Log", s)))
 
 
-#: The most cells (n m) a SoftDTW_SqDist unrolls (8 x 8 compiles in about 10 s, its
-#: gradient in 40 s, on a 2-vCPU Zen 5)
-SOFTDTW_CELLS = 64
+#: The most cells (n m) a SoftDTW_SqDist unrolls into a DAG of formula nodes (differentiable
+#: to any order, like every formula); longer sequences run the recursion as a loop
+#: (:func:`_dtw_program`: first derivatives in x, y and gamma; ``SOFTDTW_LOOP_CELLS``)
+SOFTDTW_CELLS = 16
+#: The most cells (n m) a SoftDTW_SqDist's gradient takes: it keeps the n m values of the
+#: recursion per pair (per SIMD lane on CPUs: 8 MiB per thread at float64 x 32 lanes; per
+#: thread on GPUs, 256 KiB of local memory at float64, half CUDA's limit)
+SOFTDTW_LOOP_CELLS = 32768
 
 
 def _softdtw_sqdist(x: Node, y: Node, gamma: Node) -> Node:
     """Soft-DTW of the sequences x (dim n) and y (dim m) for the cost (x_i - y_j)^2:
     r_ij = (x_i - y_j)^2 + softmin_gamma(r_i-1,j-1, r_i-1,j, r_i,j-1), first row and column
-    cumulative sums (keopscore's SoftDTW_SqDist).  A DAG of n m cells, each used three times:
-    its text form names the shared nodes (tree.Node) so the cache key stays linear."""
+    cumulative sums (keopscore's SoftDTW_SqDist).  Up to ``SOFTDTW_CELLS`` cells: a DAG of
+    n m cells, each used three times (its text form names the shared nodes, tree.Node, so the
+    cache key stays linear); beyond, a loop operation (:func:`_dtw_program`)."""
     if gamma.dim != 1:
         raise DimError(f"SoftDTW_SqDist: gamma must be scalar, got dim {gamma.dim}")
     n, m = x.dim, y.dim
     if n * m > SOFTDTW_CELLS:
-        raise DimError(
-            f"SoftDTW_SqDist of sequences of lengths {n} and {m}: the kernel unrolls its "
-            f"{n * m} cells, and more than {SOFTDTW_CELLS} would compile for minutes"
-        )
+        if max(a.depth for a in (x, y, gamma)) >= MAX_DEPTH:
+            raise FormulaError(f"formula nested deeper than {MAX_DEPTH} levels")
+        return Node("SoftDTW_SqDist", (x, y, gamma), (), 1)
     xs = [f("Elem", x, params=(i,)) if n > 1 else x for i in range(n)]
     ys = [f("Elem", y, params=(j,)) if m > 1 else y for j in range(m)]
     r: dict[tuple[int, int], Node] = {}
@@ -1462,6 +1469,161 @@ def _softdtw_sqdist(x: Node, y: Node, gamma: Node) -> Node:
             else:
                 r[i, j] = add(d, _softmin3(r[i - 1, j - 1], r[i - 1, j], r[i, j - 1], gamma))
     return r[n - 1, m - 1]
+
+
+def _dtw_program(p: loops.Program, args: list, out: str, emit: Callable) -> None:
+    """The soft-DTW recursion of ``_softdtw_sqdist`` as loops over its cells, column by
+    column.  ``out`` "value": r_n-1,m-1, keeping one column of r; "xy": its gradient w.r.t.
+    x then y (dim n + m); "gamma": w.r.t. gamma.  The gradients keep all of r and run the
+    recursion of the adjoints e_ij = d r_n-1,m-1 / d r_ij backwards (Cuturi and Blondel,
+    2017): e_ij sums over the three cells reading r_ij their e times d r_cell / d r_ij, the
+    softmin's weight exp((r_cell - d_cell - r_ij) / gamma) (1 on the first row and column,
+    cumulative sums); x_i's gradient sums 2 (x_i - y_j) e_ij over j, y_j's the opposite over
+    i, and gamma's sums e_ij (s_ij - sum_k w_k r_k) / gamma over the inner cells, s_ij the
+    softmin and w_k its weights."""
+    t = tirx()
+    dt = p.dt
+    x, y, (gamma,) = args
+    n, m = len(x), len(y)
+    xs, ys = p.array("x", n), p.array("y", m)
+    for k, e in enumerate(x):
+        p.set(xs, k, e)
+    for k, e in enumerate(y):
+        p.set(ys, k, e)
+    g = p.let("g", gamma)
+    ig = p.let("ig", p.const(1.0) / g)
+    exp = lambda v: mathfns.exp(v, dt)  # noqa: E731
+
+    def sq(i, j):
+        d = xs[i] - ys[j]
+        return d * d
+
+    def softmin(a, b, c):  # every value read several times is bound once (p.let)
+        lo = p.let("lo", t.min(t.min(a, b), c))
+        terms = [exp(p.let("u", (lo - v) * ig)) for v in (a, b, c)]
+        return lo - g * t.log(terms[0] + terms[1] + terms[2])
+
+    if out == "value":  # r[i] holds r_i,j-1, then r_i,j; d: r_i-1,j-1
+        r, diag = p.array("r", n), p.array("rd", 1)
+        p.set(r, 0, sq(0, 0))
+        with p.loop("i", n - 1) as k:
+            p.set(r, k + 1, r[k] + sq(k + 1, 0))
+        with p.loop("j", m - 1) as jk:
+            j = jk + 1
+            p.set(diag, 0, r[0])
+            p.set(r, 0, r[0] + sq(0, j))
+            with p.loop("i", n - 1) as k:
+                i = k + 1
+                up = p.let("up", r[i])
+                p.set(r, i, sq(i, j) + softmin(diag[0], up, r[i - 1]))
+                p.set(diag, 0, up)
+        emit(0, r[n - 1])
+        return
+    r = p.array("r", n * m)  # r_ij at j n + i
+    p.set(r, 0, sq(0, 0))
+    with p.loop("i", n - 1) as k:
+        p.set(r, k + 1, r[k] + sq(k + 1, 0))
+    with p.loop("j", m - 1) as jk:
+        j = jk + 1
+        p.set(r, j * n, r[(j - 1) * n] + sq(0, j))
+        with p.loop("i", n - 1) as k:
+            i = k + 1
+            at = j * n + i
+            p.set(r, at, sq(i, j) + softmin(r[at - n - 1], r[at - 1], r[at - n]))
+    zero, one = p.const(0.0), p.const(1.0)
+    col = p.array("e", n, fill=zero)  # e_i,j+1, then e_i,j
+    below, diag = p.array("eb", 1), p.array("ed", 1)  # e_i+1,j and e_i+1,j+1
+    if out == "xy":
+        gx, gy = p.array("gx", n, fill=zero), p.array("gy", m, fill=zero)
+    else:
+        gg = p.array("gg", 1, fill=zero)
+    with p.loop("j", m, reverse=True) as j:
+        p.set(below, 0, zero)
+        p.set(diag, 0, zero)
+        with p.loop("i", n, reverse=True) as i:
+            rij = p.let("rij", r[j * n + i])
+            # the neighbours' reads clamped into the arrays and bound before the Selects that
+            # drop them at the edges (both sides of a Select are evaluated, and inside one TVM
+            # simplifies a clamp away by the Select's condition: reads past the arrays)
+            i1, j1 = t.min(i + 1, n - 1), t.min(j + 1, m - 1)
+            last_i, last_j = t.EQ(i, n - 1), t.EQ(j, m - 1)
+            w_b = p.let("wb", exp((r[j * n + i1] - sq(i1, j) - rij) * ig))
+            w_r = p.let("wr", exp((r[j1 * n + i] - sq(i, j1) - rij) * ig))
+            w_diag = p.let("wd", exp((r[j1 * n + i1] - sq(i1, j1) - rij) * ig))
+            w_below = t.Select(j > 0, w_b, one)
+            w_right = t.Select(i > 0, w_r, one)
+            e = (
+                t.Select(last_i, zero, below[0] * w_below)
+                + t.Select(last_j, zero, col[i] * w_right)
+                + t.Select(t.Or(last_i, last_j), zero, diag[0] * w_diag)
+            )
+            e = p.let("e", t.Select(t.And(last_i, last_j), one, e))
+            p.set(diag, 0, col[i])
+            p.set(col, i, e)
+            p.set(below, 0, e)
+            if out == "xy":
+                de = p.let("de", (xs[i] - ys[j]) * e * p.const(2.0))
+                p.set(gx, i, gx[i] + de)
+                p.set(gy, j, gy[j] - de)
+            else:
+                i0, j0 = t.max(i - 1, 0), t.max(j - 1, 0)
+                s = p.let("s", rij - sq(i, j))
+                rs = [p.let("rk", v) for v in (r[j0 * n + i0], r[j * n + i0], r[j0 * n + i])]
+                mean = p.let(
+                    "mean",
+                    sum((exp((s - v) * ig) * v for v in rs[1:]), exp((s - rs[0]) * ig) * rs[0]),
+                )
+                inner = t.And(i > 0, j > 0)
+                p.set(gg, 0, gg[0] + t.Select(inner, e * (s - mean) * ig, zero))
+    if out == "xy":
+        for k in range(n):
+            emit(k, gx[k])
+        for k in range(m):
+            emit(n + k, gy[k])
+    else:
+        emit(0, gg[0])
+
+
+def _loop_op(name: str, dim: Callable, out: str, vjp: Callable, **kw: Any) -> None:
+    op(
+        name,
+        3,
+        dim=dim,
+        te=loops.placeholder(name, dim),
+        loop=lambda p, args, params, emit: _dtw_program(p, args, out, emit),
+        own_stage=True,
+        vjp=vjp,
+        **kw,
+    )
+
+
+def _dtw_vjp(g: Node, out: Node, x: Node, y: Node, gamma: Node) -> tuple:
+    gxy = f("GradSoftDTW_SqDist", x, y, gamma)
+    return (
+        mul(g, f("Extract", gxy, params=(0, x.dim))),
+        mul(g, f("Extract", gxy, params=(x.dim, y.dim))),
+        mul(g, f("GradSoftDTW_SqDist_Gamma", x, y, gamma)),
+    )
+
+
+def _no_second_derivative(g: Node, out: Node, x: Node, y: Node, gamma: Node) -> tuple:
+    raise FormulaError(
+        f"second derivatives of SoftDTW_SqDist are available for sequences of at most "
+        f"{SOFTDTW_CELLS} cells (n m; these are {x.dim} x {y.dim}): longer ones run the "
+        "recursion as a loop, differentiated once"
+    )
+
+
+def _dtw_dims(n: int, m: int, gamma: int) -> int:
+    """GradSoftDTW_SqDist's dimension (n + m)."""
+    if gamma != 1:
+        raise DimError(f"SoftDTW_SqDist: gamma must be scalar, got dim {gamma}")
+    if n * m > SOFTDTW_LOOP_CELLS:
+        raise DimError(
+            f"the gradient of SoftDTW_SqDist of sequences of lengths {n} and {m}: it keeps "
+            f"the {n * m} cells of the recursion per pair, more than {SOFTDTW_LOOP_CELLS}"
+        )
+    return n + m
 
 
 def _softdtw_ref(x, y, gamma):
@@ -1483,13 +1645,50 @@ def _softdtw_ref(x, y, gamma):
     return r[n - 1, m - 1][..., None]
 
 
-op(
+_DTW_TEST = dict(argdims=(6, 5, 1), ranges=((-1.0, 1.0), (-1.0, 1.0), (0.5, 1.5)))
+_loop_op(
     "SoftDTW_SqDist",
-    3,
+    scalar_dim,
+    "value",
+    _dtw_vjp,
     expand=_softdtw_sqdist,
     ref=_softdtw_ref,
-    test=TestSpec(argdims=(4, 3, 1), ranges=((-1.0, 1.0), (-1.0, 1.0), (0.5, 1.5))),
-    doc="SoftDTW_SqDist(x, y, gamma): soft-DTW of the sequences x, y for the cost (x_i - y_j)^2",
+    test=TestSpec(**_DTW_TEST),
+    doc="SoftDTW_SqDist(x, y, gamma): soft-DTW of the sequences x, y for the cost (x_i - y_j)^2 "
+    f"(unrolled up to {SOFTDTW_CELLS} cells n m: derivatives of any order; beyond, one loop, "
+    f"differentiable once -- the gradient up to {SOFTDTW_LOOP_CELLS} cells)",
+)
+
+
+def _softdtw_grad_ref(x, y, gamma, which: str = "xy"):
+    """torch's autograd through the unrolled recursion of :func:`_softdtw_ref`."""
+    torch = _t()
+    with torch.enable_grad():
+        leaves = [a.detach().requires_grad_() for a in (x, y, gamma)]
+        out = _softdtw_ref(*leaves)
+        # gamma is unused when a sequence has one element (no softmin)
+        grads = torch.autograd.grad(out.sum(), leaves, allow_unused=True)
+    gx, gy, gg = (torch.zeros_like(a) if g is None else g for g, a in zip(grads, leaves))
+    return torch.cat([gx, gy], -1) if which == "xy" else gg
+
+
+_loop_op(
+    "GradSoftDTW_SqDist",
+    _dtw_dims,
+    "xy",
+    _no_second_derivative,
+    ref=_softdtw_grad_ref,
+    test=TestSpec(**_DTW_TEST, grad=False),
+    doc="GradSoftDTW_SqDist(x, y, gamma): the gradient of SoftDTW_SqDist w.r.t. x, then y",
+)
+_loop_op(
+    "GradSoftDTW_SqDist_Gamma",
+    lambda n, m, gamma: _dtw_dims(n, m, gamma) and 1,
+    "gamma",
+    _no_second_derivative,
+    ref=lambda x, y, gamma: _softdtw_grad_ref(x, y, gamma, "gamma"),
+    test=TestSpec(**_DTW_TEST, grad=False),
+    doc="GradSoftDTW_SqDist_Gamma(x, y, gamma): the derivative of SoftDTW_SqDist w.r.t. gamma",
 )
 
 
