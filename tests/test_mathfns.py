@@ -1,4 +1,4 @@
-"""The SIMD exp (tvmred.mathfns) against numpy's, in ulps, and its special values."""
+"""The SIMD exp and log (tvmred.mathfns) against numpy's, in ulps, and their special values."""
 
 import numpy as np
 import pytest
@@ -17,7 +17,7 @@ def avx512():
 MODES = ["poly", pytest.param("avx512", marks=pytest.mark.skipif("not avx512()"))]
 
 
-def compiled_exp(dtype, mode="poly"):
+def compiled_exp(dtype, mode="poly", fn="exp"):
     import tvm
     from tvm import te
 
@@ -26,7 +26,7 @@ def compiled_exp(dtype, mode="poly"):
     nb = te.var("nb")  # length 16 * nb: the vectorised split needs no tail
     x = te.placeholder((nb * 16,), dtype, name="x")
     with mathfns.mode(mode):
-        y = te.compute((nb * 16,), lambda i: mathfns.exp(x[i], dtype), name="y")
+        y = te.compute((nb * 16,), lambda i: getattr(mathfns, fn)(x[i], dtype), name="y")
     sch = tvm.s_tir.Schedule(te.create_prim_func([x, y, nb]))
     (i,) = sch.get_loops(sch.get_sblock("y"))
     _, ii = sch.split(i, factors=[None, 16])
@@ -87,3 +87,27 @@ def test_cuda_float32_exp_bound():
     rel = np.abs(np.exp2(t.astype(np.float64)) - exact) / exact + 2.0**-22  # + exp2f's 2 ulp
     assert np.all(rel <= np.abs(x.astype(np.float64)) * 2.0**-23 + 2.0**-22)
     assert rel[np.abs(x) <= 2].max() <= 4.8e-7 and rel.max() <= 1.1e-5
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_log_of_positive_normal_numbers(dtype):
+    """Within 1 ulp over the positive normal numbers and on [1, 3] (soft-DTW's
+    sums of exponentials; near 1 the result is small: its ulp is small too), NaN kept."""
+    ex = compiled_exp(dtype, "poly", "log")
+    info = np.finfo(dtype)
+    rng = np.random.default_rng(1)
+    wide = np.exp(rng.uniform(np.log(info.tiny), np.log(info.max), 500_000))
+    near = np.concatenate([np.linspace(1.0, 3.0, 500_000), 1 + rng.uniform(0, 1e-3, 10_000)])
+    for x, bound in ((wide, 1.0), (near, 1.0)):
+        x = np.append(x, [np.nan, 1.0, 2.0, np.sqrt(2)]).astype(dtype)
+        x = x[: len(x) - len(x) % 16]
+        y = torch.zeros(len(x), dtype=getattr(torch, dtype))
+        ex(torch.from_numpy(x).clone(), y, len(x) // 16)
+        got = y.numpy()
+        assert np.isnan(got[np.isnan(x)]).all()
+        ok = ~np.isnan(x)
+        ref = np.log(x[ok].astype(np.longdouble))
+        ulp = np.spacing(np.abs(ref).astype(dtype)).astype(np.longdouble)
+        ulp[ref == 0] = np.finfo(dtype).tiny
+        err = np.abs(got[ok].astype(np.longdouble) - ref) / ulp
+        assert err.max() <= bound, (dtype, err.max(), x[ok][err.argmax()])

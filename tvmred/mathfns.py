@@ -12,6 +12,10 @@ exp(-inf) = 0, exp(nan) = nan, overflow gives inf; results below the smallest no
 (x < -87.34 in float32, -708.4 in float64) are 0: a denormal result costs a microcode assist
 per SIMD lane on x86 CPUs, which made kernels whose exponents are mostly that small (a
 Sinkhorn LogSumExp with eps = 0.01, a narrow Gaussian) 12x slower.
+
+``log`` (of positive normal numbers: soft-DTW's softmin sums) is fdlibm's method, within
+0.75 ulp measured in float32 and float64; it made a soft-DTW kernel of 32 x 32 cells 3.7x
+faster than LLVM's one ``logf`` call per lane (1.7x with AVX2 kernels).
 """
 
 from __future__ import annotations
@@ -170,3 +174,78 @@ def is_nan(x: Any, dt: str, nan: bool = True) -> Any:
     k = _F32 if dt == "float32" else _F64
     bits = t.bitwise_and(t.reinterpret(k["bits"], x), t.const(k["nanmask"], k["bits"]))
     return bits > t.const(k["inf"], k["bits"]) if nan else bits <= t.const(k["inf"], k["bits"])
+
+
+_SQRT2 = 1.4142135623730951
+#: fdlibm's log (FreeBSD msun e_log.c, e_logf.c): ln 2 in two parts, and the coefficients of
+#: R(z) ~ (log(1 + s) - log(1 - s)) / s - 2, z = s^2 (|error| < 2^-58.45 double, 2^-34.24 float)
+_LOG = {
+    "float64": dict(
+        ln2=(6.93147180369123816490e-01, 1.90821492927058770002e-10),
+        lg=(
+            6.666666666666735130e-01,
+            3.999999999940941908e-01,
+            2.857142874366239149e-01,
+            2.222219843214978396e-01,
+            1.818357216161805012e-01,
+            1.531383769920937332e-01,
+            1.479819860511658591e-01,
+        ),
+    ),  # fmt: skip
+    "float32": dict(
+        ln2=(6.9313812256e-01, 9.0580006145e-06),
+        lg=(0.66666662693, 0.40000972152, 0.28498786688, 0.24279078841),
+    ),
+}
+
+
+def log(x: Any, dt: str) -> Any:
+    """ln x for a positive normal number x (NaN gives NaN; 0, negatives, infinities and
+    denormals are not handled: callers pass sums of exponentials, such as soft-DTW's
+    softmin's, in [1, 3]).  fdlibm's method: x = 2^k m from the bits, m in [sqrt(1/2),
+    sqrt(2)], f = m - 1 (exact), s = f / (2 + f), ln x = k ln 2 + f - f^2/2 + s (f^2/2 + R(s^2))
+    -- one division, no table, no libm call (LLVM turns ``llvm.log`` on a vector into one
+    call per lane); within 1 ulp (``tests/test_mathfns.py``)."""
+    t = _tirx()
+    if MODE.get() == "native" or dt not in ("float32", "float64"):
+        return t.log(x)
+    k = _F32 if dt == "float32" else _F64
+    c = lambda v: t.const(v, dt)  # noqa: E731
+    ci = lambda v: t.const(v, k["bits"])  # noqa: E731
+    # every value read more than once is a Let: inlined, the copies multiply (the argument, a
+    # sum of exponentials, would be copied 15 times)
+    lets: list = []
+
+    def let(name: str, value: Any) -> Any:
+        v = t.Var(name, dt)
+        lets.append((v, value))
+        return v
+
+    x = let("log_x", x)
+    bits = t.reinterpret(k["bits"], x)
+    e = t.shift_right(bits, ci(k["mant"])) - ci(k["bias"])
+    m = t.reinterpret(dt, t.bitwise_or(t.bitwise_and(bits, ci((1 << k["mant"]) - 1)),
+                                       ci(k["bias"] << k["mant"])))  # fmt: skip
+    m = let("log_m", m)
+    big = m > c(_SQRT2)
+    kf = t.Cast(dt, e + t.Select(big, ci(1), ci(0)))
+    f = let("log_f", t.Select(big, m * c(0.5), m) - c(1.0))
+    hfsq = let("log_h", c(0.5) * f * f)
+    s = let("log_s", f / (c(2.0) + f))
+    z = let("log_z", s * s)
+    w = let("log_w", z * z)
+    lg = _LOG[dt]["lg"]
+    odd, even = lg[0::2], lg[1::2]  # R = z (Lg1 + w (Lg3 + ...)) + w (Lg2 + w (Lg4 + ...))
+    t2 = c(odd[-1])
+    for v in odd[-2::-1]:
+        t2 = t2 * w + c(v)
+    t1 = c(even[-1])
+    for v in even[-2::-1]:
+        t1 = t1 * w + c(v)
+    r = z * t2 + w * t1
+    hi, lo = _LOG[dt]["ln2"]
+    out = kf * c(hi) - ((hfsq - (s * (hfsq + r) + kf * c(lo))) - f)
+    out = t.Select(is_nan(x, dt), x, out)
+    for v, value in reversed(lets):
+        out = t.Let(v, value, out)
+    return out

@@ -1501,7 +1501,7 @@ def _dtw_program(p: loops.Program, args: list, out: str, emit: Callable) -> None
     def softmin(a, b, c):  # every value read several times is bound once (p.let)
         lo = p.let("lo", t.min(t.min(a, b), c))
         terms = [exp(p.let("u", (lo - v) * ig)) for v in (a, b, c)]
-        return lo - g * t.log(terms[0] + terms[1] + terms[2])
+        return lo - g * mathfns.log(terms[0] + terms[1] + terms[2], dt)  # of [1, 3]
 
     if out == "value":  # r[i] holds r_i,j-1, then r_i,j; d: r_i-1,j-1
         r, diag = p.array("r", n), p.array("rd", 1)
