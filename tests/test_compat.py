@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from test_loops import softdtw_numpy
 
 ROOT = Path(__file__).resolve().parents[1]
 UPSTREAM = ROOT.parent / "shared" / "keops-upstream" / "test"
@@ -297,20 +298,6 @@ def test_difference_matrix_as_pykeops_lays_it_out():
     torch.testing.assert_close(out, ref)
 
 
-def _softdtw_numpy(a, b, gamma):
-    """Soft-DTW (Cuturi & Blondel 2017) of two 1-D sequences, its textbook recursion."""
-    n, m = len(a), len(b)
-    r = np.full((n + 1, m + 1), np.inf)
-    r[0, 0] = 0.0
-    for i in range(1, n + 1):
-        for j in range(1, m + 1):
-            prev = np.array([r[i - 1, j - 1], r[i - 1, j], r[i, j - 1]])
-            lo = prev.min()
-            soft = lo - gamma * np.log(np.exp(-(prev - lo) / gamma).sum())
-            r[i, j] = (a[i - 1] - b[j - 1]) ** 2 + soft
-    return r[n, m]
-
-
 def test_softdtw_sqdist_against_the_textbook_recursion():
     from tvmred.errors import DimError
     from tvmred.torch import Genred, LazyTensor
@@ -321,7 +308,7 @@ def test_softdtw_sqdist_against_the_textbook_recursion():
     gamma = 0.7
     out = LazyTensor(x[:, None]).softdtw_sqdist(LazyTensor(y[None]), gamma).sum(1)
     xs, ys = x.detach().numpy(), y.numpy()
-    ref = [[sum(_softdtw_numpy(xi, yj, gamma) for yj in ys)] for xi in xs]
+    ref = [[sum(softdtw_numpy(xi, yj, gamma) for yj in ys)] for xi in xs]
     np.testing.assert_allclose(out.detach().numpy(), ref, rtol=1e-12)
     # the gradient against finite differences of the textbook recursion
     (g,) = torch.autograd.grad(out.sum(), x)
@@ -329,7 +316,7 @@ def test_softdtw_sqdist_against_the_textbook_recursion():
     xp, xm = xs.copy(), xs.copy()
     xp[k, c] += h
     xm[k, c] -= h
-    fd = sum(_softdtw_numpy(xp[k], yj, gamma) - _softdtw_numpy(xm[k], yj, gamma) for yj in ys)
+    fd = sum(softdtw_numpy(xp[k], yj, gamma) - softdtw_numpy(xm[k], yj, gamma) for yj in ys)
     np.testing.assert_allclose(g[k, c].item(), fd / (2 * h), rtol=1e-6)
     # gamma must be scalar; longer sequences: tests/test_loops.py
     with pytest.raises(DimError, match="gamma must be scalar"):
