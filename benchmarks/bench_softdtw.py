@@ -8,7 +8,7 @@ w.r.t. x and y, tvmred's both ways.  Every answer is first checked against the d
 evaluation (float64): a wrong one stops the benchmark.  Each line prints milliseconds and the
 ratios pykeops / tvmred and dense / tvmred; results go to ``--out``.
 
-    python benchmarks/bench_softdtw.py [--pairs 4e6] [--lengths 8 32 64] [--out PATH]
+    python benchmarks/bench_softdtw.py [--pairs 1e6] [--lengths 8 32 64] [--out PATH]
 
 M = N = sqrt(pairs x 64 / n^2): the same number of cells for every length.
 """
@@ -58,7 +58,7 @@ def dense(x, y, b, gamma):
 
 def main() -> int:
     p = argparse.ArgumentParser()
-    p.add_argument("--pairs", type=float, default=4e6, help="pairs at n = m = 8")
+    p.add_argument("--pairs", type=float, default=1e6, help="pairs at n = m = 8")
     p.add_argument("--lengths", type=int, nargs="+", default=[8, 32, 64])
     p.add_argument("--dtype", default="float32")
     p.add_argument("--out", default=str(Path(__file__).parent / "results" / "softdtw_cpu.json"))

@@ -69,10 +69,9 @@ class Program:
     (one column per SIMD lane, so the lanes read and write whole vectors: TVM 0.27 widens no
     allocation inside a vectorised loop), or 0 where the rows run one at a time."""
 
-    def __init__(self, dt: str, lane: Any = None, lanes: int = 1) -> None:
+    def __init__(self, dt: str, lane: Any, lanes: int) -> None:
         self.dt = dt
-        self.lane = lane if lane is not None else tirx().const(0, "int32")
-        self.lanes = lanes
+        self.lane, self.lanes = lane, lanes
         self.stmts: list = []
         self.buffers: list = []
 
