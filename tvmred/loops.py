@@ -145,28 +145,46 @@ def splice(func: Any, loops: dict[str, tuple]) -> Any:
             program[names[0]] = entry
             dropped.update(names[1:])
 
-    def rebuild(stmt: Any) -> Any:
-        if isinstance(stmt, s_tir.SBlockRealize):
-            b = stmt.block
-            if b.name_hint in dropped:
-                return None
-            if b.name_hint in program:
-                return _spliced(stmt, program[b.name_hint], buffers, s_tir, t)
-            new = s_tir.SBlock(b.iter_vars, b.reads, b.writes, b.name_hint, rebuild(b.body),
-                               b.init, b.alloc_buffers, b.match_buffers, b.annotations)  # fmt: skip
-            return s_tir.SBlockRealize(stmt.iter_values, stmt.predicate, new)
-        if isinstance(stmt, t.SeqStmt):
-            seq = [x for x in (rebuild(s) for s in stmt.seq) if x is not None]
-            return _seq(seq)
-        if isinstance(stmt, t.For):
-            body = rebuild(stmt.body)
-            if body is None:
-                return None
-            return t.For(stmt.loop_var, stmt.min, stmt.extent, stmt.kind, body,
-                         stmt.thread_binding, stmt.annotations, stmt.step)  # fmt: skip
-        return stmt
+    def visit(realize: Any, loop: Any) -> Any:
+        name = realize.block.name_hint
+        if name in dropped:
+            return None
+        if name in program:
+            return _spliced(realize, program[name], buffers, s_tir, t)
+        return realize
 
-    return func.with_body(rebuild(func.body))
+    return func.with_body(_rebuild(func.body, visit))
+
+
+def _rebuild(stmt: Any, visit: Callable, loop: Any = None) -> Any:
+    """``stmt`` with each block realisation r replaced by ``visit(r, loop)`` (``loop``: the
+    For right above it): r itself -- its block is then rebuilt the same way --, another
+    statement, or None (removed, and a loop or sequence left empty with it)."""
+    from tvm import s_tir
+
+    t = tirx()
+    if isinstance(stmt, s_tir.SBlockRealize):
+        out = visit(stmt, loop)
+        if out is not stmt:
+            return out
+        b = stmt.block
+        init = None if b.init is None else _rebuild(b.init, visit)
+        new = s_tir.SBlock(b.iter_vars, b.reads, b.writes, b.name_hint, _rebuild(b.body, visit),
+                           init, b.alloc_buffers, b.match_buffers, b.annotations)  # fmt: skip
+        return s_tir.SBlockRealize(stmt.iter_values, stmt.predicate, new)
+    if isinstance(stmt, t.SeqStmt):
+        seq = [x for x in (_rebuild(s, visit) for s in stmt.seq) if x is not None]
+        return _seq(seq) if seq else None
+    if isinstance(stmt, t.For):
+        body = _rebuild(stmt.body, visit, stmt)
+        if body is None:
+            return None
+        return t.For(stmt.loop_var, stmt.min, stmt.extent, stmt.kind, body,
+                     stmt.thread_binding, stmt.annotations, stmt.step)  # fmt: skip
+    if isinstance(stmt, t.IfThenElse):
+        other = None if stmt.else_case is None else _rebuild(stmt.else_case, visit)
+        return t.IfThenElse(stmt.condition, _rebuild(stmt.then_case, visit), other)
+    return stmt
 
 
 LANE = "tvmred_lane"  # the annotation of a loop operation's block: its lane variable
@@ -246,26 +264,10 @@ def bind_lanes(mod: Any, count: int) -> Any:
         found[0] += 1
         return s_tir.SBlockRealize([*realize.iter_values, value], realize.predicate, new)
 
-    def rebuild(stmt: Any, loop: Any = None) -> Any:
-        if isinstance(stmt, s_tir.SBlockRealize):
-            b = stmt.block
-            if LANE in b.annotations:
-                return block_of(stmt, loop)
-            init = None if b.init is None else rebuild(b.init)
-            new = s_tir.SBlock(b.iter_vars, b.reads, b.writes, b.name_hint, rebuild(b.body),
-                               init, b.alloc_buffers, b.match_buffers, b.annotations)  # fmt: skip
-            return s_tir.SBlockRealize(stmt.iter_values, stmt.predicate, new)
-        if isinstance(stmt, t.SeqStmt):
-            return t.SeqStmt([rebuild(s) for s in stmt.seq])
-        if isinstance(stmt, t.For):
-            return t.For(stmt.loop_var, stmt.min, stmt.extent, stmt.kind, rebuild(stmt.body, stmt),
-                         stmt.thread_binding, stmt.annotations, stmt.step)  # fmt: skip
-        if isinstance(stmt, t.IfThenElse):
-            other = None if stmt.else_case is None else rebuild(stmt.else_case)
-            return t.IfThenElse(stmt.condition, rebuild(stmt.then_case), other)
-        return stmt
+    def visit(realize: Any, loop: Any) -> Any:
+        return block_of(realize, loop) if LANE in realize.block.annotations else realize
 
-    body = rebuild(func.body)
+    body = _rebuild(func.body, visit)
     if found[0] != count:  # one left bound to lane 0 under a vectorised loop: wrong values
         raise AssertionError(f"bind_lanes found {found[0]} of {count} loop operations")
     mod = mod.__class__(mod.functions)  # a copy: the scheduled module is the schedule's

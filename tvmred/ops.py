@@ -1503,11 +1503,14 @@ def _dtw_program(p: loops.Program, args: list, out: str, emit: Callable) -> None
         terms = [exp(p.let("u", (lo - v) * ig)) for v in (a, b, c)]
         return lo - g * mathfns.log(terms[0] + terms[1] + terms[2], dt)  # of [1, 3]
 
-    if out == "value":  # r[i] holds r_i,j-1, then r_i,j; d: r_i-1,j-1
-        r, diag = p.array("r", n), p.array("rd", 1)
-        p.set(r, 0, sq(0, 0))
-        with p.loop("i", n - 1) as k:
-            p.set(r, k + 1, r[k] + sq(k + 1, 0))
+    # "value": r[i] holds r_i,j-1, then r_i,j; the gradients: r_ij at j n + i.  The first
+    # column (cumulative sums) is at r[i] either way
+    r = p.array("r", n if out == "value" else n * m)
+    p.set(r, 0, sq(0, 0))
+    with p.loop("i", n - 1) as k:
+        p.set(r, k + 1, r[k] + sq(k + 1, 0))
+    if out == "value":
+        diag = p.array("rd", 1)  # r_i-1,j-1
         with p.loop("j", m - 1) as jk:
             j = jk + 1
             p.set(diag, 0, r[0])
@@ -1519,10 +1522,6 @@ def _dtw_program(p: loops.Program, args: list, out: str, emit: Callable) -> None
                 p.set(diag, 0, up)
         emit(0, r[n - 1])
         return
-    r = p.array("r", n * m)  # r_ij at j n + i
-    p.set(r, 0, sq(0, 0))
-    with p.loop("i", n - 1) as k:
-        p.set(r, k + 1, r[k] + sq(k + 1, 0))
     with p.loop("j", m - 1) as jk:
         j = jk + 1
         p.set(r, j * n, r[(j - 1) * n] + sq(0, j))
