@@ -11,7 +11,13 @@ The cost, in that process only: TVM converting a bfloat16/float8 numpy array or 
 (``tvm.runtime.tensor(...).numpy()``) reports ml_dtypes missing.  ``TVMRED_TVM_FULL_IMPORT=1``
 imports TVM as it is; importing ml_dtypes (or jax, which does) before tvmred compiles has
 the same effect.
-"""
+
+TVM's FFI package also imports **torch** when it is installed (a workaround for a symbol clash
+on Windows), so a numpy or jax process paid torch's import (1-5 s) at its first compile, and
+so did the compile server.  :func:`load` imports TVM with torch blocked as well when torch is
+not imported yet (TVM's FFI then has no torch-specific fast path, which tvmred does not use:
+kernels are called through :mod:`tvmred.cabi`).  While TVM is imported (under a second,
+once a process), another thread's ``import torch`` or ``import ml_dtypes`` would fail."""
 
 from __future__ import annotations
 
@@ -20,19 +26,22 @@ import os
 import sys
 from typing import Any, Iterator
 
-#: Modules TVM's package imports at start-up that tvmred's compiler does not use
+#: Modules TVM's package imports that tvmred's compiler does not use: blocked while tvmred
+#: compiles (SKIPPED) and also while TVM's package is imported (SKIPPED_AT_IMPORT)
 SKIPPED = ("ml_dtypes",)
+SKIPPED_AT_IMPORT = ("torch",)
 
 
 @contextlib.contextmanager
-def lean() -> Iterator[None]:
+def lean(more: tuple = ()) -> Iterator[None]:
     """While tvmred works with TVM (its import, a compile, a library export -- which imports
-    ``tvm.contrib.tvmjs``, itself importing ml_dtypes): ``import ml_dtypes`` raises
-    ImportError, unless something imported ml_dtypes already or TVMRED_TVM_FULL_IMPORT=1."""
+    ``tvm.contrib.tvmjs``, itself importing ml_dtypes): ``import ml_dtypes`` (and of the
+    modules in ``more``) raises ImportError, unless something imported it already or
+    TVMRED_TVM_FULL_IMPORT=1."""
     if os.environ.get("TVMRED_TVM_FULL_IMPORT", "0") not in ("", "0"):
         yield
         return
-    blocked = [m for m in SKIPPED if m not in sys.modules]
+    blocked = [m for m in SKIPPED + more if m not in sys.modules]
     for m in blocked:
         sys.modules[m] = None  # type: ignore[assignment]  # "import m" raises ImportError
     try:
@@ -47,7 +56,7 @@ def load() -> Any:
     """``import tvm`` (see the module docstring); the module."""
     if "tvm" in sys.modules:
         return sys.modules["tvm"]
-    with lean():
+    with lean(SKIPPED_AT_IMPORT):
         import tvm
     return tvm
 
