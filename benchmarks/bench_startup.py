@@ -13,11 +13,8 @@ same small script for both libraries -- one Gaussian-kernel Sum and its gradient
   the compile server (started by an earlier process) runs: the compile, not TVM's import;
   pykeops (no server): import + its compile of a new formula in a warm build folder;
 * ``cold call``: the first call of a never-seen formula in a fresh process and an empty
-  cache, TVM's import and the compile included, as a user's first process runs it: no
-  compile server yet, so it starts one and waits for it (the server imports TVM without
-  torch); ``second formula``: another new formula in the same process; ``cold call,
-  in-process`` / ``second formula, in-process``: the same with the server off
-  (``TVMRED_COMPILE_SERVER=0``: TVM imported in the process that has torch loaded).
+  cache, TVM's import and the compile included (no server); ``second formula``: another new
+  formula in the same process.
 
 Printed: one row per step with tvmred's and pykeops' times and their ratio, the modules the
 warm process imported (``torch._dynamo``, ``tvm``, ``tvm_ffi``, ``ml_dtypes``: none should be),
@@ -143,44 +140,18 @@ def _measure(lib: str, runs: int, base: dict) -> dict:
             {**base, "TVMRED_CACHE_DIR": cold_dir},
         )
     for n in range(runs):
-        # a formula no cache holds (a fresh constant in it each run), an empty cache: as a
-        # user's first process gets it (it starts the compile server and waits for it), and
-        # compiling in the process itself (TVMRED_COMPILE_SERVER=0); pykeops: its compile
-        modes = [("", "1"), (", in-process", "0")] if lib == "tvmred" else [("", "1")]
-        for mode, server in modes:
-            with tempfile.TemporaryDirectory() as cold_dir:
-                env = {**base, "TVMRED_CACHE_DIR": cold_dir, "TVMRED_COMPILE_SERVER": server}
-                r = run(script(lib, f"Exp(-SqDist(x,y)*IntInv({n + 3}))*b", True), env)
-                _stop_server(Path(cold_dir))
-            for m in [mode] if lib == "tvmred" else ["", ", in-process"]:
-                times.setdefault(f"cold call{m}", []).append(r["call"])
-                times.setdefault(f"second formula{m}", []).append(r["second"])
+        with tempfile.TemporaryDirectory() as cold_dir:
+            env = {**base, "TVMRED_CACHE_DIR": cold_dir}
+            # a formula no cache holds: a fresh constant in it each run
+            r = run(script(lib, f"Exp(-SqDist(x,y)*IntInv({n + 3}))*b", True), env)
+            times.setdefault("cold call", []).append(r["call"])
+            times.setdefault("second formula", []).append(r["second"])
     run(NUMPY.replace("LIBNAME", lib), base)  # its modules' bytecode written
     for _ in range(runs):
         r = run(NUMPY.replace("LIBNAME", lib), base)
         times.setdefault("numpy import", []).append(r["numpy"])
         times.setdefault("numpy imports torch", []).append(r["torch_imported"])
     return {"times": times, "modules": sorted(modules)}
-
-
-def _stop_server(d: Path) -> None:
-    """Stop the compile server a run started in cache dir ``d`` (none: nothing), so that it
-    takes no CPU from the next run."""
-    import re
-    import signal
-    import time
-
-    log = d / "server.log"
-    for pid in re.findall(
-        r"compile server (\d+) listening", log.read_text() if log.exists() else ""
-    ):
-        try:
-            os.kill(int(pid), signal.SIGTERM)
-            while True:  # until it is gone
-                os.kill(int(pid), 0)
-                time.sleep(0.02)
-        except OSError:
-            pass
 
 
 def _wait_for_server(d: Path, timeout: float = 120.0) -> None:
@@ -208,7 +179,7 @@ def main() -> None:
         print("pykeops is not installed: tvmred's times only (pip install pykeops==2.3)")
     res = {lib: measure(lib, args.runs) for lib in libs}
     steps = [k for k in res["tvmred"]["times"] if k != "numpy imports torch"]
-    print(f"{'step':<27} {'tvmred median (best)':>22} {'pykeops median (best)':>22} {'ratio':>7}")
+    print(f"{'step':<16} {'tvmred median (best)':>22} {'pykeops median (best)':>22} {'ratio':>7}")
     for step in steps:
         cells, meds = [], []
         for lib in ("tvmred", "pykeops"):
@@ -219,7 +190,7 @@ def main() -> None:
             else:
                 cells.append("-")
         ratio = f"{meds[0] / meds[1]:.2f}x" if len(meds) == 2 and meds[1] > 0 else "-"
-        print(f"{step:<27} {cells[0]:>22} {cells[1]:>22} {ratio:>7}")
+        print(f"{step:<16} {cells[0]:>22} {cells[1]:>22} {ratio:>7}")
     for lib in libs:
         torch_in = any(res[lib]["times"]["numpy imports torch"])
         print(f"{lib}: warm process imported {res[lib]['modules'] or 'none'} of {list(HEAVY)}; "

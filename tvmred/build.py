@@ -25,7 +25,7 @@ from .arrays import HALF, compute_dtype
 from .errors import KernelNotExported
 from .lower import lower, storage_dtype
 from .reductions.core import KernelSpec
-from .targets import host_known, target_for, tvm_version
+from .targets import target_for, tvm_version
 from .tree import Node, variables
 
 log = logging.getLogger("tvmred")
@@ -158,10 +158,6 @@ def get_kernel(spec: KernelSpec, device: Any) -> Kernel:
             f"no exported kernel for {describe(spec, device.type)}, and the TVM compiler is "
             "not available (TVM_USE_RUNTIME_LIB=1?) to build it"
         )
-    if _via_server() and not host_known():
-        # the host CPU's LLVM name needs TVM: the compile server (started and waited for
-        # if need be) records it, and then compiles the kernel
-        compile_client.ready(identity())
     target = target_for(device)
     base = key_text(spec, target)
     kernel = _KERNELS.get(base)
@@ -213,20 +209,6 @@ def identity() -> str:
     return json.dumps([__version__, code_fingerprint(), tvm_version(), sys.executable])
 
 
-#: Modules whose shared libraries make TVM's import slow in a process: its first C++ error
-#: (raised and caught during the import) reads the symbol tables of every loaded library.
-#: ``import tvm`` measured 0.7-0.9 s alone, 1.2-1.4 s after torch, 1.4-1.8 s after jax.
-HEAVY_LIBRARIES = ("torch", "jax")
-
-
-def _via_server() -> bool:
-    """Whether this process has its kernels compiled by the compile server, started and
-    waited for if need be, rather than importing TVM: when TVM is not imported yet and
-    torch or jax is (a cold first call 1.54 -> 1.22 s, benchmarks/bench_startup.py; a numpy
-    process imports TVM as quickly as the server: 0.2 s less than starting one)."""
-    return "tvm" not in sys.modules and any(sys.modules.get(m) for m in HEAVY_LIBRARIES)
-
-
 def _remote(payload: dict) -> bool:
     """The compile server built the kernel into the disk cache (unless this process has TVM
     imported already: then compiling here is as quick)."""
@@ -235,8 +217,7 @@ def _remote(payload: dict) -> bool:
         return False
     what = payload["what"]
     return timed(
-        f"{what} on the compile server",
-        lambda: compile_client.request(payload, identity(), _via_server()),
+        f"{what} on the compile server", lambda: compile_client.request(payload, identity())
     )
 
 

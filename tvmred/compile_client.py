@@ -2,19 +2,16 @@
 kernel which is in no cache asks the user's compile server -- a process that has imported TVM
 already -- to compile it into the disk cache, and loads it from there.  A new formula's first
 call then costs the compile (a few tenths of a second), not TVM's import (one to two seconds)
-as well.  A process with torch or jax loaded that finds no server starts one and waits for
-it rather than importing TVM itself: the server's import is the quicker one (TVM's first
-error message, raised and caught during its import, reads the symbol tables of every loaded
-library: 0.75 s more with torch's), and the process never loads TVM's compiler (260 MB).
+as well.
 
 One server per user, cache directory and code: its socket is ``server-<hash>.sock`` in the
 cache directory (owner-only, checked as the cache's entries are), the hash naming tvmred's code
 fingerprint, the TVM version and the Python executable, so a changed tvmred or TVM gets a new
 server and the old one exits when idle (``IDLE`` seconds).  A process that finds no server
-starts one, and either waits for it (at most ``WAIT`` seconds, then it compiles itself) or,
-without torch or jax or with TVM imported already, compiles itself.
+starts one in the background and compiles itself, as without a server; the processes after
+it find the server.
 
-Nothing here can make a call fail or hang: no server (or one that cannot start), a dead or stale server, a socket path
+Nothing here can make a call fail or hang: no server, a dead or stale server, a socket path
 too long for the OS, a refused or broken connection, or a failed remote compile -- each
 returns False and the caller compiles in-process as before.  ``TVMRED_COMPILE_SERVER=0``
 turns it off (it is on by default on Linux, the only platform where the server can check who
@@ -33,19 +30,15 @@ import socket
 import struct
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any, Optional
 
-from .settings import cache_dir, make_private_dir, untrusted
+from .settings import cache_dir, untrusted
 
 log = logging.getLogger("tvmred")
 
 #: seconds without a request after which a server exits (``TVMRED_COMPILE_SERVER_IDLE``)
 IDLE = float(os.environ.get("TVMRED_COMPILE_SERVER_IDLE") or 600.0)
-#: seconds a process waits for a starting server before it compiles itself
-#: (``TVMRED_COMPILE_SERVER_WAIT``)
-WAIT = float(os.environ.get("TVMRED_COMPILE_SERVER_WAIT") or 30.0)
 MAX_PATH = 100  # bytes: AF_UNIX socket paths are limited to 104-108 bytes
 _HEADER = struct.Struct("<Q")
 
@@ -109,8 +102,8 @@ def _starting(path: Path) -> bool:
     return False  # closing the file released the lock
 
 
-def _spawn(path: Path, d: Path) -> Optional[subprocess.Popen]:
-    """Start a server for ``path`` in the background (None if it could not be started)."""
+def _spawn(path: Path, d: Path) -> None:
+    """Start a server for ``path`` in the background, for the processes that come next."""
     here = str(Path(__file__).resolve().parent.parent)
     env = {**os.environ, "TVMRED_CACHE_DIR": str(d)}
     env["PYTHONPATH"] = os.pathsep.join([here] + [p for p in [env.get("PYTHONPATH")] if p])
@@ -130,9 +123,8 @@ def _spawn(path: Path, d: Path) -> Optional[subprocess.Popen]:
             os.close(fd)
     except OSError as e:
         log.info("tvmred: could not start a compile server (%s)", e)
-        return None
-    log.info("tvmred: started a compile server (pid %d)", proc.pid)
-    return proc
+        return
+    log.info("tvmred: started a compile server (pid %d) for the next processes", proc.pid)
 
 
 def _usable_path(identity: str) -> Optional[Path]:
@@ -141,7 +133,6 @@ def _usable_path(identity: str) -> Optional[Path]:
         return None
     d = cache_dir()
     try:
-        make_private_dir(d)  # a first process: the server's socket and log go there
         if untrusted(d) is not None:
             return None
     except OSError:
@@ -150,31 +141,12 @@ def _usable_path(identity: str) -> Optional[Path]:
     return path if len(os.fsencode(path)) <= MAX_PATH else None
 
 
-def _connect_or_start(path: Path, wait: bool) -> Optional[socket.socket]:
-    """A connection to the running server; else one is started (unless another process's is
-    starting: it holds the server's lock) and, with ``wait``, waited for ``WAIT`` seconds at
-    most.  None without a connection: not waiting, no server could start (it exited without
-    listening), or it took longer."""
-    proc = None
-    deadline = time.monotonic() + WAIT
-    while True:
-        conn = _connect(path)
-        if conn is not None:
-            return conn
-        if proc is None or proc.poll() is not None:  # none of ours, or ours exited
-            if not _starting(path):  # and no other server holds the lock
-                if proc is not None:
-                    log.info("tvmred: the compile server exited without listening")
-                    return None
-                proc = _spawn(path, path.parent)
-                if proc is None:
-                    return None
-        if not wait:
-            return None
-        if time.monotonic() > deadline:
-            log.info("tvmred: no compile server after %.0f s; compiling here", WAIT)
-            return None
-        time.sleep(0.01)
+def _connect_or_start(path: Path) -> Optional[socket.socket]:
+    """A connection to the server, or None after starting one (unless one is starting)."""
+    conn = _connect(path)
+    if conn is None and not _starting(path):
+        _spawn(path, path.parent)
+    return conn
 
 
 @functools.lru_cache(maxsize=None)
@@ -186,24 +158,12 @@ def ensure(identity: str) -> None:
         _spawn(path, path.parent)
 
 
-def ready(identity: str) -> bool:
-    """Whether a compile server runs (started and waited for if need be): it has recorded the
-    host CPU's LLVM name in ``host.json``."""
-    path = _usable_path(identity)
-    conn = _connect_or_start(path, True) if path is not None else None
-    if conn is None:
-        return False
-    conn.close()  # the server's child meets an empty request and exits
-    return True
-
-
-def request(payload: dict, identity: str, wait: bool) -> bool:
+def request(payload: dict, identity: str) -> bool:
     """Ask the compile server to compile ``payload`` (key, spec, target, config, extra, what)
-    into the disk cache: True if it did, False if this process must compile itself.  With no
-    server running one is started, and with ``wait`` waited for (:func:`_connect_or_start`);
-    without, it is there for the processes to come."""
+    into the disk cache: True if it did, False if this process must compile itself (with no
+    server running, one is started for the processes to come)."""
     path = _usable_path(identity)
-    conn = _connect_or_start(path, wait) if path is not None else None
+    conn = _connect_or_start(path) if path is not None else None
     if conn is None:
         return False
     try:

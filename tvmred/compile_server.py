@@ -1,14 +1,12 @@
 """The compile server: ``python -m tvmred.compile_server <socket path>`` (started by
-:mod:`tvmred.compile_client`, not by hand).  It imports TVM once (never torch), records the
-host CPU's LLVM name in ``host.json``, then listens on a Unix socket in the cache directory,
-and warms the compiler with one small kernel as soon as no client waits (the children forked
-after it start warm).  Each request is served by a forked child (a crash or a hang in one
-compile touches no other request), which checks that the peer is this user
-(``SO_PEERCRED``), compiles the kernel with the client's environment and stores it in the
-disk cache for the client to load.  The client holds the entry's lock while it waits, so the
-child stores without taking it.
+:mod:`tvmred.compile_client`, not by hand).  It imports TVM once, warms the compiler with one
+small kernel, then listens on a Unix socket in the cache directory; each request is served by
+a forked child (a crash or a hang in one compile touches no other request), which checks that
+the peer is this user (``SO_PEERCRED``), compiles the kernel with the client's environment and
+stores it in the disk cache for the client to load.  The client holds the entry's lock while
+it waits, so the child stores without taking it.
 
-One server per socket (a lock file next to it; a second one exits).  It exits after
+One server per socket (a lock file next to it; a second one exits at once).  It exits after
 ``IDLE`` seconds without a request, or when a client of another code identity reaches it (the
 socket name has the identity in it, so that means tvmred changed under it).
 """
@@ -26,10 +24,10 @@ import sys
 import time
 from pathlib import Path
 
-from . import _tvm, build, cache
+from . import build, cache
 from .arrays import HOST
 from .compile_client import IDLE, recv_msg, send_msg
-from .targets import host_cpu, target_for
+from .targets import target_for
 
 
 def _peer_uid(conn: socket.socket) -> int:
@@ -50,11 +48,7 @@ def handle(conn: socket.socket, me: str) -> None:
     """Serve one request (in a child process)."""
     if _peer_uid(conn) != os.getuid():
         return  # another account: not a word, and nothing of theirs is unpickled
-    try:
-        msg = recv_msg(conn)
-    except EOFError:
-        return  # a client that only waited for the server to listen (compile_client.ready)
-    req = pickle.loads(msg)
+    req = pickle.loads(recv_msg(conn))
     if req.get("identity") != me:
         send_msg(conn, json.dumps({"ok": False, "error": "stale server"}).encode())
         os.kill(os.getppid(), signal.SIGTERM)
@@ -73,27 +67,14 @@ def handle(conn: socket.socket, me: str) -> None:
     send_msg(conn, json.dumps(reply).encode())
 
 
-def _lock(path: Path):
-    """The server's lock file, held; None if a live server holds it (a client's probe holds
-    it for microseconds: tried for 0.2 s)."""
-    lock = open(f"{path}.lock", "a")
-    for _ in range(10):
-        try:
-            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            return lock
-        except OSError:
-            time.sleep(0.02)
-    lock.close()
-    return None
-
-
 def serve(path: Path) -> None:
-    lock = _lock(path)
-    if lock is None:
+    lock = open(f"{path}.lock", "a")
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
         return  # a live server has this socket
     me = build.identity()
-    _tvm.load()  # before listening: a forked child compiles at once
-    host_cpu()  # recorded in host.json: a client waiting for the server reads it there
+    _warm()  # import TVM and compile once before listening: the children start warm
     if path.exists():
         path.unlink()  # a dead server's socket: the lock says nobody serves it
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -103,21 +84,16 @@ def serve(path: Path) -> None:
     finally:
         os.umask(old)
     sock.listen(64)
-    cold = True  # the compiler not warmed yet: done when no client waits
+    sock.settimeout(IDLE)
     signal.signal(signal.SIGTERM, lambda *a: sys.exit(0))
     print(f"tvmred compile server {os.getpid()} listening on {path}", flush=True)
     children: set[int] = set()
     last = time.monotonic()
     try:
         while True:
-            sock.settimeout(0.5 if cold else IDLE)  # cold: warmed when no client comes
             try:
                 conn, _ = sock.accept()
             except socket.timeout:
-                if cold:  # one small compile, so the children forked from now on start warm
-                    _warm()
-                    cold = False
-                    continue
                 children = {p for p in children if os.waitpid(p, os.WNOHANG) == (0, 0)}
                 if not children and time.monotonic() - last >= IDLE:
                     return
