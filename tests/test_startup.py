@@ -25,8 +25,9 @@ b = torch.rand(70, 2, dtype=torch.float64)
 g = Genred("Exp(-SqDist(x,y))*b", ["x = Vi(3)", "y = Vj(3)", "b = Vj(2)"], axis=1)
 c = g(x, y, b)
 (gy,) = torch.autograd.grad(c.sum(), y)
-ref = torch.exp(-((x[:, None] - y[None]) ** 2).sum(-1)) @ b
-err = (c - ref).abs().max().item()
+import numpy as np  # the reference in numpy: torch's float64 exp(..) @ b was 1e-8 off in
+xn, yn, bn = x.numpy(), y.detach().numpy(), b.numpy()  # one process of ten (tvmred's: right)
+err = float(np.abs(c.detach().numpy() - np.exp(-((xn[:, None] - yn[None]) ** 2).sum(-1)) @ bn).max())
 print(json.dumps({"import": after_import, "call": sorted(m for m in HEAVY if m in sys.modules),
                   "err": err, "grad": gy.abs().sum().item()}))
 """
@@ -135,4 +136,50 @@ def test_a_numpy_process_compiles_without_torch(tmp_path, monkeypatch):
     monkeypatch.setenv("TVMRED_TVM_FULL_IMPORT", "0")
     out = child(NUMPY_COMPILE, tmp_path)
     assert out["compiled"] and out["err"] < 1e-12 and out["t"] == 2.0
+    assert not out["torch"]
+
+
+IMPORT = """
+import json, sys
+from tvmred import _tvm
+answered = {"ops": 0, "types": 0}
+no_op, names = _tvm._no_op, _tvm._Names
+
+def counted_no_op(name):
+    answered["ops"] += 1
+    return no_op(name)
+
+_tvm._no_op = counted_no_op
+checked = _tvm._checked
+
+def counting(lookup, names, missing):
+    if missing is not counted_no_op:
+        def missing(name, _m=missing):
+            answered["types"] += 1
+            return _m(name)
+    return checked(lookup, names, missing)
+
+_tvm._checked = counting
+tvm = _tvm.load()
+with_torch = "torch" in sys.modules
+lazy = type(sys.modules["tvm.relax"]).__name__
+try:
+    tvm.ir.Op.get("tvmred.no_such_op")
+except AttributeError as e:
+    after = str(e)
+print(json.dumps({"answered": answered, "lazy": lazy, "after": after,
+                  "relax": tvm.relax.Function.__name__, "torch": with_torch}))
+"""
+
+
+def test_tvm_is_imported_without_cpp_errors_and_without_relax(monkeypatch):
+    """TVM's import asks for ~110 operators and an object type this build lacks: each miss
+    was a C++ error whose backtrace (libbacktrace) read every loaded library's symbols --
+    0.75 s with torch loaded.  tvmred answers them from the registries' listings while TVM is
+    imported, makes tvm.relax a lazy module, and restores TVM's own lookups after."""
+    monkeypatch.setenv("TVMRED_TVM_FULL_IMPORT", "0")
+    out = child(IMPORT, Path(os.environ.get("TVMRED_CACHE_DIR", "/tmp")))
+    assert out["answered"]["ops"] >= 100 and out["answered"]["types"] >= 1, out
+    assert out["lazy"] == "_LazyModule" and out["relax"] == "Function"
+    assert "Check failed" in out["after"], "GetOp is not TVM's own after the import"
     assert not out["torch"]

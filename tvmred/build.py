@@ -1,7 +1,7 @@
 """The compile pipeline, top to bottom:
 
     formula tree --lower--> TE PrimFunc --template.schedule--> scheduled IRModule
-      --template.finish--> --tvm.compile--> Executable --cache--> runtime function
+      --template.finish--> --tvm.tirx.build--> Executable --cache--> runtime function
 
 (``template`` is the target's record in :mod:`tvmred.schedules`.)  ``get_kernel`` is the entry
 point; what it produces is cached in memory and on disk (see :mod:`tvmred.cache`), keyed by the
@@ -131,7 +131,9 @@ def compile_reduction(
     # computes shared sub-formulas once per pair, and LLVM / NVCC eliminate what is left
     cuda = cudatool.building() if target["kind"] == "cuda" else contextlib.nullcontext()
     with cuda, tvm.transform.PassContext(config={"tirx.disable_cse_tir": True, **tpl.passes}):
-        ex = tvm.compile(mod, target=tvm.target.Target(target))
+        # what tvm.compile does for a module without Relax functions, without its look for
+        # them (which would import tvm.relax, left unimported by tvmred._tvm.load)
+        ex = tvm.runtime.Executable(tvm.tirx.build(mod, target=tvm.target.Target(target)))
     return ex, {"kind": tpl.kind, "row_block": rb, "tile": tile}
 
 

@@ -20,7 +20,7 @@ def default_threads() -> None:
 
     if "TVM_NUM_THREADS" in os.environ:
         return
-    if "torch" in sys.modules:
+    if sys.modules.get("torch") is not None:  # None: an import blocked (tvmred._tvm)
         n = sys.modules["torch"].get_num_threads()
     else:
         n = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()

@@ -21,7 +21,7 @@ def _gpu_available() -> bool:
     lib = Path(next(iter(spec.submodule_search_locations))) / "lib" / "libtvm_runtime_cuda.so"
     if not lib.exists():
         return False
-    if "torch" in sys.modules:
+    if sys.modules.get("torch") is not None:  # None: an import blocked (tvmred._tvm)
         return bool(sys.modules["torch"].cuda.is_available())
     return ctypes.util.find_library("cuda") is not None and os.path.exists("/dev/nvidiactl")
 
