@@ -1,7 +1,8 @@
 """Loading compiled kernels without the TVM compiler.
 
-``import tvm`` costs about a second (the 260 MB compiler library and TVM's whole Python
-package), and even TVM's small FFI package imports ``ml_dtypes`` (half a second).  A process
+``import tvm`` costs 0.3-0.4 s even through :mod:`tvmred._tvm` (the 260 MB compiler library
+and TVM's Python package; as it is, 1.2-3 s), and TVM's small FFI package alone imports
+``ml_dtypes`` (half a second) and torch.  A process
 whose kernels are all in the disk cache needs none of it: a compiled kernel is a shared
 library that only calls TVM's runtime library.  So, until something has to be compiled,
 tvmred
