@@ -147,13 +147,18 @@ class _Importing(importlib.abc.MetaPathFinder):
             restore()
 
 
+def _full_import() -> bool:
+    """TVMRED_TVM_FULL_IMPORT=1: TVM imported and used as it is."""
+    return os.environ.get("TVMRED_TVM_FULL_IMPORT", "0") not in ("", "0")
+
+
 @contextlib.contextmanager
 def lean(more: tuple = ()) -> Iterator[None]:
     """While tvmred works with TVM (its import, a compile, a library export -- which imports
     ``tvm.contrib.tvmjs``, itself importing ml_dtypes): ``import ml_dtypes`` (and of the
     modules in ``more``) raises ImportError, unless something imported it already or
     TVMRED_TVM_FULL_IMPORT=1."""
-    if os.environ.get("TVMRED_TVM_FULL_IMPORT", "0") not in ("", "0"):
+    if _full_import():
         yield
         return
     blocked = [m for m in SKIPPED + more if m not in sys.modules]
@@ -171,7 +176,7 @@ def load() -> Any:
     """``import tvm`` (see the module docstring); the module."""
     if "tvm" in sys.modules:
         return sys.modules["tvm"]
-    if os.environ.get("TVMRED_TVM_FULL_IMPORT", "0") not in ("", "0"):
+    if _full_import():
         import tvm
 
         return tvm

@@ -2,10 +2,9 @@
 
 ``import tvm`` costs 0.3-0.4 s even through :mod:`tvmred._tvm` (the 260 MB compiler library
 and TVM's Python package; as it is, 1.2-3 s), and TVM's small FFI package alone imports
-``ml_dtypes`` (half a second) and torch.  A process
-whose kernels are all in the disk cache needs none of it: a compiled kernel is a shared
-library that only calls TVM's runtime library.  So, until something has to be compiled,
-tvmred
+``ml_dtypes`` (half a second) and torch.  A process whose kernels are all in the disk cache
+needs none of it: a compiled kernel is a shared library that only calls TVM's runtime
+library.  So, until something has to be compiled, tvmred
 
 * takes the TVM version from the package metadata and LLVM's name for this CPU from
   ``host.json`` (see :mod:`tvmred.targets`);

@@ -2,10 +2,10 @@
 
 LLVM's name for this CPU (``znver5``, ``emeraldrapids``, ...) is part of every CPU kernel's
 cache key.  Asking LLVM needs ``import tvm`` (0.3-0.4 s: :mod:`tvmred._tvm`), so on Linux the
-answer is recorded in ``host.json`` in the cache directory, per CPU signature (what LLVM's detection
-looks at: vendor, family, model, flags, from /proc/cpuinfo) together with the ISA extensions
-it implies, and a later process on the same CPU reads it from there after checking those
-extensions against the running CPU.  Elsewhere (macOS, Windows) LLVM is asked every time.
+answer is recorded in ``host.json`` in the cache directory, per CPU signature (what LLVM's
+detection looks at: vendor, family, model, flags, from /proc/cpuinfo) together with the ISA
+extensions it implies, and a later process on the same CPU reads it from there after checking
+those extensions against the running CPU.  Elsewhere (macOS, Windows) LLVM is asked every time.
 """
 
 from __future__ import annotations
