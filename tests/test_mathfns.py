@@ -59,6 +59,45 @@ def test_exp_within_one_ulp(dtype, lo, hi, mode):
 
 
 @pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("dtype,hi", [("float32", 103.0), ("float64", 744.0)])
+def test_exp_neg_within_one_ulp(dtype, hi, mode):
+    """e^-y for y >= 0 (LogSumExp's rescale): the same bound as exp, flushed below the
+    smallest normal number, and exactly 1 at y = 0 (a running max that does not move)."""
+    ex = compiled_exp(dtype, mode, "exp_neg")
+    n = 1_000_000
+    rng = np.random.default_rng(1)
+    y = np.concatenate([np.linspace(0, hi, n), rng.uniform(0, 5, n), rng.uniform(0, 1e-3, n)])
+    y = y.astype(dtype)
+    y = y[: len(y) - len(y) % 16]
+    got = torch.zeros(len(y), dtype=getattr(torch, dtype), device="cpu")
+    ex(torch.from_numpy(y).clone(), got, len(y) // 16)
+    ref = np.exp(-y.astype(np.longdouble))
+    got = got.numpy().astype(np.longdouble)
+    ulp = np.spacing(ref.astype(dtype)).astype(np.longdouble)
+    flushed = -y.astype(np.longdouble) < np.log(np.longdouble(np.finfo(dtype).tiny))
+    assert flushed.sum() > 1000 and np.all(got[flushed] == 0)
+    normal = (ref > np.finfo(dtype).tiny) & ~flushed
+    err = np.abs(got - ref)[normal] / ulp[normal]
+    assert err.max() <= 1.0, err.max()
+    assert np.all(got[y == 0] == 1)
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_exp_neg_special_values(dtype, mode):
+    ex = compiled_exp(dtype, mode, "exp_neg")
+    vals = [float("inf"), float("nan"), 1e6, 1e30, 0.0, -0.0, 1.0, 87.3, 708.3] + [0.5] * 7
+    x = torch.tensor(vals, dtype=getattr(torch, dtype), device="cpu")
+    y = torch.zeros_like(x)
+    ex(x, y, len(vals) // 16)
+    want = torch.exp(-x.double())
+    want[want < torch.finfo(getattr(torch, dtype)).tiny] = 0  # flushed, as exp
+    assert torch.equal(torch.isnan(y), torch.isnan(want))
+    ok = ~torch.isnan(want)
+    torch.testing.assert_close(y.double()[ok], want[ok], rtol=1e-6, atol=0)
+
+
+@pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 def test_exp_special_values(dtype, mode):
     ex = compiled_exp(dtype, mode)

@@ -108,3 +108,24 @@ def test_cross_compiles(target, isa):
     r = make_reduction(*GAUSS[:3], 1, "auto")
     ex, _ = build.compile_reduction(r.spec("float32"), target)
     assert re.search(isa, ex.mod.inspect_source("asm"))
+
+
+def test_a_division_by_a_parameter_is_a_multiply():
+    """(f - C) / eps, Sinkhorn's exponent: LLVM's arcp flag (targets.codegen_target) turns a
+    division by a value the j loop does not change into one reciprocal and a multiply a
+    pair -- no vector division left in the kernel -- with values within float32 rounding of
+    float64's; a division by a j-indexed value stays a division (vdivps) or one per j."""
+    from tvmred.torch import Genred
+
+    formula = "(f - SqDist(x,y)) / e"
+    aliases = ["f = Vj(1)", "x = Vi(3)", "y = Vj(3)", "e = Pm(1)"]
+    r = make_reduction(formula, aliases, "LogSumExp", 1, "auto")
+    ex, _ = build.compile_reduction(r.spec("float32"), AVX2)
+    assert "vdivps" not in ex.mod.inspect_source("asm")
+    g = torch.Generator().manual_seed(0)
+    f, x, y = torch.rand(700, 1, generator=g), torch.rand(500, 3, generator=g), torch.rand(700, 3)
+    eps = torch.tensor([0.01])
+    got = Genred(formula, aliases, reduction_op="LogSumExp", axis=1)(f, x, y, eps)
+    d2 = ((x.double()[:, None] - y.double()[None]) ** 2).sum(-1)
+    want = torch.logsumexp((f.double().T - d2) / 0.01, 1, keepdim=True)
+    torch.testing.assert_close(got.double(), want, rtol=1e-6, atol=0)

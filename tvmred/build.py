@@ -25,7 +25,7 @@ from .arrays import HALF, compute_dtype
 from .errors import KernelNotExported
 from .lower import lower, storage_dtype
 from .reductions.core import KernelSpec
-from .targets import target_for, tvm_version
+from .targets import codegen_target, target_for, tvm_version
 from .tree import Node, variables
 
 log = logging.getLogger("tvmred")
@@ -133,7 +133,8 @@ def compile_reduction(
     with cuda, tvm.transform.PassContext(config={"tirx.disable_cse_tir": True, **tpl.passes}):
         # what tvm.compile does for a module without Relax functions, without its look for
         # them (which would import tvm.relax, left unimported by tvmred._tvm.load)
-        ex = tvm.runtime.Executable(tvm.tirx.build(mod, target=tvm.target.Target(target)))
+        built = tvm.tirx.build(mod, target=tvm.target.Target(codegen_target(target)))
+        ex = tvm.runtime.Executable(built)
     return ex, {"kind": tpl.kind, "row_block": rb, "tile": tile}
 
 

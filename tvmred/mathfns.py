@@ -151,6 +151,45 @@ def exp(x: Any, dt: str) -> Any:
     return t.Select(flushed, c(0.0), q) * _exponent(h, k, dt) * _exponent(u - h, k, dt)
 
 
+def exp_neg(y: Any, dt: str) -> Any:
+    """e^-y for y >= 0 (+inf and NaN included): the exponent of a running max's rescale
+    (LogSumExp's combine, ``-|m_a - m_b|``), where :func:`exp`'s overflow side is never
+    reached.  The same reduction and polynomial as :func:`exp` (so the same accuracy, within 1
+    ulp), with three shortcuts: one clamp, not two; the polynomial in -r with its odd
+    coefficients negated (no negation of the argument); and 2^n as one normal number, n in
+    [-126, 0] (float32) or [-1022, 0] (float64) once the flushed lanes are clamped to the
+    flush threshold -- 15 SIMD operations in float32 with AVX2 where -|d| then :func:`exp`
+    took 22 (a LogSumExp pair: 44), 14 with AVX-512.  Other modes: :func:`exp` of -y."""
+    t = _tirx()
+    mode = MODE.get()
+    if dt not in ("float32", "float64") or mode not in ("poly", "avx512"):
+        return exp(-y, dt)
+    k = _F32 if dt == "float32" else _F64
+    c = lambda v: t.const(v, dt)  # noqa: E731
+    ci = lambda v: t.const(v, k["bits"])  # noqa: E731
+    # flushed: e^-y below the smallest normal number (NaN compares false and flows through)
+    flushed = y > c(-k["tiny"])
+    # clamped at the threshold (the constant first keeps a NaN y): n >= -126 (-1022), so 2^n
+    # below is a normal number in every lane, flushed ones included (0 times it is 0)
+    yc = y if mode == "avx512" else t.min(c(-k["tiny"]), y)
+    shifted = _bits(yc * c(-k["log2e"]) + c(k["shifter"]), k)  # the shifter's bits + n
+    n = t.reinterpret(dt, shifted) - c(k["shifter"])  # round(-y log2 e), as a float
+    rn = yc + n * c(k["c1"]) + n * c(k["c2"])  # -r, r = -y - n ln 2 (Cody-Waite)
+    coeffs = (*k["poly"], 1.0, 1.0)  # e^r = sum a_k r^k = sum a_k (-1)^k rn^k
+    top = len(coeffs) - 1  # the degree of coeffs[0]
+    q = c(coeffs[0] * (-1) ** top)
+    for deg, a in zip(range(top - 1, -1, -1), coeffs[1:]):
+        q = q * rn + c(a * (-1) ** deg)
+    shifter_bits = int(_bits_of(k["shifter"], k))
+    if mode == "avx512":
+        scaled = t.call_llvm_pure_intrin(
+            dt, "llvm.ldexp", q, (shifted - ci(shifter_bits)).astype("int32")
+        )
+        return t.Select(flushed, c(0.0), scaled)
+    two_n = _exponent(shifted - ci(shifter_bits - k["bias"]), k, dt)
+    return t.Select(flushed, c(0.0), q) * two_n
+
+
 def _bits_of(v: float, k: dict) -> int:
     import struct
 

@@ -41,7 +41,7 @@ def _lse(te, root, rows, space: Space, dim, v: Variant, dtype, acc):
         same = a[0] == b[0]
         m = t.Select(a_big, a[0], b[0])
         if G == 1:
-            e = t.Select(same, t.const(1, acc), mathfns.exp(-t.abs(a[0] - b[0]), acc))
+            e = t.Select(same, t.const(1, acc), mathfns.exp_neg(t.abs(a[0] - b[0]), acc))
             # s_big + s_small e: e written once (CUDA's code generator copies an expression
             # into both arms of a select -- two exps a pair)
             return m, t.Select(a_big, a[1], b[1]) + t.Select(a_big, b[1], a[1]) * e
@@ -49,14 +49,14 @@ def _lse(te, root, rows, space: Space, dim, v: Variant, dtype, acc):
         # included), not its value -- a select around a call is an if/else in CUDA C, one per
         # column, which no compiler merged (64 exps a pair); as straight-line code the G
         # copies are one.  Then the two scale factors and a multiply and an FMA a column.
-        d = -t.abs(t.Select(same, t.const(0, acc), a[0] - b[0]))
+        d = t.abs(t.Select(same, t.const(0, acc), a[0] - b[0]))  # e = e^-d
         one = t.const(1, acc)
 
         def column(k: int):
             # e and the exp's argument bound (Let: the exp's expression uses its argument many
             # times -- unbound, a kernel of 31 columns was 4x the size and twice as slow to compile)
             ev, dv = t.Var(f"e{k}", acc), t.Var(f"d{k}", acc)  # one definition each (TIR's rule)
-            e = t.Let(dv, d, mathfns.exp(dv, acc))
+            e = t.Let(dv, d, mathfns.exp_neg(dv, acc))
             return t.Let(ev, e, a[k] * t.Select(a_big, one, ev) + b[k] * t.Select(a_big, ev, one))
 
         return (m, *[column(k) for k in range(1, G + 1)])
