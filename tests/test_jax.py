@@ -582,3 +582,43 @@ def test_kernel_solve_values_and_gradients():
 
     np.testing.assert_allclose(jax.jit(lazy)(x, b), dense(x, b, g), rtol=1e-9, atol=1e-10)
     np.testing.assert_allclose(ours(x, jnp.zeros_like(b), g), 0.0)  # |b| below eps: 0
+
+
+def test_a_jax_process_runs_kernels_on_every_cpu_it_may_use(tmp_path):
+    """Without TVM_NUM_THREADS, ``import tvmred.jax`` sets it as the other bindings do (the
+    CPUs of the process's affinity mask) before TVM's thread pool reads it -- else TVM takes
+    half the hardware threads on x86: 1 of 2, a jax Sinkhorn at half speed.  Checked by what
+    the threads did: the jitted calls' CPU time is spread over several threads."""
+    import os
+    import subprocess
+    import sys
+
+    code = r"""
+import os, numpy as np, jax, jax.numpy as jnp
+from tvmred.jax import LazyTensor
+def ticks():
+    out = {}
+    for t in os.listdir("/proc/self/task"):
+        s = open(f"/proc/self/task/{t}/stat").read()
+        f = s[s.index(")") + 2:].split()
+        out[t] = int(f[11]) + int(f[12])
+    return out
+x = jnp.asarray(np.random.default_rng(0).random((20000, 3)), jnp.float32)
+fn = jax.jit(lambda x: LazyTensor(x[:, None]).sqdist(LazyTensor(x[None])).logsumexp(1))
+fn(x).block_until_ready()
+t0 = ticks()
+for _ in range(3):
+    fn(x).block_until_ready()
+t1 = ticks()
+busy = [t for t in t1 if t1[t] - t0.get(t, 0) >= 3]  # 30 ms of CPU time or more
+print(os.environ["TVM_NUM_THREADS"], len(busy))
+"""
+    if not os.path.isdir("/proc/self/task"):
+        pytest.skip("no /proc/self/task to read the threads' CPU time from")
+    env = {k: v for k, v in os.environ.items() if k != "TVM_NUM_THREADS"}
+    env["TVMRED_CACHE_DIR"] = str(tmp_path)
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    setting, busy = map(int, out.stdout.split()[-2:])
+    assert setting == len(os.sched_getaffinity(0))
+    assert busy >= min(setting, 2)  # (on many cores each thread's share may be under 30 ms)
