@@ -26,7 +26,8 @@ def compiled_exp(dtype, mode="poly", fn="exp"):
     nb = te.var("nb")  # length 16 * nb: the vectorised split needs no tail
     x = te.placeholder((nb * 16,), dtype, name="x")
     with mathfns.mode(mode):
-        y = te.compute((nb * 16,), lambda i: getattr(mathfns, fn)(x[i], dtype), name="y")
+        f = fn if callable(fn) else getattr(mathfns, fn)
+        y = te.compute((nb * 16,), lambda i: f(x[i], dtype), name="y")
     sch = tvm.s_tir.Schedule(te.create_prim_func([x, y, nb]))
     (i,) = sch.get_loops(sch.get_sblock("y"))
     _, ii = sch.split(i, factors=[None, 16])
@@ -80,6 +81,32 @@ def test_exp_neg_within_one_ulp(dtype, hi, mode):
     err = np.abs(got - ref)[normal] / ulp[normal]
     assert err.max() <= 1.0, err.max()
     assert np.all(got[y == 0] == 1)
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("dtype,floor", [("float32", 87.3), ("float64", 708.3)])
+def test_exp_neg_without_flushing(dtype, floor, mode):
+    """flush=False: within 1 ulp up to the floor's argument, e^-floor (a normal number) beyond
+    it and at +inf, NaN kept ("avx512" flushes to 0 anyway: its flush costs nothing)."""
+    from tvmred import mathfns
+
+    ex = compiled_exp(dtype, mode, lambda v, dt: mathfns.exp_neg(v, dt, flush=False))
+    y = np.concatenate([np.linspace(0, floor, 100_000), [floor * 1.01, 1e6, np.inf, np.nan]])
+    y = y.astype(dtype)
+    y = np.concatenate([y, np.zeros(-len(y) % 16, dtype)])
+    got = torch.zeros(len(y), dtype=getattr(torch, dtype), device="cpu")
+    ex(torch.from_numpy(y).clone(), got, len(y) // 16)
+    got = got.numpy().astype(np.longdouble)
+    floor = np.array(floor, dtype).astype(np.longdouble)  # as the kernel holds it
+    ref = np.exp(-np.minimum(y.astype(np.longdouble), floor))
+    if mode == "avx512":
+        ref = np.exp(-y.astype(np.longdouble))
+        ref[ref < np.finfo(dtype).tiny] = 0
+    assert np.isnan(got[np.isnan(y)]).all() and not np.isnan(got[~np.isnan(y)]).any()
+    ok = ~np.isnan(y)
+    ulp = np.spacing(ref[ok].astype(dtype)).astype(np.longdouble)
+    assert (np.abs(got[ok] - ref[ok]) / ulp).max() <= 1.0
+    assert np.all((got[ok] == 0) | (got[ok] >= np.finfo(dtype).tiny))  # never a denormal
 
 
 @pytest.mark.parametrize("mode", MODES)

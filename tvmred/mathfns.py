@@ -53,6 +53,7 @@ _F32 = dict(
     hi=88.73,  # > 128 ln 2 = ln 2^128: clamped, the result is still inf
     lo=-104.0,  # e^-104 < 2^-150: clamped, the result still rounds to 0
     tiny=-87.33654475,  # ln 2^-126: below, the result (denormal) is flushed to 0
+    near_tiny=-87.3,  # e^-87.3 = 1.19e-38: normal (exp_neg's floor without flushing)
     shifter=12582912.0,  # 1.5 * 2^23
     bits="int32",
     mant=23,
@@ -75,6 +76,7 @@ _F64 = dict(
     hi=709.8,  # > 1024 ln 2
     lo=-745.5,  # e^-745.5 < 2^-1075
     tiny=-708.39641853,  # ln 2^-1022
+    near_tiny=-708.3,  # e^-708.3 = 2.4e-308: normal
     shifter=6755399441055744.0,  # 1.5 * 2^52
     bits="int64",
     mant=52,
@@ -151,7 +153,7 @@ def exp(x: Any, dt: str) -> Any:
     return t.Select(flushed, c(0.0), q) * _exponent(h, k, dt) * _exponent(u - h, k, dt)
 
 
-def exp_neg(y: Any, dt: str) -> Any:
+def exp_neg(y: Any, dt: str, flush: bool = True) -> Any:
     """e^-y for y >= 0 (+inf and NaN included): the exponent of a running max's rescale
     (LogSumExp's combine, ``-|m_a - m_b|``), where :func:`exp`'s overflow side is never
     reached.  The same reduction and polynomial as :func:`exp` (so the same accuracy, within 1
@@ -159,7 +161,13 @@ def exp_neg(y: Any, dt: str) -> Any:
     coefficients negated (no negation of the argument); and 2^n as one normal number, n in
     [-126, 0] (float32) or [-1022, 0] (float64) once the flushed lanes are clamped to the
     flush threshold -- 15 SIMD operations in float32 with AVX2 where -|d| then :func:`exp`
-    took 22 (a LogSumExp pair: 44), 14 with AVX-512.  Other modes: :func:`exp` of -y."""
+    took 22 (a LogSumExp pair: 44), 14 with AVX-512.  Other modes: :func:`exp` of -y.
+
+    ``flush=False``: y clamped to ``near_tiny`` instead (a normal number just above the
+    smallest, e^-87.3 or e^-708.3, where the result would be below it) -- two operations
+    fewer, for a caller that adds the result, scaled by at most its count of terms, to a
+    sum of at least 1 (an unweighted LogSumExp's rescale: an error of 1.2e-38 per term).
+    Mode "avx512" flushes anyway (a masked vscalef: no operation to save)."""
     t = _tirx()
     mode = MODE.get()
     if dt not in ("float32", "float64") or mode not in ("poly", "avx512"):
@@ -171,7 +179,11 @@ def exp_neg(y: Any, dt: str) -> Any:
     flushed = y > c(-k["tiny"])
     # clamped at the threshold (the constant first keeps a NaN y): n >= -126 (-1022), so 2^n
     # below is a normal number in every lane, flushed ones included (0 times it is 0)
-    yc = y if mode == "avx512" else t.min(c(-k["tiny"]), y)
+    flush = flush or mode == "avx512"  # there the flush is free: vscalef's mask
+    if not flush:
+        yc = t.min(c(-k["near_tiny"]), y)
+    else:
+        yc = y if mode == "avx512" else t.min(c(-k["tiny"]), y)
     shifted = _bits(yc * c(-k["log2e"]) + c(k["shifter"]), k)  # the shifter's bits + n
     n = t.reinterpret(dt, shifted) - c(k["shifter"])  # round(-y log2 e), as a float
     rn = yc + n * c(k["c1"]) + n * c(k["c2"])  # -r, r = -y - n ln 2 (Cody-Waite)
@@ -185,9 +197,9 @@ def exp_neg(y: Any, dt: str) -> Any:
         scaled = t.call_llvm_pure_intrin(
             dt, "llvm.ldexp", q, (shifted - ci(shifter_bits)).astype("int32")
         )
-        return t.Select(flushed, c(0.0), scaled)
+        return t.Select(flushed, c(0.0), scaled) if flush else scaled
     two_n = _exponent(shifted - ci(shifter_bits - k["bias"]), k, dt)
-    return t.Select(flushed, c(0.0), q) * two_n
+    return (t.Select(flushed, c(0.0), q) if flush else q) * two_n
 
 
 def _bits_of(v: float, k: dict) -> int:

@@ -36,12 +36,16 @@ def _lse(te, root, rows, space: Space, dim, v: Variant, dtype, acc):
     t = tirx()
     G = dim - 1
 
-    def combine(a, b):
+    def combine(a, b, unit=False):
         a_big = a[0] >= b[0]  # False when b is NaN: then m and s both become NaN
         same = a[0] == b[0]
         m = t.Select(a_big, a[0], b[0])
         if G == 1:
-            e = t.Select(same, t.const(1, acc), mathfns.exp_neg(t.abs(a[0] - b[0]), acc))
+            # unit weights (a plain LogSumExp): a state's sum is 1 at least once its max is
+            # finite, so e below the smallest normal number need not be 0 (exp_neg's flush=False:
+            # 1.2e-38 at most, times at most the count of terms, against a sum of 1 or more)
+            d = mathfns.exp_neg(t.abs(a[0] - b[0]), acc, flush=not unit)
+            e = t.Select(same, t.const(1, acc), d)
             # s_big + s_small e: e written once (CUDA's code generator copies an expression
             # into both arms of a select -- two exps a pair)
             return m, t.Select(a_big, a[1], b[1]) + t.Select(a_big, b[1], a[1]) * e
@@ -64,12 +68,12 @@ def _lse(te, root, rows, space: Space, dim, v: Variant, dtype, acc):
     def identity(*ts):
         return (inf(ts[0], -1.0), *[t.const(0, x) for x in ts[1:]])
 
-    red = te.comm_reducer(combine, identity, name="lse")
-
     def body(i, u, ax, j, w):
         comps = root(i, j)
         if acc != dtype:
             comps = [x.astype(acc) for x in comps]
+        unit = G == 1 and isinstance(comps[1], t.FloatImm) and comps[1].value == 1
+        red = te.comm_reducer(lambda a, b: combine(a, b, unit), identity, name="lse")
         # a masked j: its weights 0, its F a duplicate of F at j = N - 1 (which the running
         # max already holds or will hold: the max is unchanged) where the space allows it
         f = comps[0] if space.duplicates else masked(w, comps[0], inf(acc, -1.0))
