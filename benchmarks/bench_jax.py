@@ -12,7 +12,11 @@ bridge into XLA.
    custom call and through ``jax.pure_callback``, beside a direct ``tvmred.numpy`` call and an
    empty jitted call (jax's dispatch floor).
 
-    python benchmarks/bench_jax.py [--n 10000] [--iters 10] [--json PATH]
+    python benchmarks/bench_jax.py [--n 10000] [--iters 10] [--avx2] [--json PATH]
+
+``--avx2``: both sides built for an AVX2 CPU on an AVX-512 machine -- tvmred's kernels
+(``TVMRED_LLVM_MCPU=haswell``) and XLA's (``XLA_FLAGS=--xla_cpu_max_isa=AVX2``), as on an
+AVX2-only machine (the CI's Zen 3), where XLA has no AVX-512 either.
 
 ott-jax 0.6 calls ``jax.interpreters.batching.is_vmappable``, which jax 0.10 removed from that
 public module (it still exists as ``jax._src.interpreters.batching.is_vmappable``); this
@@ -30,6 +34,9 @@ import sys
 from pathlib import Path
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+if "--avx2" in sys.argv:  # before jax starts its CPU backend, which reads XLA_FLAGS once
+    os.environ["TVMRED_LLVM_MCPU"] = "haswell"
+    os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_cpu_max_isa=AVX2").strip()
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
@@ -170,6 +177,7 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=10000)
     ap.add_argument("--iters", type=int, default=10)
     ap.add_argument("--float64", action="store_true")
+    ap.add_argument("--avx2", action="store_true", help="AVX2 code on both sides (see above)")
     ap.add_argument("--json", type=Path)
     ap.add_argument("--overhead-only", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -179,6 +187,7 @@ def main() -> None:
     jax.config.update("jax_enable_x64", True)  # the float64 reference; the case's own dtype
     info = timing.machine()
     info["jax"] = jax.__version__
+    info["xla_flags"] = os.environ.get("XLA_FLAGS", "")
     print(json.dumps(info))
     res = {"machine": info}
     child = subprocess.run(
