@@ -107,13 +107,19 @@ def _ott_available() -> bool:
     return True
 
 
-def per_iteration(fn, iters_a: int, iters_b: int) -> float:
-    """Seconds per iteration: the difference of two jitted runs (setup and dispatch cancel)."""
-    times = []
-    for iters in (iters_a, iters_b):
-        jitted = jax.jit(lambda: fn(iters))
-        jax.block_until_ready(jitted())  # compile
-        times.append(timing.min_time(lambda: jax.block_until_ready(jitted()), 2, 0, 0))
+def per_iteration(fn, iters_a: int, iters_b: int, rounds: int = 4) -> float:
+    """Seconds per iteration: the difference of two jitted runs (setup and dispatch cancel),
+    each the shortest of ``rounds``, the two run in turn (a busy host's slow spells, seconds
+    long, then weigh on both alike)."""
+    jitted = [jax.jit(lambda k=k: fn(k)) for k in (iters_a, iters_b)]
+    for f in jitted:
+        jax.block_until_ready(f())  # compile
+    times = [float("inf"), float("inf")]
+    for _ in range(rounds):
+        for k, f in enumerate(jitted):
+            times[k] = min(
+                times[k], timing.min_time(lambda f=f: jax.block_until_ready(f()), 1, 0, 0)
+            )
     return (times[1] - times[0]) / (iters_b - iters_a)
 
 
