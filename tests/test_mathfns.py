@@ -35,21 +35,19 @@ def compiled_exp(dtype, mode="poly", fn="exp"):
     return tvm.compile(sch.mod, target=tvm.target.Target(cpu_target()))
 
 
-@pytest.mark.parametrize("mode", MODES)
-@pytest.mark.parametrize("dtype,lo,hi", [("float32", -103.0, 88.7), ("float64", -744.0, 709.7)])
-def test_exp_within_one_ulp(dtype, lo, hi, mode):
-    ex = compiled_exp(dtype, mode)
-    n = 1_000_000
-    x = np.concatenate([np.linspace(lo, hi, n), np.random.default_rng(0).uniform(-5, 5, n)])
-    x = x.astype(dtype)
-    x = x[: len(x) - len(x) % 16]
-    y = torch.zeros(len(x), dtype=getattr(torch, dtype), device="cpu")  # a CPU kernel
+def run(ex, x):
+    """The compiled function on a numpy array (length a multiple of 16), as long doubles."""
+    y = torch.zeros(len(x), dtype=getattr(torch, str(x.dtype)), device="cpu")  # a CPU kernel
     ex(torch.from_numpy(x).clone(), y, len(x) // 16)  # clone: 64-byte aligned, as TVM assumes
-    ref = np.exp(x.astype(np.longdouble))
-    got = y.numpy().astype(np.longdouble)
+    return y.numpy().astype(np.longdouble)
+
+
+def assert_exp_within_one_ulp(got, arg, dtype):
+    """got = e^arg within 1 ulp where that is a normal number, 0 below ln(smallest normal)."""
+    ref = np.exp(arg)
     ulp = np.spacing(ref.astype(dtype)).astype(np.longdouble)
     # below ln(smallest normal) the result is flushed to 0 (no denormal results)
-    flushed = x.astype(np.longdouble) < np.log(np.longdouble(np.finfo(dtype).tiny))
+    flushed = arg < np.log(np.longdouble(np.finfo(dtype).tiny))
     assert flushed.sum() > 1000 and np.all(got[flushed] == 0)
     normal = (ref > np.finfo(dtype).tiny) & ~flushed
     err = np.abs(got - ref)[normal] / ulp[normal]
@@ -60,26 +58,27 @@ def test_exp_within_one_ulp(dtype, lo, hi, mode):
 
 
 @pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("dtype,lo,hi", [("float32", -103.0, 88.7), ("float64", -744.0, 709.7)])
+def test_exp_within_one_ulp(dtype, lo, hi, mode):
+    n = 1_000_000
+    x = np.concatenate([np.linspace(lo, hi, n), np.random.default_rng(0).uniform(-5, 5, n)])
+    x = x.astype(dtype)
+    x = x[: len(x) - len(x) % 16]
+    assert_exp_within_one_ulp(run(compiled_exp(dtype, mode), x), x.astype(np.longdouble), dtype)
+
+
+@pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("dtype,hi", [("float32", 103.0), ("float64", 744.0)])
 def test_exp_neg_within_one_ulp(dtype, hi, mode):
     """e^-y for y >= 0 (LogSumExp's rescale): the same bound as exp, flushed below the
     smallest normal number, and exactly 1 at y = 0 (a running max that does not move)."""
-    ex = compiled_exp(dtype, mode, "exp_neg")
     n = 1_000_000
     rng = np.random.default_rng(1)
     y = np.concatenate([np.linspace(0, hi, n), rng.uniform(0, 5, n), rng.uniform(0, 1e-3, n)])
     y = y.astype(dtype)
     y = y[: len(y) - len(y) % 16]
-    got = torch.zeros(len(y), dtype=getattr(torch, dtype), device="cpu")
-    ex(torch.from_numpy(y).clone(), got, len(y) // 16)
-    ref = np.exp(-y.astype(np.longdouble))
-    got = got.numpy().astype(np.longdouble)
-    ulp = np.spacing(ref.astype(dtype)).astype(np.longdouble)
-    flushed = -y.astype(np.longdouble) < np.log(np.longdouble(np.finfo(dtype).tiny))
-    assert flushed.sum() > 1000 and np.all(got[flushed] == 0)
-    normal = (ref > np.finfo(dtype).tiny) & ~flushed
-    err = np.abs(got - ref)[normal] / ulp[normal]
-    assert err.max() <= 1.0, err.max()
+    got = run(compiled_exp(dtype, mode, "exp_neg"), y)
+    assert_exp_within_one_ulp(got, -y.astype(np.longdouble), dtype)
     assert np.all(got[y == 0] == 1)
 
 
@@ -94,9 +93,7 @@ def test_exp_neg_without_flushing(dtype, floor, mode):
     y = np.concatenate([np.linspace(0, floor, 100_000), [floor * 1.01, 1e6, np.inf, np.nan]])
     y = y.astype(dtype)
     y = np.concatenate([y, np.zeros(-len(y) % 16, dtype)])
-    got = torch.zeros(len(y), dtype=getattr(torch, dtype), device="cpu")
-    ex(torch.from_numpy(y).clone(), got, len(y) // 16)
-    got = got.numpy().astype(np.longdouble)
+    got = run(ex, y)
     floor = np.array(floor, dtype).astype(np.longdouble)  # as the kernel holds it
     ref = np.exp(-np.minimum(y.astype(np.longdouble), floor))
     if mode == "avx512":

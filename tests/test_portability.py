@@ -114,7 +114,7 @@ def test_a_division_by_a_parameter_is_a_multiply():
     """(f - C) / eps, Sinkhorn's exponent: LLVM's arcp flag (targets.codegen_target) turns a
     division by a value the j loop does not change into one reciprocal and a multiply a
     pair -- no vector division left in the kernel -- with values within float32 rounding of
-    float64's; a division by a j-indexed value stays a division (vdivps) or one per j."""
+    float64's."""
     from tvmred.torch import Genred
 
     formula = "(f - SqDist(x,y)) / e"

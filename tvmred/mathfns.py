@@ -130,23 +130,14 @@ def exp(x: Any, dt: str) -> Any:
     xc = t.min(c(k["hi"]), x)
     if mode != "avx512":  # "avx512": the flushed lanes are masked off in vscalef, no clamp
         xc = t.max(c(k["lo"]), xc)
-    shifted = _bits(xc * c(k["log2e"]) + c(k["shifter"]), k)  # the shifter's bits + n
-    n = t.reinterpret(dt, shifted) - c(k["shifter"])  # round(x log2 e), as a float
+    shifted, n = _round_log2e(xc, k, dt, 1)
     r = xc - n * c(k["c1"]) - n * c(k["c2"])
     scale = 1.0 if mode == "avx512" else 0.25  # "poly" computes e^r / 4
-    q = c(k["poly"][0] * scale)  # Horner on (1 + r + r^2 q(r)) scale = e^r scale
-    for a in (*k["poly"][1:], 1.0, 1.0):
-        q = q * r + c(a * scale)
-    shifter_bits = int(_bits_of(k["shifter"], k))
+    q = _horner(r, k, dt, scale)
     flushed = xc < c(k["tiny"])
     if mode == "avx512":
-        return t.Select(
-            flushed,
-            c(0.0),
-            t.call_llvm_pure_intrin(
-                dt, "llvm.ldexp", q, (shifted - ci(shifter_bits)).astype("int32")
-            ),
-        )
+        return t.Select(flushed, c(0.0), _ldexp(q, shifted, k, dt))
+    shifter_bits = int(_bits_of(k["shifter"], k))
     # u = n + 2 bias + 2 >= 0; h = u >> 1 = n1 + bias + 1, u - h = n2 + bias + 1
     u = shifted - ci(shifter_bits - 2 * k["bias"] - 2)
     unsigned = "u" + k["bits"]  # a logical shift (AVX2 has no 64-bit arithmetic one)
@@ -176,32 +167,50 @@ def exp_neg(y: Any, dt: str, flush: bool = True) -> Any:
         return exp(-y, dt)
     k = _F32 if dt == "float32" else _F64
     c = lambda v: t.const(v, dt)  # noqa: E731
-    ci = lambda v: t.const(v, k["bits"])  # noqa: E731
+    flush = flush or mode == "avx512"  # there the flush is free: vscalef's mask
     # flushed: e^-y below the smallest normal number (NaN compares false and flows through)
     flushed = y > c(-k["tiny"])
     # clamped at the threshold (the constant first keeps a NaN y): n >= -126 (-1022), so 2^n
     # below is a normal number in every lane, flushed ones included (0 times it is 0)
-    flush = flush or mode == "avx512"  # there the flush is free: vscalef's mask
     if not flush:
         yc = t.min(c(-k["near_tiny"]), y)
     else:
         yc = y if mode == "avx512" else t.min(c(-k["tiny"]), y)
-    shifted = _bits(yc * c(-k["log2e"]) + c(k["shifter"]), k)  # the shifter's bits + n
-    n = t.reinterpret(dt, shifted) - c(k["shifter"])  # round(-y log2 e), as a float
+    shifted, n = _round_log2e(yc, k, dt, -1)
     rn = yc + n * c(k["c1"]) + n * c(k["c2"])  # -r, r = -y - n ln 2 (Cody-Waite)
-    coeffs = (*k["poly"], 1.0, 1.0)  # e^r = sum a_k r^k = sum a_k (-1)^k rn^k
-    top = len(coeffs) - 1  # the degree of coeffs[0]
-    q = c(coeffs[0] * (-1) ** top)
-    for deg, a in zip(range(top - 1, -1, -1), coeffs[1:]):
-        q = q * rn + c(a * (-1) ** deg)
-    shifter_bits = int(_bits_of(k["shifter"], k))
+    q = _horner(rn, k, dt, sign=-1)  # e^r = e^-rn
     if mode == "avx512":
-        scaled = t.call_llvm_pure_intrin(
-            dt, "llvm.ldexp", q, (shifted - ci(shifter_bits)).astype("int32")
-        )
-        return t.Select(flushed, c(0.0), scaled) if flush else scaled
-    two_n = _exponent(shifted - ci(shifter_bits - k["bias"]), k, dt)
+        return t.Select(flushed, c(0.0), _ldexp(q, shifted, k, dt))
+    shifter_bits = int(_bits_of(k["shifter"], k))
+    two_n = _exponent(shifted - t.const(shifter_bits - k["bias"], k["bits"]), k, dt)
     return (t.Select(flushed, c(0.0), q) if flush else q) * two_n
+
+
+def _round_log2e(v: Any, k: dict, dt: str, sign: int) -> tuple:
+    """(the shifter's bits + n, n as a float), n = round(sign v log2 e): adding the shifter
+    1.5 * 2^mant rounds, and its last bits are then n."""
+    t = _tirx()
+    shifted = _bits(v * t.const(sign * k["log2e"], dt) + t.const(k["shifter"], dt), k)
+    return shifted, t.reinterpret(dt, shifted) - t.const(k["shifter"], dt)
+
+
+def _horner(r: Any, k: dict, dt: str, scale: float = 1.0, sign: int = 1) -> Any:
+    """scale e^(sign r) on the reduced range: 1 + r + r^2 q(r) by Horner's rule, highest
+    degree first (sign -1: the odd coefficients negated)."""
+    t = _tirx()
+    coeffs = (*k["poly"], 1.0, 1.0)
+    top = len(coeffs) - 1  # the degree of coeffs[0]
+    q = t.const(coeffs[0] * scale * sign**top, dt)
+    for deg, a in zip(range(top - 1, -1, -1), coeffs[1:]):
+        q = q * r + t.const(a * scale * sign**deg, dt)
+    return q
+
+
+def _ldexp(q: Any, shifted: Any, k: dict, dt: str) -> Any:
+    """q 2^n from the shifter's bits + n (mode "avx512": one vscalef)."""
+    t = _tirx()
+    n = shifted - t.const(int(_bits_of(k["shifter"], k)), k["bits"])
+    return t.call_llvm_pure_intrin(dt, "llvm.ldexp", q, n.astype("int32"))
 
 
 def _bits_of(v: float, k: dict) -> int:
