@@ -28,6 +28,14 @@ class ReductionShape:
     With ``block`` > 0 (a Sum, pykeops' ``block_sum``) the reduction block is a plain sum and
     the schedule must add its terms in partial sums of ``block`` consecutive j, each added to
     the total once complete (:func:`block_partials`: ``rfactor`` of j split by ``block``).
+
+    With ``two_pass`` > 0 (a LogSumExp with unit weights, :attr:`TargetTemplate.two_pass`) the
+    reduction block ``red`` runs over blocks of ``two_pass`` consecutive j (its ``j`` loop is
+    the block's index) and combines each block's (max, sum) state into the running one; three
+    blocks per j-block come before it: ``lse_f`` (F of the block's j, ``(rows, blocks *
+    two_pass)``, -inf past N), ``lse_bm`` (the block's max, a reduction over the block) and
+    ``lse_bs`` (its sum of exp(F - max), a reduction over the block); the per-pair ``stages``
+    are read by ``lse_f`` at one j each.
     """
 
     kind: str  # reduction kind tag: "sum", "select", "kselect", "lse"
@@ -44,6 +52,7 @@ class ReductionShape:
     reduced_inputs: tuple[str, ...] = ()  # buffer names of the reduced-index inputs
     block: int = 0  # > 0: a Sum in partial sums of ``block`` consecutive j each (see below)
     ranged: bool = False  # split-j whose chunk s is a task (see tvmred.lower): C is its count
+    two_pass: int = 0  # > 0: LogSumExp in blocks of ``two_pass`` j, max then sum (see above)
 
 
 def _as_is(mod: "tvm.IRModule", shape: ReductionShape, target: dict) -> "tvm.IRModule":
@@ -74,6 +83,8 @@ class TargetTemplate:
     ranged: bool = False  # compiles ranged (block-sparse) kernels: ranges in one launch
     split_row_block: Callable[[dict, str, int, int], int] | None = None  # the split-j kernel's rows
     # per block (it runs when there are few rows: less padding pays), None: ``row_block``'s
+    two_pass: Callable[[dict, str], int] = lambda target, dtype: 0  # (target, dtype) -> j per
+    # block of a two-pass LogSumExp (ReductionShape.two_pass), 0: the online one-pass loop
     settings: Callable[[dict], dict] = lambda target: {}  # environment settings that change
     # the template's default kernels (they go into the cache key), e.g. CUDA's rows a thread
 

@@ -221,6 +221,87 @@ def test_inf_and_nan_like_torch(red):
         assert idx.item() == 4  # the first NaN, as torch.argmin / argmax
 
 
+def two_pass_block(dtype):
+    """The j per block of the CPU template's two-pass LogSumExp (0: none), by its own rule."""
+    from tvmred import schedules
+    from tvmred.targets import cpu_target
+
+    return schedules.template("llvm").two_pass(cpu_target(), dtype)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_logsumexp_in_blocks_of_j_at_every_block_edge(dtype):
+    """A unit-weight LogSumExp on the CPU runs j in blocks (a block's max, then its sum of
+    exponentials, then one rescale): N below, at and past the block's edges, rows not a
+    multiple of a row block, against torch.logsumexp in float64 -- with the softmin's
+    exponents spread over 100 so the block's max changes often."""
+    B = two_pass_block(str(dtype).split(".")[-1]) or 16
+    torch.manual_seed(B)
+    g = Genred("-SqDist(x,y)*c", ["x = Vi(3)", "y = Vj(3)", "c = Pm(1)"], "LogSumExp", axis=1)
+    for n in (1, B - 1, B, B + 1, 3 * B + 5, 40 * B + 3):
+        x, y = torch.rand(37, 3, dtype=torch.float64), torch.rand(n, 3, dtype=torch.float64)
+        c = torch.tensor([30.0], dtype=torch.float64)
+        want = torch.logsumexp(-((x[:, None] - y[None]) ** 2).sum(-1) * c, 1)
+        got = g(x.to(dtype), y.to(dtype), c.to(dtype))[:, 0].double()
+        tol = 1e-12 if dtype == torch.float64 else 2e-5
+        torch.testing.assert_close(got, want, rtol=tol, atol=tol, msg=f"N = {n}")
+
+
+def test_logsumexp_blocks_with_infinities_and_nan_like_torch():
+    """Blocks whose max is +inf (with and without a NaN beside it), blocks of -inf only (the
+    whole row, or some blocks of it), a NaN alone: as torch.logsumexp, in every row -- and the
+    raw state (Max_SumShiftExp) counts each term equal to the max as e^0 = 1, -inf ones too,
+    never the padding past N (its dense definition below)."""
+    B = two_pass_block("float64") or 16
+    inf, nan = float("inf"), float("nan")
+    n = 3 * B + 2
+    cols = torch.randn(8, n, dtype=torch.float64)
+    cols[1, B + 3] = inf  # a block's max +inf
+    cols[2, B + 3], cols[2, B + 4] = inf, nan  # +inf and NaN in one block: NaN
+    cols[3, :] = -inf  # a row of -inf
+    cols[4, : 2 * B] = -inf  # whole blocks of -inf, then finite ones
+    cols[5, 2 * B + 1 :] = -inf  # finite blocks, then -inf ones (the last one padded)
+    cols[6, 5] = nan
+    cols[7, 0], cols[7, n - 1] = inf, inf  # +inf in the first and the last (padded) block
+    # F = x_i + y_j: row i is y shifted by x_i; y is one column of cols per call
+    x = torch.zeros(1, 1, dtype=torch.float64)
+    g = Genred("x+y", ["x = Vi(1)", "y = Vj(1)"], reduction_op="LogSumExp", axis=1)
+    raw = Genred("x+y", ["x = Vi(1)", "y = Vj(1)"], reduction_op="Max_SumShiftExp", axis=1)
+    for r, row in enumerate(cols):
+        got = g(x, row[:, None])[0, 0]
+        torch.testing.assert_close(got, torch.logsumexp(row, 0), equal_nan=True, msg=f"row {r}")
+        m, s = raw(x, row[:, None])[0]
+        want_m = row.max() if not row.isnan().any() else None
+        if want_m is not None:
+            terms = torch.where(row == want_m, 1.0, torch.exp(row - want_m))
+            assert m == want_m, f"row {r}"
+            torch.testing.assert_close(s, terms.sum(), msg=f"row {r}")
+        else:
+            assert s.isnan(), f"row {r}"
+
+
+def test_only_a_unit_weight_cpu_logsumexp_runs_in_blocks():
+    """The two-pass form is chosen for LogSumExp without a weight (and its raw state) on the
+    CPU template, not for a weighted one, SoftMax, the split-j kernel or CUDA."""
+    from tvmred import schedules
+    from tvmred.frontend import make_reduction
+    from tvmred.lower import lower
+
+    B = two_pass_block("float32")
+    assert B > 0 and schedules.template("cuda").two_pass({"kind": "cuda"}, "float32") == 0
+    al = ["x = Vi(3)", "y = Vj(3)", "b = Vj(1)"]
+    for red, w, split, want in [
+        ("LogSumExp", None, False, B),
+        ("Max_SumShiftExp", None, False, B),
+        ("LogSumExp", None, True, 0),
+        ("LogSumExpWeight", "b", False, 0),
+        ("SumSoftMaxWeight", "b", False, 0),
+    ]:
+        r = make_reduction("-SqDist(x,y)", al, red, 1, "auto", None, formula2=w)
+        low = lower(r.spec("float32", split), 16, "poly", 0, B)
+        assert low.shape.two_pass == want, (red, split)
+
+
 def million_terms():
     """A million float32 values near 0.1: a naive float32 running sum drifts by about 1e-2
     relative (each addition to a large total rounds), compensated or blocked sums stay near

@@ -196,25 +196,19 @@ def _live(func) -> tuple[set[str], set[str]]:
     return set(blocks), reads | live
 
 
-def lower(spec: KernelSpec, row_block: int, math: str = "poly", tile: int = 0) -> Lowered:
+def lower(spec: KernelSpec, row_block: int, math="poly", tile=0, two_pass=0) -> Lowered:
     """Build the unscheduled PrimFunc of ``spec``: ``Red_{reduced index} formula``, output
     index of category ``out_cat`` (0: i, so reduce over j -- ``axis=1``; 1: j, so reduce over
     i), ``row_block`` output rows per block.  ``math`` is the target's way of evaluating
     ``exp`` (``TargetTemplate.math``); ``variant.split`` builds the split-j kernel (one
     partial state per chunk of the reduced index).  ``tile`` > 0 builds the tiled kernel:
     always split-j, arguments ``(Mb, N, S, Ct)`` with ``Ct * tile`` reduced rows per chunk,
-    the reduced-index inputs padded by the caller to ``S * Ct * tile`` rows."""
+    the reduced-index inputs padded by the caller to ``S * Ct * tile`` rows.  ``two_pass``:
+    the template's j per block of a reduction's two-pass form (``RedDef.two_pass``), used
+    where the kernel reduces over all of j."""
     with mathfns.mode(math):
-        return _lower(
-            spec.formula,
-            spec.rdef,
-            spec.out_cat,
-            spec.dtype,
-            spec.acc,
-            row_block,
-            spec.variant,
-            tile,
-        )
+        return _lower(spec.formula, spec.rdef, spec.out_cat, spec.dtype, spec.acc, row_block,
+                      spec.variant, tile, two_pass)  # fmt: skip
 
 
 def _loader(data_dtype: str, dtype: str) -> Callable:
@@ -235,7 +229,7 @@ def storage_dtype(dtype: str) -> str:
     return "int16" if dtype == "bfloat16" else dtype
 
 
-def _lower(formula, red, out_cat, dtype, acc_dtype, row_block, variant, tile=0) -> Lowered:
+def _lower(formula, red, out_cat, dtype, acc_dtype, row_block, variant, tile=0, two_pass=0):
     """``dtype``: the inputs' dtype; the formula is evaluated in ``compute_dtype(dtype)``
     (float32 for half inputs, converted as they are loaded)."""
     te = _te()
@@ -256,7 +250,9 @@ def _lower(formula, red, out_cat, dtype, acc_dtype, row_block, variant, tile=0) 
     tasks = None
     if variant.ranged:
         tasks = (te.placeholder((sizes[2], 3), "int32", name="tasks"), te.var("B"))
-    space = Space(N, chunks, tasks, duplicates=split and not variant.ranged)
+    if split or red.two_pass is None or not red.two_pass(formula):
+        two_pass = 0
+    space = Space(N, chunks, tasks, duplicates=split and not variant.ranged, two_pass=two_pass)
     rows = row_block if variant.ranged else Mb * row_block  # ranged: Mb is unused
     in_rows = (tasks[1], row_block) if variant.ranged else (rows,)
     reduced_rows = chunks[0] * chunks[1] if tile else N
@@ -282,7 +278,7 @@ def _lower(formula, red, out_cat, dtype, acc_dtype, row_block, variant, tile=0) 
         return lambda i, j: [load(h[j, k]) for k in range(v.dim)]
 
     root_uses = red.root_uses(formula.dim) if red.root_uses else [1] * formula.dim
-    if len(red.state(formula.dim, variant, dtype, acc_dtype)) > 1:
+    if len(red.state(formula.dim, variant, dtype, acc_dtype)) > 1 and not two_pass:
         # a tuple reducer's combine reads the new element several times; staging it also
         # keeps extern calls (asinf, ...) out of the reducer's let-bindings, which TVM 0.27
         # miscompiles when they are vectorised
@@ -326,6 +322,7 @@ def _lower(formula, red, out_cat, dtype, acc_dtype, row_block, variant, tile=0) 
         ),
         red.partial(variant),
         variant.ranged,
+        two_pass,
     )
     looped = {id(n) for n in postorder(formula) if REGISTRY[n.op].loop is not None}
     return Lowered(func, shape, sum(nid in looped and bool(set(names) & set(stages))

@@ -68,6 +68,10 @@ def _lse(te, root, rows, space: Space, dim, v: Variant, dtype, acc):
     def identity(*ts):
         return (inf(ts[0], -1.0), *[t.const(0, x) for x in ts[1:]])
 
+    if space.two_pass:
+        red = te.comm_reducer(lambda a, b: combine(a, b, True), identity, name="lse")
+        return _two_pass(te, root, rows, space, red, dtype, acc)
+
     def body(i, u, ax, j, w):
         comps = root(i, j)
         if acc != dtype:
@@ -80,6 +84,50 @@ def _lse(te, root, rows, space: Space, dim, v: Variant, dtype, acc):
         return red((f, *[masked(w, c, t.const(0, acc)) for c in comps[1:]]), axis=ax)
 
     return list(space.compute(te, rows, 1, body))
+
+
+def _two_pass(te, root, rows, space: Space, red, dtype, acc) -> list:
+    """A unit-weight LogSumExp over blocks of B = ``space.two_pass`` consecutive j: F of the
+    block's j (``lse_f``, -inf past N), the block's max ``bm`` (``lse_bm``), its sum of
+    e^(F - bm) (``lse_bs``), then the online combine of (bm, bs) into the running state --
+    one rescale a block instead of one a pair, and the sum's exponentials need no running
+    max (2-vCPU Xeon, 1e4 x 1e4 softmin, float32: 1.3-1.45x with AVX2 kernels, 1.15-1.2x with
+    AVX-512).  Exact as the online loop for infinities and NaN: an F equal to its block's max
+    (+-inf included) adds e^0 = 1, a NaN makes the sum NaN, and a block of -inf only has the
+    max -inf (the max's identity), so it leaves a running state unchanged."""
+    t = tirx()
+    n, B = space.n, space.two_pass
+    blocks = (n + B - 1) // B
+
+    def f(i, j):  # clamped reads past N (the stages' and inputs' rows end there)
+        v = root(i, t.min(j, n - 1))[0]
+        v = v.astype(acc) if acc != dtype else v
+        return t.Select(t.likely(j < n), v, inf(acc, -1.0))
+
+    fb = te.compute((rows, blocks * B), f, name="lse_f")
+    big = te.comm_reducer(lambda a, b: t.max(a, b), lambda dt: inf(dt, -1.0), name="lse_max")
+    k = te.reduce_axis((0, B), name="jm")
+    bm = te.compute((rows, blocks), lambda i, b: big(fb[i, b * B + k], axis=k), name="lse_bm")
+    k2 = te.reduce_axis((0, B), name="js")
+
+    def term(i, b):
+        x, m = fb[i, b * B + k2], bm[i, b]
+        d = t.Var("d", acc)  # bound: exp_neg reads its argument many times
+        e = mathfns.exp_neg(d, acc, flush=False)  # a block's sum is 1 at least (bm's term)
+        return te.sum(t.Let(d, t.Select(x == m, t.const(0, acc), m - x), e), axis=k2)
+
+    bs = te.compute((rows, blocks), term, name="lse_bs")
+    jb = te.reduce_axis((0, blocks), name="j")
+
+    def state(i, u):
+        # a block of -inf: each F is its max, so each added 1 -- the j past N too (the last
+        # block's padding), which the online loop never saw: taken off (its raw state, as
+        # Max_SumShiftExp returns it, then counts the same terms)
+        pad = t.max((jb.var + 1) * B - n, 0).astype(acc)
+        s = t.Select(bm[i, jb] == inf(acc, -1.0), bs[i, jb] - pad, bs[i, jb])
+        return red((bm[i, jb], s), axis=jb)
+
+    return list(te.compute((rows, 1), state, name="red"))
 
 
 def _lse_state(d: int, v: Variant, dt: str, acc: str) -> list:
@@ -213,6 +261,7 @@ _lcommon = dict(
     scalar=True,
     root_uses=_lse_uses,
     tree=_lse_tree,
+    two_pass=lambda f: f.op == "Concat" and f.args[1] is intcst(1),
 )
 reduction(
     "LogSumExp",
