@@ -107,6 +107,39 @@ def test_exp_neg_without_flushing(dtype, floor, mode):
 
 
 @pytest.mark.parametrize("mode", MODES)
+def test_exp_neg_of_a_sum_term(mode):
+    """term=True (float32): a relative error of at most 1.7e-7 + y 3e-9 over [0, 87.3] (ln 2
+    in one constant, a degree-5 polynomial), exactly 1 at 0, e^-87.3 beyond (no flush), NaN
+    kept; float64 is exp_neg's own (within 1 ulp)."""
+    from tvmred import mathfns
+
+    fn = lambda v, dt: mathfns.exp_neg(v, dt, flush=False, term=True)  # noqa: E731
+    rng = np.random.default_rng(2)
+    y = np.concatenate([np.linspace(0, 87.3, 500_000), rng.uniform(0, 5, 500_000)])
+    y = np.concatenate([y, [0.0, 100.0, np.inf, np.nan]]).astype("float32")
+    y = np.concatenate([y, np.zeros(-len(y) % 16, "float32")])
+    got = run(compiled_exp("float32", mode, fn), y)
+    ok = y <= np.float32(87.3)
+    yl = y[ok].astype(np.longdouble)
+    rel = np.abs(got[ok] - np.exp(-yl)) / np.exp(-yl)
+    assert (rel - 3e-9 * yl).max() <= 1.7e-7
+    assert np.all(got[y == 0] == 1) and np.isnan(got[np.isnan(y)]).all()
+    beyond = (y > np.float32(87.3)) & ~np.isnan(y)
+    floor = np.exp(-np.float32(87.3).astype(np.longdouble))
+    far = np.array([0.0]) if mode == "avx512" else np.array([floor])  # avx512 flushes
+    assert np.all(np.isin(got[beyond], far) | (np.abs(got[beyond] - floor) <= floor * 1e-6))
+    y64 = np.linspace(0, 700, 16 * 1000)
+    got64 = run(compiled_exp("float64", mode, fn), y64)
+    assert_exp_within_one_ulp_where_normal(got64, -y64.astype(np.longdouble), "float64")
+
+
+def assert_exp_within_one_ulp_where_normal(got, arg, dtype):
+    ref = np.exp(arg)
+    ulp = np.spacing(ref.astype(dtype)).astype(np.longdouble)
+    assert (np.abs(got - ref) / ulp).max() <= 1.0
+
+
+@pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 def test_exp_neg_special_values(dtype, mode):
     ex = compiled_exp(dtype, mode, "exp_neg")

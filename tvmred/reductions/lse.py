@@ -113,7 +113,7 @@ def _two_pass(te, root, rows, space: Space, red, dtype, acc) -> list:
     def term(i, b):
         x, m = fb[i, b * B + k2], bm[i, b]
         d = t.Var("d", acc)  # bound: exp_neg reads its argument many times
-        e = mathfns.exp_neg(d, acc, flush=False)  # a block's sum is 1 at least (bm's term)
+        e = mathfns.exp_neg(d, acc, flush=False, term=True)  # the block's sum is 1 at least
         return te.sum(t.Let(d, t.Select(x == m, t.const(0, acc), m - x), e), axis=k2)
 
     bs = te.compute((rows, blocks), term, name="lse_bs")
