@@ -250,7 +250,7 @@ def _lower(formula, red, out_cat, dtype, acc_dtype, row_block, variant, tile=0, 
     tasks = None
     if variant.ranged:
         tasks = (te.placeholder((sizes[2], 3), "int32", name="tasks"), te.var("B"))
-    if split or red.two_pass is None or not red.two_pass(formula):
+    if variant.ranged or tile or red.two_pass is None or not red.two_pass(formula):
         two_pass = 0
     space = Space(N, chunks, tasks, duplicates=split and not variant.ranged, two_pass=two_pass)
     rows = row_block if variant.ranged else Mb * row_block  # ranged: Mb is unused

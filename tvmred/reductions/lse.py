@@ -94,40 +94,52 @@ def _two_pass(te, root, rows, space: Space, red, dtype, acc) -> list:
     max (2-vCPU Xeon, 1e4 x 1e4 softmin, float32: 1.3-1.45x with AVX2 kernels, 1.15-1.2x with
     AVX-512).  Exact as the online loop for infinities and NaN: an F equal to its block's max
     (+-inf included) adds e^0 = 1, a NaN makes the sum NaN, and a block of -inf only has the
-    max -inf (the max's identity), so it leaves a running state unchanged."""
+    max -inf (the max's identity), so it leaves a running state unchanged.  Split-j: the same
+    in each chunk (every tensor's first index), its blocks past the chunk's j all -inf."""
     t = tirx()
     n, B = space.n, space.two_pass
-    blocks = (n + B - 1) // B
+    if space.chunks is None:
+        lead, size = (), n
+        first, count = (lambda: 0), (lambda: n)
+    else:  # chunk s: j = s C + jj for jj < min(C, n - s C), which may be <= 0
+        lead, size = space.chunks[:1], space.chunks[1]
+        first, count = (lambda s: s * size), (lambda s: t.min(size, n - s * size))
+    blocks = (size + B - 1) // B
 
-    def f(i, j):  # clamped reads past N (the stages' and inputs' rows end there)
-        v = root(i, t.min(j, n - 1))[0]
+    def f(*ij):  # clamped reads past N (the stages' and inputs' rows end there)
+        *s, i, j = ij
+        v = root(i, t.min(first(*s) + j, n - 1))[0]
         v = v.astype(acc) if acc != dtype else v
-        return t.Select(t.likely(j < n), v, inf(acc, -1.0))
+        return t.Select(t.likely(j < count(*s)), v, inf(acc, -1.0))
 
-    fb = te.compute((rows, blocks * B), f, name="lse_f")
+    fb = te.compute((*lead, rows, blocks * B), f, name="lse_f")
     big = te.comm_reducer(lambda a, b: t.max(a, b), lambda dt: inf(dt, -1.0), name="lse_max")
     k = te.reduce_axis((0, B), name="jm")
-    bm = te.compute((rows, blocks), lambda i, b: big(fb[i, b * B + k], axis=k), name="lse_bm")
+    bm = te.compute((*lead, rows, blocks),
+                    lambda *ib: big(fb[(*ib[:-1], ib[-1] * B + k)], axis=k), name="lse_bm")  # fmt: skip
     k2 = te.reduce_axis((0, B), name="js")
 
-    def term(i, b):
-        x, m = fb[i, b * B + k2], bm[i, b]
+    def term(*ib):
+        x, m = fb[(*ib[:-1], ib[-1] * B + k2)], bm[ib]
         d = t.Var("d", acc)  # bound: exp_neg reads its argument many times
         e = mathfns.exp_neg(d, acc, flush=False, term=True)  # the block's sum is 1 at least
         return te.sum(t.Let(d, t.Select(x == m, t.const(0, acc), m - x), e), axis=k2)
 
-    bs = te.compute((rows, blocks), term, name="lse_bs")
+    bs = te.compute((*lead, rows, blocks), term, name="lse_bs")
     jb = te.reduce_axis((0, blocks), name="j")
 
-    def state(i, u):
-        # a block of -inf: each F is its max, so each added 1 -- the j past N too (the last
-        # block's padding), which the online loop never saw: taken off (its raw state, as
-        # Max_SumShiftExp returns it, then counts the same terms)
-        pad = t.max((jb.var + 1) * B - n, 0).astype(acc)
-        s = t.Select(bm[i, jb] == inf(acc, -1.0), bs[i, jb] - pad, bs[i, jb])
-        return red((bm[i, jb], s), axis=jb)
+    def state(*iu):
+        # a block of -inf: each F is its max, so each added 1 -- the j past N too (padding),
+        # which the online loop never saw: taken off (its raw state, as Max_SumShiftExp
+        # returns it, then counts the same terms)
+        *s, i, _u = iu
+        valid = t.max(count(*s), 0)
+        pad = t.min(t.max((jb.var + 1) * B - valid, 0), B).astype(acc)
+        at = (*s, i, jb)
+        sb = t.Select(bm[at] == inf(acc, -1.0), bs[at] - pad, bs[at])
+        return red((bm[at], sb), axis=jb)
 
-    return list(te.compute((rows, 1), state, name="red"))
+    return list(te.compute((*lead, rows, 1), state, name="red"))
 
 
 def _lse_state(d: int, v: Variant, dt: str, acc: str) -> list:
@@ -144,7 +156,8 @@ def _lse_combine(states: list, v: Variant) -> list:
     x = xp_of(states)
     m, s = _ms(states)
     top = x.amax(m, 0)  # NaN propagates
-    scale = x.where(m == -math.inf, x.zeros(m.shape, x.dtype_name(m), m), x.fn("exp", m - top))
+    # e^(m - top), 1 where m is the top (+-inf included: inf - inf would be NaN), 0 for -inf
+    scale = x.where(m == top, 1.0, x.where(m == -math.inf, 0.0, x.fn("exp", m - top)))
     total = (s * scale).sum(0)
     return [top, *[total[:, k : k + 1] for k in range(total.shape[1])]]
 
