@@ -35,7 +35,8 @@ class ReductionShape:
     blocks per j-block come before it: ``lse_f`` (F of the block's j, ``(rows, blocks *
     two_pass)``, -inf past N), ``lse_bm`` (the block's max, a reduction over the block) and
     ``lse_bs`` (its sum of exp(F - max), a reduction over the block); the per-pair ``stages``
-    are read by ``lse_f`` at one j each.
+    are read by ``lse_f`` at one j each.  Split-j: the same within each chunk, every one of
+    these tensors indexed by the chunk first.
     """
 
     kind: str  # reduction kind tag: "sum", "select", "kselect", "lse"

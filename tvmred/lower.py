@@ -205,7 +205,7 @@ def lower(spec: KernelSpec, row_block: int, math="poly", tile=0, two_pass=0) -> 
     always split-j, arguments ``(Mb, N, S, Ct)`` with ``Ct * tile`` reduced rows per chunk,
     the reduced-index inputs padded by the caller to ``S * Ct * tile`` rows.  ``two_pass``:
     the template's j per block of a reduction's two-pass form (``RedDef.two_pass``), used
-    where the kernel reduces over all of j."""
+    by every kernel but the ranged and tiled ones."""
     with mathfns.mode(math):
         return _lower(spec.formula, spec.rdef, spec.out_cat, spec.dtype, spec.acc, row_block,
                       spec.variant, tile, two_pass)  # fmt: skip

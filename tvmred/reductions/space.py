@@ -28,8 +28,8 @@ class Space:
     #: at j = n - 1, and a max needs no mask (LogSumExp's: its masked select, copied into
     #: every weight column's update, made a 3-column kernel compile for 15 s instead of 0.2)
     duplicates: bool = False
-    #: > 0 (all of ``[0, n)`` only): a reducer with a two-pass form (``RedDef.two_pass``) runs
-    #: j in blocks of this many -- each block's max first, then its sum (ReductionShape.two_pass)
+    #: > 0 (not ranged): a reducer with a two-pass form (``RedDef.two_pass``) runs j -- each
+    #: chunk's, split-j -- in blocks of this many: a block's max, then its sum (ReductionShape)
     two_pass: int = 0
 
     def compute(self, te: Any, rows: Any, cols: int, body: Callable) -> Any:
