@@ -48,6 +48,13 @@ def vector_registers(target: dict) -> tuple[int, int]:
     return _registers(json.dumps(target, sort_keys=True))
 
 
+#: Storage scope of a row block's buffers (its copied inputs, accumulators, a two-pass
+#: LogSumExp's block of F).  TVM 0.27 lowers a "local" allocation on the CPU to a
+#: TVMBackendAllocWorkspace call (heap, once per row block) and a "global" one under 1 KiB to a
+#: stack alloca: LLVM keeps the latter in registers, but stores every update of the former
+#: (pointers it cannot prove distinct) -- ArgKMin K=10 with AVX2 kernels was 1.17-1.29x slower
+SCOPE = "global"
+
 #: Reduced-index values a pair reads from which a row block spans two vectors at least: each
 #: value is broadcast once per j for the whole block, and with one vector the loads bound the
 #: loop (KNN at D = 64 with AVX2 kernels: 1.2x faster with two vectors; at D = 3 one is best)
@@ -111,16 +118,16 @@ def cpu_rowblock(sch: s_tir.Schedule, shape: ReductionShape, target: dict) -> s_
     blocks = [sch.get_sblock(name) for name in (*shape.stages, *two[:1])] + [acc]
     for name, _dim in shape.row_inputs:
         reader = next(b for b in blocks if _reads(sch, b, name))
-        cache = sch.cache_read(reader, name, "local")
+        cache = sch.cache_read(reader, name, SCOPE)
         sch.compute_at(cache, io)
         sch.transform_layout(cache, ("write", 0), lambda *a: (*a[:-2], a[-1], a[-2]))
     # accumulators in registers, one SIMD vector per state column
-    accs = [sch.cache_write(red, k, "local") for k in range(shape.outputs)]
+    accs = [sch.cache_write(red, k, SCOPE) for k in range(shape.outputs)]
     for k, acc_k in enumerate(accs):
         sch.reverse_compute_at(acc_k, io)
         sch.transform_layout(red, ("write", k), lambda *a: (*a[:-2], a[-1], a[-2]))
     if shape.block:  # the partial sums too, and the total's update vectorised like them
-        sch.set_scope(acc, 0, "local")
+        sch.set_scope(acc, 0, SCOPE)
         sch.transform_layout(acc, ("write", 0), lambda *a: (*a[:-2], a[-1], a[-2]))
         loops = sch.get_loops(red)
         ti, *tu = loops[[sch.get_sref(x) for x in loops].index(sch.get_sref(jb)) + 1 :]
@@ -157,7 +164,7 @@ def _two_pass_at(sch: s_tir.Schedule, j: Any) -> Any:
         blk = sch.get_sblock(name)
         *_, rows, js = sch.get_loops(blk)
         sch.reorder(js, rows)
-        sch.set_scope(blk, 0, "local")
+        sch.set_scope(blk, 0, SCOPE)
     f = sch.get_sblock(_TWO_PASS[0])
     sch.transform_layout(f, ("write", 0), lambda *a: (*a[:-2], a[-1], a[-2]))
     return sch.get_loops(f)[-2]

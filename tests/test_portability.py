@@ -93,6 +93,16 @@ def test_avx2_kernels_run_here(case):
         torch.testing.assert_close(out.double(), want, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.parametrize("case", [GAUSS, KNN], ids=["gauss", "argkmin"])
+def test_a_row_blocks_buffers_are_not_heap_allocated(case):
+    """The row block's accumulators and its copy of the output-indexed inputs (a few hundred
+    bytes) are stack buffers that LLVM keeps in registers: no TVMBackendAllocWorkspace call
+    (with it, every update of a K-selection's state was stored through its pointers)."""
+    r = make_reduction(*case[:3], 1, "auto", case[3])
+    ex, _ = build.compile_reduction(r.spec("float32"), AVX2)
+    assert "TVMBackendAllocWorkspace" not in ex.mod.inspect_source("ll")
+
+
 @pytest.mark.parametrize(
     "target,isa",
     [
