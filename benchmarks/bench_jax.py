@@ -15,7 +15,7 @@ bridge into XLA.
     python benchmarks/bench_jax.py [--n 10000] [--iters 10] [--avx2] [--json PATH]
 
 ``--avx2``: both sides built for an AVX2 CPU on an AVX-512 machine -- tvmred's kernels
-(``TVMRED_LLVM_MCPU=haswell``) and XLA's (``XLA_FLAGS=--xla_cpu_max_isa=AVX2``), as on an
+(``TVMRED_LLVM_MCPU=haswell`` unless it names another AVX2 CPU, such as ``znver3``) and XLA's (``XLA_FLAGS=--xla_cpu_max_isa=AVX2``), as on an
 AVX2-only machine (the CI's Zen 3), where XLA has no AVX-512 either.
 
 ott-jax 0.6 calls ``jax.interpreters.batching.is_vmappable``, which jax 0.10 removed from that
@@ -35,7 +35,7 @@ from pathlib import Path
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 if "--avx2" in sys.argv:  # before jax starts its CPU backend, which reads XLA_FLAGS once
-    os.environ["TVMRED_LLVM_MCPU"] = "haswell"
+    os.environ.setdefault("TVMRED_LLVM_MCPU", "haswell")  # or another AVX2 CPU, e.g. znver3
     os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_cpu_max_isa=AVX2").strip()
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
