@@ -111,6 +111,11 @@ def text(node: Node) -> str:
 
 def evaluate(node: Node, values: dict[int, torch.Tensor]) -> torch.Tensor:
     """Dense evaluation on the (M, N) grid with each operation's torch reference."""
+    return evaluate_nodes(node, values)[id(node)].expand(M, N, node.dim)
+
+
+def evaluate_nodes(node: Node, values: dict[int, torch.Tensor]) -> dict[int, torch.Tensor]:
+    """Every node's values (node id -> tensor, broadcastable to the grid)."""
     out: dict[int, torch.Tensor] = {}
     dt = values[0].dtype
     for n in postorder(node):
@@ -125,7 +130,76 @@ def evaluate(node: Node, values: dict[int, torch.Tensor]) -> torch.Tensor:
             shape = torch.broadcast_shapes(*(a.shape[:-1] for a in args))
             args = [a.expand(*shape, a.shape[-1]) for a in args]
             out[id(n)] = REGISTRY[n.op].ref(*args, *n.params)
-    return out[id(node)].expand(M, N, node.dim)
+    return out
+
+
+#: Inputs for the sign analysis' test: both zeros, both infinities, tiny and huge values
+SPECIAL = [0.0, -0.0, math.inf, -math.inf, 1e-30, -1e-30, 3e20, -3e20, 0.5, -2.0]
+
+
+def check_signs(f: Node, seed: int) -> int:
+    """Each claim of ``ops.signs`` on each node of ``f``, against its values on the grid
+    (torch, float64) for inputs with signed zeros, infinities, tiny and huge values; returns
+    the number of claims."""
+    from tvmred.ops import signs
+
+    dims = {n.params[2]: n.dim for n in postorder(f) if n.is_var}
+    gen = torch.Generator().manual_seed(seed)
+    vals = {}
+    for k, shape in enumerate([(M, 1), (1, N), (1, 1)]):
+        shape = (*shape, dims.get(k, 1))
+        rand = 4 * torch.rand(*shape, generator=gen, dtype=torch.float64) - 2
+        pick = torch.randint(0, len(SPECIAL) + 2, shape, generator=gen)
+        special = torch.tensor(SPECIAL + [0.0, 0.0], dtype=torch.float64)[pick]
+        vals[k] = torch.where(pick < len(SPECIAL), special, rand)
+    with torch.no_grad():
+        values = evaluate_nodes(f, vals)
+    claimed = signs(f)
+    claims = 0
+    for n in postorder(f):
+        ge, le, plus = claimed[id(n)]
+        v = values[id(n)]
+        ok = v.isnan()
+        claims += ge + le + plus
+        where = f"seed {seed}: {text(n)} in {text(f)}"
+        assert not ge or bool(((v >= 0) | ok).all()), f"claimed >= 0: {where}"
+        assert not le or bool(((v <= 0) | ok).all()), f"claimed <= 0: {where}"
+        positive = torch.copysign(torch.ones_like(v), v) > 0
+        assert not plus or bool((positive | ok).all()), f"claimed no -0 or negatives: {where}"
+    return claims
+
+
+@pytest.mark.parametrize("start", range(0, 600, 100))
+def test_the_sign_analysis_holds_on_random_formulas(start):
+    """``ops.signs`` (which makes an Exp of a never-positive argument e^-y by
+    ``mathfns.exp_neg``) claims a node >= 0, <= 0 or free of -0 and negatives only where it
+    is: every node of random formulas over the whole registry."""
+    claims = 0
+    for seed in range(start, start + 100):
+        rng = random.Random(seed)
+        dims = [rng.randint(1, 3) for _ in range(3)]
+        f = tree(rng, rng.randint(1, 4), [var(k, dims[k], k) for k in range(3)])
+        claims += check_signs(f, seed)
+    assert claims > 100  # the formulas drawn do meet the rules
+
+
+@pytest.mark.parametrize(
+    "formula",
+    [
+        "Exp(-SqDist(x,y))",
+        "Exp(SqNorm2(x-y)*(-0.5))/Sqrt(SqDist(x,y))",
+        "Divide(Abs(y),ReLU(x))",  # ReLU(-0) is -0: x / it is -inf
+        "Inv(Sqrt(-Abs(x)))+Inv(ReLU(y))",  # sqrt(-0) is -0
+        "Divide(-SqDist(x,y),IntCst(-3))+Pow(x,2)/Pow(y,4)",
+        "Inv(Exp(-Abs(x)))*Square(x)-Abs(y)",
+        "Exp(-Sum(Abs(x)*Abs(y)))*Inv(Rsqrt(Abs(x)))",
+    ],
+)
+def test_the_sign_analysis_holds_on_signed_zeros(formula):
+    from tvmred.frontend import make_reduction
+
+    r = make_reduction(formula, ["x = Vi(2)", "y = Vj(2)"], "Sum", 1, "auto")
+    assert check_signs(r.formula, 0) > 0
 
 
 def case(seed: int) -> dict:

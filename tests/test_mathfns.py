@@ -203,3 +203,52 @@ def test_log_of_positive_normal_numbers(dtype):
         ulp[ref == 0] = np.finfo(dtype).tiny
         err = np.abs(got[ok].astype(np.longdouble) - ref) / ulp
         assert err.max() <= bound, (dtype, err.max(), x[ok][err.argmax()])
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize(
+    "formula,never_positive",
+    [
+        ("Exp(-SqDist(x,y))", True),  # a Gaussian kernel
+        ("Exp(SqNorm2(x-y)*(-0.5))", True),
+        ("Exp(-Sum(Abs(x-y))/IntCst(3))", True),  # a Laplacian one
+        ("Exp(Sum(x)-SqDist(x,y))", False),  # may be positive: e^x as ever
+    ],
+)
+def test_exp_of_a_never_positive_argument(formula, never_positive, dtype, monkeypatch):
+    """An Exp whose argument cannot be positive (ops.signs) is e^-y by mathfns.exp_neg (one
+    clamp, 2^n in one piece) -- values as torch's exp, distances of 0, beyond the flush
+    (e^-y below the smallest normal number is 0, as exp gives) and infinite included."""
+    from tvmred import build, mathfns
+    from tvmred.frontend import make_reduction
+    from tvmred.torch import Genred
+
+    aliases = ["x = Vi(3)", "y = Vj(3)"]
+    calls = []
+    real = mathfns.exp_neg
+    monkeypatch.setattr(mathfns, "exp_neg", lambda *a, **k: calls.append(a) or real(*a, **k))
+    r = make_reduction(formula, aliases, "Max", 1, "auto")
+    build.compile_reduction(r.spec(str(dtype).split(".")[1]), cpu_target())
+    assert bool(calls) == never_positive
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(40, 3, generator=g, dtype=torch.float64) * 3
+    y = torch.randn(50, 3, generator=g, dtype=torch.float64) * 3
+    x[1], x[2] = y[7], 1e3  # distance 0 (e^0), e^-1000 and less (flushed: 0)
+    x[3] = torch.inf if never_positive else 30.0  # e^-inf (e^x's: e^(inf - inf) is NaN)
+    x, y = x.to(dtype), y.to(dtype)
+    got = Genred(formula, aliases, reduction_op="Max", axis=1)(x, y).double()
+    x, y = x.double(), y.double()  # the reference from the same (rounded) inputs
+    a = x[:, None, :] - y[None]
+    if formula.startswith("Exp(Sum(x)"):
+        arg = x.sum(1)[:, None] - (a**2).sum(2)
+    elif "Abs" in formula:
+        arg = -a.abs().sum(2) / 3
+    else:
+        arg = -(a**2).sum(2) * (0.5 if "0.5" in formula else 1.0)
+    want, at = torch.exp(arg).max(1, keepdim=True)
+    # exp within 1 ulp, of an argument rounded in dtype: |arg| eps more (relative)
+    eps, tiny = torch.finfo(dtype).eps, torch.finfo(dtype).tiny  # below tiny: 0 (the flush)
+    bound = want * 4 * eps * (1 + arg.gather(1, at).abs().nan_to_num(0)) + tiny
+    assert ((got - want).abs() <= bound).all(), (got - want).abs().max()
+    assert got[2].item() == 0.0 and got[3].item() == want[3].item()
+    assert got[1].item() == 1.0 or not never_positive

@@ -33,7 +33,7 @@ from ._tvm import te as _te
 from ._tvm import tirx
 from .arrays import compute_dtype
 from .errors import FormulaError
-from .ops import REGISTRY
+from .ops import REGISTRY, node_te, nonpositive_exps
 from .reductions.core import KernelSpec, Space
 from .schedules.shape import ReductionShape
 from .tree import Node, postorder, var_cat, variables
@@ -347,6 +347,7 @@ def _build(
     rows, in_rows, lanes = rows
     stage: dict[int, list] = {}  # staged node -> its per-component tensors
     blocks_of: dict[int, list[str]] = {}
+    expneg = nonpositive_exps(formula)  # e^-y for these Exp nodes (ops.node_te)
 
     def exprs(root: Node, i, j, inside: bool = False) -> list:
         """The components of ``root`` at (i, j), reading the stages of staged nodes below it
@@ -358,7 +359,7 @@ def _build(
             elif n.is_var:
                 vals[id(n)] = leaf(n)(i, j)
             else:
-                vals[id(n)] = REGISTRY[n.op].te([vals[id(a)] for a in n.args], n.params, dtype)
+                vals[id(n)] = node_te(n, vals, dtype, expneg)
         return vals[id(root)]
 
     looped: dict[str, tuple] = {}  # the stage blocks of loop operations (tvmred.loops)
