@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import functools
 import time
-from typing import Any, Callable
+from typing import Any, Callable, Optional
 
 
 def min_time(
@@ -70,25 +71,61 @@ def machine() -> dict:
 def peak_flops(dtype_bits: int, cores: int) -> tuple[float, str]:
     """The CPU's peak floating-point rate for ``dtype_bits``-bit floats on ``cores`` cores,
     and how it was found: the target's SIMD width (LLVM's features, as the schedules see it)
-    x 2 FMA pipes x 2 flops per FMA x the clock now (``cpu MHz`` of /proc/cpuinfo, else 3 GHz).
-    Two FMA pipes is the count of every x86 core these benchmarks run on (Zen 3-5, Intel's
-    server cores); a core with one pipe would be at twice the share printed.  In a VM the
-    clock read is often the nominal one, below the boost clock the cores run at: the share
-    printed is then too high (a D=64 Gaussian read 97 % on a 2-vCPU Zen 5 at "2.60 GHz")."""
+    x 2 FMA pipes x 2 flops per FMA x the clock, measured (:func:`measured_clock`; else
+    ``cpu MHz`` of /proc/cpuinfo, else 3 GHz).  Two FMA pipes is the count of every x86 core
+    these benchmarks run on (Zen 3-5, Intel's server cores); a core with one pipe would be at
+    twice the share printed.  /proc/cpuinfo's clock is often the nominal one in a VM, below
+    the boost clock the cores run at (2.60 GHz read, 3.66 GHz measured on a Zen 4 guest): a
+    share from it was too high (a D=64 Gaussian read 97 % on a Zen 5)."""
     from pathlib import Path
 
     from tvmred.schedules.cpu import vector_registers
     from tvmred.targets import cpu_target
 
     bits = vector_registers(cpu_target())[1]
-    mhz = None
-    try:
-        mhzs = [float(line.split(":")[1]) for line in Path("/proc/cpuinfo").read_text().splitlines()
-                if line.startswith("cpu MHz")]  # fmt: skip
-        mhz = max(mhzs) if mhzs else None
-    except (OSError, ValueError):
-        pass
-    clock = (mhz or 3000.0) * 1e6
+    hz, source = measured_clock(), "measured"
+    if hz is None:
+        source = "/proc/cpuinfo"
+        try:
+            mhzs = [float(line.split(":")[1]) for line in Path("/proc/cpuinfo").read_text().splitlines()
+                    if line.startswith("cpu MHz")]  # fmt: skip
+            hz = max(mhzs) * 1e6 if mhzs else None
+        except (OSError, ValueError):
+            pass
+    clock = hz or 3e9
     peak = cores * (bits // dtype_bits) * 2 * 2 * clock
     how = f"{cores} cores x {bits // dtype_bits} lanes x 2 FMA x 2 flops x {clock / 1e9:.2f} GHz"
-    return peak, how
+    return peak, f"{how} ({source if hz else 'assumed'})"
+
+
+@functools.lru_cache(maxsize=None)
+def measured_clock() -> Optional[float]:
+    """The clock one core runs at, in Hz: a compiled loop whose every iteration is three
+    dependent one-cycle integer operations (shift, xor, add: one cycle each on every x86 and
+    Arm core), timed; None where it cannot be built.  One busy core may boost higher than
+    all cores together, so the share printed with it errs low."""
+    try:
+        import numpy as np
+        import tvm
+        from tvm.script import tirx as T
+
+        from tvmred.targets import cpu_target
+
+        @T.prim_func
+        def chain(out: T.Buffer((1,), "int64"), n: T.int64):
+            x = T.alloc_buffer((1,), "int64")
+            x[0] = T.int64(12345)
+            for _ in range(n):
+                x[0] = T.bitwise_xor(x[0], T.shift_right(x[0], T.int64(1))) + T.int64(1)
+            out[0] = x[0]
+
+        lib = tvm.tirx.build(tvm.IRModule({"main": chain}), target=tvm.target.Target(cpu_target()))
+        out = tvm.runtime.tensor(np.zeros(1, "int64"))
+        n, best = 10**8, float("inf")
+        for _ in range(5):
+            t0 = time.perf_counter()
+            lib["main"](out, n)
+            best = min(best, time.perf_counter() - t0)
+        return 3 * n / best
+    except Exception:  # noqa: BLE001 -- a benchmark's annotation, never its failure
+        return None

@@ -12,6 +12,7 @@ from tvmred import build
 from tvmred.frontend import make_reduction
 from tvmred.launch import kernel_args
 from tvmred.schedules.cpu import cpu_row_block, vector_registers
+from tvmred.targets import cpu_target
 
 AVX512 = {"kind": "llvm", "mcpu": "znver5"}
 AVX2 = {"kind": "llvm", "mcpu": "haswell"}
@@ -139,3 +140,19 @@ def test_a_division_by_a_parameter_is_a_multiply():
     d2 = ((x.double()[:, None] - y.double()[None]) ** 2).sum(-1)
     want = torch.logsumexp((f.double().T - d2) / 0.01, 1, keepdim=True)
     torch.testing.assert_close(got.double(), want, rtol=1e-6, atol=0)
+
+
+def test_the_benchmarks_clock_is_measured():
+    """bench_suite's share of peak divides by a clock it measures (a chain of dependent
+    one-cycle integer operations), not /proc/cpuinfo's, often the nominal one in a VM."""
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    import timing
+
+    hz = timing.measured_clock()
+    assert hz is not None and 2e8 < hz < 1e10  # any CPU of the last twenty years
+    peak, how = timing.peak_flops(32, 2)
+    assert how.endswith("(measured)") and f"{hz / 1e9:.2f} GHz" in how
+    bits = vector_registers(cpu_target())[1]
+    assert peak == pytest.approx(2 * bits // 32 * 2 * 2 * hz)
