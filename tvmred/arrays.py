@@ -116,6 +116,22 @@ class Torch:
         return a.clone()
 
     @staticmethod
+    def host(a: Any) -> Any:
+        """A numpy view of CPU tensor ``a``'s values (half types: a float32 copy)."""
+        a = a.detach()
+        return (a.float() if Torch.dtype_name(a) in HALF else a).numpy()
+
+    @staticmethod
+    def take_rows(a: Any, idx: Any) -> Any:
+        """``a[idx]`` for a numpy int64 vector ``idx`` (a new contiguous tensor).  On the CPU
+        by numpy, in this thread: right after a kernel, TVM's pool threads still spin a while
+        and torch's own threads would wait for the cores."""
+        torch = Torch.lib()
+        if a.is_cuda or Torch.dtype_name(a) == "bfloat16":  # numpy has no bfloat16
+            return a.index_select(0, torch.from_numpy(idx).to(a.device))
+        return torch.from_numpy(Numpy.lib().take(a.detach().numpy(), idx, axis=0))
+
+    @staticmethod
     def data_ptr(a: Any) -> int:
         return a.data_ptr()
 
@@ -211,6 +227,17 @@ class Numpy:
     def copy(a: Any) -> Any:
         out = Numpy.empty(a.shape, a.dtype.name, a)
         out[...] = a
+        return out
+
+    @staticmethod
+    def host(a: Any) -> Any:
+        return a
+
+    @staticmethod
+    def take_rows(a: Any, idx: Any) -> Any:
+        """``a[idx]`` for an int64 vector ``idx``, in a new aligned array."""
+        out = Numpy.empty((len(idx), *a.shape[1:]), a.dtype.name, a)
+        Numpy.lib().take(a, idx, axis=0, out=out)
         return out
 
     @staticmethod

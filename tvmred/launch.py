@@ -9,7 +9,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Sequence
 
-from . import build, cabi, schedules
+from . import build, cabi, locality, schedules
 from .arrays import ALIGN, is_array, xp
 from .build import DTYPES, get_kernel
 from .reductions import Reduction
@@ -106,10 +106,44 @@ def run_states(r: Reduction, args: Sequence[Any]):
         like = _like(args, dev)
         zero = xp(like).zeros((n_out, r.formula.dim), dtype, like)
         return zero, [zero]
+    perm = curve_order(r, args, dev, n_out, n_red)
+    if perm is not None:  # rows near each other in the same blocks; the outputs put back
+        x = xp(args[0])
+        args = [
+            x.take_rows(a, perm) if v.params[2] == r.out_cat else a for a, v in zip(args, r.args)
+        ]
     parts = [call_kernel(part, args, dtype, dev, n_out, n_red) for part in column_chunks(r, dtype)]
     state = parts[0] if len(parts) == 1 else r.rdef.join_states(parts)
+    if perm is not None:
+        state = _unpermuted(state, locality.inverse(perm), x)
     variant = r.resolve(dtype)[1]
     return r.rdef.finalize(state, variant, dtype), state
+
+
+def curve_order(r: Reduction, args: Sequence[Any], dev: Any, n_out: int, n_red: int):
+    """The order of the output rows along a space-filling curve where the device's template
+    asks for one (:mod:`tvmred.locality`), else None."""
+    out = [a for a, v in zip(args, r.args) if v.params[2] == r.out_cat]
+    dims = sum(v.params[1] for v in r.args if v.params[2] == r.out_cat)
+    if not out or not schedules.for_device(dev.type).local_rows(r.red, dims, n_out, n_red):
+        return None
+    return locality.curve_order([xp(a).host(a) for a in out])
+
+
+def _unpermuted(state: list, inv: Any, x: Any) -> list:
+    """The state buffers (rows, cols) with their rows taken at ``inv``: one gather per dtype
+    (a K-min has 2 K buffers of one column), the buffers column views of its result."""
+    out: list = list(state)
+    groups: dict = {}
+    for k, s in enumerate(state):
+        groups.setdefault(x.dtype_name(s), []).append(k)
+    for ks in groups.values():
+        both = x.take_rows(x.cat([state[k] for k in ks], 1), inv)
+        col = 0
+        for k in ks:
+            out[k] = both[:, col : col + state[k].shape[1]]
+            col += state[k].shape[1]
+    return out
 
 
 def _like(args: Sequence[Any], dev: Any) -> Any:
