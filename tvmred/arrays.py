@@ -129,7 +129,9 @@ class Torch:
         torch = Torch.lib()
         if a.is_cuda or Torch.dtype_name(a) == "bfloat16":  # numpy has no bfloat16
             return a.index_select(0, torch.from_numpy(idx).to(a.device))
-        return torch.from_numpy(Numpy.lib().take(a.detach().numpy(), idx, axis=0))
+        out = torch.empty((len(idx), *a.shape[1:]), dtype=a.dtype)  # 64-byte aligned
+        Numpy.lib().take(a.detach().numpy(), idx, axis=0, out=out.numpy())
+        return out
 
     @staticmethod
     def data_ptr(a: Any) -> int:
