@@ -190,6 +190,27 @@ def test_grad_and_diff_inside_formulas():
     assert rel(d, jvp) < 1e-13
 
 
+def test_forward_mode_ad_with_dual_tensors():
+    """torch.autograd.forward_ad's dual tensors do not require grad: the call still goes
+    through the autograd Function (its jvp), not the no-grad fast path."""
+    import torch.autograd.forward_ad as fwAD
+
+    x, y = torch.rand(30, 3, dtype=torch.float64), torch.rand(40, 3, dtype=torch.float64)
+    b, t = torch.rand(40, 1, dtype=torch.float64), torch.rand(30, 3, dtype=torch.float64)
+    f = Genred("Exp(-SqDist(x,y))*b", ["x = Vi(3)", "y = Vj(3)", "b = Vj(1)"], axis=1)
+
+    def dense(xx):
+        return torch.exp(-((xx[:, None] - y[None]) ** 2).sum(-1)) @ b
+
+    want, want_t = torch.func.jvp(dense, (x,), (t,))
+    with fwAD.dual_level():
+        out = f(fwAD.make_dual(x, t), y, b)
+        got, got_t = fwAD.unpack_dual(out)
+    assert rel(got, want) < 1e-13 and got_t is not None and rel(got_t, want_t) < 1e-13
+    plain = f(x, y, b)  # no grad anywhere: the kernel alone, the same values
+    assert rel(plain, want) < 1e-13 and plain.grad_fn is None
+
+
 # ------------------------------------------------------------------------- bad inputs
 
 

@@ -123,11 +123,14 @@ def run_states(r: Reduction, args: Sequence[Any]):
 def curve_order(r: Reduction, args: Sequence[Any], dev: Any, n_out: int, n_red: int):
     """The order of the output rows along a space-filling curve where the device's template
     asks for one (:mod:`tvmred.locality`), else None."""
-    out = [a for a, v in zip(args, r.args) if v.params[2] == r.out_cat]
-    dims = sum(v.params[1] for v in r.args if v.params[2] == r.out_cat)
-    if not out or not schedules.for_device(dev.type).local_rows(r.red, dims, n_out, n_red):
+    hit = r.memo.get("curve")
+    if hit is None:  # the output-indexed arguments, their values per row
+        pos = [k for k, v in enumerate(r.args) if v.params[2] == r.out_cat]
+        hit = r.memo["curve"] = (pos, sum(r.args[k].params[1] for k in pos))
+    pos, dims = hit
+    if not pos or not schedules.for_device(dev.type).local_rows(r.red, dims, n_out, n_red):
         return None
-    return locality.curve_order([xp(a).host(a) for a in out])
+    return locality.curve_order([xp(args[k]).host(args[k]) for k in pos])
 
 
 def _unpermuted(state: list, inv: Any, x: Any) -> list:
