@@ -165,14 +165,44 @@ def test_no_server_and_one_starting_means_compile_here_without_a_second(tmp_path
     monkeypatch.setenv("TVMRED_COMPILE_SERVER", "1")
     tmp_path.chmod(0o700)
     path = compile_client.socket_path(tmp_path, "me")
-    spawned = []
+    later, spawned = [], []
+    monkeypatch.setattr(compile_client, "_start_later", lambda *a: later.append(a))
     monkeypatch.setattr(compile_client, "_spawn", lambda *a: spawned.append(a))
     with open(f"{path}.lock", "a") as lock:  # a server is starting (it holds the lock)
         fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
         assert compile_client.request({"key": "k"}, "me") is False
+        assert later == []
+        compile_client._start_if_none(path)  # at exit: one is starting, no second
         assert spawned == []
-    assert compile_client.request({"key": "k"}, "me") is False  # nobody: start one
-    assert len(spawned) == 1
+    assert compile_client.request({"key": "k"}, "me") is False  # nobody: one at exit
+    assert later == [(path,)] and spawned == []  # not while this process runs
+    compile_client._start_if_none(path)
+    assert spawned == [(path, tmp_path)]
+
+
+def test_the_server_starts_when_the_process_exits(tmp_path):
+    """A process that compiled itself starts the server as it exits, not while it runs (the
+    server's TVM import would compete with its kernels for the cores)."""
+    cache = tmp_path / "c"
+    code = (
+        "import time, json, sys\n"
+        "from tvmred.torch import Genred\n"
+        "import torch\n"
+        "Genred('SqDist(x,y)', ['x = Vi(2)', 'y = Vj(2)'], axis=1)(torch.rand(4, 2), torch.rand(5, 2))\n"
+        "time.sleep(1.5)\n"
+        "from pathlib import Path\n"
+        "from tvmred.compile_client import _starting\n"
+        f"d = Path({str(cache)!r})\n"
+        "print(json.dumps([p.name for p in d.glob('server-*.sock')]\n"
+        "                 + [p.name for p in d.glob('*.lock') if _starting(Path(str(p)[:-5]))]))\n"
+    )
+    env = {**os.environ, "TVMRED_CACHE_DIR": str(cache), "TVMRED_COMPILE_SERVER": "1",
+           "TVMRED_COMPILE_SERVER_IDLE": "5"}  # fmt: skip
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout.strip().splitlines()[-1]) == []  # none, nor starting, then
+    assert wait_for(lambda: sockets(cache)), (cache / "server.log").read_text()
+    assert wait_for(lambda: not sockets(cache), 60)  # idle: it exits
 
 
 def test_an_untrusted_cache_dir_gets_no_server(tmp_path, monkeypatch):
