@@ -174,7 +174,7 @@ def test_ranges_in_one_launch_every_reduction(red, kw, formula, axis):
     x.requires_grad_()
     y.requires_grad_()
     out = g(x, y, b, ranges=ranges)
-    assert ("kernel", "float64", x.device, "ranged") in g.reduction.memo  # the ranged kernel
+    assert ("kernel", "float64", x.device, "ranged", ()) in g.reduction.memo  # the ranged kernel
     xr, yr = x.detach().clone().requires_grad_(), y.detach().clone().requires_grad_()
     ref = masked_reference(red, kw, xr, yr, b, mask, axis)
     has = (mask.any(1) if axis == 1 else mask.any(0)).nonzero().flatten()

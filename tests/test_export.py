@@ -33,6 +33,15 @@ SPEC = {
             "dtypes": ["float64"],
             "gradients": "all",
         },
+        {  # called with g >= 0: the library has only the general kernel (launch.nonneg_params)
+            "name": "gauss",
+            "formula": "Exp(-g*SqDist(x,y))*b",
+            "aliases": ["x = Vi(3)", "y = Vj(3)", "b = Vj(1)", "g = Pm(1)"],
+            "reduction_op": "Sum",
+            "axis": 1,
+            "dtypes": ["float32"],
+            "gradients": [],
+        },
     ],
 }
 
@@ -60,6 +69,10 @@ out["nn_ok"] = bool(torch.equal(i[:, 0], d2.argmin(1)))
 out["nn_grad_err"] = (gx - gxr).abs().max().item()
 vn, in_ = lib.numpy("nn")(xs.detach().numpy(), ys.numpy())
 out["numpy_ok"] = bool((in_[:, 0] == d2.argmin(1).numpy()).all())
+g = torch.tensor([0.7])
+cg = lib["gauss"](x, y.detach(), a, g)
+cgr = torch.exp(-g.double() * ((x.double()[:, None] - y.detach().double()[None]) ** 2).sum(2)) @ a.double()
+out["gauss_err"] = ((cg - cgr).abs().max() / cgr.abs().max()).item()
 for name, call in [("dtype", lambda: lib["ref"](x.double(), y.double(), a.double(), p.double())),
                    ("gradient", lambda: torch.autograd.grad(lib["ref"](x.requires_grad_(), y, a, p).sum(), x))]:
     try:
@@ -86,8 +99,9 @@ def test_manifest_lists_every_kernel(exported):
     kinds = {(k["device"], k["dtype"], k["red"]) for k in man["kernels"].values()}
     assert ("cpu", "float32", "Sum") in kinds and ("cuda", "float32", "Sum") in kinds
     assert ("cpu", "float64", "Min_ArgMin") in kinds and ("cuda", "float64", "Min_ArgMin") in kinds
-    # ref: forward + gradient w.r.t. y; nn: forward + one gathered gradient per argument
-    assert sum(k["device"] == "cpu" for k in man["kernels"].values()) == 2 + 3
+    # ref: forward + gradient w.r.t. y; nn: forward + one gathered gradient per argument;
+    # gauss: forward
+    assert sum(k["device"] == "cpu" for k in man["kernels"].values()) == 2 + 3 + 1
     for k in man["kernels"].values():
         data = (path / k["file"]).read_bytes()
         assert hashlib.sha256(data).hexdigest() == k["sha256"] and b"main" in data
@@ -110,8 +124,8 @@ def test_load_with_the_runtime_only(exported):
     assert r.returncode == 0, r.stderr
     out = json.loads(r.stdout.strip().splitlines()[-1])
     assert out["compiler"] is False and out["compiler_loaded"] is False
-    assert out["names"] == ["nn", "ref"]
-    assert out["err"] < 1e-5 and out["gerr"] < 1e-5
+    assert out["names"] == ["gauss", "nn", "ref"]
+    assert out["err"] < 1e-5 and out["gerr"] < 1e-5 and out["gauss_err"] < 1e-5
     assert out["nn_ok"] and out["numpy_ok"] and out["nn_grad_err"] < 1e-12
     assert "no exported kernel" in out["dtype"] and "float64" in out["dtype"]
     assert "no exported kernel" in out["gradient"] and "= x" in out["gradient"]

@@ -137,10 +137,11 @@ def evaluate_nodes(node: Node, values: dict[int, torch.Tensor]) -> dict[int, tor
 SPECIAL = [0.0, -0.0, math.inf, -math.inf, 1e-30, -1e-30, 3e20, -3e20, 0.5, -2.0]
 
 
-def check_signs(f: Node, seed: int) -> int:
+def check_signs(f: Node, seed: int, nonneg: bool = False) -> int:
     """Each claim of ``ops.signs`` on each node of ``f``, against its values on the grid
     (torch, float64) for inputs with signed zeros, infinities, tiny and huge values; returns
-    the number of claims."""
+    the number of claims.  ``nonneg``: the parameter's values are all +0 or more, and the
+    analysis is told so (as a CPU call does when it finds them so)."""
     from tvmred.ops import signs
 
     dims = {n.params[2]: n.dim for n in postorder(f) if n.is_var}
@@ -152,9 +153,12 @@ def check_signs(f: Node, seed: int) -> int:
         pick = torch.randint(0, len(SPECIAL) + 2, shape, generator=gen)
         special = torch.tensor(SPECIAL + [0.0, 0.0], dtype=torch.float64)[pick]
         vals[k] = torch.where(pick < len(SPECIAL), special, rand)
+    if nonneg:
+        vals[2] = vals[2].abs()  # +0, +inf, tiny, huge and random values, no -0
     with torch.no_grad():
         values = evaluate_nodes(f, vals)
-    claimed = signs(f)
+    pms = frozenset(n.params[0] for n in postorder(f) if n.is_var and n.params[2] == 2)
+    claimed = signs(f, pms if nonneg else frozenset())
     claims = 0
     for n in postorder(f):
         ge, le, plus = claimed[id(n)]
@@ -169,17 +173,19 @@ def check_signs(f: Node, seed: int) -> int:
     return claims
 
 
+@pytest.mark.parametrize("nonneg", [False, True])
 @pytest.mark.parametrize("start", range(0, 600, 100))
-def test_the_sign_analysis_holds_on_random_formulas(start):
+def test_the_sign_analysis_holds_on_random_formulas(start, nonneg):
     """``ops.signs`` (which makes an Exp of a never-positive argument e^-y by
     ``mathfns.exp_neg``) claims a node >= 0, <= 0 or free of -0 and negatives only where it
-    is: every node of random formulas over the whole registry."""
+    is: every node of random formulas over the whole registry -- also told that the
+    parameter is +0 or more (and it is)."""
     claims = 0
     for seed in range(start, start + 100):
         rng = random.Random(seed)
         dims = [rng.randint(1, 3) for _ in range(3)]
         f = tree(rng, rng.randint(1, 4), [var(k, dims[k], k) for k in range(3)])
-        claims += check_signs(f, seed)
+        claims += check_signs(f, seed, nonneg)
     assert claims > 100  # the formulas drawn do meet the rules
 
 
@@ -200,6 +206,24 @@ def test_the_sign_analysis_holds_on_signed_zeros(formula):
 
     r = make_reduction(formula, ["x = Vi(2)", "y = Vj(2)"], "Sum", 1, "auto")
     assert check_signs(r.formula, 0) > 0
+
+
+@pytest.mark.parametrize(
+    "formula",
+    [
+        "Exp(-p*SqDist(x,y))",
+        "Exp(-SqDist(x,y)/p)+Inv(p)",  # 1 / +0 is +inf
+        "Exp(p*(-Abs(x-y)))*Sqrt(p)-Log(p)",
+        "Exp(-Sqrt(p)*SqDist(x,y))+Divide(x,Exp(p))",
+    ],
+)
+def test_the_sign_analysis_holds_for_nonnegative_parameters(formula):
+    from tvmred.frontend import make_reduction
+    from tvmred.ops import nonpositive_exps
+
+    r = make_reduction(formula, ["x = Vi(2)", "y = Vj(2)", "p = Pm(2)"], "Sum", 1, "auto")
+    assert check_signs(r.formula, 0, nonneg=True) > 0
+    assert nonpositive_exps(r.formula, frozenset({2})) != nonpositive_exps(r.formula)
 
 
 def case(seed: int) -> dict:

@@ -1,5 +1,7 @@
 """The SIMD exp and log (tvmred.mathfns) against numpy's, in ulps, and their special values."""
 
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -252,3 +254,51 @@ def test_exp_of_a_never_positive_argument(formula, never_positive, dtype, monkey
     assert ((got - want).abs() <= bound).all(), (got - want).abs().max()
     assert got[2].item() == 0.0 and got[3].item() == want[3].item()
     assert got[1].item() == 1.0 or not never_positive
+
+
+@pytest.mark.parametrize("g", [0.5, 0.0, 1e30, math.inf, -0.0, -0.5, math.nan])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_exp_of_minus_a_nonnegative_parameter_times_a_distance(g, dtype):
+    """Exp(-g*SqDist(x,y)) with a parameter g: a CPU call that finds g +0 or more takes the
+    kernel that computes it as e^-y (launch.nonneg_params); -0, negatives and NaN the general
+    one.  Values as torch's, distances of 0 and flushed results included."""
+    from tvmred import launch
+    from tvmred.torch import Genred
+
+    f = Genred(
+        "Exp(-g*SqDist(x,y))*b", ["x = Vi(3)", "y = Vj(3)", "b = Vj(1)", "g = Pm(1)"], axis=1
+    )
+    gen = torch.Generator().manual_seed(1)
+    x = torch.randn(40, 3, generator=gen, dtype=torch.float64)
+    y = torch.randn(50, 3, generator=gen, dtype=torch.float64)
+    b = torch.rand(50, 1, generator=gen, dtype=torch.float64)
+    x[1] = y[7]  # a distance of 0: e^-(g * 0)
+    args = [t.to(dtype) for t in (x, y, b, torch.tensor([g], dtype=torch.float64))]
+    fast = g >= 0 and math.copysign(1.0, g) > 0
+    assert launch.nonneg_params(f.reduction, args, args[0].device) == ((3,) if fast else ())
+    got = f(*args).double()
+    x, y, b, gt = (t.double() for t in args)
+    arg = -gt * ((x[:, None] - y[None]) ** 2).sum(2)
+    want = torch.exp(arg) @ b
+    # each term within a few ulps of e^arg for an argument rounded in dtype (|arg| eps more)
+    eps = torch.finfo(dtype).eps
+    bound = 8 * eps * ((torch.exp(arg) * (1 + arg.abs())).nan_to_num(0) @ b)
+    ok = (got - want).abs() <= bound + torch.finfo(dtype).tiny
+    assert bool((ok | (got.isnan() & want.isnan())).all()), (got - want).abs().max()
+
+
+def test_a_nonnegative_parameter_kernel_uses_exp_neg(monkeypatch):
+    """The kernel variant for a parameter known +0 or more computes its Exp as e^-y; the
+    general kernel does not (g's sign unknown)."""
+    from tvmred import build, mathfns
+    from tvmred.frontend import make_reduction
+
+    calls = []
+    real = mathfns.exp_neg
+    monkeypatch.setattr(mathfns, "exp_neg", lambda *a, **k: calls.append(a) or real(*a, **k))
+    al = ["x = Vi(3)", "y = Vj(3)", "g = Pm(1)"]
+    r = make_reduction("Exp(-g*SqDist(x,y))", al, "Sum", 1, "auto")
+    build.compile_reduction(r.spec("float32"), cpu_target())
+    assert calls == []
+    build.compile_reduction(r.spec("float32", nonneg=(2,)), cpu_target())
+    assert calls

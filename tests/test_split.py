@@ -103,7 +103,7 @@ def test_a_small_m_call_splits_by_default(monkeypatch):
         torch.rand(20_000, 2, dtype=torch.float64),
     )
     c = g(x, y, b)
-    assert ("kernel", "float64", x.device, True) in g.reduction.memo  # the split kernel ran
+    assert ("kernel", "float64", x.device, True, ()) in g.reduction.memo  # the split kernel ran
     torch.testing.assert_close(c, torch.exp(-(torch.cdist(x, y) ** 2)) @ b)
 
 

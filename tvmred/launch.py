@@ -10,9 +10,11 @@ import dataclasses
 from typing import Any, Sequence
 
 from . import build, cabi, locality, schedules
-from .arrays import ALIGN, is_array, xp
+from .arrays import ALIGN, Numpy, is_array, xp
 from .build import DTYPES, get_kernel
+from .ops import nonpositive_exps
 from .reductions import Reduction
+from .tree import variables
 
 _ARRAY_CLASSES: set = set()  # classes is_array accepted
 
@@ -163,12 +165,14 @@ def call_kernel(r: Reduction, args, dtype: str, dev: Any, n_out: int, n_red: int
     blocks would leave the device's cores idle (the target's ``chunks`` rule) -- the split-j
     kernel's partial states of S chunks of the reduced index, merged by the reduction's
     ``combine``.  A tiled kernel takes the chunks itself (its signature is split-j's)."""
-    k, variant = kernel_of(r, dtype, dev)
+    nonneg = nonneg_params(r, args, dev)
+    k, variant = kernel_of(r, dtype, dev, nonneg=nonneg)
     mb = -(-n_out // k.row_block)
     chunks = schedules.for_device(dev.type).chunks(mb, n_red, dev) if mb else 1
     if chunks > 1 and not k.tile:
         try:  # rows for half a block or less: narrower blocks waste less
-            k, variant = kernel_of(r, dtype, dev, split=True, narrow=n_out * 2 <= k.row_block)
+            narrow = n_out * 2 <= k.row_block
+            k, variant = kernel_of(r, dtype, dev, split=True, narrow=narrow, nonneg=nonneg)
         except LookupError:  # an exported library without the split kernel
             chunks = 1
     state = launch(r, k, args, n_out, n_red, chunks, dev)
@@ -177,6 +181,32 @@ def call_kernel(r: Reduction, args, dtype: str, dev: Any, n_out: int, n_red: int
     if k.tile:
         return [s[0, :n_out] for s in state]
     return [s[:n_out] for s in state]
+
+
+def nonneg_params(r: Reduction, args: Sequence[Any], dev: Any) -> tuple:
+    """The positions of the parameters whose values are all +0 or more in this call, where
+    knowing it lets an Exp be computed as e^-y (``Exp(-g*SqDist(x,y))``: ops.signs), else
+    (). CPU arrays only: on a GPU, reading the values would wait for the device."""
+    cands = r.memo.get("nonneg")
+    if cands is None:  # the parameters, if assuming them all >= +0 changes an Exp at all
+        pms = frozenset(v.params[0] for v in variables(r.formula) if v.params[2] == 2)
+        base = nonpositive_exps(r.formula)
+        cands = tuple(sorted(pms)) if pms and nonpositive_exps(r.formula, pms) != base else ()
+        r.memo["nonneg"] = cands
+    if not cands or dev.type != "cpu":
+        return ()
+    found = tuple(p for p in cands if _nonneg(args[p]))
+    key = ("nonneg", found)
+    if key not in r.memo:  # only those that change an Exp (e.g. both of -g*h*SqDist(x,y))
+        use = nonpositive_exps(r.formula, frozenset(found)) != nonpositive_exps(r.formula)
+        r.memo[key] = found if use else ()
+    return r.memo[key]
+
+
+def _nonneg(a: Any) -> bool:
+    """Every value of CPU array ``a`` is +0 or more (no NaN, no -0)."""
+    np, h = Numpy.lib(), xp(a).host(a)
+    return bool(np.all(h >= 0)) and not np.signbit(h).any()
 
 
 def launch(
@@ -248,19 +278,23 @@ def kernel_of(
     split: bool = False,
     ranged: bool = False,
     narrow: bool = False,
+    nonneg: tuple = (),
 ) -> tuple[Any, Any]:
     """(compiled kernel, its variant) of ``r`` for this dtype and device (``split``: the
-    split-j kernel, ``narrow``: with narrower row blocks; ``ranged``: the block-sparse one),
-    memoised on ``r`` so a call costs no key computation (the caches behind get_kernel are
-    keyed by text)."""
-    key = ("kernel", dtype, dev, "ranged" if ranged else "narrow" if narrow else split)
+    split-j kernel, ``narrow``: with narrower row blocks; ``ranged``: the block-sparse one;
+    ``nonneg``: for parameters at these positions >= +0), memoised on ``r`` so a call costs
+    no key computation (the caches behind get_kernel are keyed by text)."""
+    key = ("kernel", dtype, dev, "ranged" if ranged else "narrow" if narrow else split, nonneg)
     hit = r.memo.get(key)
     if hit is not None and hit[0] == build.generation:
         return hit[1], hit[2]
-    spec = r.spec(dtype, split, ranged, narrow)
+    spec = r.spec(dtype, split, ranged, narrow, nonneg)
     try:
         kernel = get_kernel(spec, dev)
     except LookupError as e:  # KernelNotExported: say which variables the Var(...) are
+        if nonneg:  # an exported library without this variant: its general kernel
+            r.memo[key] = (build.generation, *kernel_of(r, dtype, dev, split, ranged, narrow))
+            return r.memo[key][1], r.memo[key][2]
         legend = ", ".join(f"{v} = {n}" for v, n in zip(r.args, r.names))
         raise type(e)(f"{e} [{legend}]") from None
     r.memo[key] = (build.generation, kernel, spec.variant)

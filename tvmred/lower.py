@@ -347,7 +347,7 @@ def _build(
     rows, in_rows, lanes = rows
     stage: dict[int, list] = {}  # staged node -> its per-component tensors
     blocks_of: dict[int, list[str]] = {}
-    expneg = nonpositive_exps(formula)  # e^-y for these Exp nodes (ops.node_te)
+    expneg = nonpositive_exps(formula, frozenset(variant.nonneg))  # e^-y: ops.node_te
 
     def exprs(root: Node, i, j, inside: bool = False) -> list:
         """The components of ``root`` at (i, j), reading the stages of staged nodes below it

@@ -1715,10 +1715,14 @@ _SAME_SIGN = {"Sum", "Max", "Min", "Elem", "Extract", "SumT", "ElemT", "ExtractT
 _SAME_SIGN |= {"Add", "Sqrt"}
 
 
-def _sign(n: Node, s: dict) -> tuple[bool, bool, bool]:
+def _sign(n: Node, s: dict, nonneg: frozenset = frozenset()) -> tuple[bool, bool, bool]:
     """(every value >= 0, every value <= 0, every value's sign bit clear) -- NaN aside --
-    from the arguments' (``s``).  The third is what a divisor needs: x / -0 is -inf."""
+    from the arguments' (``s``); a parameter whose position is in ``nonneg`` is known to be
+    +0 or more.  The third is what a divisor needs: x / -0 is -inf."""
     a = [s[id(x)] for x in n.args]
+    if n.is_var:
+        pos, _, cat = n.params
+        return (True, False, True) if cat == 2 and pos in nonneg else (False, False, False)
     if n.op == "Zero":
         return True, True, True
     if n.op in ("IntCst", "Cst"):
@@ -1751,19 +1755,21 @@ def _sign(n: Node, s: dict) -> tuple[bool, bool, bool]:
     return False, False, False
 
 
-def signs(root: Node) -> dict[int, tuple[bool, bool, bool]]:
+def signs(root: Node, nonneg: frozenset = frozenset()) -> dict[int, tuple[bool, bool, bool]]:
     """Node id -> (every value >= 0, every value <= 0, no value -0 or below) -- NaN aside --
-    for each node of ``root``, from the operations alone (a variable: nothing known)."""
+    for each node of ``root``, from the operations alone (a variable: nothing known, but for
+    the parameters at the positions ``nonneg``, +0 or more: checked by the caller)."""
     s: dict[int, tuple[bool, bool, bool]] = {}
     for n in postorder(root):
-        s[id(n)] = _sign(n, s)
+        s[id(n)] = _sign(n, s, nonneg)
     return s
 
 
-def nonpositive_exps(root: Node) -> frozenset[int]:
+def nonpositive_exps(root: Node, nonneg: frozenset = frozenset()) -> frozenset[int]:
     """The ``id`` of each Exp node of ``root`` whose argument is never positive (NaN aside):
-    -SqDist(x,y), -Abs(x), SqNorm2(x) * -0.5 ... (:func:`node_te` computes those as e^-y)."""
-    s = signs(root)
+    -SqDist(x,y), -Abs(x), SqNorm2(x) * -0.5, and -g * SqDist(x,y) where ``nonneg`` has g's
+    position (:func:`node_te` computes those as e^-y)."""
+    s = signs(root, nonneg)
     return frozenset(id(n) for n in postorder(root) if n.op == "Exp" and s[id(n.args[0])][1])
 
 

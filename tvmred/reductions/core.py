@@ -50,9 +50,11 @@ class Variant:
     split: bool = False
     ranged: bool = False
     narrow: bool = False  # split-j with the template's narrower row block (few output rows)
+    nonneg: tuple = ()  # positions of parameters whose values are all >= +0 (checked at the
+    # call): an Exp of a never-positive argument under that assumption is e^-y (ops.signs)
 
     def key(self) -> dict:
-        return {n: v for n, v in dataclasses.asdict(self).items() if v not in (None, False)}
+        return {n: v for n, v in dataclasses.asdict(self).items() if v not in (None, False, ())}
 
 
 def xp_of(states: Sequence) -> Any:
@@ -244,14 +246,21 @@ class Reduction:
         return acc, self.rdef.variant(self.k, self.sum_scheme, cdt, acc)
 
     def spec(
-        self, dtype: str, split: bool = False, ranged: bool = False, narrow: bool = False
+        self,
+        dtype: str,
+        split: bool = False,
+        ranged: bool = False,
+        narrow: bool = False,
+        nonneg: tuple = (),
     ) -> KernelSpec:
         """The kernel of this reduction for data of ``dtype`` (``split``: the split-j one,
         ``narrow``: with narrower row blocks; ``ranged``: the block-sparse one, a split-j
-        kernel over tasks)."""
+        kernel over tasks; ``nonneg``: for parameters at these positions all >= +0)."""
         acc, variant = self.resolve(dtype)
         if split or ranged:
             variant = dataclasses.replace(variant, split=True, ranged=ranged, narrow=narrow)
+        if nonneg:
+            variant = dataclasses.replace(variant, nonneg=tuple(nonneg))
         return KernelSpec(self.formula, self.red, self.out_cat, dtype, acc, variant)
 
     def grad_axis(self, k: int) -> int:
