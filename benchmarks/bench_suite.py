@@ -1,7 +1,8 @@
-"""tvmred vs pykeops 2.3 vs dense torch, side by side in one process, on the CPU.
+"""tvmred vs pykeops 2.3 vs dense torch (and faiss-cpu's exact search for the KNN cases),
+side by side in one process, on the CPU.
 
 Each case is timed for every library in the same run (min over repeats after a warm-up, all
-cores); the table prints times and the ratios pykeops/tvmred and torch/tvmred.  Before it is
+cores); the table prints times and the ratios pykeops/tvmred, torch/tvmred and faiss/tvmred.  Before it is
 timed, every library's answer is compared with a float64 dense reference (its first 256 output
 rows; the selected distances for ArgKMin): a wrong answer is reported, not timed.  Dense
 torch is skipped where its (M, N) intermediates would not fit in ~4 GB.  pykeops is imported
@@ -202,6 +203,8 @@ def runner(lib: str, case: Case, args: list[torch.Tensor]) -> Optional[Callable]
         if case.dense is None or case.M * case.N * 8 * 8 > 4e9:
             return None
         return lambda *a: case.dense(*a)
+    if lib == "faiss":
+        return faiss_runner(case)
     if lib == "tvmred":
         from tvmred.torch import Genred
     else:
@@ -219,6 +222,27 @@ def runner(lib: str, case: Case, args: list[torch.Tensor]) -> Optional[Callable]
         formula2=case.formula2,
     )
     return lambda *a: r(*a, **kw)
+
+
+def faiss_runner(case: Case) -> Optional[Callable]:
+    """faiss-cpu's exact K-nearest-neighbour search (``IndexFlatL2``: a GEMM, then a
+    K-selection) for the KNN cases, index built in each call as tvmred gets y in each call;
+    None for other cases or without faiss (``pip install faiss-cpu``).  ``FAISS_OPT_LEVEL``
+    (generic, avx2, avx512) picks its SIMD code, as ``TVMRED_LLVM_MCPU`` picks tvmred's."""
+    if case.reduction != "ArgKMin" or case.formula != "SqDist(x,y)":
+        return None
+    try:
+        import faiss  # type: ignore
+    except ImportError:
+        return None
+    faiss.omp_set_num_threads(torch.get_num_threads())
+
+    def knn(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        index = faiss.IndexFlatL2(y.shape[1])
+        index.add(y.detach().numpy())
+        return torch.from_numpy(index.search(x.detach().numpy(), case.opt_arg)[1])
+
+    return knn
 
 
 CHECK_ROWS = 256  # output rows checked against the float64 dense reference
@@ -302,7 +326,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--quick", action="store_true", help="fewer repeats, no N=1e5 case")
     p.add_argument("--only", nargs="*", help="substrings of case names to run")
-    p.add_argument("--libs", nargs="*", default=["tvmred", "pykeops", "torch"])
+    p.add_argument("--libs", nargs="*", default=["tvmred", "pykeops", "torch", "faiss"])
     p.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "suite_cpu.json"))
     p.add_argument("--plot", default=None, help="PNG path for the time-vs-N plot")
     a = p.parse_args(argv)
@@ -326,7 +350,7 @@ def main(argv: Optional[list[str]] = None) -> int:
             "tvmred_first_call_s": t.get("first_call_s"),
             "pykeops_first_call_s": (res.get("pykeops") or {}).get("first_call_s"),
         }
-        for lib in ("pykeops", "torch"):
+        for lib in ("pykeops", "torch", "faiss"):
             if row.get(f"{lib}_s") and t.get("s"):
                 row[f"{lib}/tvmred"] = row[f"{lib}_s"] / t["s"]
         if case.flops and t.get("s"):
@@ -343,6 +367,11 @@ def main(argv: Optional[list[str]] = None) -> int:
                 f"{100 * row['tvmred_peak_share']:4.0f}% of peak"
                 if "tvmred_peak_share" in row
                 else "   - of peak"
+            )
+            + (
+                f" | faiss {fmt(row['faiss_s'])} ms {rat(row.get('faiss/tvmred'))}"
+                if row.get("faiss_s")
+                else ""
             ),
             flush=True,
         )
