@@ -156,3 +156,35 @@ def test_the_benchmarks_clock_is_measured():
     assert how.endswith("(measured)") and f"{hz / 1e9:.2f} GHz" in how
     bits = vector_registers(cpu_target())[1]
     assert peak == pytest.approx(2 * bits // 32 * 2 * 2 * hz)
+
+
+@pytest.mark.parametrize("n", [1, 2, 3, 31, 1001])
+def test_a_plain_sum_unrolled_over_j_keeps_every_term(n):
+    """A narrow float64 Sum runs two j an iteration (schedules.cpu.J_UNROLL): an odd N's
+    last j is still added once, an even one's last pair too -- against the dense answer."""
+    from tvmred.torch import Genred
+
+    f = Genred("Exp(-SqDist(x,y))*b", ["x = Vi(3)", "y = Vj(3)", "b = Vj(2)"], axis=1)
+    x, y = torch.rand(37, 3, dtype=torch.float64), torch.rand(n, 3, dtype=torch.float64)
+    b = torch.rand(n, 2, dtype=torch.float64)
+    want = torch.exp(-(torch.cdist(x, y) ** 2)) @ b
+    torch.testing.assert_close(f(x, y, b), want, rtol=1e-13, atol=1e-15)
+
+
+def test_the_j_unroll_rule(monkeypatch):
+    """Narrow float64 Sums are unrolled over j, wide ones (64 values a row: spills) and block
+    sums (float32) are not."""
+    from tvmred.schedules import cpu as cpu_schedule
+
+    seen = []
+    real = cpu_schedule._unrolled_j
+    monkeypatch.setattr(cpu_schedule, "_unrolled_j", lambda s: seen.append(real(s)) or seen[-1])
+    for formula, d, dtype, want in [
+        ("Exp(-SqDist(x,y))*b", 3, "float64", True),
+        ("SqDist(x,y)*b", 64, "float64", False),
+        ("Exp(-SqDist(x,y))*b", 3, "float32", False),
+    ]:
+        al = [f"x = Vi({d})", f"y = Vj({d})", "b = Vj(1)"]
+        r = make_reduction(formula, al, "Sum", 1, "auto")
+        build.compile_reduction(r.spec(dtype), cpu_target())
+        assert seen[-1] is want, (formula, d, dtype)
