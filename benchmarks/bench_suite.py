@@ -2,9 +2,10 @@
 side by side in one process, on the CPU.
 
 Each case is timed for every library in the same run (min over repeats after a warm-up, all
-cores); the table prints times and the ratios pykeops/tvmred, torch/tvmred and faiss/tvmred.  Before it is
-timed, every library's answer is compared with a float64 dense reference (its first 256 output
-rows; the selected distances for ArgKMin): a wrong answer is reported, not timed.  Dense
+cores); the table prints times and the ratios pykeops/tvmred, torch/tvmred and faiss/tvmred.
+Before it is timed, every library's answer is compared with a float64 dense reference (its
+first 256 output rows; the selected distances for ArgKMin): a wrong answer is reported, not
+timed.  Dense
 torch is skipped where its (M, N) intermediates would not fit in ~4 GB.  pykeops is imported
 lazily and skipped if absent (``pip install -e ".[bench]"``).  The first call of each case
 (``*_first_call_s``) runs with empty kernel caches (a fresh ``TVMRED_CACHE_DIR`` / pykeops

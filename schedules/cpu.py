@@ -171,7 +171,8 @@ def _unrolled_j(shape: ReductionShape) -> bool:
     """A plain Sum (no block partials, not split-j, tiled or ranged) of a narrow formula
     runs J_UNROLL j an iteration."""
     plain = not (shape.block or shape.two_pass or shape.split or shape.tile or shape.ranged)
-    narrow = sum(d for _, d in shape.row_inputs) <= J_UNROLL_VALUES >= shape.cols
+    row_values = sum(d for _, d in shape.row_inputs)
+    narrow = row_values <= J_UNROLL_VALUES and shape.cols <= J_UNROLL_VALUES
     return shape.kind == "sum" and plain and narrow and J_UNROLL > 1
 
 

@@ -187,19 +187,19 @@ def nonneg_params(r: Reduction, args: Sequence[Any], dev: Any) -> tuple:
     """The positions of the parameters whose values are all +0 or more in this call, where
     knowing it lets an Exp be computed as e^-y (``Exp(-g*SqDist(x,y))``: ops.signs), else
     (). CPU arrays only: on a GPU, reading the values would wait for the device."""
-    cands = r.memo.get("nonneg")
-    if cands is None:  # the parameters, if assuming them all >= +0 changes an Exp at all
+    hit = r.memo.get("nonneg")
+    if hit is None:  # the parameters, if assuming them all >= +0 changes an Exp at all
         pms = frozenset(v.params[0] for v in variables(r.formula) if v.params[2] == 2)
         base = nonpositive_exps(r.formula)
         cands = tuple(sorted(pms)) if pms and nonpositive_exps(r.formula, pms) != base else ()
-        r.memo["nonneg"] = cands
+        hit = r.memo["nonneg"] = (cands, base)
+    cands, base = hit
     if not cands or dev.type != "cpu":
         return ()
     found = tuple(p for p in cands if _nonneg(args[p]))
     key = ("nonneg", found)
     if key not in r.memo:  # only those that change an Exp (e.g. both of -g*h*SqDist(x,y))
-        use = nonpositive_exps(r.formula, frozenset(found)) != nonpositive_exps(r.formula)
-        r.memo[key] = found if use else ()
+        r.memo[key] = found if nonpositive_exps(r.formula, frozenset(found)) != base else ()
     return r.memo[key]
 
 

@@ -11,7 +11,7 @@ variables, the rows of a block are neighbours and mostly want the same j: the sa
 10 ms (1e4 points in the unit cube, 2-vCPU AMD EPYC Zen 4; 11.1 -> 6.6-7.1 ms with AVX-512).
 The results are the same: each row's K-list depends on its own values only.
 
-The order costs ~0.1 ms for 1e4 rows (a 16-bit Morton code, numpy's radix sort), and it is
+The order costs 0.15-0.2 ms for 1e4 rows (a 15-bit Morton code, numpy's radix sort), and it is
 taken only where the target asks for it (``TargetTemplate.local_rows``).  numpy only: the
 arrays are host views (:meth:`tvmred.arrays.Torch.host`)."""
 
@@ -39,9 +39,9 @@ def _spread(bits: int, dims: int) -> np.ndarray:
 
 def curve_order(cols: Sequence[np.ndarray]) -> np.ndarray:
     """The permutation (int64) that sorts the rows of the arrays ``cols`` (each (M, d) of one
-    float dtype, d summing to at most CODE_BITS) along a Morton curve over their bounding box.  NaN and
-    infinite values go to a cell at an end of their coordinate (the order stays a
-    permutation; it only decides which rows share a block)."""
+    float dtype, d summing to at most CODE_BITS) along a Morton curve over their bounding
+    box.  NaN and infinite values go to a cell at an end of their coordinate (the order stays
+    a permutation; it only decides which rows share a block)."""
     xt = np.concatenate([np.asarray(c) for c in cols], 1).T
     xt = np.ascontiguousarray(xt)  # (D, M): a reduction per coordinate runs contiguously
     dims = xt.shape[0]
