@@ -54,6 +54,8 @@ class ReductionShape:
     block: int = 0  # > 0: a Sum in partial sums of ``block`` consecutive j each (see below)
     ranged: bool = False  # split-j whose chunk s is a task (see tvmred.lower): C is its count
     two_pass: int = 0  # > 0: LogSumExp in blocks of ``two_pass`` j, max then sum (see above)
+    guard: tuple[str, ...] = ()  # K-selection of squared distances: the buffers of the reduced
+    # rows' squared norms and of their points again, for the dot-product guard (``guard.py``)
 
 
 def _as_is(mod: "tvm.IRModule", shape: ReductionShape, target: dict) -> "tvm.IRModule":
@@ -89,6 +91,9 @@ class TargetTemplate:
     local_rows: Callable[[str, int, int, int], bool] = lambda red, dims, m, n: False  # (reduction,
     # summed dims of the output-indexed variables, output rows, reduced rows) -> whether a
     # call's output rows go in a space-filling curve's order first (tvmred.locality)
+    norm_guard: Callable[[str, int, str], bool] = lambda red, dim, dtype: False  # (reduction,
+    # dimension of the squared distance, data dtype) -> whether a K-min of |x_i - y_j|^2 takes
+    # the dot-product guard (ReductionShape.guard)
     settings: Callable[[dict], dict] = lambda target: {}  # environment settings that change
     # the template's default kernels (they go into the cache key), e.g. CUDA's rows a thread
 

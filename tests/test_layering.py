@@ -16,7 +16,7 @@ LAYERS = [
     ["ops", "complexops"],  # complexops: macros over ops, imported by it
     ["diff"],
     ["parse", "reductions"],
-    ["cabi", "runtime", "cache", "tunedb", "lower", "compile_client", "cudatool"],
+    ["cabi", "runtime", "cache", "tunedb", "lower", "compile_client", "cudatool", "normguard"],
     ["build"],
     ["frontend", "launch"],  # text + options -> Reduction; Reduction + tensors -> outputs
     [

@@ -12,6 +12,7 @@ from typing import Any, Sequence
 from . import build, cabi, locality, schedules
 from .arrays import ALIGN, Numpy, is_array, xp
 from .build import DTYPES, get_kernel
+from .normguard import guard_norms
 from .ops import nonpositive_exps
 from .reductions import Reduction
 from .tree import variables
@@ -166,15 +167,19 @@ def call_kernel(r: Reduction, args, dtype: str, dev: Any, n_out: int, n_red: int
     kernel's partial states of S chunks of the reduced index, merged by the reduction's
     ``combine``.  A tiled kernel takes the chunks itself (its signature is split-j's)."""
     nonneg = nonneg_params(r, args, dev)
-    k, variant = kernel_of(r, dtype, dev, nonneg=nonneg)
+    norms = guard_norms(r, args, dtype, dev)
+    k, variant = kernel_of(r, dtype, dev, nonneg=nonneg, guard=norms is not None)
     mb = -(-n_out // k.row_block)
     chunks = schedules.for_device(dev.type).chunks(mb, n_red, dev) if mb else 1
     if chunks > 1 and not k.tile:
         try:  # rows for half a block or less: narrower blocks waste less
             narrow = n_out * 2 <= k.row_block
             k, variant = kernel_of(r, dtype, dev, split=True, narrow=narrow, nonneg=nonneg)
+            norms = None  # split-j kernels have no guard
         except LookupError:  # an exported library without the split kernel
             chunks = 1
+    if norms is not None and any(v.params[0] == r.nargs for v in k.inputs):
+        args = [*args, *norms]  # the guarded kernel: norms and points after the arguments
     state = launch(r, k, args, n_out, n_red, chunks, dev)
     if chunks > 1:
         return r.rdef.combine([s[:, :n_out] for s in state], variant)
@@ -279,20 +284,23 @@ def kernel_of(
     ranged: bool = False,
     narrow: bool = False,
     nonneg: tuple = (),
+    guard: bool = False,
 ) -> tuple[Any, Any]:
     """(compiled kernel, its variant) of ``r`` for this dtype and device (``split``: the
     split-j kernel, ``narrow``: with narrower row blocks; ``ranged``: the block-sparse one;
-    ``nonneg``: for parameters at these positions >= +0), memoised on ``r`` so a call costs
-    no key computation (the caches behind get_kernel are keyed by text)."""
-    key = ("kernel", dtype, dev, "ranged" if ranged else "narrow" if narrow else split, nonneg)
+    ``nonneg``: for parameters at these positions >= +0; ``guard``: the K-min with the
+    dot-product guard, taking the norms after the arguments), memoised on ``r`` so a call
+    costs no key computation (the caches behind get_kernel are keyed by text)."""
+    how = "ranged" if ranged else "narrow" if narrow else split
+    key = ("kernel", dtype, dev, how, nonneg, guard)
     hit = r.memo.get(key)
     if hit is not None and hit[0] == build.generation:
         return hit[1], hit[2]
-    spec = r.spec(dtype, split, ranged, narrow, nonneg)
+    spec = r.spec(dtype, split, ranged, narrow, nonneg, guard)
     try:
         kernel = get_kernel(spec, dev)
     except LookupError as e:  # KernelNotExported: say which variables the Var(...) are
-        if nonneg:  # an exported library without this variant: its general kernel
+        if nonneg or guard:  # an exported library without this variant: its general kernel
             r.memo[key] = (build.generation, *kernel_of(r, dtype, dev, split, ranged, narrow))
             return r.memo[key][1], r.memo[key][2]
         legend = ", ".join(f"{v} = {n}" for v, n in zip(r.args, r.names))

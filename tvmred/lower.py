@@ -323,6 +323,10 @@ def _lower(formula, red, out_cat, dtype, acc_dtype, row_block, variant, tile=0, 
         red.partial(variant),
         variant.ranged,
         two_pass,
+        # NormGuard(f, n, y): n's and y's buffers for the CPU K-min guard (f32/f64 data only)
+        tuple(holders[id(a)].name for a in formula.args[1:])
+        if formula.op == "NormGuard" and data_dtype == dtype
+        else (),
     )
     looped = {id(n) for n in postorder(formula) if REGISTRY[n.op].loop is not None}
     return Lowered(func, shape, sum(nid in looped and bool(set(names) & set(stages))

@@ -888,6 +888,23 @@ op(
 )
 
 
+def _guard_dim(d: int, n: int, y: int) -> int:
+    _require(n == 1, f"NormGuard(f, n, y): n must have dim 1, got {n}")
+    return d
+
+
+op(
+    "NormGuard",
+    3,
+    dim=_guard_dim,
+    te=lambda a, p, dt: list(a[0]),
+    test=None,
+    doc="NormGuard(f, n, y) = f; n, the reduced rows' squared norms, and y, their points again, "
+    "are read by the CPU K-min kernels' dot-product guard (built by tvmred for "
+    "K-nearest-neighbour searches)",
+)
+
+
 def _wsqnorm(s: Node, x: Node) -> Node:
     if s.dim == 1:
         return mul(s, f("SqNorm2", x))

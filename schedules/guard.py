@@ -1,0 +1,339 @@
+"""The dot-product guard of a K-selection of squared distances (CPU; ``ReductionShape.guard``).
+
+A K-nearest-neighbour search ``ArgKMin_j |x_i - y_j|^2`` computes, for each pair, a subtraction
+and a multiply-add per dimension, although after a few hundred j almost no pair enters its
+row's K-list (the early exit, ``early_exit.py``, then skips the list's update).  This pass
+computes first, for a whole row block at j, the cheap bound ``|y_j|^2 - 2 x_i . y_j`` (one
+multiply-add per dimension; ``|y_j|^2`` is an input, computed by the caller) and computes the
+exact distance -- with the kernel's own expression, in its own order -- only when some row of
+the block could insert it:
+
+    if any(|y_j|^2 (1 - d) - 2 x_i . y_j  <  kth_i (1 + 4u) + eta - |x_i|^2 (1 - d)):
+        s = |x_i - y_j|^2 (exact, as before);  if any(s < kth_i): insert
+
+(``kth_i`` the row's K-th value, ``|x_i|^2`` computed once per row block before the j loop).
+The answers are the exact kernel's, bit for bit: a pair is skipped only if its exact value,
+computed as the kernel computes it, is not below ``kth_i``.  Proof sketch (u the unit
+roundoff, S = |x|^2 + |y|^2, gamma_n = n u / (1 - n u)): the exact value E' of E = |x-y|^2
+has |E' - E| <= gamma_{D+2} E in any summation order, so E' < kth implies
+E - kth < gamma_{D+2} E' <= 2.01 gamma_{D+2} S; the computed dot product is within
+gamma_D S / 2 of the true one, the norms within gamma_D of theirs, and the few operations of
+the test add at most 2.02 u S on the left and take nothing from the right (kth is scaled up
+by 4u first, all values >= 0); with d = 8 (D + 4) u > 4.02 gamma_{D+2} + 2.02 u the left
+side is then below the right one.  ``eta`` (2^59 subnormal units) covers the absolute error
+of underflowing products.  Norms must not overflow: the caller passes only inputs whose
+squared norms are at most a quarter of the dtype's largest value, else the general kernel.
+
+The pass works on the vectorised TIR after the early exit: in the j loop, a stage store
+``s[...] = sum of (a - b) * (a - b)`` (one term per dimension, ``a`` read at j and ``b`` not,
+or the reverse) followed by the early exit's ``if any(s < kth)``.  The dot product and the
+row norms are that expression with each term replaced by ``a * b`` and ``b * b``, so they
+keep its independent partial sums.  Any other shape: the module unchanged (correct, slower).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Optional
+
+import tvm
+import tvm_ffi
+from tvm import tirx
+
+from .shape import ReductionShape
+
+#: unit roundoff and the absolute slack ``eta`` per dtype (see the module docstring)
+_ROUNDOFF = {"float32": (2.0**-24, 2.0**-90), "float64": (2.0**-53, 2.0**-1015)}
+
+
+def _terms(e: Any, pair: Any, j: Any) -> Optional[Any]:
+    """``e`` with each term ``(a - b) * (a - b)`` replaced by ``pair(at_j, other)``; None if
+    ``e`` is not a tree of additions of such terms."""
+    if isinstance(e, tirx.Add):
+        a, b = _terms(e.a, pair, j), _terms(e.b, pair, j)
+        return None if a is None or b is None else a + b
+    if not (isinstance(e, tirx.Mul) and isinstance(e.a, tirx.Sub) and isinstance(e.b, tirx.Sub)):
+        return None
+    p, q = e.a.a, e.a.b
+    if not (tvm_ffi.structural_equal(p, e.b.a) and tvm_ffi.structural_equal(q, e.b.b)):
+        return None
+    at_p = _uses(p, j)
+    if at_p == _uses(q, j):  # one side must vary with j, the other not
+        return None
+    return pair(p, q, True) if at_p else pair(q, p, False)
+
+
+def _uses(e: Any, v: Any) -> bool:
+    return any(x.same_as(v) for x in tirx.analysis.undefined_vars(e, []))
+
+
+def _kth(cond: Any, stage: Any) -> Optional[Any]:
+    """The K-th value vector of an early exit's ``any(s < kth)`` on stage buffer ``stage``."""
+    if not (
+        isinstance(cond, tvm.ir.Call) and len(cond.args) and isinstance(cond.args[-1], tirx.LT)
+    ):
+        return None
+    lt = cond.args[-1]
+    if getattr(lt.a, "source", None) is not None and lt.a.source.same_as(stage):
+        return lt.b  # a load (TVM 0.27: TensorLoad, its buffer ``source``) of the stage
+    return None
+
+
+class _Guard:
+    def __init__(self, norms: Any, again: Any, dtype: str, registers: tuple) -> None:
+        self.norms, self.again, self.dtype = norms, again, dtype
+        self.registers = registers  # (vector registers, their bits): the target's
+        self.done = False
+
+    @property
+    def chains(self) -> int:
+        """Partial sums per dot product: the accumulators of a pair of j in half the vector
+        registers (AVX-512, 32 rows of float32: 4 chains, 16 zmm; AVX2: 1 chain, 8 ymm --
+        8 independent multiply-adds, enough for two FMA pipes of latency 4)."""
+        count, bits = self.registers
+        per = max(1, self.lanes * tvm.DataType(self.dtype).bits // bits)  # registers a vector
+        return max(1, count // 2 // (2 * per))
+
+    def again_load(self, e: Any) -> Optional[Any]:
+        """``e``, a (broadcast) flat load of a reduced row's value, read from ``again``
+        instead: a second pointer to the same points, so that LLVM does not keep the dot
+        product's broadcasts live (spilled) until the rare exact computation reuses them."""
+        if isinstance(e, tirx.Broadcast):
+            v = self.again_load(e.value)
+            return None if v is None else tirx.Broadcast(v, e.lanes)
+        idx = getattr(e, "indices", None)
+        if getattr(e, "source", None) is None or idx is None or len(idx) != 1:
+            return None
+        dim = self.again.shape[-1]
+        return tirx.BufferLoad(self.again, [tirx.floordiv(idx[0], dim), tirx.floormod(idx[0], dim)])
+
+    def seq(self, stmts: list, j: Any) -> tuple[list, list]:
+        """(statements, pending row-norm bindings for the enclosing j loop's sequence)."""
+        out: list = []
+        pending: list = []
+        for n, s in enumerate(stmts):
+            nxt = stmts[n + 1] if n + 1 < len(stmts) else None
+            if (
+                j is not None
+                and not self.done
+                and isinstance(s, tirx.BufferStore)
+                and isinstance(nxt, tirx.IfThenElse)
+                and nxt.else_case is None
+            ):
+                hit = self.guard(s, nxt, j)
+                if hit is not None:
+                    stmt, bind = hit
+                    out.append(stmt)
+                    pending.append(bind)
+                    out.extend(stmts[n + 2 :])
+                    return out, pending
+            new, pend = self.stmt(s, j)
+            if pend and isinstance(s, tirx.For):
+                out.extend(pend)  # the row norms: once per row block, before its j loop
+                pend = []
+            out.append(new)
+            pending.extend(pend)
+        return out, pending
+
+    def stmt(self, s: Any, j: Any) -> tuple[Any, list]:
+        if isinstance(s, tirx.SeqStmt):
+            seq, pend = self.seq(list(s.seq), j)
+            return (seq[0] if len(seq) == 1 else tirx.SeqStmt(seq)), pend
+        if isinstance(s, tirx.For):
+            body, pend = self.stmt(s.body, s.loop_var)
+            if not self.done:
+                return s, []
+            if s.loop_var.same_as(self.j):
+                return self.paired(s, body), pend
+            new = tirx.For(s.loop_var, s.min, s.extent, s.kind, body, s.thread_binding,
+                           s.annotations, s.step, s.span)  # fmt: skip
+            return new, pend
+        return s, []
+
+    def paired(self, loop: Any, body: Any) -> Any:
+        """The j loop in pairs: the dot products of j and j + 1 computed together (each row
+        block value read once for both, so the loop is bound by multiply-adds, not loads),
+        then the guarded body for each (the K-th values change in between)::
+
+            for jj in range((N + 1) // 2):
+                acc = dot products of j = 2 jj and min(2 jj + 1, N - 1)
+                for j in range(2 jj, min(2 jj + 2, N)):
+                    dot = acc[j - 2 jj];  <body>
+        """
+        n = loop.extent
+        jj = tirx.Var("guard_jj", loop.loop_var.ty.dtype)
+        first = jj * 2
+        js = [first, tirx.min(first + 1, n - 1)]
+        stmts, acc = _dot_pairs(self.terms, self.j, js, self.lanes, self.dtype, self.chains)
+        dot = acc(loop.loop_var - first)
+        inner = tirx.For(loop.loop_var, first, tirx.min(n - first, 2), tirx.ForKind.SERIAL,
+                         tirx.SeqStmt([tirx.Bind(self.dotv, dot), body]))  # fmt: skip
+        outer = tirx.SeqStmt([*stmts, inner])
+        return tirx.For(jj, 0, tirx.floordiv(n + 1, 2), loop.kind, outer, loop.thread_binding,
+                        loop.annotations)  # fmt: skip
+
+    def guard(self, store: Any, early: Any, j: Any) -> Optional[tuple]:
+        kth = _kth(early.condition, store.buffer)
+        if kth is None:
+            return None
+        terms: list = []
+        dot = _terms(store.value, lambda a, b, first: terms.append((a, b)) or a * b, j)
+        row = _terms(store.value, lambda a, b, first: b * b, j)
+        if dot is None or row is None or _uses(row, j):
+            return None
+        if any(self.again_load(a) is None for a, _ in terms):
+            return None
+
+        def exact(a: Any, b: Any, first: bool) -> Any:
+            d = self.again_load(a) - b if first else b - self.again_load(a)
+            return d * d
+
+        store = tirx.BufferStore(store.buffer, _terms(store.value, exact, j), store.indices)
+        dims = len(terms)
+        lanes = store.value.ty.dtype.lanes
+        u, eta = _ROUNDOFF[self.dtype]
+        d = 8 * (dims + 4) * u
+        vec = f"{self.dtype}x{lanes}" if lanes > 1 else self.dtype
+
+        def c(v: float) -> Any:
+            k = tirx.const(v, self.dtype)
+            return tirx.Broadcast(k, lanes) if lanes > 1 else k
+
+        nx = tirx.Var("guard_row_norms", vec)
+        bind = tirx.Bind(nx, row * c(1 - d))
+        ny = tirx.BufferLoad(self.norms, [j, 0]) * tirx.const(1 - d, self.dtype)
+        ny = tirx.Broadcast(ny, lanes) if lanes > 1 else ny
+        lhs = ny - dot * c(2.0)
+        rhs = kth * c(1 + 4 * u) + c(eta) - nx
+        if lanes < 2 or _spacing(terms) is None:
+            return None
+        self.terms, self.j, self.lanes = terms, j, lanes
+        self.dotv = tirx.Var("guard_dot", vec)
+        lhs = ny - self.dotv * c(2.0)
+        cond = tirx.call_llvm_pure_intrin("bool", "llvm.vector.reduce.or", lhs < rhs)
+        self.done = True
+        return tirx.IfThenElse(cond, tirx.SeqStmt([store, early]), None), bind
+
+
+def _offset(e: Any, base: Any) -> Optional[int]:
+    from tvm.sym.analyzer import Analyzer
+
+    v = Analyzer().simplify(e - base)
+    return int(v.value) if isinstance(v, tirx.IntImm) else None
+
+
+def _spacing(terms: list) -> Optional[tuple]:
+    """(y buffer, y index of d = 0, its step in d, x buffer, x ramp base of d = 0, its step)
+    if every term is ``Broadcast(y[i0 + d * sa]) (op) x[Ramp(r0 + d * sb)]`` for d = 0..D-1
+    in some order; else None."""
+
+    def parts(a: Any, b: Any) -> Optional[tuple]:
+        if not (isinstance(a, tirx.Broadcast) and getattr(a.value, "source", None) is not None):
+            return None
+        ia, ib = a.value.indices, getattr(b, "indices", None)
+        if len(ia) != 1 or ib is None or len(ib) != 1 or not isinstance(ib[0], tirx.Ramp):
+            return None
+        return a.value.source, ia[0], b.source, ib[0].base
+
+    got = [parts(a, b) for a, b in terms]
+    if any(p is None for p in got):
+        return None
+    ya, yi, xb, xi = got[0]
+    if any(not p[0].same_as(ya) or not p[2].same_as(xb) for p in got):
+        return None
+    offs = [(_offset(p[1], yi), _offset(p[3], xi)) for p in got]
+    if any(None in o for o in offs):
+        return None
+    order = sorted(offs)
+    sa, sb = (order[1][0] - order[0][0], order[1][1] - order[0][1]) if len(order) > 1 else (1, 1)
+    if order != [(order[0][0] + d * sa, order[0][1] + d * sb) for d in range(len(order))]:
+        return None
+    return ya, yi + order[0][0], sa, xb, xi + order[0][1], sb
+
+
+def _dot_pairs(terms: list, j: Any, js: list, lanes: int, dt: str, chains: int) -> tuple:
+    """(statements, acc) computing sum_d y[j', d] x[d] for each j' of ``js`` (``j`` replaced
+    in the y index) in a loop over d, ``chains`` partial sums each in a local buffer, each
+    x vector loaded once for all ``js``; ``acc(p)`` is the dot product of ``js[p]``.  As
+    one expression (the exact value's tree with y * x for each term), LLVM hoisted a D = 64
+    search's 64 broadcasts to the loop's top and spilled them at every j."""
+    ya, y0, sa, xb, x0, sb = _spacing(terms)
+    dims = len(terms)
+    buf = tirx.decl_buffer((len(js) * chains * lanes,), dt, name="guard_acc", scope="local")
+    zero = tirx.Broadcast(tirx.const(0, dt), lanes)
+
+    def slot(p: Any, c: int) -> list:
+        return [tirx.Ramp((p * chains + c) * lanes, 1, lanes)]
+
+    def add(p: int, c: int, d: Any) -> Any:
+        yj = _replace(y0, j, js[p])
+        y = tirx.Broadcast(tirx.BufferLoad(ya, [yj + d * sa]), lanes)
+        x = tirx.BufferLoad(xb, [tirx.Ramp(x0 + d * sb, 1, lanes)])
+        return tirx.BufferStore(buf, tirx.BufferLoad(buf, slot(p, c)) + y * x, slot(p, c))
+
+    g = tirx.Var("guard_d", "int32")
+    steps = dims // chains
+    body = [add(p, c, g * chains + c) for c in range(chains) for p in range(len(js))]
+    stmts = [tirx.AllocBuffer(buf)]
+    stmts += [
+        tirx.BufferStore(buf, zero, slot(p, c)) for p in range(len(js)) for c in range(chains)
+    ]
+    stmts.append(tirx.For(g, 0, steps, tirx.ForKind.SERIAL, tirx.SeqStmt(body)))
+    stmts += [add(p, d % chains, d) for d in range(steps * chains, dims) for p in range(len(js))]
+
+    def acc(p: Any) -> Any:
+        total = tirx.BufferLoad(buf, slot(p, 0))
+        for c in range(1, chains):
+            total = total + tirx.BufferLoad(buf, slot(p, c))
+        return total
+
+    return stmts, acc
+
+
+def _replace(e: Any, v: Any, by: Any) -> Any:
+    """``e``, an index expression linear in ``v`` (``v * s + rest``), at ``v = by``."""
+    from tvm.sym.analyzer import Analyzer
+
+    an = Analyzer()
+    at0 = an.simplify(_subst(e, v, tirx.const(0, v.ty.dtype)))
+    step = an.simplify(_subst(e, v, tirx.const(1, v.ty.dtype)) - at0)
+    return at0 + by * step
+
+
+def _subst(e: Any, v: Any, by: Any) -> Any:
+    """``e`` (arithmetic of vars, constants and loads) with ``v`` replaced by ``by``."""
+    if isinstance(e, tirx.Var):
+        return by if e.same_as(v) else e
+    for cls in (tirx.Add, tirx.Sub, tirx.Mul):
+        if isinstance(e, cls):
+            return cls(_subst(e.a, v, by), _subst(e.b, v, by))
+    if not _uses(e, v):
+        return e
+    raise ValueError(f"guard: cannot substitute in {e}")
+
+
+def norm_guard(mod: tvm.IRModule, shape: ReductionShape, registers: tuple) -> tvm.IRModule:
+    """``mod`` with the dot-product guard (module docstring) where ``shape.guard`` names the
+    reduced rows' squared norms and points; unchanged otherwise or if the IR has another
+    shape.  ``registers``: (count, bits) of the target's vector registers."""
+    if (
+        len(shape.guard) != 2
+        or shape.kind != "kselect"
+        or shape.split
+        or shape.dtype not in _ROUNDOFF
+    ):
+        return mod
+    func = mod["main"]
+    params = {p.name: p for p in func.params}  # a param is its buffer
+    norms, again = (params.get(name) for name in shape.guard)
+    if norms is None or again is None:
+        return mod
+    g = _Guard(norms, again, shape.dtype, registers)  # 2-D loads: flattened by tvm.compile
+    try:
+        body, _ = g.stmt(func.body, None)
+    except ValueError:  # an index it cannot move to the pair's second j: as it is
+        return mod
+    if not g.done:
+        return mod
+    out = tvm.IRModule(dict(mod.functions))
+    out["main"] = func.with_body(body)
+    return out

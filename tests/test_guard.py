@@ -1,0 +1,128 @@
+"""The dot-product guard of CPU K-nearest-neighbour kernels (schedules/guard.py): which calls
+take it, and that their answers are the exact search's -- against float64 distances, and
+against the unguarded kernel bit for bit -- on data that stresses its error bound (points far
+from the origin and close to each other, ties, tiny values, odd N, both axes)."""
+
+import pytest
+import torch
+
+from tvmred import normguard, schedules
+from tvmred.frontend import make_reduction
+from tvmred.numpy import Genred as NumpyGenred
+from tvmred.torch import Genred, LazyTensor
+
+D = schedules.cpu.GUARD_MIN_DIM  # the CPU rule's smallest dimension
+K = 7
+
+
+def _data(kind: str, m: int, n: int, dtype, seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(m, D, generator=g, dtype=torch.float64)
+    y = torch.randn(n, D, generator=g, dtype=torch.float64)
+    if kind == "offset":  # |x|^2 ~ 6e6 beside distances ~ 1e-2: the bound's margin matters
+        x, y = 300 + 1e-2 * x, 300 + 1e-2 * y
+    elif kind == "ties":  # repeated points: equal distances, lowest index first
+        y = y[torch.arange(n) % 17]
+        x[:5] = y[3]
+    elif kind == "tiny":  # squares near float32's underflow
+        x, y = 1e-19 * x, 1e-19 * y
+    elif kind == "grid":  # small integers: many exactly equal distances
+        x, y = torch.round(2 * x), torch.round(2 * y)
+    return x.to(dtype), y.to(dtype)
+
+
+def _check_knn(idx, x, y):
+    """``idx`` (m, K) are nearest neighbours by float64 distances, up to the rounding of
+    the kernel's own float32/64 arithmetic (a swap of two near-equal distances)."""
+    d = torch.cdist(x.double(), y.double()) ** 2
+    got = d.gather(1, idx.long()).sort(dim=1).values
+    want = d.topk(K, dim=1, largest=False).values
+    eps = torch.finfo(x.dtype).eps
+    scale = (x.double() ** 2).sum(1, keepdim=True) + (y.double() ** 2).sum(1).max()
+    torch.testing.assert_close(got, want, rtol=0, atol=float(64 * D * eps) * scale.max().item())
+    assert (idx >= 0).all() and (idx < len(y)).all()
+
+
+@pytest.mark.parametrize("kind", ["normal", "offset", "ties", "tiny", "grid"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_guarded_knn_is_the_exact_search(kind, dtype, monkeypatch):
+    x, y = _data(kind, 300, 1001, dtype)
+    r = make_reduction("SqDist(x,y)", [f"x=Vi({D})", f"y=Vj({D})"], "ArgKMin", 1, "auto", K)
+    assert normguard.guard_norms(r, [x, y], str(dtype).split(".")[1], x.device) is not None
+    g = Genred("SqDist(x,y)", [f"x=Vi({D})", f"y=Vj({D})"], reduction_op="KMin_ArgKMin",
+               axis=1, opt_arg=K)  # fmt: skip
+    vals, idx = g(x, y)
+    _check_knn(idx, x, y)
+    d = ((x[:, None, :] - y[None, :, :]) ** 2).sum(-1)  # dense, in the data's dtype
+    torch.testing.assert_close(vals, d.gather(1, idx), rtol=64 * D * torch.finfo(dtype).eps,
+                               atol=float(torch.finfo(dtype).tiny))  # fmt: skip
+    monkeypatch.setattr(schedules.cpu, "GUARD_MIN_DIM", 10**9)  # the unguarded kernel
+    g2 = Genred("SqDist(x,y)", [f"x=Vi({D})", f"y=Vj({D})"], reduction_op="KMin_ArgKMin",
+                axis=1, opt_arg=K)  # fmt: skip
+    vals2, idx2 = g2(x, y)
+    assert torch.equal(idx, idx2) and torch.equal(vals, vals2)  # the same answer, bit for bit
+
+
+@pytest.mark.parametrize("n", [1, 2, 3, 64])
+def test_short_and_odd_reduced_ranges(n):
+    """The j loop runs in pairs: N = 1, 2, 3 (K > N: -1 / inf past N), and an even N."""
+    x, y = _data("normal", 70, n, torch.float32, seed=n)
+    g = Genred("SqDist(y,x)", [f"x=Vi({D})", f"y=Vj({D})"], reduction_op="ArgKMin",
+               axis=1, opt_arg=K)  # fmt: skip
+    idx = g(x, y)
+    d = torch.cdist(x.double(), y.double())
+    want = d.sort(dim=1, stable=True).indices[:, :K]
+    if n < K:  # the rest: -1 (no such neighbour), as the exact kernel
+        want = torch.cat([want, torch.full((70, K - n), -1)], 1)
+    assert torch.equal(idx, want)
+
+
+def test_axis_0_lazytensor_and_numpy_take_the_guard():
+    x, y = _data("offset", 260, 90, torch.float32, seed=3)
+    # LazyTensor, ((x - y)**2).sum(-1) (Sum(Square(...))), reduced over i
+    xi, yj = LazyTensor(x[:, None, :]), LazyTensor(y[None, :, :])
+    idx = ((xi - yj) ** 2).sum(-1).argKmin(K, dim=0)  # (90, K): nearest x of each y
+    _check_knn(idx, y, x)
+    r = make_reduction("Sum(Square(x-y))", [f"x=Vi({D})", f"y=Vj({D})"], "ArgKMin", 0, "auto", K)
+    assert normguard.sqdist_of(r) == (0, 1, D)  # reduced over i: x is the reduced variable
+    g = NumpyGenred("SqDist(x,y)", [f"x=Vi({D})", f"y=Vj({D})"], reduction_op="ArgKMin",
+                    axis=1, opt_arg=K)  # fmt: skip
+    _check_knn(torch.from_numpy(g(x.numpy(), y.numpy())), x, y)
+
+
+def test_which_calls_take_the_guard():
+    def norms(formula, red="ArgKMin", dim=D, dtype=torch.float32, scale=1.0, k=K):
+        r = make_reduction(formula, [f"x=Vi({dim})", f"y=Vj({dim})"], red, 1, "auto",
+                           k if "K" in red else None)  # fmt: skip
+        x = scale * torch.randn(40, dim, dtype=dtype)
+        return normguard.guard_norms(r, [x, torch.randn(50, dim, dtype=dtype)], str(dtype)[6:],
+                                  x.device)  # fmt: skip
+
+    assert norms("SqDist(x,y)") is not None
+    assert norms("SqDist(y,x)", red="KMin") is not None
+    assert norms("Sum(Square(x-y))", red="KMin_ArgKMin") is not None
+    ny, again = norms("SqDist(x,y)", dtype=torch.float64)
+    assert ny.shape == (50, 1) and ny.dtype == torch.float64 and again.shape == (50, D)
+    assert norms("SqDist(x,y)", dim=D - 1) is None  # below the CPU rule's dimension
+    assert norms("SqDist(x,y)", red="Min") is None  # not a K-selection
+    assert norms("Sqrt(SqDist(x,y))") is None  # not a squared distance
+    assert norms("SqDist(x,2*y)") is None
+    assert norms("SqDist(x,y)", dtype=torch.float16) is None  # half: the bound needs f32/64
+    assert norms("SqDist(x,y)", scale=1e19) is None  # squared norms overflow: general kernel
+
+
+def test_overflowing_and_nan_points_keep_the_exact_answer():
+    x, y = _data("normal", 100, 300, torch.float32, seed=5)
+    x[3, 0] = 3e19  # |x_3|^2 overflows float32: the general kernel, not the guard ...
+    y[7] = x[3]  # ... which would miss y 7, at distance 0 from x 3
+    y[11, 2] = float("nan")  # never picked
+    g = Genred("SqDist(x,y)", [f"x=Vi({D})", f"y=Vj({D})"], reduction_op="ArgKMin",
+               axis=1, opt_arg=K)  # fmt: skip
+    idx = g(x, y)
+    d = ((x.double()[:, None] - y.double()[None]) ** 2).sum(-1)
+    d = torch.where(torch.isnan(d), torch.full_like(d, float("inf")), d)
+    want = d.sort(dim=1, stable=True).indices[:, :K]
+    ok = torch.ones(100, dtype=torch.bool)
+    ok[3] = False  # row 3's other distances overflow float32 (inf: never inserted, -1)
+    assert torch.equal(idx[ok], want[ok])
+    assert idx[3, 0] == 7 and (idx[3, 1:] == -1).all()
