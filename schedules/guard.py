@@ -26,9 +26,12 @@ squared norms are at most a quarter of the dtype's largest value, else the gener
 
 The pass works on the vectorised TIR after the early exit: in the j loop, a stage store
 ``s[...] = sum of (a - b) * (a - b)`` (one term per dimension, ``a`` read at j and ``b`` not,
-or the reverse) followed by the early exit's ``if any(s < kth)``.  The dot product and the
-row norms are that expression with each term replaced by ``a * b`` and ``b * b``, so they
-keep its independent partial sums.  Any other shape: the module unchanged (correct, slower).
+or the reverse) followed by the early exit's ``if any(s < kth)``.  The row norms are that
+expression with each term ``b * b``; the dot products run in a loop over the dimensions for
+two j at once (each row-block vector loaded once for both: ``_Guard.paired``), then the
+guarded body runs for each j; the exact expression reads the points through a second
+pointer (``NormGuard``'s third argument), so that LLVM does not keep the dot product's
+broadcasts live until it.  Any other shape: the module unchanged (correct, slower).
 """
 
 from __future__ import annotations
