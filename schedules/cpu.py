@@ -241,12 +241,12 @@ def cpu_local_rows(red: str, dims: int, m: int, n: int) -> bool:
     return red in LOCAL_REDUCTIONS and dims <= LOCAL_DIMS and m >= LOCAL_MIN_M and n >= LOCAL_MIN_N
 
 
-#: K-min searches of |x_i - y_j|^2 with at least GUARD_MIN_DIM values a point compute the
-#: dot-product bound first (``guard.py``; float32 and float64 data).  ArgKMin K=10, M=N=1e4,
-#: 2-vCPU Zen 4, guarded against not in one process: AVX2 kernels D=32 1.28x, D=64 1.47x,
-#: D=128 1.86x; AVX-512 D=32 0.87x, D=64 1.03-1.04x (float64 1.19x), D=128 1.15x.  The
-#: launch decides without the target (a cached call imports no TVM), hence one bound for both.
-GUARD_MIN_DIM = 64
+#: K-min searches of |x_i - y_j|^2 with at least GUARD_MIN_DIM values a point take the
+#: kernel with the dot-product guard (float32 and float64 data); its pass applies it where
+#: the dimension times the registers of a row-block vector reaches ``guard.GUARD_WORK``
+#: (32 with four registers a vector; below, the guarded spec compiles to the plain kernel).
+#: The launch decides without the target: a cached call imports no TVM.
+GUARD_MIN_DIM = 32
 
 
 def cpu_norm_guard(red: str, dim: int, dtype: str) -> bool:

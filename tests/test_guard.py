@@ -11,7 +11,8 @@ from tvmred.frontend import make_reduction
 from tvmred.numpy import Genred as NumpyGenred
 from tvmred.torch import Genred, LazyTensor
 
-D = schedules.cpu.GUARD_MIN_DIM  # the CPU rule's smallest dimension
+D = 64  # guarded on every CPU: a row block of a K-min at D >= 16 spans >= 2 registers, and
+# 64 x 2 reaches guard.GUARD_WORK (test_the_pass_follows_its_rule checks it)
 K = 7
 
 
@@ -103,7 +104,7 @@ def test_which_calls_take_the_guard():
     assert norms("Sum(Square(x-y))", red="KMin_ArgKMin") is not None
     ny, again = norms("SqDist(x,y)", dtype=torch.float64)
     assert ny.shape == (50, 1) and ny.dtype == torch.float64 and again.shape == (50, D)
-    assert norms("SqDist(x,y)", dim=D - 1) is None  # below the CPU rule's dimension
+    assert norms("SqDist(x,y)", dim=schedules.cpu.GUARD_MIN_DIM - 1) is None  # below the rule
     assert norms("SqDist(x,y)", red="Min") is None  # not a K-selection
     assert norms("Sqrt(SqDist(x,y))") is None  # not a squared distance
     assert norms("SqDist(x,2*y)") is None
@@ -126,3 +127,29 @@ def test_overflowing_and_nan_points_keep_the_exact_answer():
     ok[3] = False  # row 3's other distances overflow float32 (inf: never inserted, -1)
     assert torch.equal(idx[ok], want[ok])
     assert idx[3, 0] == 7 and (idx[3, 1:] == -1).all()
+
+
+@pytest.mark.parametrize("dim", [32, 64])
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_the_pass_follows_its_rule(dim, dtype):
+    """The guard is in the kernel where dim x registers a row-block vector >= GUARD_WORK --
+    that count from the same target and row block the build uses -- and only there."""
+    from tvm import s_tir
+
+    from tvmred.build import row_block_for
+    from tvmred.lower import lower
+    from tvmred.schedules.cpu import vector_registers
+    from tvmred.schedules.guard import GUARD_WORK
+    from tvmred.targets import cpu_target
+
+    t = cpu_target()
+    r = make_reduction("SqDist(x,y)", [f"x=Vi({dim})", f"y=Vj({dim})"], "ArgKMin", 1, "auto", K)
+    spec = r.spec(dtype, guard=True)
+    tpl = schedules.template("llvm")
+    rb = row_block_for(spec, t)
+    low = lower(spec, rb, tpl.math(t))
+    sch = tpl.schedule(s_tir.Schedule(low.func), low.shape, t)
+    text = tpl.finish(sch.mod, low.shape, t).script()
+    per_vector = max(1, rb * (32 if dtype == "float32" else 64) // vector_registers(t)[1])
+    assert ("guard_acc" in text) == (dim * per_vector >= GUARD_WORK)
+    assert dim < 64 or "guard_acc" in text  # D = 64 (the tests above): guarded everywhere

@@ -292,7 +292,7 @@ def kernel_of(
     dot-product guard, taking the norms after the arguments), memoised on ``r`` so a call
     costs no key computation (the caches behind get_kernel are keyed by text)."""
     how = "ranged" if ranged else "narrow" if narrow else split
-    key = ("kernel", dtype, dev, how, nonneg, guard)
+    key = ("kernel", dtype, dev, how, nonneg, *(("guard",) if guard else ()))
     hit = r.memo.get(key)
     if hit is not None and hit[0] == build.generation:
         return hit[1], hit[2]
