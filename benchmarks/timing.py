@@ -70,20 +70,25 @@ def machine() -> dict:
 
 def peak_flops(dtype_bits: int, cores: int) -> tuple[float, str]:
     """The CPU's peak floating-point rate for ``dtype_bits``-bit floats on ``cores`` cores,
-    and how it was found: the target's SIMD width (LLVM's features, as the schedules see it)
-    x 2 FMA pipes x 2 flops per FMA x the clock, measured (:func:`measured_clock`; else
-    ``cpu MHz`` of /proc/cpuinfo, else 3 GHz).  Two FMA pipes is the count of every x86 core
-    these benchmarks run on (Zen 3-5, Intel's server cores); a core with one pipe would be at
-    twice the share printed.  /proc/cpuinfo's clock is often the nominal one in a VM, below
-    the boost clock the cores run at (2.60 GHz read, 3.66 GHz measured on a Zen 4 guest): a
-    share from it was too high (a D=64 Gaussian read 97 % on a Zen 5)."""
+    and how it was found: one core's multiply-add rate measured with the target's widest
+    vectors (:func:`measured_fma_rate`) x 2 flops x ``cores`` -- the vector width, the FMA
+    pipes and the clock all in it, also where a 512-bit operation takes both 256-bit pipes
+    (Zen 4: half the rate that 16 lanes x 2 pipes would say).  Where that cannot be built:
+    the target's SIMD width x 2 FMA pipes x 2 flops x the clock (:func:`measured_clock`;
+    else ``cpu MHz`` of /proc/cpuinfo, else 3 GHz), two pipes being every x86 core's these
+    benchmarks run on.  /proc/cpuinfo's clock is often the nominal one in a VM, below the
+    boost clock the cores run at (2.60 GHz read, 3.66 GHz measured on a Zen 4 guest)."""
     from pathlib import Path
 
+    rate = measured_fma_rate(dtype_bits)
+    if rate is not None:
+        peak = cores * 2 * rate
+        return peak, f"{cores} cores x 2 flops x {rate / 1e9:.1f} G multiply-adds/s (measured)"
     from tvmred.schedules.cpu import vector_registers
     from tvmred.targets import cpu_target
 
     bits = vector_registers(cpu_target())[1]
-    hz, source = measured_clock(), "measured"
+    hz, source = measured_clock(), "measured clock"
     if hz is None:
         source = "/proc/cpuinfo"
         try:
@@ -96,6 +101,54 @@ def peak_flops(dtype_bits: int, cores: int) -> tuple[float, str]:
     peak = cores * (bits // dtype_bits) * 2 * 2 * clock
     how = f"{cores} cores x {bits // dtype_bits} lanes x 2 FMA x 2 flops x {clock / 1e9:.2f} GHz"
     return peak, f"{how} ({source if hz else 'assumed'})"
+
+
+#: independent multiply-add chains of :func:`measured_fma_rate`: latency (4-5 cycles) x
+#: pipes (2) at least, and within 16 registers
+FMA_CHAINS = 12
+
+
+@functools.lru_cache(maxsize=None)
+def measured_fma_rate(dtype_bits: int) -> Optional[float]:
+    """Multiply-adds per second one core runs on ``dtype_bits``-bit floats with the target's
+    widest vectors (the schedules' own width, LLVM's feature list): a compiled loop of
+    FMA_CHAINS independent vector multiply-add chains, timed (best of 5); None where it
+    cannot be built."""
+    try:
+        import numpy as np
+        import tvm
+        from tvm.script import tirx as T
+
+        from tvmred.schedules.cpu import vector_registers
+        from tvmred.targets import cpu_target
+
+        dt = f"float{dtype_bits}"
+        lanes = vector_registers(cpu_target())[1] // dtype_bits
+        size = FMA_CHAINS * lanes
+
+        @T.prim_func
+        def chains(out: T.Buffer((size,), dt), n: T.int64):
+            x = T.alloc_buffer((size,), dt)
+            for c in T.unroll(FMA_CHAINS):
+                for v in T.vectorized(lanes):
+                    x[c * lanes + v] = T.Cast(dt, c + 1) * T.Cast(dt, 1e-3)
+            for _ in range(n):
+                for c in T.unroll(FMA_CHAINS):
+                    for v in T.vectorized(lanes):
+                        x[c * lanes + v] = x[c * lanes + v] * T.Cast(dt, 0.999) + T.Cast(dt, 1e-4)
+            for k in range(size):
+                out[k] = x[k]
+
+        lib = tvm.tirx.build(tvm.IRModule({"main": chains}), target=tvm.target.Target(cpu_target()))
+        out = tvm.runtime.tensor(np.zeros(size, dt))
+        n, best = 2 * 10**7 // FMA_CHAINS, float("inf")
+        for _ in range(5):
+            t0 = time.perf_counter()
+            lib["main"](out, n)
+            best = min(best, time.perf_counter() - t0)
+        return n * size / best
+    except Exception:  # noqa: BLE001 -- a benchmark's annotation, never its failure
+        return None
 
 
 @functools.lru_cache(maxsize=None)

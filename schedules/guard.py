@@ -1,8 +1,9 @@
-"""The dot-product guard of a K-selection of squared distances (CPU; ``ReductionShape.guard``).
+"""The dot-product guard of a K-min or Min of squared distances (CPU; ``ReductionShape.guard``).
 
-A K-nearest-neighbour search ``ArgKMin_j |x_i - y_j|^2`` computes, for each pair, a subtraction
-and a multiply-add per dimension, although after a few hundred j almost no pair enters its
-row's K-list (the early exit, ``early_exit.py``, then skips the list's update).  This pass
+A K-nearest-neighbour search ``ArgKMin_j |x_i - y_j|^2`` (or a nearest one, ``ArgMin``: a
+k-means assignment) computes, for each pair, a subtraction and a multiply-add per dimension,
+although after a few hundred j almost no pair enters its row's K-list (the early exit,
+``early_exit.py``, then skips the list's update).  This pass
 computes first, for a whole row block at j, the cheap bound ``|y_j|^2 - 2 x_i . y_j`` (one
 multiply-add per dimension; ``|y_j|^2`` is an input, computed by the caller) and computes the
 exact distance -- with the kernel's own expression, in its own order -- only when some row of
@@ -26,7 +27,8 @@ squared norms are at most a quarter of the dtype's largest value, else the gener
 
 The pass works on the vectorised TIR after the early exit: in the j loop, a stage store
 ``s[...] = sum of (a - b) * (a - b)`` (one term per dimension, ``a`` read at j and ``b`` not,
-or the reverse) followed by the early exit's ``if any(s < kth)``.  The row norms are that
+or the reverse) followed by the early exit's ``if any(s < kth)`` (a Min: by its update, whose
+first binding keeps the state ``kth`` unless ``s`` is below it: ``_kth``).  The row norms are that
 expression with each term ``b * b``; the dot products run in a loop over the dimensions for
 two j at once (each row-block vector loaded once for both: ``_Guard.paired``), then the
 guarded body runs for each j; the exact expression reads the points through a second
@@ -76,16 +78,41 @@ def _uses(e: Any, v: Any) -> bool:
     return any(x.same_as(v) for x in tirx.analysis.undefined_vars(e, []))
 
 
-def _kth(cond: Any, stage: Any) -> Optional[Any]:
-    """The K-th value vector of an early exit's ``any(s < kth)`` on stage buffer ``stage``."""
-    if not (
-        isinstance(cond, tvm.ir.Call) and len(cond.args) and isinstance(cond.args[-1], tirx.LT)
-    ):
+def _kth(update: list, stage: Any) -> Optional[Any]:
+    """The current smallest (K-th smallest) value vector of the update after the store of
+    stage buffer ``stage``: a K-min's early exit ``if any(s < kth)``, or a Min's (ArgMin's)
+    first binding ``Select(... kth <= s ..., kth, s)`` (the state kept unless s is below);
+    None for anything else (a Max, another reduction)."""
+    if not update:
         return None
-    lt = cond.args[-1]
-    if getattr(lt.a, "source", None) is not None and lt.a.source.same_as(stage):
-        return lt.b  # a load (TVM 0.27: TensorLoad, its buffer ``source``) of the stage
+    first = update[0]
+    if isinstance(first, tirx.IfThenElse) and first.else_case is None:  # K-min early exit
+        cond = first.condition
+        if isinstance(cond, tvm.ir.Call) and len(cond.args) and isinstance(cond.args[-1], tirx.LT):
+            lt = cond.args[-1]
+            if _loads(lt.a, stage):
+                return lt.b
+        return None
+    if isinstance(first, tirx.Bind) and isinstance(first.value, tirx.Select):
+        sel = first.value
+        kth = sel.true_value
+        if _loads(sel.false_value, stage) and _has_le(sel.condition, kth, stage):
+            return kth
     return None
+
+
+def _loads(e: Any, stage: Any) -> bool:
+    """``e`` is a load (TVM 0.27: TensorLoad, its buffer ``source``) of ``stage``."""
+    return getattr(e, "source", None) is not None and e.source.same_as(stage)
+
+
+def _has_le(cond: Any, kth: Any, stage: Any) -> bool:
+    """``cond`` (ands and ors) holds ``kth <= stage``."""
+    if isinstance(cond, tirx.LE):
+        return tvm_ffi.structural_equal(cond.a, kth) and _loads(cond.b, stage)
+    if isinstance(cond, (tirx.And, tirx.Or)):
+        return _has_le(cond.a, kth, stage) or _has_le(cond.b, kth, stage)
+    return False
 
 
 class _Guard:
@@ -124,20 +151,12 @@ class _Guard:
         out: list = []
         pending: list = []
         for n, s in enumerate(stmts):
-            nxt = stmts[n + 1] if n + 1 < len(stmts) else None
-            if (
-                j is not None
-                and not self.done
-                and isinstance(s, tirx.BufferStore)
-                and isinstance(nxt, tirx.IfThenElse)
-                and nxt.else_case is None
-            ):
-                hit = self.guard(s, nxt, j)
-                if hit is not None:
+            if j is not None and not self.done and isinstance(s, tirx.BufferStore):
+                hit = self.guard(s, stmts[n + 1 :], j)
+                if hit is not None:  # the store and the update after it, guarded
                     stmt, bind = hit
                     out.append(stmt)
                     pending.append(bind)
-                    out.extend(stmts[n + 2 :])
                     return out, pending
             new, pend = self.stmt(s, j)
             if pend and isinstance(s, tirx.For):
@@ -184,8 +203,8 @@ class _Guard:
         return tirx.For(jj, 0, tirx.floordiv(n + 1, 2), loop.kind, outer, loop.thread_binding,
                         loop.annotations)  # fmt: skip
 
-    def guard(self, store: Any, early: Any, j: Any) -> Optional[tuple]:
-        kth = _kth(early.condition, store.buffer)
+    def guard(self, store: Any, update: list, j: Any) -> Optional[tuple]:
+        kth = _kth(update, store.buffer)
         if kth is None:
             return None
         terms: list = []
@@ -215,7 +234,6 @@ class _Guard:
         bind = tirx.Bind(nx, row * c(1 - d))
         ny = tirx.BufferLoad(self.norms, [j, 0]) * tirx.const(1 - d, self.dtype)
         ny = tirx.Broadcast(ny, lanes) if lanes > 1 else ny
-        lhs = ny - dot * c(2.0)
         rhs = kth * c(1 + 4 * u) + c(eta) - nx
         self.lanes = lanes
         if lanes < 2 or dims * self.per_vector < GUARD_WORK or _spacing(terms) is None:
@@ -225,7 +243,7 @@ class _Guard:
         lhs = ny - self.dotv * c(2.0)
         cond = tirx.call_llvm_pure_intrin("bool", "llvm.vector.reduce.or", lhs < rhs)
         self.done = True
-        return tirx.IfThenElse(cond, tirx.SeqStmt([store, early]), None), bind
+        return tirx.IfThenElse(cond, tirx.SeqStmt([store, *update]), None), bind
 
 
 def _offset(e: Any, base: Any) -> Optional[int]:
@@ -325,18 +343,25 @@ def _subst(e: Any, v: Any, by: Any) -> Any:
     raise ValueError(f"guard: cannot substitute in {e}")
 
 
-def norm_guard(mod: tvm.IRModule, shape: ReductionShape, registers: tuple) -> tvm.IRModule:
+def norm_guard(
+    mod: tvm.IRModule, shape: ReductionShape, target: dict, registers: tuple
+) -> tvm.IRModule:
     """``mod`` with the dot-product guard (module docstring) where ``shape.guard`` names the
     reduced rows' squared norms and points; unchanged otherwise or if the IR has another
     shape.  ``registers``: (count, bits) of the target's vector registers."""
     if (
         len(shape.guard) != 2
-        or shape.kind != "kselect"
+        or shape.kind not in ("kselect", "select")
         or shape.split
         or shape.dtype not in _ROUNDOFF
     ):
         return mod
-    func = mod["main"]
+    vectorised = mod
+    if shape.kind == "select":  # a K-min's early exit has vectorised it already
+        from .early_exit import _to_vectorised
+
+        vectorised = _to_vectorised(mod, tvm.target.Target(target))
+    func = vectorised["main"]
     params = {p.name: p for p in func.params}  # a param is its buffer
     norms, again = (params.get(name) for name in shape.guard)
     if norms is None or again is None:
@@ -348,6 +373,6 @@ def norm_guard(mod: tvm.IRModule, shape: ReductionShape, registers: tuple) -> tv
         return mod
     if not g.done:
         return mod
-    out = tvm.IRModule(dict(mod.functions))
+    out = tvm.IRModule(dict(vectorised.functions))
     out["main"] = func.with_body(body)
     return out

@@ -94,6 +94,8 @@ class TargetTemplate:
     norm_guard: Callable[[str, int, str], bool] = lambda red, dim, dtype: False  # (reduction,
     # dimension of the squared distance, data dtype) -> whether a K-min of |x_i - y_j|^2 takes
     # the dot-product guard (ReductionShape.guard)
+    guard_pays: Callable[[int, int, int], bool] = lambda rows, k, n: True  # (rows a block of
+    # the guarded kernel, K, reduced rows) -> whether the guard pays for this call
     settings: Callable[[dict], dict] = lambda target: {}  # environment settings that change
     # the template's default kernels (they go into the cache key), e.g. CUDA's rows a thread
 

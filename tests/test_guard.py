@@ -14,6 +14,15 @@ from tvmred.torch import Genred, LazyTensor
 D = 64  # guarded on every CPU: a row block of a K-min at D >= 16 spans >= 2 registers, and
 # 64 x 2 reaches guard.GUARD_WORK (test_the_pass_follows_its_rule checks it)
 K = 7
+CPU = torch.device("cpu")
+SHARE = schedules.cpu.GUARD_MAX_SHARE  # the policy's bound (the fixture below lifts it)
+
+
+@pytest.fixture(autouse=True)
+def _every_size(monkeypatch):
+    """The guard at every size (the policy that it pays: its own test below), so that small
+    problems test the guarded kernel's answers."""
+    monkeypatch.setattr(schedules.cpu, "GUARD_MAX_SHARE", 1.0)
 
 
 def _data(kind: str, m: int, n: int, dtype, seed: int = 0):
@@ -30,6 +39,13 @@ def _data(kind: str, m: int, n: int, dtype, seed: int = 0):
     elif kind == "grid":  # small integers: many exactly equal distances
         x, y = torch.round(2 * x), torch.round(2 * y)
     return x.to(dtype), y.to(dtype)
+
+
+def _norms(r, args, dtype):
+    """The guarded kernel's extra arguments for this call, or None (not a candidate, or
+    norms that could overflow), as ``launch.call_kernel`` gets them (rows: any)."""
+    n = len(args[r.memo["sqdist"][0]]) if normguard.candidate(r, dtype, CPU, 10**9) else 0
+    return normguard.guard_norms(r, args, dtype, CPU, 8, n) if n else None
 
 
 def _check_knn(idx, x, y):
@@ -49,7 +65,7 @@ def _check_knn(idx, x, y):
 def test_guarded_knn_is_the_exact_search(kind, dtype, monkeypatch):
     x, y = _data(kind, 300, 1001, dtype)
     r = make_reduction("SqDist(x,y)", [f"x=Vi({D})", f"y=Vj({D})"], "ArgKMin", 1, "auto", K)
-    assert normguard.guard_norms(r, [x, y], str(dtype).split(".")[1], x.device) is not None
+    assert _norms(r, [x, y], str(dtype)[6:]) is not None
     g = Genred("SqDist(x,y)", [f"x=Vi({D})", f"y=Vj({D})"], reduction_op="KMin_ArgKMin",
                axis=1, opt_arg=K)  # fmt: skip
     vals, idx = g(x, y)
@@ -62,6 +78,30 @@ def test_guarded_knn_is_the_exact_search(kind, dtype, monkeypatch):
                 axis=1, opt_arg=K)  # fmt: skip
     vals2, idx2 = g2(x, y)
     assert torch.equal(idx, idx2) and torch.equal(vals, vals2)  # the same answer, bit for bit
+
+
+@pytest.mark.parametrize("kind", ["normal", "offset", "ties", "tiny"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_guarded_nearest_is_the_exact_search(kind, dtype, monkeypatch):
+    """Min_ArgMin (a k-means assignment) takes the guard too: nearest index and distance
+    against float64, and the unguarded kernel's answer bit for bit; Min and ArgMin alone."""
+    x, y = _data(kind, 300, 1001, dtype, seed=1)
+    al = [f"x=Vi({D})", f"y=Vj({D})"]
+    r = make_reduction("SqDist(x,y)", al, "Min_ArgMin", 1, "auto", None)
+    assert _norms(r, [x, y], str(dtype)[6:]) is not None
+    outs = {red: Genred("SqDist(x,y)", al, reduction_op=red, axis=1)(x, y)
+            for red in ("Min_ArgMin", "ArgMin", "Min")}  # fmt: skip
+    val, idx = outs["Min_ArgMin"]
+    d = torch.cdist(x.double(), y.double()) ** 2
+    want = d.min(1, keepdim=True).values
+    got = d.gather(1, idx.long())
+    eps = torch.finfo(dtype).eps
+    scale = (x.double() ** 2).sum(1, keepdim=True) + (y.double() ** 2).sum(1).max()
+    torch.testing.assert_close(got, want, rtol=0, atol=float(64 * D * eps * scale.max()))
+    assert torch.equal(outs["ArgMin"], idx) and torch.equal(outs["Min"], val)
+    monkeypatch.setattr(schedules.cpu, "GUARD_MIN_DIM", 10**9)  # the unguarded kernel
+    val2, idx2 = Genred("SqDist(x,y)", al, reduction_op="Min_ArgMin", axis=1)(x, y)
+    assert torch.equal(idx, idx2) and torch.equal(val, val2)
 
 
 @pytest.mark.parametrize("n", [1, 2, 3, 64])
@@ -96,8 +136,7 @@ def test_which_calls_take_the_guard():
         r = make_reduction(formula, [f"x=Vi({dim})", f"y=Vj({dim})"], red, 1, "auto",
                            k if "K" in red else None)  # fmt: skip
         x = scale * torch.randn(40, dim, dtype=dtype)
-        return normguard.guard_norms(r, [x, torch.randn(50, dim, dtype=dtype)], str(dtype)[6:],
-                                  x.device)  # fmt: skip
+        return _norms(r, [x, torch.randn(50, dim, dtype=dtype)], str(dtype)[6:])
 
     assert norms("SqDist(x,y)") is not None
     assert norms("SqDist(y,x)", red="KMin") is not None
@@ -105,7 +144,9 @@ def test_which_calls_take_the_guard():
     ny, again = norms("SqDist(x,y)", dtype=torch.float64)
     assert ny.shape == (50, 1) and ny.dtype == torch.float64 and again.shape == (50, D)
     assert norms("SqDist(x,y)", dim=schedules.cpu.GUARD_MIN_DIM - 1) is None  # below the rule
-    assert norms("SqDist(x,y)", red="Min") is None  # not a K-selection
+    assert norms("SqDist(x,y)", red="Min_ArgMin") is not None
+    assert norms("SqDist(x,y)", red="Max") is None  # not a smallest-value selection
+    assert norms("SqDist(x,y)", red="Sum") is None
     assert norms("Sqrt(SqDist(x,y))") is None  # not a squared distance
     assert norms("SqDist(x,2*y)") is None
     assert norms("SqDist(x,y)", dtype=torch.float16) is None  # half: the bound needs f32/64
@@ -131,7 +172,8 @@ def test_overflowing_and_nan_points_keep_the_exact_answer():
 
 @pytest.mark.parametrize("dim", [32, 64])
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
-def test_the_pass_follows_its_rule(dim, dtype):
+@pytest.mark.parametrize("red", ["ArgKMin", "ArgMin"])
+def test_the_pass_follows_its_rule(dim, dtype, red):
     """The guard is in the kernel where dim x registers a row-block vector >= GUARD_WORK --
     that count from the same target and row block the build uses -- and only there."""
     from tvm import s_tir
@@ -143,7 +185,8 @@ def test_the_pass_follows_its_rule(dim, dtype):
     from tvmred.targets import cpu_target
 
     t = cpu_target()
-    r = make_reduction("SqDist(x,y)", [f"x=Vi({dim})", f"y=Vj({dim})"], "ArgKMin", 1, "auto", K)
+    al = [f"x=Vi({dim})", f"y=Vj({dim})"]
+    r = make_reduction("SqDist(x,y)", al, red, 1, "auto", K if red == "ArgKMin" else None)
     spec = r.spec(dtype, guard=True)
     tpl = schedules.template("llvm")
     rb = row_block_for(spec, t)
@@ -153,3 +196,47 @@ def test_the_pass_follows_its_rule(dim, dtype):
     per_vector = max(1, rb * (32 if dtype == "float32" else 64) // vector_registers(t)[1])
     assert ("guard_acc" in text) == (dim * per_vector >= GUARD_WORK)
     assert dim < 64 or "guard_acc" in text  # D = 64 (the tests above): guarded everywhere
+
+
+def test_gradients_through_guarded_kernels():
+    """KMin's and Min's gradients (symbolic, from the selected indices) after a guarded
+    forward call, against torch autograd of the dense float64 answer."""
+    x, y = _data("normal", 200, 500, torch.float64, seed=7)
+    x.requires_grad_()
+    y.requires_grad_()
+    al = [f"x=Vi({D})", f"y=Vj({D})"]
+    for red, kw, pick in (
+        ("KMin", {"opt_arg": K}, lambda d: d.topk(K, dim=1, largest=False).values),
+        ("Min", {}, lambda d: d.min(1, keepdim=True).values),
+    ):
+        dense = pick(((x[:, None, :] - y[None, :, :]) ** 2).sum(-1))
+        out = Genred("SqDist(x,y)", al, reduction_op=red, axis=1, **kw)(x, y)
+        w = torch.randn_like(out)
+        got = torch.autograd.grad((out * w).sum(), (x, y))
+        want = torch.autograd.grad((dense * w).sum(), (x, y))
+        for a, b in zip(got, want):
+            torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-9)
+
+
+@pytest.mark.parametrize("red,k", [("ArgMin", None), ("ArgKMin", K)])
+def test_the_guard_is_taken_where_it_pays(red, k, monkeypatch):
+    """With the policy's own bound, a call takes the guarded kernel exactly where the rule
+    says, computed from the guarded kernel's own row block (few reduced rows: the plain
+    kernel, which the guard would not beat), and both give the float64 answer."""
+    monkeypatch.setattr(schedules.cpu, "GUARD_MAX_SHARE", SHARE)
+    al = [f"x=Vi({D})", f"y=Vj({D})"]
+    for n in (100, 20000):
+        x, y = _data("normal", 64, n, torch.float32, seed=n)
+        g = Genred("SqDist(x,y)", al, reduction_op=red, axis=1, **({"opt_arg": k} if k else {}))
+        idx = g(x, y)
+        hit = g.reduction.memo.get(("kernel", "float32", CPU, False, (), "guard"))
+        # not even compiled where one-row blocks would not pay; else the guarded kernel's rows
+        guarded = (
+            hit is not None and schedules.cpu.guard_share(hit[1].row_block, k or 1, n) <= SHARE
+        )
+        assert (not guarded) == (("kernel", "float32", CPU, False, ()) in g.reduction.memo)
+        assert guarded == (n == 20000)  # the sizes chosen for it on any CPU's row blocks
+        d = torch.cdist(x.double(), y.double())
+        want = d.topk(k or 1, dim=1, largest=False).values
+        got = d.gather(1, idx.view(64, -1)).sort(dim=1).values
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)

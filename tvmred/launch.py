@@ -9,10 +9,9 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Sequence
 
-from . import build, cabi, locality, schedules
+from . import build, cabi, locality, normguard, schedules
 from .arrays import ALIGN, Numpy, is_array, xp
 from .build import DTYPES, get_kernel
-from .normguard import guard_norms
 from .ops import nonpositive_exps
 from .reductions import Reduction
 from .tree import variables
@@ -167,8 +166,11 @@ def call_kernel(r: Reduction, args, dtype: str, dev: Any, n_out: int, n_red: int
     kernel's partial states of S chunks of the reduced index, merged by the reduction's
     ``combine``.  A tiled kernel takes the chunks itself (its signature is split-j's)."""
     nonneg = nonneg_params(r, args, dev)
-    norms = guard_norms(r, args, dtype, dev)
-    k, variant = kernel_of(r, dtype, dev, nonneg=nonneg, guard=norms is not None)
+    guard = normguard.candidate(r, dtype, dev, n_red)
+    k, variant = kernel_of(r, dtype, dev, nonneg=nonneg, guard=guard)
+    norms = normguard.guard_norms(r, args, dtype, dev, k.row_block, n_red) if guard else None
+    if guard and norms is None:  # the guard would not pay, or norms could overflow
+        k, variant = kernel_of(r, dtype, dev, nonneg=nonneg)
     mb = -(-n_out // k.row_block)
     chunks = schedules.for_device(dev.type).chunks(mb, n_red, dev) if mb else 1
     if chunks > 1 and not k.tile:

@@ -31,18 +31,29 @@ def sqdist_of(r: Reduction) -> tuple:
     return (p, q, dim) if c != r.out_cat else (q, p, dim)
 
 
-def guard_norms(r: Reduction, args: Sequence[Any], dtype: str, dev: Any) -> Any:
-    """(the reduced rows' squared norms (n, 1), the reduced rows) -- the guarded kernel's
-    extra arguments -- where the device's template computes a K-min
-    of squared distances with the dot-product guard (``schedules/guard.py``), else None --
-    also when a squared norm is NaN or over a quarter of the dtype's largest value (the
-    guard's bound assumes no overflow: those calls take the general kernel)."""
+def candidate(r: Reduction, dtype: str, dev: Any, n_red: int) -> bool:
+    """Whether this call may take the guarded kernel: a squared distance of the dimension,
+    reduction and dtype the device's template guards, with enough reduced rows that the
+    guard could pay with a row block of one vector (``TargetTemplate.guard_pays``)."""
     hit = r.memo.get("sqdist")
     if hit is None:
         hit = r.memo["sqdist"] = sqdist_of(r)
-    if not hit or not schedules.for_device(dev.type).norm_guard(r.red, hit[2], dtype):
+    tpl = schedules.for_device(dev.type)
+    return bool(hit) and tpl.norm_guard(r.red, hit[2], dtype) and tpl.guard_pays(1, r.k or 1, n_red)
+
+
+def guard_norms(
+    r: Reduction, args: Sequence[Any], dtype: str, dev: Any, rows: int, n_red: int
+) -> Any:
+    """(the reduced rows' squared norms (n, 1), the reduced rows) -- the guarded kernel's
+    extra arguments -- for a :func:`candidate` call whose guarded kernel has ``rows`` rows a
+    block, where the guard pays there (``TargetTemplate.guard_pays``) and no squared norm is
+    NaN or over a quarter of the dtype's largest value (the guard's bound assumes no
+    overflow); else None: the call takes the general kernel."""
+    if not schedules.for_device(dev.type).guard_pays(rows, r.k or 1, n_red):
         return None
-    red, out = args[hit[0]], args[hit[1]]
+    p, q, _ = r.memo["sqdist"]
+    red, out = args[p], args[q]
     x, np = xp(red), Numpy.lib()
     if 0 in red.shape or 0 in out.shape:
         return None
