@@ -30,7 +30,7 @@ The pass works on the vectorised TIR after the early exit: in the j loop, a stag
 or the reverse) followed by the early exit's ``if any(s < kth)`` (a Min: by its update, whose
 first binding keeps the state ``kth`` unless ``s`` is below it: ``_kth``).  The row norms are that
 expression with each term ``b * b``; the dot products run in a loop over the dimensions for
-two j at once (each row-block vector loaded once for both: ``_Guard.paired``), then the
+two or four j at once (each row-block vector loaded once for all: ``_Guard.paired``), then the
 guarded body runs for each j; the exact expression reads the points through a second
 pointer (``NormGuard``'s third argument), so that LLVM does not keep the dot product's
 broadcasts live until it.  Any other shape: the module unchanged (correct, slower).
@@ -52,6 +52,11 @@ from .shape import ReductionShape
 #: 1.28x, D=64 1.47x, D=128 1.86x; AVX-512 (2 zmm) D=32 0.87x, D=64 1.03-1.04x, D=128 1.15x;
 #: float64 AVX-512 (4 zmm) D=64 1.19x.
 GUARD_WORK = 128
+
+#: j a step of the dot-product loop where the registers allow (``_Guard.step``): each
+#: row-block vector loaded once for them all.  ArgKMin K=10 D=64 1e4 with AVX-512 kernels
+#: (2-vCPU Zen 4, three processes each): 4 j 86-95 ms, 2 j 96-103 ms; ArgMin 66 / 69 ms.
+MAX_STEP = 4
 
 #: unit roundoff and the absolute slack ``eta`` per dtype (see the module docstring)
 _ROUNDOFF = {"float32": (2.0**-24, 2.0**-90), "float64": (2.0**-53, 2.0**-1015)}
@@ -123,10 +128,16 @@ class _Guard:
 
     @property
     def chains(self) -> int:
-        """Partial sums per dot product: the accumulators of a pair of j in half the vector
-        registers (AVX-512, 32 rows of float32: 4 chains, 16 zmm; AVX2: 1 chain, 8 ymm --
-        8 independent multiply-adds, enough for two FMA pipes of latency 4)."""
-        return max(1, self.registers[0] // 2 // (2 * self.per_vector))
+        """Partial sums per dot product: the accumulators of a step's j in half the vector
+        registers (AVX-512, 32 rows of float32: 4 j x 2 chains, 16 zmm; AVX2: 2 j x 1
+        chain, 8 ymm -- 8 independent multiply-adds, enough for two FMA pipes of latency 4)."""
+        return max(1, self.registers[0] // 2 // (self.step * self.per_vector))
+
+    @property
+    def step(self) -> int:
+        """j a step of the dot-product loop: MAX_STEP where their accumulators (one chain
+        each at least) fit in half the vector registers, else 2."""
+        return MAX_STEP if MAX_STEP * self.per_vector <= self.registers[0] // 2 else 2
 
     @property
     def per_vector(self) -> int:
@@ -182,26 +193,26 @@ class _Guard:
         return s, []
 
     def paired(self, loop: Any, body: Any) -> Any:
-        """The j loop in pairs: the dot products of j and j + 1 computed together (each row
-        block value read once for both, so the loop is bound by multiply-adds, not loads),
-        then the guarded body for each (the K-th values change in between)::
+        """The j loop in steps of S = ``step`` j: their dot products computed together (each
+        row block value read once for all, so the loop is bound by multiply-adds, not
+        loads), then the guarded body for each (the K-th values change in between)::
 
-            for jj in range((N + 1) // 2):
-                acc = dot products of j = 2 jj and min(2 jj + 1, N - 1)
-                for j in range(2 jj, min(2 jj + 2, N)):
-                    dot = acc[j - 2 jj];  <body>
+            for jj in range((N + S - 1) // S):
+                acc = dot products of j = S jj + p, p < S (at most N - 1)
+                for j in range(S jj, min(S jj + S, N)):
+                    dot = acc[j - S jj];  <body>
         """
-        n = loop.extent
+        n, step = loop.extent, self.step
         jj = tirx.Var("guard_jj", loop.loop_var.ty.dtype)
-        first = jj * 2
-        js = [first, tirx.min(first + 1, n - 1)]
+        first = jj * step
+        js = [first] + [tirx.min(first + p, n - 1) for p in range(1, step)]
         stmts, acc = _dot_pairs(self.terms, self.j, js, self.lanes, self.dtype, self.chains)
         dot = acc(loop.loop_var - first)
-        inner = tirx.For(loop.loop_var, first, tirx.min(n - first, 2), tirx.ForKind.SERIAL,
+        inner = tirx.For(loop.loop_var, first, tirx.min(n - first, step), tirx.ForKind.SERIAL,
                          tirx.SeqStmt([tirx.Bind(self.dotv, dot), body]))  # fmt: skip
         outer = tirx.SeqStmt([*stmts, inner])
-        return tirx.For(jj, 0, tirx.floordiv(n + 1, 2), loop.kind, outer, loop.thread_binding,
-                        loop.annotations)  # fmt: skip
+        return tirx.For(jj, 0, tirx.floordiv(n + step - 1, step), loop.kind, outer,
+                        loop.thread_binding, loop.annotations)  # fmt: skip
 
     def guard(self, store: Any, update: list, j: Any) -> Optional[tuple]:
         kth = _kth(update, store.buffer)
