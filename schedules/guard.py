@@ -186,6 +186,8 @@ class _Guard:
             if not self.done:
                 return s, []
             if s.loop_var.same_as(self.j):
+                if not (isinstance(s.min, tirx.IntImm) and s.min.value == 0):
+                    raise ValueError("guard: a j loop not from 0")  # the module as it is
                 return self.paired(s, body), pend
             new = tirx.For(s.loop_var, s.min, s.extent, s.kind, body, s.thread_binding,
                            s.annotations, s.step, s.span)  # fmt: skip
@@ -380,7 +382,7 @@ def norm_guard(
     g = _Guard(norms, again, shape.dtype, registers)  # 2-D loads: flattened by tvm.compile
     try:
         body, _ = g.stmt(func.body, None)
-    except ValueError:  # an index it cannot move to the pair's second j: as it is
+    except ValueError:  # an index it cannot move to a step's other j, a j loop not from 0
         return mod
     if not g.done:
         return mod

@@ -173,7 +173,8 @@ def test_overflowing_and_nan_points_keep_the_exact_answer():
 @pytest.mark.parametrize("dim", [32, 64])
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 @pytest.mark.parametrize("red", ["ArgKMin", "ArgMin"])
-def test_the_pass_follows_its_rule(dim, dtype, red):
+@pytest.mark.parametrize("formula", ["SqDist(x,y)", "Sum(Square(y-x))"])
+def test_the_pass_follows_its_rule(dim, dtype, red, formula):
     """The guard is in the kernel where dim x registers a row-block vector >= GUARD_WORK --
     that count from the same target and row block the build uses -- and only there."""
     from tvm import s_tir
@@ -186,7 +187,7 @@ def test_the_pass_follows_its_rule(dim, dtype, red):
 
     t = cpu_target()
     al = [f"x=Vi({dim})", f"y=Vj({dim})"]
-    r = make_reduction("SqDist(x,y)", al, red, 1, "auto", K if red == "ArgKMin" else None)
+    r = make_reduction(formula, al, red, 1, "auto", K if red == "ArgKMin" else None)
     spec = r.spec(dtype, guard=True)
     tpl = schedules.template("llvm")
     rb = row_block_for(spec, t)
