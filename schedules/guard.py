@@ -208,7 +208,8 @@ class _Guard:
         jj = tirx.Var("guard_jj", loop.loop_var.ty.dtype)
         first = jj * step
         js = [first] + [tirx.min(first + p, n - 1) for p in range(1, step)]
-        stmts, acc = _dot_pairs(self.terms, self.j, js, self.lanes, self.dtype, self.chains)
+        stmts, acc = _dot_pairs(self.spacing, self.dims, self.j, js, self.lanes, self.dtype,
+                                self.chains)  # fmt: skip
         dot = acc(loop.loop_var - first)
         inner = tirx.For(loop.loop_var, first, tirx.min(n - first, step), tirx.ForKind.SERIAL,
                          tirx.SeqStmt([tirx.Bind(self.dotv, dot), body]))  # fmt: skip
@@ -220,12 +221,17 @@ class _Guard:
         kth = _kth(update, store.buffer)
         if kth is None:
             return None
-        terms: list = []
-        dot = _terms(store.value, lambda a, b, first: terms.append((a, b)) or a * b, j)
+        terms: list = []  # (read at j, the row's), one pair per dimension
+        found = _terms(store.value, lambda a, b, first: terms.append((a, b)) or a, j)
         row = _terms(store.value, lambda a, b, first: b * b, j)
-        if dot is None or row is None or _uses(row, j):
+        if found is None or row is None or _uses(row, j):
             return None
-        if any(self.again_load(a) is None for a, _ in terms):
+        dims, lanes = len(terms), store.value.ty.dtype.lanes
+        self.lanes = lanes  # before per_vector
+        if lanes < 2 or dims * self.per_vector < GUARD_WORK:
+            return None
+        spacing = _spacing(terms)
+        if spacing is None or any(self.again_load(a) is None for a, _ in terms):
             return None
 
         def exact(a: Any, b: Any, first: bool) -> Any:
@@ -233,25 +239,20 @@ class _Guard:
             return d * d
 
         store = tirx.BufferStore(store.buffer, _terms(store.value, exact, j), store.indices)
-        dims = len(terms)
-        lanes = store.value.ty.dtype.lanes
         u, eta = _ROUNDOFF[self.dtype]
         d = 8 * (dims + 4) * u
-        vec = f"{self.dtype}x{lanes}" if lanes > 1 else self.dtype
+        vec = f"{self.dtype}x{lanes}"
 
         def c(v: float) -> Any:
-            k = tirx.const(v, self.dtype)
-            return tirx.Broadcast(k, lanes) if lanes > 1 else k
+            return tirx.Broadcast(tirx.const(v, self.dtype), lanes)
 
         nx = tirx.Var("guard_row_norms", vec)
         bind = tirx.Bind(nx, row * c(1 - d))
-        ny = tirx.BufferLoad(self.norms, [j, 0]) * tirx.const(1 - d, self.dtype)
-        ny = tirx.Broadcast(ny, lanes) if lanes > 1 else ny
+        ny = tirx.Broadcast(
+            tirx.BufferLoad(self.norms, [j, 0]) * tirx.const(1 - d, self.dtype), lanes
+        )
         rhs = kth * c(1 + 4 * u) + c(eta) - nx
-        self.lanes = lanes
-        if lanes < 2 or dims * self.per_vector < GUARD_WORK or _spacing(terms) is None:
-            return None
-        self.terms, self.j = terms, j
+        self.spacing, self.dims, self.j = spacing, dims, j
         self.dotv = tirx.Var("guard_dot", vec)
         lhs = ny - self.dotv * c(2.0)
         cond = tirx.call_llvm_pure_intrin("bool", "llvm.vector.reduce.or", lhs < rhs)
@@ -295,14 +296,17 @@ def _spacing(terms: list) -> Optional[tuple]:
     return ya, yi + order[0][0], sa, xb, xi + order[0][1], sb
 
 
-def _dot_pairs(terms: list, j: Any, js: list, lanes: int, dt: str, chains: int) -> tuple:
-    """(statements, acc) computing sum_d y[j', d] x[d] for each j' of ``js`` (``j`` replaced
-    in the y index) in a loop over d, ``chains`` partial sums each in a local buffer, each
+def _dot_pairs(
+    spacing: tuple, dims: int, j: Any, js: list, lanes: int, dt: str, chains: int
+) -> tuple:
+    """(statements, acc) computing sum_d y[j', d] x[d], d < ``dims``, for each j' of ``js``
+    (``j`` replaced in the y index; the reads as :func:`_spacing` gives them) in a loop over
+    d, ``chains`` partial sums each in a local buffer, each
     x vector loaded once for all ``js``; ``acc(p)`` is the dot product of ``js[p]``.  As
     one expression (the exact value's tree with y * x for each term), LLVM hoisted a D = 64
     search's 64 broadcasts to the loop's top and spilled them at every j."""
-    ya, y0, sa, xb, x0, sb = _spacing(terms)
-    dims = len(terms)
+    ya, y0, sa, xb, x0, sb = spacing
+    ys = [_replace(y0, j, jp) for jp in js]  # y's index of d = 0 at each j'
     buf = tirx.decl_buffer((len(js) * chains * lanes,), dt, name="guard_acc", scope="local")
     zero = tirx.Broadcast(tirx.const(0, dt), lanes)
 
@@ -310,8 +314,7 @@ def _dot_pairs(terms: list, j: Any, js: list, lanes: int, dt: str, chains: int) 
         return [tirx.Ramp((p * chains + c) * lanes, 1, lanes)]
 
     def add(p: int, c: int, d: Any) -> Any:
-        yj = _replace(y0, j, js[p])
-        y = tirx.Broadcast(tirx.BufferLoad(ya, [yj + d * sa]), lanes)
+        y = tirx.Broadcast(tirx.BufferLoad(ya, [ys[p] + d * sa]), lanes)
         x = tirx.BufferLoad(xb, [tirx.Ramp(x0 + d * sb, 1, lanes)])
         return tirx.BufferStore(buf, tirx.BufferLoad(buf, slot(p, c)) + y * x, slot(p, c))
 
