@@ -96,6 +96,8 @@ class TargetTemplate:
     # the dot-product guard (ReductionShape.guard)
     guard_pays: Callable[[int, int, int], bool] = lambda rows, k, n: True  # (rows a block of
     # the guarded kernel, K, reduced rows) -> whether the guard pays for this call
+    sum_chains: Callable[[str], int] = lambda dtype: 4  # (compute dtype) -> interleaved chains of
+    # a sum of many terms (a dot product, a squared distance: tvmred.ops.sum_chains)
     settings: Callable[[dict], dict] = lambda target: {}  # environment settings that change
     # the template's default kernels (they go into the cache key), e.g. CUDA's rows a thread
 

@@ -123,7 +123,8 @@ def compile_reduction(
         cudatool.setup()  # NVRTC with pip's CUDA headers when there is no toolkit
     rb = row_block_for(spec, target, config)
     tile = tile_for(spec, target, config)
-    low = lower(spec, rb, tpl.math(target), tile, tpl.two_pass(target, compute_dtype(spec.dtype)))
+    cdt = compute_dtype(spec.dtype)
+    low = lower(spec, rb, tpl.math(target), tile, tpl.two_pass(target, cdt), tpl.sum_chains(cdt))
     sch = tpl.schedule(s_tir.Schedule(low.func), low.shape, target)
     mod = loops.bind_lanes(sch.mod, low.loops)
     mod = tpl.finish(schedules.task_counts(mod, low.shape, target), low.shape, target)

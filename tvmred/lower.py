@@ -28,7 +28,7 @@ import re
 from dataclasses import dataclass
 from typing import Callable
 
-from . import loops, mathfns
+from . import loops, mathfns, ops
 from ._tvm import te as _te
 from ._tvm import tirx
 from .arrays import compute_dtype
@@ -196,7 +196,7 @@ def _live(func) -> tuple[set[str], set[str]]:
     return set(blocks), reads | live
 
 
-def lower(spec: KernelSpec, row_block: int, math="poly", tile=0, two_pass=0) -> Lowered:
+def lower(spec: KernelSpec, row_block: int, math="poly", tile=0, two_pass=0, chains=4) -> Lowered:
     """Build the unscheduled PrimFunc of ``spec``: ``Red_{reduced index} formula``, output
     index of category ``out_cat`` (0: i, so reduce over j -- ``axis=1``; 1: j, so reduce over
     i), ``row_block`` output rows per block.  ``math`` is the target's way of evaluating
@@ -205,8 +205,8 @@ def lower(spec: KernelSpec, row_block: int, math="poly", tile=0, two_pass=0) -> 
     always split-j, arguments ``(Mb, N, S, Ct)`` with ``Ct * tile`` reduced rows per chunk,
     the reduced-index inputs padded by the caller to ``S * Ct * tile`` rows.  ``two_pass``:
     the template's j per block of a reduction's two-pass form (``RedDef.two_pass``), used
-    by every kernel but the ranged and tiled ones."""
-    with mathfns.mode(math):
+    by every kernel but the ranged and tiled ones; ``chains``: TargetTemplate.sum_chains."""
+    with mathfns.mode(math), ops.sum_chains(chains):
         return _lower(spec.formula, spec.rdef, spec.out_cat, spec.dtype, spec.acc, row_block,
                       spec.variant, tile, two_pass)  # fmt: skip
 

@@ -16,9 +16,11 @@ differentiation, lowering, README table and ``tests/test_ops.py`` all read this 
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import math
 from dataclasses import dataclass, field
-from typing import Any, Callable, Optional, Sequence
+from typing import Any, Callable, Iterator, Optional, Sequence
 
 from . import loops, mathfns
 from ._tvm import tirx
@@ -778,22 +780,35 @@ _best_of_components("Max", "ArgMax", "max", lambda *a, **k: _t().max(*a, **k))
 _best_of_components("Min", "ArgMin", "min", lambda *a, **k: _t().min(*a, **k))
 
 
-#: Independent accumulation chains of a sum of many terms (see _sum_te)
-SUM_CHAINS = 4
+#: Independent accumulation chains of a sum of many terms (see _sum_te): the target's choice
+#: (``TargetTemplate.sum_chains``), set by :func:`tvmred.lower.lower` while it builds a kernel
+SUM_CHAINS: contextvars.ContextVar[int] = contextvars.ContextVar("tvmred_sum_chains", default=4)
+
+
+@contextlib.contextmanager
+def sum_chains(count: int) -> Iterator[None]:
+    """Sums of many terms built, inside the block, as ``count`` interleaved chains."""
+    token = SUM_CHAINS.set(count)
+    try:
+        yield
+    finally:
+        SUM_CHAINS.reset(token)
 
 
 def _sum_te(args: list, params: tuple, dt: str) -> Exprs:
     """A sum of d terms as ``SUM_CHAINS`` interleaved sequential chains (term k goes to chain
-    k mod 4), the chains then added pairwise.  In a chain every product term ``u * v`` meets
-    its running sum as ``s + u * v``, which LLVM and nvcc contract to one FMA: a dot product
-    or squared distance of dimension d costs d FMAs (+ d subtractions) where a pairwise tree
-    costs d/2 FMAs, d/2 multiplies and d/2 adds (on sm_90, D = 64 SqDist: 95 FADD + 33 FMUL
-    + 33 FFMA a pair as a tree).  Four chains keep a CPU's FMA pipes busy (latency 4, 2
-    pipes, several SIMD vectors of rows per step); a GPU hides the latency with warps.  The
-    rounding error bound grows with the chain length (d/4 adds), not log2(d): negligible at
-    the dimensions formulas have."""
+    k mod the count), the chains then added pairwise.  In a chain every product term ``u * v``
+    meets its running sum as ``s + u * v``, which LLVM and nvcc contract to one FMA: a dot
+    product or squared distance of dimension d costs d FMAs (+ d subtractions) where a
+    pairwise tree costs d/2 FMAs, d/2 multiplies and d/2 adds (on sm_90, D = 64 SqDist: 95
+    FADD + 33 FMUL + 33 FFMA a pair as a tree; a GPU hides the chains' latency with warps).
+    A CPU runs its adds on other pipes than its FMAs, so there the short latency of more
+    chains wins: 16 for float32 (see ``schedules.cpu.cpu_sum_chains``).  The rounding error
+    bound grows with the chain length (d/count adds), not log2(d): negligible at the
+    dimensions formulas have."""
+    count = SUM_CHAINS.get()
     terms = list(args[0])
-    chains = [terms[k::SUM_CHAINS] for k in range(min(SUM_CHAINS, len(terms)))]
+    chains = [terms[k::count] for k in range(min(count, len(terms)))]
     sums = []
     for chain in chains:
         acc = chain[0]
