@@ -35,12 +35,17 @@ MODE: contextvars.ContextVar[str] = contextvars.ContextVar("tvmred_math_mode", d
 
 
 @contextlib.contextmanager
-def mode(value: str) -> Iterator[None]:
-    token = MODE.set(value)
+def scoped(var: contextvars.ContextVar, value: Any) -> Iterator[None]:
+    """``var`` set to ``value`` inside the block (a lowering setting: MODE, ops.SUM_CHAINS)."""
+    token = var.set(value)
     try:
         yield
     finally:
-        MODE.reset(token)
+        var.reset(token)
+
+
+def mode(value: str) -> contextlib.AbstractContextManager:
+    return scoped(MODE, value)
 
 
 # Per dtype: log2(e), ln 2 split in two parts (Cody-Waite), the clamp [lo, hi] (see exp),

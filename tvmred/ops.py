@@ -20,7 +20,7 @@ import contextlib
 import contextvars
 import math
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterator, Optional, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 from . import loops, mathfns
 from ._tvm import tirx
@@ -785,14 +785,9 @@ _best_of_components("Min", "ArgMin", "min", lambda *a, **k: _t().min(*a, **k))
 SUM_CHAINS: contextvars.ContextVar[int] = contextvars.ContextVar("tvmred_sum_chains", default=4)
 
 
-@contextlib.contextmanager
-def sum_chains(count: int) -> Iterator[None]:
+def sum_chains(count: int) -> contextlib.AbstractContextManager:
     """Sums of many terms built, inside the block, as ``count`` interleaved chains."""
-    token = SUM_CHAINS.set(count)
-    try:
-        yield
-    finally:
-        SUM_CHAINS.reset(token)
+    return mathfns.scoped(SUM_CHAINS, count)
 
 
 def _sum_te(args: list, params: tuple, dt: str) -> Exprs:
