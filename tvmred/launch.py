@@ -255,24 +255,25 @@ MAX_STATE = 64
 
 
 def column_chunks(r: Reduction, dtype: str) -> list[Reduction]:
-    """``r`` itself, or the reductions of consecutive slices of its state columns (each of at
-    most MAX_STATE state values per row) whose states, side by side, are ``r``'s."""
+    """``r`` itself, or the reductions of consecutive slices of its state columns (the fewest
+    kernels of at most MAX_STATE state values per row -- or the reduction's own ``chunking``
+    bound -- with balanced widths) whose states, side by side, are ``r``'s."""
     key = ("chunks", dtype)
     if key not in r.memo:
         acc, variant = r.resolve(dtype)
         rd, dim = r.rdef, r.formula.dim
-        if rd.chunking is not None:
-            cols, per, fixed = rd.chunking(dim, variant, dtype, acc)
+        if rd.chunking is not None:  # (formula columns, the most one kernel takes)
+            cols, width = rd.chunking(dim, variant, dtype, acc)
         else:  # every buffer has one column per formula column
             state = rd.state(dim, variant, dtype, acc)
-            cols, per, fixed = state[0][0], len(state), 0
-        width = max(1, (MAX_STATE - fixed) // per)
+            cols, width = state[0][0], max(1, MAX_STATE // len(state))
         parts = [r]
         if cols > width:
-            cuts = [(c, min(width, cols - c)) for c in range(0, cols, width)]
+            n = -(-cols // width)
+            cuts = [(cols * k // n, cols * (k + 1) // n - cols * k // n) for k in range(n)]
             parts = [
-                dataclasses.replace(r, formula=rd.columns(r.formula, c, n), memo={})
-                for c, n in cuts
+                dataclasses.replace(r, formula=rd.columns(r.formula, c, w), memo={})
+                for c, w in cuts
             ]
         r.memo[key] = parts
     return r.memo[key]

@@ -109,8 +109,8 @@ class RedDef:
     join: Optional[Callable[[list], list]] = None  # the states of column chunks, side by
     # side (default: each buffer's columns concatenated)
     chunking: Optional[Callable[[int, Variant, str, str], tuple]] = None  # (formula columns,
-    # state values a column, state values besides) for column chunks; default: every buffer
-    # has one column per formula column
+    # the most one kernel takes) for column chunks; default: every buffer has one column per
+    # formula column, launch.MAX_STATE state values a kernel
     doc: str = ""
 
     def selected(self, states: list, k: Optional[int]) -> Any:
