@@ -172,11 +172,11 @@ def _lse_join(parts: list) -> list:
 #: slices of them, each computing F again).  F -- an attention's dot product -- is the cost a
 #: slice repeats: SumSoftMaxWeight of (q|k), D = 64, 4000 x 4000, in one process (2-vCPU Zen 4;
 #: AVX2 kernels / AVX-512), against slices of 31 columns as before: E = 64 (65 columns with
-#: the denominator's) in one kernel 2.27x / 1.46x, compiled in 3.5 / 2.5 s against 6.7 / 3.2
-#: s for the three slices; E = 32 1.78x, E = 128 in two kernels 1.34x (AVX2).  65 keeps a GPU thread's
-#: state in its registers (sm_90, 64 columns: 168 registers, no spill -- sass_count); on the
-#: CPU one kernel of 129 was faster still at E = 128 (2.4x), but E = 256 in one took 30 s to
-#: compile against 15 s for nine slices.
+#: the denominator's) in one kernel 2.33x / 1.65x, compiled in 3.5 / 2.5 s against 6.7 / 3.2
+#: s for the three slices; E = 32 1.78x, E = 128 in two kernels 1.34x (AVX2).  65 keeps a
+#: GPU thread's state in its registers (sm_90, 64 columns: 168 registers, no spill --
+#: sass_count); on the CPU one kernel of 129 was faster still at E = 128 (2.4x), but E = 256
+#: in one took 30 s to compile against 15 s for nine slices.
 LSE_COLUMNS = 65
 
 
