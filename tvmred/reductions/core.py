@@ -241,9 +241,13 @@ class Reduction:
 
     def resolve(self, dtype: str) -> tuple[str, Variant]:
         """(accumulator dtype, kernel variant) for data of ``dtype``."""
-        cdt = compute_dtype(dtype)
-        acc = cdt if self.dtype_acc == "auto" else self.dtype_acc  # checked by check_options
-        return acc, self.rdef.variant(self.k, self.sum_scheme, cdt, acc)
+        hit = self.memo.get(("resolve", dtype))
+        if hit is None:
+            cdt = compute_dtype(dtype)
+            acc = cdt if self.dtype_acc == "auto" else self.dtype_acc  # checked by check_options
+            variant = self.rdef.variant(self.k, self.sum_scheme, cdt, acc)
+            hit = self.memo["resolve", dtype] = (acc, variant)
+        return hit
 
     def spec(
         self,

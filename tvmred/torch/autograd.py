@@ -166,7 +166,10 @@ def torch_call(
 ) -> Any:
     """A reduction call as ``Genred.__call__`` makes it: device placement (pykeops'
     backends), batch dimensions and ranges, ``out=``."""
-    dev, host = placement(args, backend, device_id)
+    # "auto" with no device_id computes where the tensors are (check_args names mixed devices)
+    host = backend != "auto" or device_id >= 0
+    if host:
+        dev, host = placement(args, backend, device_id)
     if host:  # pykeops' "_host" backends: compute on the GPU, return on the CPU
         args = tuple(a.to(dev) if isinstance(a, torch.Tensor) else a for a in args)
     # ranges in one launch: eager mode with a Reduction (torch.func / torch.compile: cluster
