@@ -6,7 +6,7 @@ from the origin and close to each other, ties, tiny values, odd N, both axes).""
 import pytest
 import torch
 
-from tvmred import normguard, schedules
+from tvmred import build, normguard, schedules
 from tvmred.frontend import make_reduction
 from tvmred.numpy import Genred as NumpyGenred
 from tvmred.torch import Genred, LazyTensor
@@ -223,10 +223,16 @@ def test_gradients_through_guarded_kernels():
 def test_the_guard_is_taken_where_it_pays(red, k, monkeypatch):
     """With the policy's own bound, a call takes the guarded kernel exactly where the rule
     says, computed from the guarded kernel's own row block (few reduced rows: the plain
-    kernel, which the guard would not beat), and both give the float64 answer."""
+    kernel, which the guard would not beat), and both give the float64 answer.  Where a
+    one-vector block would pay but the guarded kernel's block would not, the guarded kernel
+    is not even asked for (it would be compiled for nothing)."""
     monkeypatch.setattr(schedules.cpu, "GUARD_MAX_SHARE", SHARE)
     al = [f"x=Vi({D})", f"y=Vj({D})"]
-    for n in (100, 20000):
+    r = make_reduction("SqDist(x,y)", al, red, 1, "auto", k)
+    rows = build.get_kernel(r.spec("float32", guard=True), CPU).row_block  # compiled
+    pays = schedules.cpu.cpu_guard_pays
+    mid = next(n for n in range(2, 10**6) if pays(1, k or 1, n) and not pays(rows, k or 1, n))
+    for n in (100, mid, 20000):
         x, y = _data("normal", 64, n, torch.float32, seed=n)
         g = Genred("SqDist(x,y)", al, reduction_op=red, axis=1, **({"opt_arg": k} if k else {}))
         idx = g(x, y)
@@ -236,6 +242,7 @@ def test_the_guard_is_taken_where_it_pays(red, k, monkeypatch):
             hit is not None and schedules.cpu.guard_share(hit[1].row_block, k or 1, n) <= SHARE
         )
         assert (not guarded) == (("kernel", "float32", CPU, False, ()) in g.reduction.memo)
+        assert hit is None or n != mid
         assert guarded == (n == 20000)  # the sizes chosen for it on any CPU's row blocks
         d = torch.cdist(x.double(), y.double())
         want = d.topk(k or 1, dim=1, largest=False).values

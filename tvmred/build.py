@@ -96,6 +96,19 @@ def row_block_for(spec: KernelSpec, target: dict, config: Optional[dict] = None)
     )
 
 
+def row_block_of(spec: KernelSpec, device: Any) -> int:
+    """The row block of ``get_kernel(spec, device)``'s kernel, without compiling it."""
+    pre = _PRELOADED.get(spec.text_key(device.type))
+    if pre is not None:
+        return pre.row_block
+    target = target_for(device)
+    base = key_text(spec, target)
+    kernel = _KERNELS.get(base)
+    if kernel is not None:
+        return kernel.row_block
+    return row_block_for(spec, target, tunedb.lookup(base))
+
+
 def tile_for(spec: KernelSpec, target: dict, config: Optional[dict] = None) -> int:
     """Reduced rows per tile (0: none): the tuned or default tile, fitted to the bytes one
     reduced row of the formula's reduced-index inputs takes (as the kernel stores them)."""

@@ -5,7 +5,7 @@ norms that cannot overflow; then the guarded kernel's two extra arguments."""
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 from . import schedules
 from .arrays import Numpy, xp
@@ -31,15 +31,26 @@ def sqdist_of(r: Reduction) -> tuple:
     return (p, q, dim) if c != r.out_cat else (q, p, dim)
 
 
-def candidate(r: Reduction, dtype: str, dev: Any, n_red: int) -> bool:
+def candidate(
+    r: Reduction, dtype: str, dev: Any, n_red: int, rows_of: Optional[Callable] = None
+) -> bool:
     """Whether this call may take the guarded kernel: a squared distance of the dimension,
     reduction and dtype the device's template guards, with enough reduced rows that the
-    guard could pay with a row block of one vector (``TargetTemplate.guard_pays``)."""
+    guard pays (``TargetTemplate.guard_pays``) with the guarded kernel's row block --
+    ``rows_of(spec)``, known before it is compiled, so a kernel the call would not take is
+    never built -- or, without ``rows_of``, with a row block of one vector."""
     hit = r.memo.get("sqdist")
     if hit is None:
         hit = r.memo["sqdist"] = sqdist_of(r)
-    tpl = schedules.for_device(dev.type)
-    return bool(hit) and tpl.norm_guard(r.red, hit[2], dtype) and tpl.guard_pays(1, r.k or 1, n_red)
+    tpl, k = schedules.for_device(dev.type), r.k or 1
+    if not (hit and tpl.norm_guard(r.red, hit[2], dtype) and tpl.guard_pays(1, k, n_red)):
+        return False
+    if rows_of is None:
+        return True
+    key = ("guard rows", dtype, dev)
+    if key not in r.memo:
+        r.memo[key] = rows_of(r.spec(dtype, guard=True))
+    return tpl.guard_pays(r.memo[key], k, n_red)
 
 
 def guard_norms(
