@@ -140,7 +140,7 @@ def cpu_rowblock(sch: s_tir.Schedule, shape: ReductionShape, target: dict) -> s_
             sch.unroll(loop)
         sch.vectorize(ti)
     sch.unroll(u)
-    sch.vectorize(ii)
+    sch.vectorize(_native_vectors(sch, ii, shape, target))
     for name in (*shape.stages, *two):
         sch.vectorize(sch.get_loops(sch.get_sblock(name))[-1])
     for name in two[1:]:  # the block's max and sum: initialised before their loop over j
@@ -154,6 +154,25 @@ def cpu_rowblock(sch: s_tir.Schedule, shape: ReductionShape, target: dict) -> s_
     if jdec is not j:
         sch.unroll(j)
     return sch
+
+
+def _native_vectors(sch: s_tir.Schedule, ii: Any, shape: ReductionShape, target: dict) -> Any:
+    """The loop to vectorise over a block's rows: ``ii`` itself, or for a Min/Max/ArgMin
+    (``select``) block of several SIMD vectors, its inner loop of one vector (the outer
+    unrolled).  Their update is a select on a comparison; LLVM legalises a 32-lane boolean
+    as bytes on AVX2, packing and unpacking the four vectors' masks at every j (106
+    instructions a j for 32 rows, ~45 of them shuffles; 82 as four vectors).  Kernel against
+    kernel in one process, 2-vCPU Zen 4, 1e4 x 1e4, same results: AVX2 kernels ArgMin D=3
+    1.56x, Max 1.88x, float64 ArgMin 1.40x, Max_ArgMax of an Exp 1.27x, D=64 1.07x; AVX-512
+    (mask registers) 1.00x, float64 1.12x.  Sums and LogSumExp: 1.00x either way; K-min
+    blocks (one vector as a rule) and the guarded kernel (its pass reads the block's vector)
+    keep ``ii``."""
+    lanes = vector_registers(target)[1] // (64 if shape.acc_dtype == "float64" else 32)
+    if shape.kind != "select" or shape.guard or shape.row_block <= lanes:
+        return ii
+    iv, ii = sch.split(ii, factors=[None, lanes])
+    sch.unroll(iv)
+    return ii
 
 
 #: j per iteration of a plain Sum's loop (the others: 1).  A row block's per-pair chains

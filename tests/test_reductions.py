@@ -1,6 +1,8 @@
 """Every reduction x axis 0/1 x float32/float64 against dense float64 torch references, the
 gradients (including the Min/Max/KMin gradients pykeops lacks), and the numerics cases."""
 
+import re
+
 import pytest
 import torch
 
@@ -486,3 +488,34 @@ def test_wide_softmax_weights_share_one_max(dim):
     raw = Genred("(q|k)", al, reduction_op="Max_SumShiftExpWeight", formula2="v", axis=1)(q, k, w)
     m = s.detach().amax(1, keepdim=True)
     torch.testing.assert_close(raw, torch.cat([m, torch.exp(s.detach() - m) @ w], 1))
+
+
+@pytest.mark.parametrize("red", ["Min_ArgMin", "Max_ArgMax"])
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_select_blocks_compare_one_simd_vector_at_a_time(red, dtype):
+    """A Min/Max block of several SIMD vectors selects vector by vector: no boolean vector
+    wider than the target's registers reaches LLVM (a 32-lane one is packed into bytes and
+    unpacked at every j on AVX2), and the values are still the dense float64 answer."""
+    from tvmred import build
+    from tvmred.arrays import HOST
+    from tvmred.frontend import make_reduction
+    from tvmred.schedules.cpu import vector_registers
+    from tvmred.targets import target_for
+
+    r = make_reduction("SqDist(x,y)", ["x=Vi(3)", "y=Vj(3)"], red, 1, "auto", None)
+    spec = r.spec(dtype)
+    target = target_for(HOST)
+    lanes = vector_registers(target)[1] // (64 if dtype == "float64" else 32)
+    assert build.row_block_for(spec, target) > lanes  # several vectors a block
+    ll = build.compile_reduction(spec, target)[0].mod.inspect_source("ll")
+    widths = {int(w) for w in re.findall(r"select <(\d+) x i1>", ll)}
+    assert widths and max(widths) <= lanes
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(301, 3, generator=g, dtype=getattr(torch, dtype))
+    y = torch.randn(257, 3, generator=g, dtype=getattr(torch, dtype))
+    d = torch.cdist(x.double(), y.double()) ** 2
+    val, idx = Genred("SqDist(x,y)", ["x=Vi(3)", "y=Vj(3)"], reduction_op=red, axis=1)(x, y)
+    want = (d.min(1) if red == "Min_ArgMin" else d.max(1)).values[:, None]
+    tol = {"rtol": 1e-5, "atol": 1e-5} if dtype == "float32" else {}
+    torch.testing.assert_close(val.double(), want, **tol)
+    torch.testing.assert_close(d.gather(1, idx.long()), want, **tol)
