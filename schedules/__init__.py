@@ -43,16 +43,18 @@ def row_block(
     width: int = 1,
     narrow: bool = False,
     reads: int = 0,
+    kind: str = "",
 ) -> int:
     """Output rows per block (the padding multiple): the tuned value from ``config`` if any,
     else the template's rule for ``width`` = values per row of the reduction state that a
     block keeps in registers across the j loop and ``reads`` = reduced-index values a pair
-    reads (``narrow``: the narrower blocks of a split-j kernel for few output rows)."""
+    reads, for a reduction of ``kind`` ("sum", "select", "kselect", "lse"; ``narrow``: the
+    narrower blocks of a split-j kernel for few output rows)."""
     if config and "row_block" in config:
         return int(config["row_block"])
     tpl = template(target["kind"])
     rule = tpl.split_row_block if narrow and tpl.split_row_block else tpl.row_block
-    return rule(target, dtype, width, reads)
+    return rule(target, dtype, width, reads, kind)
 
 
 def task_counts(mod: Any, shape: ReductionShape, target: dict) -> Any:

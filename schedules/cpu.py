@@ -58,32 +58,52 @@ SCOPE = "global"
 
 #: Reduced-index values a pair reads from which a row block spans two vectors at least: each
 #: value is broadcast once per j for the whole block, and with one vector the loads bound the
-#: loop (KNN at D = 64 with AVX2 kernels: 1.2x faster with two vectors; at D = 3 one is best)
+#: loop (KNN at D = 64 with AVX2 kernels: 1.2x faster with two vectors; narrower: KSELECT_BYTES)
 WIDE_READS = 16
 
 
-def cpu_row_block(target: dict, dtype: str, width: int = 1, reads: int = 0) -> int:
+#: A K-selection's block (K <= KSELECT_K, fewer than WIDE_READS values a pair): KSELECT_BYTES
+#: of rows -- 16 float32 or 8 float64, two AVX2 vectors or one AVX-512 vector.  Most j are
+#: skipped after one compare of the block's K-th values (early_exit.py); the j's broadcasts,
+#: any-lane test and branch are shared by the block's vectors.  ArgKMin D=3, 1e4 x 1e4,
+#: 2-vCPU Zen 4, kernel against kernel in one process: AVX2 kernels 16 rows against 8: K=5
+#: 1.40x, K=10 1.13x, D=8 1.12x, K=16 1.03x, but K=20 0.85x; float64 8 rows against 4 1.16x
+#: (16: 1.12x); AVX-512 one vector is best (two: K=5 0.73x -- the rule before gave K=5 two
+#: --, K=10 0.85x, K=20 0.85x, float64 0.87x).  128-bit targets (SSE, NEON) get four
+#: vectors: not measured.
+KSELECT_BYTES = 64
+KSELECT_K = 16
+
+
+def cpu_row_block(target: dict, dtype: str, width: int = 1, reads: int = 0, kind: str = "") -> int:
     """Lanes per row block: four SIMD vectors of the data type, halved while the block's
     reduction state (``width`` values per row, kept in registers across the j loop) would
     take more vectors than the target has registers -- but never below one vector (two when
-    a pair reads ``WIDE_READS`` or more reduced-index values): a half-empty vector costs more
-    than spilling part of a wide state (measurements in CHANGELOG.md).  The block's inputs do
-    not count: they are read from a local (L1-resident) copy at every j."""
+    a pair reads ``WIDE_READS`` or more reduced-index values): a half-empty vector costs
+    more than spilling part of a wide state (measurements in CHANGELOG.md).  A K-selection
+    of K <= ``KSELECT_K`` reading fewer values: ``KSELECT_BYTES`` of rows, one vector at
+    least.  The block's inputs do not count: they are read from a local (L1-resident) copy
+    at every j."""
     count, bits = vector_registers(target)
-    per_vector = bits // (32 if dtype == "float32" else 64)
+    size = 32 if dtype == "float32" else 64
+    per_vector = bits // size
     lanes = 4 * per_vector
+    if kind == "kselect" and width <= 2 * KSELECT_K and reads < WIDE_READS:  # K values, indices
+        return max(per_vector, KSELECT_BYTES * 8 // size)
     floor = per_vector * (2 if reads >= WIDE_READS else 1)
     while lanes > floor and lanes * width > count * per_vector:
         lanes //= 2
     return lanes
 
 
-def cpu_split_row_block(target: dict, dtype: str, width: int = 1, reads: int = 0) -> int:
+def cpu_split_row_block(
+    target: dict, dtype: str, width: int = 1, reads: int = 0, kind: str = ""
+) -> int:
     """The split-j kernel's row block: half of :func:`cpu_row_block`, at least one vector --
     it runs when the row blocks are fewer than the threads, where a half-empty block costs
     more than narrower blocks (M = 32, N = 2e6 Gaussian: 1.7x faster than 64-row blocks)."""
     per_vector = vector_registers(target)[1] // (32 if dtype == "float32" else 64)
-    return max(per_vector, cpu_row_block(target, dtype, width, reads) // 2)
+    return max(per_vector, cpu_row_block(target, dtype, width, reads, kind) // 2)
 
 
 def cpu_candidates(target: dict, dtype: str, default: int) -> list[dict]:

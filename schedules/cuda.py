@@ -38,7 +38,7 @@ def rows_per_thread() -> int:
     return int(value)
 
 
-def cuda_row_block(target: dict, dtype: str, width: int = 1, reads: int = 0) -> int:
+def cuda_row_block(target: dict, dtype: str, width: int = 1, reads: int = 0, kind: str = "") -> int:
     """One row per thread by default (``$TVMRED_CUDA_ROWS`` rows otherwise); rows per thread
     (row_block = THREADS x rows) is also a tuning knob: more rows per thread reuse each
     j-row read (with tiles, one shared-memory load for all rows: sass_count.py), but leave

@@ -71,8 +71,8 @@ class TargetTemplate:
     math: Callable[[dict], str]  # target -> how kernels evaluate exp: "poly" / "avx512",
     # tvmred's SIMD exp (tvmred.mathfns), or "native", the target's own
     make_target: Callable[[Any, dict], dict]  # (torch device, host CPU target) -> target dict
-    row_block: Callable[[dict, str, int, int], int]  # (target, dtype, state width, reduced-index
-    # values read per pair) -> rows per block
+    row_block: Callable[[dict, str, int, int, str], int]  # (target, dtype, state width,
+    # reduced-index values read per pair, reduction kind) -> rows per block
     candidates: Callable[[dict, str, int], list]  # (target, dtype, default rows) -> knob dicts
     schedule: Callable[["s_tir.Schedule", ReductionShape, dict], "s_tir.Schedule"]
     finish: Callable[["tvm.IRModule", ReductionShape, dict], "tvm.IRModule"] = _as_is
@@ -84,8 +84,9 @@ class TargetTemplate:
     # reduced row) -> the tile the kernel gets (fewer rows where the tile would not fit, 0: none)
     passes: dict = dataclasses.field(default_factory=dict)  # tvm.compile PassContext config
     ranged: bool = False  # compiles ranged (block-sparse) kernels: ranges in one launch
-    split_row_block: Callable[[dict, str, int, int], int] | None = None  # the split-j kernel's rows
-    # per block (it runs when there are few rows: less padding pays), None: ``row_block``'s
+    split_row_block: Callable[[dict, str, int, int, str], int] | None = None  # the split-j
+    # kernel's rows per block (it runs when there are few rows: less padding pays), None:
+    # ``row_block``'s
     two_pass: Callable[[dict, str], int] = lambda target, dtype: 0  # (target, dtype) -> j per
     # block of a two-pass LogSumExp (ReductionShape.two_pass), 0: the online one-pass loop
     local_rows: Callable[[str, int, int, int], bool] = lambda red, dims, m, n: False  # (reduction,

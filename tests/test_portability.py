@@ -11,7 +11,7 @@ import torch
 from tvmred import build
 from tvmred.frontend import make_reduction
 from tvmred.launch import kernel_args
-from tvmred.schedules.cpu import cpu_row_block, vector_registers
+from tvmred.schedules.cpu import KSELECT_K, cpu_row_block, vector_registers
 from tvmred.targets import cpu_target
 
 AVX512 = {"kind": "llvm", "mcpu": "znver5"}
@@ -33,11 +33,13 @@ def test_vector_registers_follow_the_target(target, regs):
 
 @pytest.mark.parametrize(
     "target,gauss,knn",
-    [(AVX512, 64, 16), (AVX2, 32, 8), (NEON, 16, 4), (SSE2, 16, 4)],
+    [(AVX512, 64, 16), (AVX2, 32, 16), (NEON, 16, 16), (SSE2, 16, 16)],
 )
 def test_row_blocks_follow_the_target(target, gauss, knn):
     """Four vectors, fewer while the state would not fit the registers, at least one vector:
-    Gaussian conv (3 state values per row), ArgKMin K=10 (20)."""
+    Gaussian conv (3 state values per row); a K-selection of K <= KSELECT_K: 64 bytes of
+    rows (ArgKMin K=10: 16 float32 rows, one AVX-512 vector, two AVX2 ones, four of 128
+    bits); past KSELECT_K the general rule (K=20: 40 state values a row)."""
     lanes = vector_registers(target)[1] // 32
     for case, want in ((GAUSS, gauss), (KNN, knn)):
         r = make_reduction(*case[:3], 1, "auto", case[3])
@@ -50,6 +52,12 @@ def test_row_blocks_follow_the_target(target, gauss, knn):
     wide = make_reduction("SqDist(x,y)", ["x = Vi(64)", "y = Vj(64)"], "ArgKMin", 1, "auto", 10)
     assert build.row_block_for(wide.spec("float32"), target) == 2 * lanes
     assert cpu_row_block(AVX2, "float64", 3) == 16  # four float64 vectors of 4
+    assert cpu_row_block(target, "float64", 20, 3, "kselect") == max(lanes // 2, 8)
+    big = make_reduction(*KNN[:3], 1, "auto", KSELECT_K + 4)
+    want = lanes * 4
+    while want > lanes and want * 2 * (KSELECT_K + 4) > vector_registers(target)[0] * lanes:
+        want //= 2
+    assert build.row_block_for(big.spec("float32"), target) == want
 
 
 def cpu_has(flag: str) -> bool:

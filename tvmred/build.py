@@ -92,7 +92,7 @@ def row_block_for(spec: KernelSpec, target: dict, config: Optional[dict] = None)
     dtype = compute_dtype(spec.dtype)
     narrow = spec.variant.narrow
     return schedules.row_block(
-        target, dtype, config, spec.registers(), narrow, _reduced_values(spec)
+        target, dtype, config, spec.registers(), narrow, _reduced_values(spec), spec.rdef.kind
     )
 
 
