@@ -23,23 +23,24 @@ def check_args(r: Reduction, args: Sequence[Any], batch: bool = False) -> tuple[
     """Validate the call's tensors; return (dtype, n_out, n_red).  Raises before compiling.
     With ``batch``, arguments may have leading batch dimensions (checked by the caller).
     The answer depends only on each argument's class, dtype, shape and device: it is
-    memoised on ``r`` by them (the last CHECKS signatures), saving ~4 us a call."""
+    memoised on ``r`` by them (up to CHECKS signatures), saving ~4 us a call."""
+    checked = r.memo.get("checked")
+    if checked is None:
+        checked = r.memo["checked"] = {}
     try:
         key = (batch, *[(a.__class__, a.dtype, a.shape, xp(a).device(a)) for a in args])
-        hit = r.memo.get(("checked", key))
+        hit = checked.get(key)
     except (AttributeError, TypeError):  # not arrays, or unhashable: the check names it
         return _check_args(r, args, batch)
     if hit is None:
         hit = _check_args(r, args, batch)
-        seen = r.memo.setdefault("checked", [])
-        if len(seen) >= CHECKS:
-            r.memo.pop(("checked", seen.pop(0)), None)
-        seen.append(key)
-        r.memo["checked", key] = hit
+        if len(checked) >= CHECKS:  # (dict operations: safe from several threads)
+            checked.clear()
+        checked[key] = hit
     return hit
 
 
-CHECKS = 16  # call signatures whose check a reduction remembers
+CHECKS = 16  # call signatures whose check a reduction remembers (then it starts again)
 
 
 def _check_args(r: Reduction, args: Sequence[Any], batch: bool) -> tuple[str, int, int]:
