@@ -75,6 +75,11 @@ KSELECT_BYTES = 64
 KSELECT_K = 16
 
 
+def vector_lanes(target: dict, dtype: str) -> int:
+    """Values of ``dtype`` (float32, else float64) in one SIMD vector of the target."""
+    return vector_registers(target)[1] // (32 if dtype == "float32" else 64)
+
+
 def cpu_row_block(target: dict, dtype: str, width: int = 1, reads: int = 0, kind: str = "") -> int:
     """Lanes per row block: four SIMD vectors of the data type, halved while the block's
     reduction state (``width`` values per row, kept in registers across the j loop) would
@@ -102,13 +107,13 @@ def cpu_split_row_block(
     """The split-j kernel's row block: half of :func:`cpu_row_block`, at least one vector --
     it runs when the row blocks are fewer than the threads, where a half-empty block costs
     more than narrower blocks (M = 32, N = 2e6 Gaussian: 1.7x faster than 64-row blocks)."""
-    per_vector = vector_registers(target)[1] // (32 if dtype == "float32" else 64)
+    per_vector = vector_lanes(target, dtype)
     return max(per_vector, cpu_row_block(target, dtype, width, reads, kind) // 2)
 
 
 def cpu_candidates(target: dict, dtype: str, default: int) -> list[dict]:
     """Row blocks from half a vector to eight vectors (``default`` first)."""
-    per_vector = vector_registers(target)[1] // (32 if dtype == "float32" else 64)
+    per_vector = vector_lanes(target, dtype)
     blocks = [per_vector // 2 * 2**k for k in range(5)]
     return [{"row_block": b} for b in [default] + [b for b in blocks if b != default]]
 
@@ -187,7 +192,7 @@ def _native_vectors(sch: s_tir.Schedule, ii: Any, shape: ReductionShape, target:
     (mask registers) 1.00x, float64 1.12x.  Sums and LogSumExp: 1.00x either way; K-min
     blocks (one vector as a rule) and the guarded kernel (its pass reads the block's vector)
     keep ``ii``."""
-    lanes = vector_registers(target)[1] // (64 if shape.acc_dtype == "float64" else 32)
+    lanes = vector_lanes(target, shape.acc_dtype)
     if shape.kind != "select" or shape.guard or shape.row_block <= lanes:
         return ii
     iv, ii = sch.split(ii, factors=[None, lanes])

@@ -377,11 +377,8 @@ def kernel_args(
 def _padded(a: Any, rows: int, x: Any, repeat: bool = False) -> Any:
     """``a`` with ``rows`` rows: zeros after its own, or (``repeat``) copies of its last row
     (a tiled kernel's masked j then reads a duplicate of j = N - 1: ``Space.duplicates``)."""
-    if not repeat:
-        return x.pad_rows(a, rows)
-    padded = x.zeros((rows, a.shape[1]), x.dtype_name(a), a)
-    padded[: a.shape[0]] = a
-    if a.shape[0]:
+    padded = x.pad_rows(a, rows)
+    if repeat and a.shape[0]:
         padded[a.shape[0] :] = a[-1:]
     return padded
 
