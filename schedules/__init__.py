@@ -48,8 +48,9 @@ def row_block(
     """Output rows per block (the padding multiple): the tuned value from ``config`` if any,
     else the template's rule for ``width`` = values per row of the reduction state that a
     block keeps in registers across the j loop and ``reads`` = reduced-index values a pair
-    reads, for a reduction of ``kind`` ("sum", "select", "kselect", "lse"; ``narrow``: the
-    narrower blocks of a split-j kernel for few output rows)."""
+    reads, for a reduction of ``kind`` ("sum", "select", "kselect", "lse"; with "+guard"
+    for the kernel with the dot-product guard, ``guard.py``; ``narrow``: the narrower
+    blocks of a split-j kernel for few output rows)."""
     if config and "row_block" in config:
         return int(config["row_block"])
     tpl = template(target["kind"])

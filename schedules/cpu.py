@@ -74,6 +74,19 @@ WIDE_READS = 16
 KSELECT_BYTES = 64
 KSELECT_K = 16
 
+#: Where the target's vectors are 512 bits (AVX-512), the kernel of a K-selection with the
+#: dot-product guard (kind "kselect+guard": ``guard.py``) takes one vector of rows.  Its j
+#: cost a dot product a row and a compare, except those at which some row of the block takes
+#: the pair: there the whole block's exact distances are computed and inserted -- such j
+#: grow more frequent and dearer with the block's rows (ArgKMin K=10, D=64, 1e4 x 1e4:
+#: 6.7 % of j with 16 rows, 10.8 % with 32, counted on the benchmark's data).  AVX-512's
+#: multiply-add takes its broadcast operand from memory, so one vector keeps the dot-product
+#: loop at its multiply-add rate (dot products alone, 16 rows against 32: 59 / 61 ms);
+#: AVX2's separate broadcast loads bound a one-vector loop (0.56-0.68x), so there the block
+#: keeps the kind's rule.  ArgKMin K=10 1e4, 2-vCPU Zen 4, kernel against kernel in one
+#: process, AVX-512 one vector against two: D=64 1.25x, D=128 1.25x, float64 D=64 1.12x.
+GUARD_ONE_VECTOR_BITS = 512
+
 
 def vector_lanes(target: dict, dtype: str) -> int:
     """Values of ``dtype`` (float32, else float64) in one SIMD vector of the target."""
@@ -87,12 +100,15 @@ def cpu_row_block(target: dict, dtype: str, width: int = 1, reads: int = 0, kind
     a pair reads ``WIDE_READS`` or more reduced-index values): a half-empty vector costs
     more than spilling part of a wide state (measurements in CHANGELOG.md).  A K-selection
     of K <= ``KSELECT_K`` reading fewer values: ``KSELECT_BYTES`` of rows, one vector at
-    least.  The block's inputs do not count: they are read from a local (L1-resident) copy
-    at every j."""
+    least; one with the dot-product guard on AVX-512 (``GUARD_ONE_VECTOR_BITS``).  The
+    block's inputs do not count: they are read from a local (L1-resident) copy at every j."""
     count, bits = vector_registers(target)
     size = 32 if dtype == "float32" else 64
     per_vector = bits // size
     lanes = 4 * per_vector
+    if kind == "kselect+guard" and bits >= GUARD_ONE_VECTOR_BITS:
+        return per_vector
+    kind = kind.split("+")[0]
     if kind == "kselect" and width <= 2 * KSELECT_K and reads < WIDE_READS:  # K values, indices
         return max(per_vector, KSELECT_BYTES * 8 // size)
     floor = per_vector * (2 if reads >= WIDE_READS else 1)
@@ -301,11 +317,14 @@ def cpu_local_rows(red: str, dims: int, m: int, n: int) -> bool:
 
 
 #: K-min searches of |x_i - y_j|^2 with at least GUARD_MIN_DIM values a point take the
-#: kernel with the dot-product guard (float32 and float64 data); its pass applies it where
-#: the dimension times the registers of a row-block vector reaches ``guard.GUARD_WORK``
-#: (32 with four registers a vector; below, the guarded spec compiles to the plain kernel).
-#: The launch decides without the target: a cached call imports no TVM.
-GUARD_MIN_DIM = 32
+#: kernel with the dot-product guard (float32 and float64 data).  The launch decides without
+#: the target: a cached call imports no TVM.  Guarded against unguarded calls, 1e4 x 1e4,
+#: 2-vCPU Zen 4, alternated in one process (float32 unless said): ArgKMin K=10 AVX-512 D=12
+#: 0.99x, D=16 1.48x, D=32 1.55x, D=64 1.62x, D=128 1.64x, float64 D=16 1.36x, D=64 1.66x;
+#: AVX2 kernels D=12 1.12x, D=16 1.15x, D=32 1.48x, D=64 1.53x, float64 D=16 1.20x;
+#: ArgMin AVX-512 D=12 1.18x, D=16 1.27x, D=32 1.37x, float64 D=64 1.23x; AVX2 D=12 1.24x,
+#: D=16 1.45x, D=32 1.69x, float64 D=64 2.25x.  D=8: ArgKMin 0.39x (AVX-512), 0.88x (AVX2).
+GUARD_MIN_DIM = 12
 
 
 GUARD_REDUCTIONS = (*LOCAL_REDUCTIONS, "Min", "ArgMin", "Min_ArgMin")

@@ -46,17 +46,17 @@ from tvm import tirx
 
 from .shape import ReductionShape
 
-#: The guard where dims x registers a row-block vector >= GUARD_WORK: the exact value's
-#: subtractions it saves against its compare and mispredicted branches.  ArgKMin K=10 1e4,
-#: 2-vCPU Zen 4, guarded against not in one process: float32, AVX2 kernels (4 ymm) D=32
-#: 1.28x, D=64 1.47x, D=128 1.86x; AVX-512 (2 zmm) D=32 0.87x, D=64 1.03-1.04x, D=128 1.15x;
-#: float64 AVX-512 (4 zmm) D=64 1.19x.
-GUARD_WORK = 128
+#: j a step of the dot-product loop (``_Guard.step``): the largest power of two up to
+#: MAX_STEP whose accumulators (step x registers a row-block vector) fit in half the vector
+#: registers; each row-block vector is loaded once for them all.  ArgKMin K=10 D=64 1e4,
+#: 2-vCPU Zen 4, kernel against kernel in one process: AVX-512, one zmm of rows, 8 j
+#: against 4 (the rule before) 1.04x, 16 j 0.95x; two zmm 2 j 0.90x of 4.
+MAX_STEP = 8
 
-#: j a step of the dot-product loop where the registers allow (``_Guard.step``): each
-#: row-block vector loaded once for them all.  ArgKMin K=10 D=64 1e4 with AVX-512 kernels
-#: (2-vCPU Zen 4, three processes each): 4 j 86-95 ms, 2 j 96-103 ms; ArgMin 66 / 69 ms.
-MAX_STEP = 4
+#: Independent multiply-add chains a step keeps at least (``_Guard.chains``): two FMA pipes
+#: of latency 4.  Two partial sums per dot product where 16 accumulators would have fitted
+#: (AVX-512, two zmm of rows, 4 j) were 0.96x of one (8 chains).
+MIN_CHAINS = 8
 
 #: unit roundoff and the absolute slack ``eta`` per dtype (see the module docstring)
 _ROUNDOFF = {"float32": (2.0**-24, 2.0**-90), "float64": (2.0**-53, 2.0**-1015)}
@@ -128,16 +128,19 @@ class _Guard:
 
     @property
     def chains(self) -> int:
-        """Partial sums per dot product: the accumulators of a step's j in half the vector
-        registers (AVX-512, 32 rows of float32: 4 j x 2 chains, 16 zmm; AVX2: 2 j x 1
-        chain, 8 ymm -- 8 independent multiply-adds, enough for two FMA pipes of latency 4)."""
-        return max(1, self.registers[0] // 2 // (self.step * self.per_vector))
+        """Partial sums per dot product: one where the step's accumulators are MIN_CHAINS
+        independent multiply-adds or more (every target's rule as measured), else enough."""
+        return max(1, -(-MIN_CHAINS // (self.step * self.per_vector)))
 
     @property
     def step(self) -> int:
-        """j a step of the dot-product loop: MAX_STEP where their accumulators (one chain
-        each at least) fit in half the vector registers, else 2."""
-        return MAX_STEP if MAX_STEP * self.per_vector <= self.registers[0] // 2 else 2
+        """j a step of the dot-product loop: the largest power of two up to MAX_STEP whose
+        accumulators fit in half the vector registers (AVX-512: one zmm of rows 8 j, four
+        zmm 4 j; AVX2: two ymm 4 j), 2 at least."""
+        step = MAX_STEP
+        while step > 2 and step * self.per_vector > self.registers[0] // 2:
+            step //= 2
+        return step
 
     @property
     def per_vector(self) -> int:
@@ -228,7 +231,7 @@ class _Guard:
             return None
         dims, lanes = len(terms), store.value.ty.dtype.lanes
         self.lanes = lanes  # before per_vector
-        if lanes < 2 or dims * self.per_vector < GUARD_WORK:
+        if lanes < 2:
             return None
         spacing = _spacing(terms)
         if spacing is None or any(self.again_load(a) is None for a, _ in terms):

@@ -11,8 +11,7 @@ from tvmred.frontend import make_reduction
 from tvmred.numpy import Genred as NumpyGenred
 from tvmred.torch import Genred, LazyTensor
 
-D = 64  # guarded on every CPU: a row block of a K-min at D >= 16 spans >= 2 registers, and
-# 64 x 2 reaches guard.GUARD_WORK (test_the_pass_follows_its_rule checks it)
+D = 64  # guarded on every CPU (GUARD_MIN_DIM; test_the_pass_follows_its_rule checks it)
 K = 7
 CPU = torch.device("cpu")
 SHARE = schedules.cpu.GUARD_MAX_SHARE  # the policy's bound (the fixture below lifts it)
@@ -170,19 +169,24 @@ def test_overflowing_and_nan_points_keep_the_exact_answer():
     assert idx[3, 0] == 7 and (idx[3, 1:] == -1).all()
 
 
-@pytest.mark.parametrize("dim", [32, 64])
+@pytest.mark.parametrize("dim", [12, 32, 64])
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 @pytest.mark.parametrize("red", ["ArgKMin", "ArgMin"])
 @pytest.mark.parametrize("formula", ["SqDist(x,y)", "Sum(Square(y-x))"])
 def test_the_pass_follows_its_rule(dim, dtype, red, formula):
-    """The guard is in the kernel where dim x registers a row-block vector >= GUARD_WORK --
-    that count from the same target and row block the build uses -- and only there."""
+    """The guarded spec's kernel has the guard at every dimension the launch asks for it
+    (GUARD_MIN_DIM up), in row blocks of the template's rule: one vector for a K-selection
+    where the target's vectors are GUARD_ONE_VECTOR_BITS wide, the unguarded kernel's
+    block otherwise -- from the same target the build uses -- and a dot-product loop whose
+    step x chains x registers a row-block vector is MIN_CHAINS multiply-adds or more."""
+    import re
+
     from tvm import s_tir
 
     from tvmred.build import row_block_for
     from tvmred.lower import lower
-    from tvmred.schedules.cpu import vector_registers
-    from tvmred.schedules.guard import GUARD_WORK
+    from tvmred.schedules.cpu import GUARD_MIN_DIM, GUARD_ONE_VECTOR_BITS, vector_registers
+    from tvmred.schedules.guard import MIN_CHAINS
     from tvmred.targets import cpu_target
 
     t = cpu_target()
@@ -191,12 +195,17 @@ def test_the_pass_follows_its_rule(dim, dtype, red, formula):
     spec = r.spec(dtype, guard=True)
     tpl = schedules.template("llvm")
     rb = row_block_for(spec, t)
+    count, bits = vector_registers(t)
+    lanes = bits // (32 if dtype == "float32" else 64)
+    plain = row_block_for(r.spec(dtype), t)
+    assert rb == (lanes if red == "ArgKMin" and bits >= GUARD_ONE_VECTOR_BITS else plain)
     low = lower(spec, rb, tpl.math(t))
     sch = tpl.schedule(s_tir.Schedule(low.func), low.shape, t)
     text = tpl.finish(sch.mod, low.shape, t).script()
-    per_vector = max(1, rb * (32 if dtype == "float32" else 64) // vector_registers(t)[1])
-    assert ("guard_acc" in text) == (dim * per_vector >= GUARD_WORK)
-    assert dim < 64 or "guard_acc" in text  # D = 64 (the tests above): guarded everywhere
+    assert dim >= GUARD_MIN_DIM and "guard_acc" in text
+    size = int(re.search(r"guard_acc = T\.alloc_local\(\((\d+),\)", text).group(1))
+    accumulators = size // lanes  # step x chains registers' worth of row-block vectors
+    assert MIN_CHAINS <= accumulators <= count
 
 
 def test_gradients_through_guarded_kernels():

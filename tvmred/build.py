@@ -91,8 +91,9 @@ def row_block_for(spec: KernelSpec, target: dict, config: Optional[dict] = None)
     reduction keeps in registers."""
     dtype = compute_dtype(spec.dtype)
     narrow = spec.variant.narrow
+    kind = spec.rdef.kind + ("+guard" if spec.formula.op == "NormGuard" else "")
     return schedules.row_block(
-        target, dtype, config, spec.registers(), narrow, _reduced_values(spec), spec.rdef.kind
+        target, dtype, config, spec.registers(), narrow, _reduced_values(spec), kind
     )
 
 
@@ -118,8 +119,10 @@ def tile_for(spec: KernelSpec, target: dict, config: Optional[dict] = None) -> i
 
 
 def _reduced_values(spec: KernelSpec) -> int:
-    """Values of the reduced-index inputs a pair reads (one reduced row of them all)."""
-    return sum(v.dim for v in variables(spec.formula) if v.params[2] == 1 - spec.out_cat)
+    """Values of the reduced-index inputs a pair reads (one reduced row of them all; the
+    dot-product guard's norms and points, ``NormGuard(f, n, y)``, are read at few pairs)."""
+    f = spec.formula.args[0] if spec.formula.op == "NormGuard" else spec.formula
+    return sum(v.dim for v in variables(f) if v.params[2] == 1 - spec.out_cat)
 
 
 @_tvm.lean()
