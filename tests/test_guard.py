@@ -24,10 +24,10 @@ def _every_size(monkeypatch):
     monkeypatch.setattr(schedules.cpu, "GUARD_MAX_SHARE", 1.0)
 
 
-def _data(kind: str, m: int, n: int, dtype, seed: int = 0):
+def _data(kind: str, m: int, n: int, dtype, seed: int = 0, dim: int = D):
     g = torch.Generator().manual_seed(seed)
-    x = torch.randn(m, D, generator=g, dtype=torch.float64)
-    y = torch.randn(n, D, generator=g, dtype=torch.float64)
+    x = torch.randn(m, dim, generator=g, dtype=torch.float64)
+    y = torch.randn(n, dim, generator=g, dtype=torch.float64)
     if kind == "offset":  # |x|^2 ~ 6e6 beside distances ~ 1e-2: the bound's margin matters
         x, y = 300 + 1e-2 * x, 300 + 1e-2 * y
     elif kind == "ties":  # repeated points: equal distances, lowest index first
@@ -55,37 +55,43 @@ def _check_knn(idx, x, y):
     want = d.topk(K, dim=1, largest=False).values
     eps = torch.finfo(x.dtype).eps
     scale = (x.double() ** 2).sum(1, keepdim=True) + (y.double() ** 2).sum(1).max()
-    torch.testing.assert_close(got, want, rtol=0, atol=float(64 * D * eps) * scale.max().item())
+    atol = float(64 * x.shape[1] * eps) * scale.max().item()
+    torch.testing.assert_close(got, want, rtol=0, atol=atol)
     assert (idx >= 0).all() and (idx < len(y)).all()
 
 
+# the smallest guarded dimension (the rule's edge: AVX-512 one-vector blocks from there)
+DIMS = [schedules.cpu.GUARD_MIN_DIM, D]
+
+
+@pytest.mark.parametrize("dim", DIMS)
 @pytest.mark.parametrize("kind", ["normal", "offset", "ties", "tiny", "grid"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-def test_guarded_knn_is_the_exact_search(kind, dtype, monkeypatch):
-    x, y = _data(kind, 300, 1001, dtype)
-    r = make_reduction("SqDist(x,y)", [f"x=Vi({D})", f"y=Vj({D})"], "ArgKMin", 1, "auto", K)
+def test_guarded_knn_is_the_exact_search(kind, dtype, dim, monkeypatch):
+    x, y = _data(kind, 300, 1001, dtype, dim=dim)
+    al = [f"x=Vi({dim})", f"y=Vj({dim})"]
+    r = make_reduction("SqDist(x,y)", al, "ArgKMin", 1, "auto", K)
     assert _norms(r, [x, y], str(dtype)[6:]) is not None
-    g = Genred("SqDist(x,y)", [f"x=Vi({D})", f"y=Vj({D})"], reduction_op="KMin_ArgKMin",
-               axis=1, opt_arg=K)  # fmt: skip
+    g = Genred("SqDist(x,y)", al, reduction_op="KMin_ArgKMin", axis=1, opt_arg=K)
     vals, idx = g(x, y)
     _check_knn(idx, x, y)
     d = ((x[:, None, :] - y[None, :, :]) ** 2).sum(-1)  # dense, in the data's dtype
-    torch.testing.assert_close(vals, d.gather(1, idx), rtol=64 * D * torch.finfo(dtype).eps,
+    torch.testing.assert_close(vals, d.gather(1, idx), rtol=64 * dim * torch.finfo(dtype).eps,
                                atol=float(torch.finfo(dtype).tiny))  # fmt: skip
     monkeypatch.setattr(schedules.cpu, "GUARD_MIN_DIM", 10**9)  # the unguarded kernel
-    g2 = Genred("SqDist(x,y)", [f"x=Vi({D})", f"y=Vj({D})"], reduction_op="KMin_ArgKMin",
-                axis=1, opt_arg=K)  # fmt: skip
+    g2 = Genred("SqDist(x,y)", al, reduction_op="KMin_ArgKMin", axis=1, opt_arg=K)
     vals2, idx2 = g2(x, y)
     assert torch.equal(idx, idx2) and torch.equal(vals, vals2)  # the same answer, bit for bit
 
 
+@pytest.mark.parametrize("dim", DIMS)
 @pytest.mark.parametrize("kind", ["normal", "offset", "ties", "tiny"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-def test_guarded_nearest_is_the_exact_search(kind, dtype, monkeypatch):
+def test_guarded_nearest_is_the_exact_search(kind, dtype, dim, monkeypatch):
     """Min_ArgMin (a k-means assignment) takes the guard too: nearest index and distance
     against float64, and the unguarded kernel's answer bit for bit; Min and ArgMin alone."""
-    x, y = _data(kind, 300, 1001, dtype, seed=1)
-    al = [f"x=Vi({D})", f"y=Vj({D})"]
+    x, y = _data(kind, 300, 1001, dtype, seed=1, dim=dim)
+    al = [f"x=Vi({dim})", f"y=Vj({dim})"]
     r = make_reduction("SqDist(x,y)", al, "Min_ArgMin", 1, "auto", None)
     assert _norms(r, [x, y], str(dtype)[6:]) is not None
     outs = {red: Genred("SqDist(x,y)", al, reduction_op=red, axis=1)(x, y)
@@ -96,7 +102,7 @@ def test_guarded_nearest_is_the_exact_search(kind, dtype, monkeypatch):
     got = d.gather(1, idx.long())
     eps = torch.finfo(dtype).eps
     scale = (x.double() ** 2).sum(1, keepdim=True) + (y.double() ** 2).sum(1).max()
-    torch.testing.assert_close(got, want, rtol=0, atol=float(64 * D * eps * scale.max()))
+    torch.testing.assert_close(got, want, rtol=0, atol=float(64 * dim * eps * scale.max()))
     assert torch.equal(outs["ArgMin"], idx) and torch.equal(outs["Min"], val)
     monkeypatch.setattr(schedules.cpu, "GUARD_MIN_DIM", 10**9)  # the unguarded kernel
     val2, idx2 = Genred("SqDist(x,y)", al, reduction_op="Min_ArgMin", axis=1)(x, y)
