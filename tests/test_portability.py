@@ -51,6 +51,17 @@ def test_row_blocks_follow_the_target(target, gauss, knn):
     # a pair reading 64 reduced-index values: two vectors at least, however wide the state
     wide = make_reduction("SqDist(x,y)", ["x = Vi(64)", "y = Vj(64)"], "ArgKMin", 1, "auto", 10)
     assert build.row_block_for(wide.spec("float32"), target) == 2 * lanes
+    # its dot-product guard's kernel: one vector where the FMA reads its broadcast from memory
+    # (512-bit vectors), the plain kernel's block elsewhere; the guard's extra inputs (norms,
+    # points again) are read at few pairs and do not count as the pair's reads
+    for dt, size in (("float32", 32), ("float64", 64)):
+        one = vector_registers(target)[1] // size
+        guarded = build.row_block_for(wide.spec(dt, guard=True), target)
+        assert guarded == (one if target is AVX512 else build.row_block_for(wide.spec(dt), target))
+    small = make_reduction("SqDist(x,y)", ["x = Vi(12)", "y = Vj(12)"], "ArgKMin", 1, "auto", 10)
+    assert build.row_block_for(small.spec("float32", guard=True), target) == (
+        lanes if target is AVX512 else build.row_block_for(small.spec("float32"), target)
+    )
     assert cpu_row_block(AVX2, "float64", 3) == 16  # four float64 vectors of 4
     assert cpu_row_block(target, "float64", 20, 3, "kselect") == max(lanes // 2, 8)
     big = make_reduction(*KNN[:3], 1, "auto", KSELECT_K + 4)
