@@ -30,10 +30,11 @@ The pass works on the vectorised TIR after the early exit: in the j loop, a stag
 or the reverse) followed by the early exit's ``if any(s < kth)`` (a Min: by its update, whose
 first binding keeps the state ``kth`` unless ``s`` is below it: ``_kth``).  The row norms are that
 expression with each term ``b * b``; the dot products run in a loop over the dimensions for
-two or four j at once (each row-block vector loaded once for all: ``_Guard.paired``), then the
-guarded body runs for each j; the exact expression reads the points through a second
-pointer (``NormGuard``'s third argument), so that LLVM does not keep the dot product's
-broadcasts live until it.  Any other shape: the module unchanged (correct, slower).
+two to eight j at once (``MAX_STEP``; each row-block vector loaded once for all:
+``_Guard.paired``), then the guarded body runs for each j; the exact expression reads the
+points through a second pointer (``NormGuard``'s third argument), so that LLVM does not keep
+the dot product's broadcasts live until it.  Any other shape: the module unchanged (correct,
+slower).
 """
 
 from __future__ import annotations
