@@ -11,6 +11,12 @@ SKIP with pytest's counts and the time) and a total line.
 Files that need hardware this machine lacks are reported as SKIP, with the reason, instead
 of run: ``test_gpu_cpu.py`` without a CUDA device.  ``--exclude NAME`` leaves a file out (the
 closing total says how many were left out).  Exit status: 0 when every file that ran passed.
+A FAIL line ends with pytest's first error line.
+
+``test_block_sparse_reduction.py`` draws its points without a seed and asserts that cutting
+the far cluster pairs changes the Gaussian sum by under 0.2 %: some draws do not meet that
+in exact arithmetic (8 of 60 seeds, float64 dense emulation of the same cut -- tvmred's
+errors matched it within 1e-5 %), so about one run in eight fails it, with pykeops too.
 """
 
 from __future__ import annotations
@@ -71,7 +77,11 @@ def run_file(scratch: Path, name: str, timeout: float) -> tuple[str, str, float]
     status = "PASS" if res.returncode == 0 else "FAIL"
     if res.returncode == 5:  # no test collected
         status = "FAIL"
-    return status, summary(text), time.perf_counter() - t0
+    said = summary(text)
+    if status == "FAIL":  # what failed: pytest's first error line ("E   AssertionError: ...")
+        errors = [line.strip() for line in text.splitlines() if line.startswith("E ")]
+        said += f" -- {errors[0][:160]}" if errors else ""
+    return status, said, time.perf_counter() - t0
 
 
 def check(folder: Path, only=(), exclude=(), timeout: float = 900.0, echo=print) -> dict:
