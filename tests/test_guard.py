@@ -175,7 +175,7 @@ def test_overflowing_and_nan_points_keep_the_exact_answer():
     assert idx[3, 0] == 7 and (idx[3, 1:] == -1).all()
 
 
-@pytest.mark.parametrize("dim", [12, 32, 64])
+@pytest.mark.parametrize("dim", [schedules.cpu.GUARD_MIN_DIM, 32, D])
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 @pytest.mark.parametrize("red", ["ArgKMin", "ArgMin"])
 @pytest.mark.parametrize("formula", ["SqDist(x,y)", "Sum(Square(y-x))"])
@@ -191,7 +191,12 @@ def test_the_pass_follows_its_rule(dim, dtype, red, formula):
 
     from tvmred.build import row_block_for
     from tvmred.lower import lower
-    from tvmred.schedules.cpu import GUARD_MIN_DIM, GUARD_ONE_VECTOR_BITS, vector_registers
+    from tvmred.schedules.cpu import (
+        GUARD_MIN_DIM,
+        GUARD_ONE_VECTOR_BITS,
+        vector_lanes,
+        vector_registers,
+    )
     from tvmred.schedules.guard import MIN_CHAINS
     from tvmred.targets import cpu_target
 
@@ -202,7 +207,7 @@ def test_the_pass_follows_its_rule(dim, dtype, red, formula):
     tpl = schedules.template("llvm")
     rb = row_block_for(spec, t)
     count, bits = vector_registers(t)
-    lanes = bits // (32 if dtype == "float32" else 64)
+    lanes = vector_lanes(t, dtype)
     plain = row_block_for(r.spec(dtype), t)
     assert rb == (lanes if red == "ArgKMin" and bits >= GUARD_ONE_VECTOR_BITS else plain)
     low = lower(spec, rb, tpl.math(t))

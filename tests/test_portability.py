@@ -11,7 +11,7 @@ import torch
 from tvmred import build
 from tvmred.frontend import make_reduction
 from tvmred.launch import kernel_args
-from tvmred.schedules.cpu import KSELECT_K, cpu_row_block, vector_registers
+from tvmred.schedules.cpu import KSELECT_K, cpu_row_block, vector_lanes, vector_registers
 from tvmred.targets import cpu_target
 
 AVX512 = {"kind": "llvm", "mcpu": "znver5"}
@@ -54,8 +54,8 @@ def test_row_blocks_follow_the_target(target, gauss, knn):
     # its dot-product guard's kernel: one vector where the FMA reads its broadcast from memory
     # (512-bit vectors), the plain kernel's block elsewhere; the guard's extra inputs (norms,
     # points again) are read at few pairs and do not count as the pair's reads
-    for dt, size in (("float32", 32), ("float64", 64)):
-        one = vector_registers(target)[1] // size
+    for dt in ("float32", "float64"):
+        one = vector_lanes(target, dt)
         guarded = build.row_block_for(wide.spec(dt, guard=True), target)
         assert guarded == (one if target is AVX512 else build.row_block_for(wide.spec(dt), target))
     small = make_reduction("SqDist(x,y)", ["x = Vi(12)", "y = Vj(12)"], "ArgKMin", 1, "auto", 10)
