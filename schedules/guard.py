@@ -31,7 +31,9 @@ or the reverse) followed by the early exit's ``if any(s < kth)`` (a Min: by its 
 first binding keeps the state ``kth`` unless ``s`` is below it: ``_kth``).  The row norms are that
 expression with each term ``b * b``; the dot products run in a loop over the dimensions for
 two to eight j at once (``MAX_STEP``; each row-block vector loaded once for all:
-``_Guard.paired``), then the guarded body runs for each j; the exact expression reads the
+``_Guard.paired``; the loops: ``guard_dots.py``, in 16-bit integers where the caller
+passes the quantized points, ``NormGuardQ``, and the CPU has AVX-512 VNNI), then the guarded
+body runs for each j; the exact expression reads the
 points through a second pointer (``NormGuard``'s third argument), so that LLVM does not keep
 the dot product's broadcasts live until it.  Any other shape: the module unchanged (correct,
 slower).
@@ -45,6 +47,7 @@ import tvm
 import tvm_ffi
 from tvm import tirx
 
+from . import guard_dots
 from .shape import ReductionShape
 
 #: j a step of the dot-product loop (``_Guard.step``): the largest power of two up to
@@ -122,9 +125,10 @@ def _has_le(cond: Any, kth: Any, stage: Any) -> bool:
 
 
 class _Guard:
-    def __init__(self, norms: Any, again: Any, dtype: str, registers: tuple) -> None:
+    def __init__(self, norms: Any, again: Any, dtype: str, registers: tuple, quant: Any) -> None:
         self.norms, self.again, self.dtype = norms, again, dtype
         self.registers = registers  # (vector registers, their bits): the target's
+        self.quant, self.xq = quant, None  # (yq, qc) buffers: int16 dot products (guard_dots.py)
         self.done = False
 
     @property
@@ -169,10 +173,8 @@ class _Guard:
             if j is not None and not self.done and isinstance(s, tirx.BufferStore):
                 hit = self.guard(s, stmts[n + 1 :], j)
                 if hit is not None:  # the store and the update after it, guarded
-                    stmt, bind = hit
-                    out.append(stmt)
-                    pending.append(bind)
-                    return out, pending
+                    out.append(hit[0])
+                    return out, [*pending, *hit[1]]
             new, pend = self.stmt(s, j)
             if pend and isinstance(s, tirx.For):
                 out.extend(pend)  # the row norms: once per row block, before its j loop
@@ -212,8 +214,12 @@ class _Guard:
         jj = tirx.Var("guard_jj", loop.loop_var.ty.dtype)
         first = jj * step
         js = [first] + [tirx.min(first + p, n - 1) for p in range(1, step)]
-        stmts, acc = _dot_pairs(self.spacing, self.dims, self.j, js, self.lanes, self.dtype,
-                                self.chains)  # fmt: skip
+        if self.xq is not None:
+            pairs = (self.dims + 1) // 2
+            stmts, acc = guard_dots.int16_pairs(self.quant[0], js, self.xq, pairs, self.lanes)
+        else:
+            stmts, acc = guard_dots.float_pairs(self.spacing, self.dims, self.j, js, self.lanes,
+                                                self.dtype, self.chains)  # fmt: skip
         dot = acc(loop.loop_var - first)
         inner = tirx.For(loop.loop_var, first, tirx.min(n - first, step), tirx.ForKind.SERIAL,
                          tirx.SeqStmt([tirx.Bind(self.dotv, dot), body]))  # fmt: skip
@@ -251,17 +257,30 @@ class _Guard:
             return tirx.Broadcast(tirx.const(v, self.dtype), lanes)
 
         nx = tirx.Var("guard_row_norms", vec)
-        bind = tirx.Bind(nx, row * c(1 - d))
-        ny = tirx.Broadcast(
-            tirx.BufferLoad(self.norms, [j, 0]) * tirx.const(1 - d, self.dtype), lanes
-        )
-        rhs = kth * c(1 + 4 * u) + c(eta) - nx
+        ny = tirx.BufferLoad(self.norms, [j, 0])
         self.spacing, self.dims, self.j = spacing, dims, j
         self.dotv = tirx.Var("guard_dot", vec)
-        lhs = ny - self.dotv * c(2.0)
+        _, _, sa, xb, x0, sb = spacing
+        if self.quant and vec == "float32x16" and sa == 1 and dims == int(self.again.shape[-1]):
+            qc = self.quant[1]  # int16 dot products (guard_dots.py): ny_j is the caller's bound
+
+            def q(k: int) -> Any:
+                return tirx.Broadcast(tirx.BufferLoad(qc, [k]), lanes)
+
+            def x(v: int) -> Any:  # the row block's vector of value v
+                return tirx.BufferLoad(xb, [tirx.Ramp(x0 + v * sb, 1, lanes)])
+
+            pack, self.xq, l1 = guard_dots.pack_rows(x, dims, lanes, qc)
+            l1 = l1 * c(1 + 2 * (dims + 2) * u)
+            binds = [*pack, tirx.Bind(nx, row * c(1 - d) - (l1 * q(2) + q(3)))]
+            lhs = tirx.Broadcast(ny, lanes) - self.dotv * q(1)
+        else:
+            binds = [tirx.Bind(nx, row * c(1 - d))]
+            lhs = tirx.Broadcast(ny * tirx.const(1 - d, self.dtype), lanes) - self.dotv * c(2.0)
+        rhs = kth * c(1 + 4 * u) + c(eta) - nx
         cond = tirx.call_llvm_pure_intrin("bool", "llvm.vector.reduce.or", lhs < rhs)
         self.done = True
-        return tirx.IfThenElse(cond, tirx.SeqStmt([store, *update]), None), bind
+        return tirx.IfThenElse(cond, tirx.SeqStmt([store, *update]), None), binds
 
 
 def _offset(e: Any, base: Any) -> Optional[int]:
@@ -300,69 +319,6 @@ def _spacing(terms: list) -> Optional[tuple]:
     return ya, yi + order[0][0], sa, xb, xi + order[0][1], sb
 
 
-def _dot_pairs(
-    spacing: tuple, dims: int, j: Any, js: list, lanes: int, dt: str, chains: int
-) -> tuple:
-    """(statements, acc) computing sum_d y[j', d] x[d], d < ``dims``, for each j' of ``js``
-    (``j`` replaced in the y index; the reads as :func:`_spacing` gives them) in a loop over
-    d, ``chains`` partial sums each in a local buffer, each
-    x vector loaded once for all ``js``; ``acc(p)`` is the dot product of ``js[p]``.  As
-    one expression (the exact value's tree with y * x for each term), LLVM hoisted a D = 64
-    search's 64 broadcasts to the loop's top and spilled them at every j."""
-    ya, y0, sa, xb, x0, sb = spacing
-    ys = [_replace(y0, j, jp) for jp in js]  # y's index of d = 0 at each j'
-    buf = tirx.decl_buffer((len(js) * chains * lanes,), dt, name="guard_acc", scope="local")
-    zero = tirx.Broadcast(tirx.const(0, dt), lanes)
-
-    def slot(p: Any, c: int) -> list:
-        return [tirx.Ramp((p * chains + c) * lanes, 1, lanes)]
-
-    def add(p: int, c: int, d: Any) -> Any:
-        y = tirx.Broadcast(tirx.BufferLoad(ya, [ys[p] + d * sa]), lanes)
-        x = tirx.BufferLoad(xb, [tirx.Ramp(x0 + d * sb, 1, lanes)])
-        return tirx.BufferStore(buf, tirx.BufferLoad(buf, slot(p, c)) + y * x, slot(p, c))
-
-    g = tirx.Var("guard_d", "int32")
-    steps = dims // chains
-    body = [add(p, c, g * chains + c) for c in range(chains) for p in range(len(js))]
-    stmts = [tirx.AllocBuffer(buf)]
-    stmts += [
-        tirx.BufferStore(buf, zero, slot(p, c)) for p in range(len(js)) for c in range(chains)
-    ]
-    stmts.append(tirx.For(g, 0, steps, tirx.ForKind.SERIAL, tirx.SeqStmt(body)))
-    stmts += [add(p, d % chains, d) for d in range(steps * chains, dims) for p in range(len(js))]
-
-    def acc(p: Any) -> Any:
-        total = tirx.BufferLoad(buf, slot(p, 0))
-        for c in range(1, chains):
-            total = total + tirx.BufferLoad(buf, slot(p, c))
-        return total
-
-    return stmts, acc
-
-
-def _replace(e: Any, v: Any, by: Any) -> Any:
-    """``e``, an index expression linear in ``v`` (``v * s + rest``), at ``v = by``."""
-    from tvm.sym.analyzer import Analyzer
-
-    an = Analyzer()
-    at0 = an.simplify(_subst(e, v, tirx.const(0, v.ty.dtype)))
-    step = an.simplify(_subst(e, v, tirx.const(1, v.ty.dtype)) - at0)
-    return at0 + by * step
-
-
-def _subst(e: Any, v: Any, by: Any) -> Any:
-    """``e`` (arithmetic of vars, constants and loads) with ``v`` replaced by ``by``."""
-    if isinstance(e, tirx.Var):
-        return by if e.same_as(v) else e
-    for cls in (tirx.Add, tirx.Sub, tirx.Mul):
-        if isinstance(e, cls):
-            return cls(_subst(e.a, v, by), _subst(e.b, v, by))
-    if not _uses(e, v):
-        return e
-    raise ValueError(f"guard: cannot substitute in {e}")
-
-
 def norm_guard(
     mod: tvm.IRModule, shape: ReductionShape, target: dict, registers: tuple
 ) -> tvm.IRModule:
@@ -370,7 +326,7 @@ def norm_guard(
     reduced rows' squared norms and points; unchanged otherwise or if the IR has another
     shape.  ``registers``: (count, bits) of the target's vector registers."""
     if (
-        len(shape.guard) != 2
+        len(shape.guard) not in (2, 4)
         or shape.kind not in ("kselect", "select")
         or shape.split
         or shape.dtype not in _ROUNDOFF
@@ -383,10 +339,12 @@ def norm_guard(
         vectorised = _to_vectorised(mod, tvm.target.Target(target))
     func = vectorised["main"]
     params = {p.name: p for p in func.params}  # a param is its buffer
-    norms, again = (params.get(name) for name in shape.guard)
+    norms, again = (params.get(name) for name in shape.guard[:2])
     if norms is None or again is None:
         return mod
-    g = _Guard(norms, again, shape.dtype, registers)  # 2-D loads: flattened by tvm.compile
+    quant = tuple(params.get(name) for name in shape.guard[2:])
+    quant = quant if len(quant) == 2 and None not in quant and guard_dots.vnni(target) else None
+    g = _Guard(norms, again, shape.dtype, registers, quant)  # 2-D loads: flattened by tvm.compile
     try:
         body, _ = g.stmt(func.body, None)
     except ValueError:  # an index it cannot move to a step's other j, a j loop not from 0

@@ -86,12 +86,15 @@ def key_text(spec: KernelSpec, target: dict, config: Optional[dict] = None) -> s
     return json.dumps(key, sort_keys=True)
 
 
+GUARDS = ("NormGuard", "NormGuardQ")  # the dot-product guard's formulas (Reduction.spec)
+
+
 def row_block_for(spec: KernelSpec, target: dict, config: Optional[dict] = None) -> int:
     """Rows per block: the tuned value, else the template's rule for the values per row the
     reduction keeps in registers."""
     dtype = compute_dtype(spec.dtype)
     narrow = spec.variant.narrow
-    kind = spec.rdef.kind + ("+guard" if spec.formula.op == "NormGuard" else "")
+    kind = spec.rdef.kind + ("+guard" if spec.formula.op in GUARDS else "")
     return schedules.row_block(
         target, dtype, config, spec.registers(), narrow, _reduced_values(spec), kind
     )
@@ -121,7 +124,7 @@ def tile_for(spec: KernelSpec, target: dict, config: Optional[dict] = None) -> i
 def _reduced_values(spec: KernelSpec) -> int:
     """Values of the reduced-index inputs a pair reads (one reduced row of them all; the
     dot-product guard's norms and points, ``NormGuard(f, n, y)``, are read at few pairs)."""
-    f = spec.formula.args[0] if spec.formula.op == "NormGuard" else spec.formula
+    f = spec.formula.args[0] if spec.formula.op in GUARDS else spec.formula
     return sum(v.dim for v in variables(f) if v.params[2] == 1 - spec.out_cat)
 
 

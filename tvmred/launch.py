@@ -190,9 +190,9 @@ def call_kernel(r: Reduction, args, dtype: str, dev: Any, n_out: int, n_red: int
     nonneg = nonneg_params(r, args, dev)
     guard = normguard.candidate(r, dtype, dev, n_red, lambda s: build.row_block_of(s, dev))
     k, variant = kernel_of(r, dtype, dev, nonneg=nonneg, guard=guard)
-    norms = normguard.guard_norms(r, args, dtype, dev, k.row_block, n_red) if guard else None
-    if guard and norms is None:  # the guard would not pay, or norms could overflow
-        k, variant = kernel_of(r, dtype, dev, nonneg=nonneg)
+    norms = normguard.guard_norms(r, args, dtype, dev, k.row_block, n_red, guard) if guard else None
+    if guard and (norms is None or len(norms) == 2 and guard == "int16"):  # no guard, or float's
+        k, variant = kernel_of(r, dtype, dev, nonneg=nonneg, guard=norms is not None)
     mb = -(-n_out // k.row_block)
     chunks = schedules.for_device(dev.type).chunks(mb, n_red, dev) if mb else 1
     if chunks > 1 and not k.tile:
@@ -309,7 +309,7 @@ def kernel_of(
     ranged: bool = False,
     narrow: bool = False,
     nonneg: tuple = (),
-    guard: bool = False,
+    guard: bool | str = False,
 ) -> tuple[Any, Any]:
     """(compiled kernel, its variant) of ``r`` for this dtype and device (``split``: the
     split-j kernel, ``narrow``: with narrower row blocks; ``ranged``: the block-sparse one;
@@ -317,7 +317,7 @@ def kernel_of(
     dot-product guard, taking the norms after the arguments), memoised on ``r`` so a call
     costs no key computation (the caches behind get_kernel are keyed by text)."""
     how = "ranged" if ranged else "narrow" if narrow else split
-    key = ("kernel", dtype, dev, how, nonneg, *(("guard",) if guard else ()))
+    key = ("kernel", dtype, dev, how, nonneg, *(("guard", guard) if guard else ()))
     hit = r.memo.get(key)
     if hit is not None and hit[0] == build.generation:
         return hit[1], hit[2]

@@ -323,9 +323,9 @@ def _lower(formula, red, out_cat, dtype, acc_dtype, row_block, variant, tile=0, 
         red.partial(variant),
         variant.ranged,
         two_pass,
-        # NormGuard(f, n, y): n's and y's buffers for the CPU K-min guard (f32/f64 data only)
+        # NormGuard(f, n, y) (or Q: + yq, qc): buffers for the CPU K-min guard (f32/f64 data)
         tuple(holders[id(a)].name for a in formula.args[1:])
-        if formula.op == "NormGuard" and data_dtype == dtype
+        if formula.op in ("NormGuard", "NormGuardQ") and data_dtype == dtype
         else (),
     )
     looped = {id(n) for n in postorder(formula) if REGISTRY[n.op].loop is not None}

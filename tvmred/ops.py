@@ -915,6 +915,25 @@ op(
 )
 
 
+def _qguard_dim(d: int, n: int, y: int, yq: int, qc: int) -> int:
+    _require(n == 1 and qc == 4 and yq == (y + 1) // 2,
+             f"NormGuardQ(f, n, y, yq, qc): dims 1, D, (D + 1) // 2, 4 expected, got "
+             f"{n}, {y}, {yq}, {qc}")  # fmt: skip
+    return d
+
+
+op(
+    "NormGuardQ",
+    5,
+    dim=_qguard_dim,
+    te=lambda a, p, dt: list(a[0]),
+    test=None,
+    doc="NormGuardQ(f, n, y, yq, qc) = f; NormGuard with the reduced points quantized to "
+    "16-bit integers, yq, and the quantization's scales and bounds, qc (the guard's dot "
+    "products in integers on CPUs with AVX-512 VNNI)",
+)
+
+
 def _wsqnorm(s: Node, x: Node) -> Node:
     if s.dim == 1:
         return mul(s, f("SqNorm2", x))

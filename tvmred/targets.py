@@ -64,6 +64,13 @@ def _cpuinfo() -> tuple[str, set[str]] | None:
     return sig, flags
 
 
+@functools.lru_cache(maxsize=None)
+def host_flags() -> frozenset:
+    """The running CPU's ISA flags from /proc/cpuinfo (empty elsewhere)."""
+    info = _cpuinfo()
+    return frozenset(info[1]) if info else frozenset()
+
+
 def _detect() -> dict:
     """LLVM's name for this CPU and the ISA extensions it implies (imports TVM)."""
     _tvm.load()

@@ -256,21 +256,26 @@ class Reduction:
         ranged: bool = False,
         narrow: bool = False,
         nonneg: tuple = (),
-        guard: bool = False,
+        guard: bool | str = False,
     ) -> KernelSpec:
         """The kernel of this reduction for data of ``dtype`` (``split``: the split-j one,
         ``narrow``: with narrower row blocks; ``ranged``: the block-sparse one, a split-j
         kernel over tasks; ``nonneg``: for parameters at these positions all >= +0;
         ``guard``: the formula as ``NormGuard(F, n, y)``, two extra arguments after the others:
         n the reduced rows' squared norms, y their points again -- a K-min of squared
-        distances, see normguard.guard_norms)."""
+        distances, see normguard.guard_norms; "int16": ``NormGuardQ(F, n, y, yq, qc)``, four,
+        the guard's dot products in integers, schedules/guard_dots.py)."""
         acc, variant = self.resolve(dtype)
         formula = self.formula
         if guard:
             cat = 1 - self.out_cat
             dim = next(v.params[1] for v in self.args if v.params[2] == cat)
             norms, again = var(self.nargs, 1, cat), var(self.nargs + 1, dim, cat)
-            formula = make("NormGuard", formula, norms, again)
+            if guard == "int16":
+                yq, qc = var(self.nargs + 2, (dim + 1) // 2, cat), var(self.nargs + 3, 4, 2)
+                formula = make("NormGuardQ", formula, norms, again, yq, qc)
+            else:
+                formula = make("NormGuard", formula, norms, again)
         if split or ranged:
             variant = dataclasses.replace(variant, split=True, ranged=ranged, narrow=narrow)
         if nonneg:

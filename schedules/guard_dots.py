@@ -1,0 +1,161 @@
+"""The dot-product guard's loops of dot products (``guard.py``): in the data's float type,
+and in 16-bit integers on CPUs with AVX-512 VNNI.
+
+A 16-bit integer multiply-add instruction (``vpdpwssd``: 32 products of int16 pairs summed
+into 16 int32 lanes) does twice the work of a float32 one at the same rate on CPUs with
+AVX-512 VNNI, and the guard needs only a lower bound.  The caller quantizes the reduced
+points, ``yq = round(y sy)`` with ``|yq| <= 2^b - 1`` (b bits, ``tvmred.normguard.int16_args``),
+two values a 32-bit word; the kernel quantizes each row block once, ``xq = round(x sx)``, and
+sums ``I = xq . yq`` exactly in int32 (``D (2^b - 1)^2 < 2^31``).  With ``e_x``, ``e_y`` the
+quantization steps' half widths (``|x_d - xq_d / sx| <= e_x``),
+
+    x . y <= I / (sx sy) + e_x |y|_1 + e_y |x|_1 + D e_x e_y,
+
+so the guard's lower bound of ``|x - y|^2`` becomes ``ny_j - I c1 + nx_i`` with, from the
+caller, ``ny_j = |y_j|^2' (1 - d) (1 - (D + 2) u) - 2 e_x |y_j|_1`` rounded down (``|y_j|^2'``
+the float guard's computed norm) and ``qc = (sx, c1 = 2 / (sx sy), c2 = 2 e_y, c3 = 2 D e_x
+e_y)``, c1 rounded to nearest, c2, c3 and the |.|_1 margins made larger by ``1 + 64u``, and in
+the kernel ``nx_i = |x_i|^2 (1 - d) - c2 |x_i|_1 (1 + 2 (D + 2) u) - c3`` (its sums in
+float32: within gamma_D).  The float rounding of the test's few operations is covered as in
+``guard.py``: there ``d`` has ~4 D u of slack, more than the few u of |x|^2 + |y|^2 that
+c1's rounding, I's conversion and the products add, and the 64 u cover the roundings of the
+margins themselves.  Only the guard's test changes: a pair it passes is computed exactly as
+before, so the answers stay the exact kernel's.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from tvm import tirx
+
+
+def vnni(target: dict) -> bool:
+    """Whether the target's CPU has AVX-512 VNNI (``vpdpwssd``)."""
+    from tvm.target import Target, codegen
+
+    t = Target(json.loads(json.dumps(target)))
+    return bool(codegen.llvm_cpu_has_features("avx512vnni", t))
+
+
+def pack_rows(x: Any, dims: int, lanes: int, qc: Any) -> tuple[list, Any, Any]:
+    """(statements, packed buffer, |x|_1 expression) for a row block: ``x(d)`` the block's
+    vector of value d; the buffer holds, for each pair k of values, the lanes' int16 pair
+    ``(round(x(2k) sx), round(x(2k+1) sx))`` as int32 (high half 0 past ``dims``)."""
+    pairs = (dims + 1) // 2
+    buf = tirx.decl_buffer((pairs * lanes,), "int32", name="guard_xq", scope="local")
+    sx = tirx.Broadcast(tirx.BufferLoad(qc, [0]), lanes)
+    mask = tirx.Broadcast(tirx.const(0xFFFF, "int32"), lanes)
+
+    def q(d: int) -> Any:
+        return tirx.Cast(f"int32x{lanes}", tirx.round(x(d) * sx))
+
+    stmts = [tirx.AllocBuffer(buf)]
+    for k in range(pairs):
+        lo = q(2 * k) & mask
+        word = (
+            lo | (q(2 * k + 1) << tirx.Broadcast(tirx.const(16, "int32"), lanes))
+            if (2 * k + 1 < dims)
+            else lo
+        )
+        stmts.append(tirx.BufferStore(buf, word, [tirx.Ramp(k * lanes, 1, lanes)]))
+    l1 = tirx.abs(x(0))
+    for d in range(1, dims):
+        l1 = l1 + tirx.abs(x(d))
+    return stmts, buf, l1
+
+
+def int16_pairs(yq: Any, js: list, xq: Any, pairs: int, lanes: int) -> tuple[list, Any]:
+    """(statements, acc) summing ``xq . yq[j']`` in int32 for each j' of ``js`` in a loop
+    over the value pairs (one ``vpdpwssd`` a j' and pair, the row block's word loaded once
+    for all j'); ``acc(p)`` is the sum of ``js[p]`` as a float32 vector."""
+    step = len(js)
+    buf = tirx.decl_buffer((step * lanes,), "int32", name="guard_iacc", scope="local")
+    vec = f"int32x{lanes}"
+    half = f"int16x{2 * lanes}"
+
+    def slot(p: Any) -> list:
+        return [tirx.Ramp(p * lanes, 1, lanes)]
+
+    k = tirx.Var("guard_k", "int32")
+    xv = tirx.BufferLoad(xq, [tirx.Ramp(k * lanes, 1, lanes)])
+    body = []
+    for p, jp in enumerate(js):
+        word = tirx.reinterpret("int32", tirx.BufferLoad(yq, [jp, k]))
+        y = tirx.reinterpret(half, tirx.Broadcast(word, lanes))
+        acc = tirx.call_llvm_pure_intrin(vec, "llvm.x86.avx512.vpdpwssd.512",
+                                         tirx.BufferLoad(buf, slot(p)),
+                                         tirx.reinterpret(half, xv), y)  # fmt: skip
+        body.append(tirx.BufferStore(buf, acc, slot(p)))
+    zero = tirx.Broadcast(tirx.const(0, "int32"), lanes)
+    stmts = [tirx.AllocBuffer(buf), *[tirx.BufferStore(buf, zero, slot(p)) for p in range(step)]]
+    stmts.append(tirx.For(k, 0, pairs, tirx.ForKind.SERIAL, tirx.SeqStmt(body)))
+
+    def acc(p: Any) -> Any:
+        return tirx.Cast(f"float32x{lanes}", tirx.BufferLoad(buf, slot(p)))
+
+    return stmts, acc
+
+
+def float_pairs(
+    spacing: tuple, dims: int, j: Any, js: list, lanes: int, dt: str, chains: int
+) -> tuple:
+    """(statements, acc) computing sum_d y[j', d] x[d], d < ``dims``, for each j' of ``js``
+    (``j`` replaced in the y index; the reads as ``guard._spacing`` gives them) in a loop over
+    d, ``chains`` partial sums each in a local buffer, each
+    x vector loaded once for all ``js``; ``acc(p)`` is the dot product of ``js[p]``.  As
+    one expression (the exact value's tree with y * x for each term), LLVM hoisted a D = 64
+    search's 64 broadcasts to the loop's top and spilled them at every j."""
+    ya, y0, sa, xb, x0, sb = spacing
+    ys = [_replace(y0, j, jp) for jp in js]  # y's index of d = 0 at each j'
+    buf = tirx.decl_buffer((len(js) * chains * lanes,), dt, name="guard_acc", scope="local")
+    zero = tirx.Broadcast(tirx.const(0, dt), lanes)
+
+    def slot(p: Any, c: int) -> list:
+        return [tirx.Ramp((p * chains + c) * lanes, 1, lanes)]
+
+    def add(p: int, c: int, d: Any) -> Any:
+        y = tirx.Broadcast(tirx.BufferLoad(ya, [ys[p] + d * sa]), lanes)
+        x = tirx.BufferLoad(xb, [tirx.Ramp(x0 + d * sb, 1, lanes)])
+        return tirx.BufferStore(buf, tirx.BufferLoad(buf, slot(p, c)) + y * x, slot(p, c))
+
+    g = tirx.Var("guard_d", "int32")
+    steps = dims // chains
+    body = [add(p, c, g * chains + c) for c in range(chains) for p in range(len(js))]
+    stmts = [tirx.AllocBuffer(buf)]
+    stmts += [
+        tirx.BufferStore(buf, zero, slot(p, c)) for p in range(len(js)) for c in range(chains)
+    ]
+    stmts.append(tirx.For(g, 0, steps, tirx.ForKind.SERIAL, tirx.SeqStmt(body)))
+    stmts += [add(p, d % chains, d) for d in range(steps * chains, dims) for p in range(len(js))]
+
+    def acc(p: Any) -> Any:
+        total = tirx.BufferLoad(buf, slot(p, 0))
+        for c in range(1, chains):
+            total = total + tirx.BufferLoad(buf, slot(p, c))
+        return total
+
+    return stmts, acc
+
+
+def _replace(e: Any, v: Any, by: Any) -> Any:
+    """``e``, an index expression linear in ``v`` (``v * s + rest``), at ``v = by``."""
+    from tvm.sym.analyzer import Analyzer
+
+    an = Analyzer()
+    at0 = an.simplify(_subst(e, v, tirx.const(0, v.ty.dtype)))
+    step = an.simplify(_subst(e, v, tirx.const(1, v.ty.dtype)) - at0)
+    return at0 + by * step
+
+
+def _subst(e: Any, v: Any, by: Any) -> Any:
+    """``e`` (arithmetic of vars, constants and loads) with ``v`` replaced by ``by``."""
+    if isinstance(e, tirx.Var):
+        return by if e.same_as(v) else e
+    for cls in (tirx.Add, tirx.Sub, tirx.Mul):
+        if isinstance(e, cls):
+            return cls(_subst(e.a, v, by), _subst(e.b, v, by))
+    if not any(x.same_as(v) for x in tirx.analysis.undefined_vars(e, [])):
+        return e
+    raise ValueError(f"guard: cannot substitute in {e}")
