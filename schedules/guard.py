@@ -32,7 +32,7 @@ first binding keeps the state ``kth`` unless ``s`` is below it: ``_kth``).  The 
 expression with each term ``b * b``; the dot products run in a loop over the dimensions for
 two to eight j at once (``MAX_STEP``; each row-block vector loaded once for all:
 ``_Guard.paired``; the loops: ``guard_dots.py``, in 16-bit integers where the caller
-passes the quantized points, ``NormGuardQ``, and the CPU has AVX-512 VNNI), then the guarded
+passes the quantized points, ``NormGuardQ``, and the CPU has AVX-512 VNNI or AVX2), then the guarded
 body runs for each j; the exact expression reads the
 points through a second pointer (``NormGuard``'s third argument), so that LLVM does not keep
 the dot product's broadcasts live until it.  Any other shape: the module unchanged (correct,
@@ -128,7 +128,7 @@ class _Guard:
     def __init__(self, norms: Any, again: Any, dtype: str, registers: tuple, quant: Any) -> None:
         self.norms, self.again, self.dtype = norms, again, dtype
         self.registers = registers  # (vector registers, their bits): the target's
-        self.quant, self.xq = quant, None  # (yq, qc) buffers: int16 dot products (guard_dots.py)
+        self.quant, self.xq = quant, None  # (yq, qc, isa): int16 dot products (guard_dots.py)
         self.done = False
 
     @property
@@ -216,7 +216,8 @@ class _Guard:
         js = [first] + [tirx.min(first + p, n - 1) for p in range(1, step)]
         if self.xq is not None:
             pairs = (self.dims + 1) // 2
-            stmts, acc = guard_dots.int16_pairs(self.quant[0], js, self.xq, pairs, self.lanes)
+            stmts, acc = guard_dots.int16_pairs(self.quant[0], js, self.xq, pairs, self.lanes,
+                                                self.quant[2])  # fmt: skip
         else:
             stmts, acc = guard_dots.float_pairs(self.spacing, self.dims, self.j, js, self.lanes,
                                                 self.dtype, self.chains)  # fmt: skip
@@ -261,7 +262,15 @@ class _Guard:
         self.spacing, self.dims, self.j = spacing, dims, j
         self.dotv = tirx.Var("guard_dot", vec)
         _, _, sa, xb, x0, sb = spacing
-        if self.quant and vec == "float32x16" and sa == 1 and dims == int(self.again.shape[-1]):
+        isa = self.quant and self.quant[2]
+        if (
+            isa
+            and vec == f"float32x{lanes}"
+            and lanes * 32 % isa[1] == 0
+            and (isa[0] != "vnni" or lanes * 32 == isa[1])
+            and sa == 1
+            and dims == int(self.again.shape[-1])
+        ):
             qc = self.quant[1]  # int16 dot products (guard_dots.py): ny_j is the caller's bound
 
             def q(k: int) -> Any:
@@ -343,7 +352,8 @@ def norm_guard(
     if norms is None or again is None:
         return mod
     quant = tuple(params.get(name) for name in shape.guard[2:])
-    quant = quant if len(quant) == 2 and None not in quant and guard_dots.vnni(target) else None
+    isa = guard_dots.int16_isa(target) if len(quant) == 2 and None not in quant else None
+    quant = (*quant, isa) if isa else None
     g = _Guard(norms, again, shape.dtype, registers, quant)  # 2-D loads: flattened by tvm.compile
     try:
         body, _ = g.stmt(func.body, None)

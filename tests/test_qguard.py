@@ -2,7 +2,8 @@
 normguard.int16_args): its lower bound against float64 distances on data that stresses the
 quantization (outliers, points far from the origin, mixed scales, ties, tiny values), the
 answers of the kernel against the unguarded kernel bit for bit and against float64, the
-machine code it emits for CPUs with and without AVX-512 VNNI, and where a call takes it."""
+machine code it emits for CPUs with AVX-512 VNNI, AVX2 or neither, and where a call takes
+it."""
 
 import numpy as np
 import pytest
@@ -122,10 +123,11 @@ def test_odd_sizes_and_numpy(m, n):
     assert (idx[:, k:] == -1).all()
 
 
-@pytest.mark.parametrize("mcpu", ["cascadelake", "znver4", "skylake-avx512", "haswell"])
-def test_the_integer_loop_is_built_where_the_cpu_has_vnni(mcpu):
-    """vpdpwssd in the guarded kernel exactly where the target has AVX-512 VNNI (LLVM's
-    feature list for the CPU name); elsewhere the float guard's test, still correct."""
+@pytest.mark.parametrize("mcpu", ["cascadelake", "znver4", "skylake-avx512", "znver3", "haswell"])
+def test_the_integer_loop_is_built_for_the_cpu(mcpu):
+    """vpdpwssd in the guarded kernel exactly where the target has AVX-512 VNNI, vpmaddwd
+    where it has AVX2 and not AVX-512 (LLVM's feature lists for the CPU names); AVX-512
+    without VNNI keeps the float guard's test (still correct)."""
     from tvmred.schedules import guard_dots
 
     r = Genred("SqDist(x,y)", ["x=Vi(64)", "y=Vj(64)"], reduction_op="ArgKMin", axis=1,
@@ -133,8 +135,11 @@ def test_the_integer_loop_is_built_where_the_cpu_has_vnni(mcpu):
     target = {"kind": "llvm", "mcpu": mcpu}
     ex, _ = build.compile_reduction(r.spec("float32", guard="int16"), target)
     asm = ex.mod.inspect_source("asm")
-    assert ("vpdpwssd" in asm) == guard_dots.vnni(target)
-    assert guard_dots.vnni(target) == (mcpu in ("cascadelake", "znver4"))
+    isa = guard_dots.int16_isa(target)
+    assert isa == {"cascadelake": ("vnni", 512), "znver4": ("vnni", 512),
+                   "skylake-avx512": None}.get(mcpu, ("pmadd", 256))  # fmt: skip
+    assert ("vpdpwssd" in asm) == (isa == ("vnni", 512))
+    assert ("vpmaddwd" in asm) == (isa == ("pmadd", 256))
 
 
 def test_where_a_call_takes_the_integer_guard(monkeypatch):
@@ -145,8 +150,14 @@ def test_where_a_call_takes_the_integer_guard(monkeypatch):
     def r(dim, red="ArgKMin", k=K):
         return make_reduction("SqDist(x,y)", [f"x=Vi({dim})", f"y=Vj({dim})"], red, 1, "auto", k)
 
-    for flags, env, want in ((["avx512_vnni"], None, True), ([], None, False),
-                             (["avx512_vnni"], "haswell", False)):  # fmt: skip
+    for flags, env, want in (
+        (["avx512f", "avx512_vnni", "avx2"], None, True),
+        (["avx512f", "avx2"], None, False),  # AVX-512 without VNNI: no gain predicted
+        (["avx2"], None, True),
+        ([], None, False),
+        (["avx512f", "avx512_vnni", "avx2"], "haswell", True),  # the kernel's pass decides
+        (["asimd"], "neoverse-v1", False),
+    ):
         monkeypatch.setattr(targets, "host_flags", lambda f=flags: frozenset(f))
         if env:
             monkeypatch.setenv("TVMRED_LLVM_MCPU", env)
