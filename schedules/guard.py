@@ -263,14 +263,8 @@ class _Guard:
         self.dotv = tirx.Var("guard_dot", vec)
         _, _, sa, xb, x0, sb = spacing
         isa = self.quant and self.quant[2]
-        if (
-            isa
-            and vec == f"float32x{lanes}"
-            and lanes * 32 % isa[1] == 0
-            and (isa[0] != "vnni" or lanes * 32 == isa[1])
-            and sa == 1
-            and dims == int(self.again.shape[-1])
-        ):
+        ok = isa and lanes * 32 % isa[1] == 0 and sa == 1 and dims == int(self.again.shape[-1])
+        if ok and vec == f"float32x{lanes}":
             qc = self.quant[1]  # int16 dot products (guard_dots.py): ny_j is the caller's bound
 
             def q(k: int) -> Any:

@@ -79,9 +79,9 @@ def int16_pairs(
     yq: Any, js: list, xq: Any, pairs: int, lanes: int, isa: tuple[str, int]
 ) -> tuple[list, Any]:
     """(statements, acc) summing ``xq . yq[j']`` in int32 for each j' of ``js`` in a loop
-    over the value pairs (the row block's word loaded once for all j'; ``isa`` from
-    :func:`int16_isa`: one ``vpdpwssd`` a j' and pair, or a ``vpmaddwd`` a register and an
-    add); ``acc(p)`` is the sum of ``js[p]`` as a float32 vector."""
+    over the value pairs (the row block's words loaded once for all j'; ``isa`` from
+    :func:`int16_isa`: a ``vpdpwssd``, or a ``vpmaddwd`` and an add, a register of lanes, j'
+    and pair); ``acc(p)`` is the sum of ``js[p]`` as a float32 vector."""
     step = len(js)
     buf = tirx.decl_buffer((step * lanes,), "int32", name="guard_iacc", scope="local")
     kind, bits = isa
@@ -96,19 +96,18 @@ def int16_pairs(
         return tirx.reinterpret(f"int16x{2 * c}", v)
 
     k = tirx.Var("guard_k", "int32")
-    xv = tirx.BufferLoad(xq, [tirx.Ramp(k * lanes, 1, lanes)])
-    xs = [xv] if c == lanes else [tirx.Shuffle([xv], list(range(h, h + c))) for h in
-                                  range(0, lanes, c)]  # fmt: skip
     body = []
     for p, jp in enumerate(js):
         y = half(tirx.Broadcast(tirx.reinterpret("int32", tirx.BufferLoad(yq, [jp, k])), c))
-        old = tirx.BufferLoad(buf, slot(p))
-        if kind == "vnni":  # c == lanes: the rule of guard.py
-            acc = tirx.call_llvm_pure_intrin(f"int32x{c}", name, old, half(xs[0]), y)
-        else:
-            prods = [tirx.call_llvm_pure_intrin(f"int32x{c}", name, half(x), y) for x in xs]
-            acc = old + (prods[0] if c == lanes else tirx.Shuffle(prods, list(range(lanes))))
-        body.append(tirx.BufferStore(buf, acc, slot(p)))
+        for h in range(0, lanes, c):  # a register's lanes at a time
+            x = half(tirx.BufferLoad(xq, [tirx.Ramp(k * lanes + h, 1, c)]))
+            at = [tirx.Ramp(p * lanes + h, 1, c)]
+            old = tirx.BufferLoad(buf, at)
+            if kind == "vnni":
+                new = tirx.call_llvm_pure_intrin(f"int32x{c}", name, old, x, y)
+            else:
+                new = old + tirx.call_llvm_pure_intrin(f"int32x{c}", name, x, y)
+            body.append(tirx.BufferStore(buf, new, at))
     zero = tirx.Broadcast(tirx.const(0, "int32"), lanes)
     stmts = [tirx.AllocBuffer(buf), *[tirx.BufferStore(buf, zero, slot(p)) for p in range(step)]]
     stmts.append(tirx.For(k, 0, pairs, tirx.ForKind.SERIAL, tirx.SeqStmt(body)))

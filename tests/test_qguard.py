@@ -109,6 +109,25 @@ def test_integer_guarded_knn_is_the_exact_search(kind, dim, monkeypatch):
     assert torch.equal(idx, idx2) and torch.equal(vals, vals2)  # the same answer, bit for bit
 
 
+@pytest.mark.parametrize("dim", [24, 64])
+@pytest.mark.parametrize("kind", ["normal", "offset", "ties", "small"])
+def test_integer_guarded_nearest_is_the_exact_search(kind, dim, monkeypatch):
+    """Min_ArgMin (a k-means assignment) with the integer guard: the unguarded kernel's
+    answer bit for bit, the nearest distance against float64."""
+    x, y = _data(kind, 300, 1001, dim, seed=dim + 2)
+    al = [f"x=Vi({dim})", f"y=Vj({dim})"]
+    g = Genred("SqDist(x,y)", al, reduction_op="Min_ArgMin", axis=1)
+    val, idx = g(x, y)
+    assert ("kernel", "float32", CPU, False, (), "guard", "int16") in g.reduction.memo
+    d = ((x.double()[:, None, :] - y.double()[None, :, :]) ** 2).sum(-1)
+    scale = (x.double() ** 2).sum(1, keepdim=True) + (y.double() ** 2).sum(1).max()
+    atol = float(64 * dim * torch.finfo(torch.float32).eps * scale.max())
+    torch.testing.assert_close(d.gather(1, idx), d.min(1, keepdim=True).values, rtol=0, atol=atol)
+    monkeypatch.setattr(schedules.cpu, "GUARD_MIN_DIM", 10**9)  # the unguarded kernel
+    val2, idx2 = Genred("SqDist(x,y)", al, reduction_op="Min_ArgMin", axis=1)(x, y)
+    assert torch.equal(idx, idx2) and torch.equal(val, val2)
+
+
 @pytest.mark.parametrize("m,n", [(1, 5), (17, 9), (33, 4099)])
 def test_odd_sizes_and_numpy(m, n):
     """Row blocks and steps of j cut short; the numpy binding's host arrays."""
@@ -167,7 +186,7 @@ def test_where_a_call_takes_the_integer_guard(monkeypatch):
         assert normguard.int16(r(d), "float32", d) == want
         assert not normguard.int16(r(d), "float64", d)
         assert not normguard.int16(r(d - 1), "float32", d - 1)
-        assert not normguard.int16(r(d, "ArgMin", None), "float32", d)
+        assert normguard.int16(r(d, "ArgMin", None), "float32", d) == want
 
 
 def test_coarse_steps_keep_the_float_guard(monkeypatch):

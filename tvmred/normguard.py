@@ -12,14 +12,15 @@ from . import schedules, targets
 from .arrays import Numpy, xp
 from .reductions import Reduction
 
-#: K-min searches of float32 points of INT16_MIN_DIM values or more take the guard with
+#: K-min and Min searches of float32 points of INT16_MIN_DIM values or more take the guard with
 #: 16-bit integer dot products (``schedules/guard_dots.py``) on CPUs with AVX-512 VNNI or
 #: with AVX2 and not AVX-512 (the running CPU's flags; with ``TVMRED_LLVM_MCPU``, kernels
 #: for another CPU, the kernel's pass decides from its CPU and keeps the float guard where it
 #: has neither).  ArgKMin K=10 1e4 x 1e4, 2-vCPU Zen 4, kernel against kernel in one process,
 #: same answers, over the float guard: AVX-512 VNNI D=24 1.36x, 25 1.34x, 28 1.36x, 32 1.43x,
 #: 40 1.46x, 64 1.48x, 128 1.56x; AVX2 kernels (znver3) D=24 1.15x, 32 1.05x, 64 1.37x,
-#: 128 1.47x.  AVX-512 D=12 / 16 / 20: 0.45 / 0.53 / 0.50x (the float guard keeps so few
+#: 128 1.47x; ArgMin (k-means) AVX-512 D=24 1.56x, 64 1.71x, 128 1.78x, AVX2 kernels 1.04x,
+#: 1.43x, 1.56x.  AVX-512 D=12 / 16 / 20: 0.45 / 0.53 / 0.50x (the float guard keeps so few
 #: values' row block in registers, shared by the dot products and the exact distances; the
 #: integer words compete with it and spill).
 INT16 = True
@@ -72,7 +73,7 @@ def candidate(
 
 def int16(r: Reduction, dtype: str, dim: int) -> bool:
     """Whether a guarded call takes the 16-bit integer dot products (:data:`INT16`)."""
-    if not (INT16 and dtype == "float32" and dim >= INT16_MIN_DIM and r.rdef.kind == "kselect"):
+    if not (INT16 and dtype == "float32" and dim >= INT16_MIN_DIM):
         return False
     flags = targets.host_flags()
     if os.environ.get("TVMRED_LLVM_MCPU"):  # kernels for another CPU: its pass decides
