@@ -147,8 +147,10 @@ def int16_args(x: Any, red: Any, yh: Any, xh: Any, sq: Any) -> Optional[tuple]:
         return None
     # half widths of the steps: rounding to an integer, and of x sx, y sy in float32
     ex, ey = (0.5 + u * 2.0**15) / float(sx), (0.5 + u * 2.0**15) / float(sy)
-    up, ly = 1 + 64 * u, np.abs(yh).sum(1, dtype=np.float64) * (1 + 2 * (dim + 2) * u)
-    c = yh - yh.mean(0, dtype=np.float64).astype(yh.dtype)
+    # |y_j|_1 summed in float32 (within gamma_D), made larger by 2 (D + 2) u
+    up, ly = 1 + 64 * u, np.abs(yh).sum(1).astype(np.float64) * (1 + 2 * (dim + 2) * u)
+    c = yh[:: max(1, n // 2048)]  # the spread of ~2048 sample points
+    c = c - c.mean(0, dtype=np.float64).astype(yh.dtype)
     spread = 2 * float(np.median(np.einsum("ij,ij->i", c, c)))  # an outlier moves it little
     if not 2 * (ex + ey) * float(np.median(ly)) + 2 * dim * ex * ey <= MAX_MARGIN * spread:
         return None
