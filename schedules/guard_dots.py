@@ -57,22 +57,32 @@ def pack_rows(x: Any, dims: int, lanes: int, qc: Any) -> tuple[list, Any, Any]:
     sx = tirx.Broadcast(tirx.BufferLoad(qc, [0]), lanes)
     mask = tirx.Broadcast(tirx.const(0xFFFF, "int32"), lanes)
 
-    def q(d: int) -> Any:
+    def q(d: Any) -> Any:
         return tirx.Cast(f"int32x{lanes}", tirx.round(x(d) * sx))
 
-    stmts = [tirx.AllocBuffer(buf)]
-    for k in range(pairs):
-        lo = q(2 * k) & mask
-        word = (
-            lo | (q(2 * k + 1) << tirx.Broadcast(tirx.const(16, "int32"), lanes))
-            if (2 * k + 1 < dims)
-            else lo
-        )
-        stmts.append(tirx.BufferStore(buf, word, [tirx.Ramp(k * lanes, 1, lanes)]))
-    l1 = tirx.abs(x(0))
-    for d in range(1, dims):
-        l1 = l1 + tirx.abs(x(d))
-    return stmts, buf, l1
+    def store(k: Any, word: Any) -> Any:
+        return tirx.BufferStore(buf, word, [tirx.Ramp(k * lanes, 1, lanes)])
+
+    # loops, so that a wide point's kernel compiles as fast; |x|_1 summed alongside
+    l1 = tirx.decl_buffer((lanes,), "float32", name="guard_l1", scope="local")
+    at = [tirx.Ramp(0, 1, lanes)]
+
+    def add(*vals: Any) -> Any:
+        total = tirx.BufferLoad(l1, at)
+        for v in vals:
+            total = total + tirx.abs(v)
+        return tirx.BufferStore(l1, total, at)
+
+    k = tirx.Var("guard_pack", "int32")
+    sixteen = tirx.Broadcast(tirx.const(16, "int32"), lanes)
+    word = (q(2 * k) & mask) | (q(2 * k + 1) << sixteen)
+    zero = tirx.Broadcast(tirx.const(0, l1.dtype), lanes)
+    body = tirx.SeqStmt([store(k, word), add(x(2 * k), x(2 * k + 1))])
+    stmts = [tirx.AllocBuffer(buf), tirx.AllocBuffer(l1), tirx.BufferStore(l1, zero, at),
+             tirx.For(k, 0, dims // 2, tirx.ForKind.SERIAL, body)]  # fmt: skip
+    if dims % 2:  # the last value alone, its high half 0
+        stmts += [store(dims // 2, q(dims - 1) & mask), add(x(dims - 1))]
+    return stmts, buf, tirx.BufferLoad(l1, at)
 
 
 def int16_pairs(
