@@ -903,18 +903,6 @@ def _guard_dim(d: int, n: int, y: int) -> int:
     return d
 
 
-op(
-    "NormGuard",
-    3,
-    dim=_guard_dim,
-    te=lambda a, p, dt: list(a[0]),
-    test=None,
-    doc="NormGuard(f, n, y) = f; n, the reduced rows' squared norms, and y, their points again, "
-    "are read by the CPU K-min kernels' dot-product guard (built by tvmred for "
-    "K-nearest-neighbour searches)",
-)
-
-
 def _qguard_dim(d: int, n: int, y: int, yq: int, qc: int) -> int:
     _require(n == 1 and qc == 4 and yq == (y + 1) // 2,
              f"NormGuardQ(f, n, y, yq, qc): dims 1, D, (D + 1) // 2, 4 expected, got "
@@ -922,16 +910,16 @@ def _qguard_dim(d: int, n: int, y: int, yq: int, qc: int) -> int:
     return d
 
 
-op(
-    "NormGuardQ",
-    5,
-    dim=_qguard_dim,
-    te=lambda a, p, dt: list(a[0]),
-    test=None,
-    doc="NormGuardQ(f, n, y, yq, qc) = f; NormGuard with the reduced points quantized to "
-    "16-bit integers, yq, and the quantization's scales and bounds, qc (the guard's dot "
-    "products in integers on CPUs with AVX-512 VNNI)",
-)
+for _name, _dim, _doc in (
+    ("NormGuard", _guard_dim, "NormGuard(f, n, y) = f; n, the reduced rows' squared norms, "
+     "and y, their points again, are read by the CPU K-min kernels' dot-product guard (built "
+     "by tvmred for K-nearest-neighbour searches)"),
+    ("NormGuardQ", _qguard_dim, "NormGuardQ(f, n, y, yq, qc) = f; NormGuard with the reduced "
+     "points quantized to 16-bit integers, yq, and the quantization's scales and bounds, qc "
+     "(the guard's dot products in integers on CPUs with AVX-512 VNNI or AVX2)"),
+):  # fmt: skip
+    op(_name, _dim.__code__.co_argcount, dim=_dim, te=lambda a, p, dt: list(a[0]), test=None,
+       doc=_doc)  # fmt: skip
 
 
 def _wsqnorm(s: Node, x: Node) -> Node:
