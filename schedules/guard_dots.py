@@ -1,14 +1,13 @@
 """The dot-product guard's loops of dot products (``guard.py``): in the data's float type,
-and in 16-bit integers on CPUs with AVX-512 VNNI.
+and in 16-bit integers on CPUs with AVX-512 VNNI or AVX2.
 
 A 16-bit integer multiply-add instruction (``vpdpwssd``: 32 products of int16 pairs summed
 into 16 int32 lanes) does twice the work of a float32 one at the same rate on CPUs with
 AVX-512 VNNI (45.2 against 22.6 multiply-adds a cycle in a loop of the guard's shape on Zen
 4), AVX2's ``vpmaddwd`` and an add 1.65x (34.8 against 21.1 with 256-bit registers there;
 Haswell runs ``vpmaddwd`` on one port: no gain predicted), and the guard needs only a lower
-bound.  The caller quantizes the reduced
-points, ``yq = round(y sy)`` with ``|yq| <= 2^b - 1`` (b bits, ``tvmred.normguard.int16_args``),
-two values a 32-bit word; the kernel quantizes each row block once, ``xq = round(x sx)``, and
+bound.  The caller quantizes the reduced points, ``yq = round(y sy)`` with ``|yq| <= 2^b - 1``
+(b bits, ``tvmred.normguard.int16_args``), two values a 32-bit word; the kernel quantizes each row block once, ``xq = round(x sx)``, and
 sums ``I = xq . yq`` exactly in int32 (``D (2^b - 1)^2 < 2^31``).  With ``e_x``, ``e_y`` the
 quantization steps' half widths (``|x_d - xq_d / sx| <= e_x``),
 
@@ -28,7 +27,6 @@ before, so the answers stay the exact kernel's.
 
 from __future__ import annotations
 
-import json
 from typing import Any, Optional
 
 from tvm import tirx
@@ -41,7 +39,7 @@ def int16_isa(target: dict) -> Optional[tuple[str, int]]:
     ones: no gain predicted) and anything else (the float guard)."""
     from tvm.target import Target, codegen
 
-    t = Target(json.loads(json.dumps(target)))
+    t = Target(target)
     has = lambda f: bool(codegen.llvm_cpu_has_features(f, t))  # noqa: E731
     if has("avx512f"):
         return ("vnni", 512) if has("avx512vnni") else None

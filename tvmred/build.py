@@ -24,6 +24,7 @@ from . import _tvm, cache, compile_client, cudatool, loops, schedules, tunedb
 from .arrays import HALF, compute_dtype
 from .errors import KernelNotExported
 from .lower import lower, storage_dtype
+from .ops import GUARD_OPS
 from .reductions.core import KernelSpec
 from .targets import codegen_target, target_for, tvm_version
 from .tree import Node, variables
@@ -86,15 +87,12 @@ def key_text(spec: KernelSpec, target: dict, config: Optional[dict] = None) -> s
     return json.dumps(key, sort_keys=True)
 
 
-GUARDS = ("NormGuard", "NormGuardQ")  # the dot-product guard's formulas (Reduction.spec)
-
-
 def row_block_for(spec: KernelSpec, target: dict, config: Optional[dict] = None) -> int:
     """Rows per block: the tuned value, else the template's rule for the values per row the
     reduction keeps in registers."""
     dtype = compute_dtype(spec.dtype)
     narrow = spec.variant.narrow
-    kind = spec.rdef.kind + ("+guard" if spec.formula.op in GUARDS else "")
+    kind = spec.rdef.kind + ("+guard" if spec.formula.op in GUARD_OPS else "")
     return schedules.row_block(
         target, dtype, config, spec.registers(), narrow, _reduced_values(spec), kind
     )
@@ -124,7 +122,7 @@ def tile_for(spec: KernelSpec, target: dict, config: Optional[dict] = None) -> i
 def _reduced_values(spec: KernelSpec) -> int:
     """Values of the reduced-index inputs a pair reads (one reduced row of them all; the
     dot-product guard's norms and points, ``NormGuard(f, n, y)``, are read at few pairs)."""
-    f = spec.formula.args[0] if spec.formula.op in GUARDS else spec.formula
+    f = spec.formula.args[0] if spec.formula.op in GUARD_OPS else spec.formula
     return sum(v.dim for v in variables(f) if v.params[2] == 1 - spec.out_cat)
 
 

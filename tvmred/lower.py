@@ -33,7 +33,7 @@ from ._tvm import te as _te
 from ._tvm import tirx
 from .arrays import compute_dtype
 from .errors import FormulaError
-from .ops import REGISTRY, node_te, nonpositive_exps
+from .ops import GUARD_OPS, REGISTRY, node_te, nonpositive_exps
 from .reductions.core import KernelSpec, Space
 from .schedules.shape import ReductionShape
 from .tree import Node, postorder, var_cat, variables
@@ -325,7 +325,7 @@ def _lower(formula, red, out_cat, dtype, acc_dtype, row_block, variant, tile=0, 
         two_pass,
         # NormGuard(f, n, y) (or Q: + yq, qc): buffers for the CPU K-min guard (f32/f64 data)
         tuple(holders[id(a)].name for a in formula.args[1:])
-        if formula.op in ("NormGuard", "NormGuardQ") and data_dtype == dtype
+        if formula.op in GUARD_OPS and data_dtype == dtype
         else (),
     )
     looped = {id(n) for n in postorder(formula) if REGISTRY[n.op].loop is not None}

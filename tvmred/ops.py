@@ -910,16 +910,19 @@ def _qguard_dim(d: int, n: int, y: int, yq: int, qc: int) -> int:
     return d
 
 
-for _name, _dim, _doc in (
-    ("NormGuard", _guard_dim, "NormGuard(f, n, y) = f; n, the reduced rows' squared norms, "
+#: the formulas of the CPU K-min kernels' dot-product guard (``Reduction.spec``): their first
+#: argument is the formula, the others the guard's extra inputs
+GUARD_OPS = ("NormGuard", "NormGuardQ")
+
+for _name, _nargs, _dim, _doc in (
+    ("NormGuard", 3, _guard_dim, "NormGuard(f, n, y) = f; n, the reduced rows' squared norms, "
      "and y, their points again, are read by the CPU K-min kernels' dot-product guard (built "
      "by tvmred for K-nearest-neighbour searches)"),
-    ("NormGuardQ", _qguard_dim, "NormGuardQ(f, n, y, yq, qc) = f; NormGuard with the reduced "
-     "points quantized to 16-bit integers, yq, and the quantization's scales and bounds, qc "
-     "(the guard's dot products in integers on CPUs with AVX-512 VNNI or AVX2)"),
+    ("NormGuardQ", 5, _qguard_dim, "NormGuardQ(f, n, y, yq, qc) = f; NormGuard with the "
+     "reduced points quantized to 16-bit integers, yq, and the quantization's scales and "
+     "bounds, qc (the guard's dot products in integers on CPUs with AVX-512 VNNI or AVX2)"),
 ):  # fmt: skip
-    op(_name, _dim.__code__.co_argcount, dim=_dim, te=lambda a, p, dt: list(a[0]), test=None,
-       doc=_doc)  # fmt: skip
+    op(_name, _nargs, dim=_dim, te=lambda a, p, dt: list(a[0]), test=None, doc=_doc)
 
 
 def _wsqnorm(s: Node, x: Node) -> Node:
