@@ -55,7 +55,8 @@ class ReductionShape:
     ranged: bool = False  # split-j whose chunk s is a task (see tvmred.lower): C is its count
     two_pass: int = 0  # > 0: LogSumExp in blocks of ``two_pass`` j, max then sum (see above)
     guard: tuple[str, ...] = ()  # K-selection of squared distances: the buffers of the reduced
-    # rows' squared norms and of their points again, for the dot-product guard (``guard.py``)
+    # rows' squared norms and of their points again, for the dot-product guard (``guard.py``),
+    # or of the reduced points in blocks, for the box test (``box.py``)
 
 
 def _as_is(mod: "tvm.IRModule", shape: ReductionShape, target: dict) -> "tvm.IRModule":
@@ -95,6 +96,9 @@ class TargetTemplate:
     norm_guard: Callable[[str, int, str], bool] = lambda red, dim, dtype: False  # (reduction,
     # dimension of the squared distance, data dtype) -> whether a K-min of |x_i - y_j|^2 takes
     # the dot-product guard (ReductionShape.guard)
+    box_guard: Callable[[str, int, str, int], int] = lambda red, dim, dtype, k: 0  # (reduction,
+    # dimension of the squared distance, data dtype, K) -> j a box test of a low-dimensional
+    # K-min of |x_i - y_j|^2 (``box.py``; where the target's vectors suit it), 0: none
     guard_pays: Callable[[int, int, int], bool] = lambda rows, k, n: True  # (rows a block of
     # the guarded kernel, K, reduced rows) -> whether the guard pays for this call
     sum_chains: Callable[[str], int] = lambda dtype: 4  # (compute dtype) -> interleaved chains of

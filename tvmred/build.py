@@ -24,7 +24,7 @@ from . import _tvm, cache, compile_client, cudatool, loops, schedules, tunedb
 from .arrays import HALF, compute_dtype
 from .errors import KernelNotExported
 from .lower import lower, storage_dtype
-from .ops import GUARD_OPS
+from .ops import DOT_GUARDS, GUARD_OPS
 from .reductions.core import KernelSpec
 from .targets import codegen_target, target_for, tvm_version
 from .tree import Node, variables
@@ -92,7 +92,7 @@ def row_block_for(spec: KernelSpec, target: dict, config: Optional[dict] = None)
     reduction keeps in registers."""
     dtype = compute_dtype(spec.dtype)
     narrow = spec.variant.narrow
-    kind = spec.rdef.kind + ("+guard" if spec.formula.op in GUARD_OPS else "")
+    kind = spec.rdef.kind + ("+guard" if spec.formula.op in DOT_GUARDS else "")
     return schedules.row_block(
         target, dtype, config, spec.registers(), narrow, _reduced_values(spec), kind
     )

@@ -188,7 +188,7 @@ def call_kernel(r: Reduction, args, dtype: str, dev: Any, n_out: int, n_red: int
     kernel's partial states of S chunks of the reduced index, merged by the reduction's
     ``combine``.  A tiled kernel takes the chunks itself (its signature is split-j's)."""
     nonneg = nonneg_params(r, args, dev)
-    guard = normguard.candidate(r, dtype, dev, n_red, lambda s: build.row_block_of(s, dev))
+    guard = normguard.candidate(r, dtype, dev, n_red, lambda s: build.row_block_of(s, dev), n_out)
     k, variant = kernel_of(r, dtype, dev, nonneg=nonneg, guard=guard)
     norms = normguard.guard_norms(r, args, dtype, dev, k.row_block, n_red, guard) if guard else None
     if guard and (norms is None or len(norms) == 2 and guard == "int16"):  # no guard, or float's

@@ -1,7 +1,8 @@
 """Where a CPU K-nearest-neighbour search takes the dot-product guard
-(``schedules/guard.py``): the formula is a squared distance of an output-indexed and a
-reduced-index variable, the template's rule admits it, and the call's points have squared
-norms that cannot overflow; then the guarded kernel's two extra arguments."""
+(``schedules/guard.py``) or, in few dimensions, the box test (``schedules/box.py``): the
+formula is a squared distance of an output-indexed and a reduced-index variable, the
+template's rule admits it, and the call's points have squared norms that cannot overflow;
+then the guarded kernel's extra arguments."""
 
 from __future__ import annotations
 
@@ -47,18 +48,28 @@ def sqdist_of(r: Reduction) -> tuple:
 
 
 def candidate(
-    r: Reduction, dtype: str, dev: Any, n_red: int, rows_of: Optional[Callable] = None
+    r: Reduction,
+    dtype: str,
+    dev: Any,
+    n_red: int,
+    rows_of: Optional[Callable] = None,
+    n_out: int = 0,
 ) -> bool | str:
     """Whether this call may take the guarded kernel: a squared distance of the dimension,
     reduction and dtype the device's template guards, with enough reduced rows that the
     guard pays (``TargetTemplate.guard_pays``) with the guarded kernel's row block --
     ``rows_of(spec)``, known before it is compiled, so a kernel the call would not take is
     never built -- or, without ``rows_of``, with a row block of one vector.  "int16" where
-    the guard's dot products are taken in integers (:data:`INT16`)."""
+    the guard's dot products are taken in integers (:data:`INT16`); "box" for the box test
+    of a low-dimensional K-min whose ``n_out`` output rows go in a curve's order
+    (``TargetTemplate.box_guard``, ``local_rows``)."""
     hit = r.memo.get("sqdist")
     if hit is None:
         hit = r.memo["sqdist"] = sqdist_of(r)
     tpl, k = schedules.for_device(dev.type), r.k or 1
+    if hit and tpl.box_guard(r.red, hit[2], dtype, k):
+        ok = _avx2() and tpl.local_rows(r.red, hit[2], n_out, n_red)
+        return "box" if ok else False
     if not (hit and tpl.norm_guard(r.red, hit[2], dtype) and tpl.guard_pays(1, k, n_red)):
         return False
     if rows_of is None:
@@ -75,10 +86,17 @@ def int16(r: Reduction, dtype: str, dim: int) -> bool:
     """Whether a guarded call takes the 16-bit integer dot products (:data:`INT16`)."""
     if not (INT16 and dtype == "float32" and dim >= INT16_MIN_DIM):
         return False
+    return _avx2("avx512_vnni")
+
+
+def _avx2(also: str = "") -> bool:
+    """The running CPU has AVX2 and not AVX-512 (256-bit kernels), or the flag ``also``; with
+    ``TVMRED_LLVM_MCPU`` (kernels for another CPU) AVX2: the kernel's pass decides from its
+    CPU."""
     flags = targets.host_flags()
-    if os.environ.get("TVMRED_LLVM_MCPU"):  # kernels for another CPU: its pass decides
+    if os.environ.get("TVMRED_LLVM_MCPU"):
         return "avx2" in flags
-    return "avx512_vnni" in flags or ("avx2" in flags and "avx512f" not in flags)
+    return bool(also) and also in flags or ("avx2" in flags and "avx512f" not in flags)
 
 
 def guard_norms(
@@ -95,8 +113,9 @@ def guard_norms(
     block, where the guard pays there (``TargetTemplate.guard_pays``) and no squared norm is
     NaN or over a quarter of the dtype's largest value (the guard's bound assumes no
     overflow); else None: the call takes the general kernel.  ``kind`` "int16": the four of
-    :func:`int16_args` where they pay."""
-    if not schedules.for_device(dev.type).guard_pays(rows, r.k or 1, n_red):
+    :func:`int16_args` where they pay; "box": the reduced rows in the box test's blocks."""
+    tpl = schedules.for_device(dev.type)
+    if kind != "box" and not tpl.guard_pays(rows, r.k or 1, n_red):
         return None
     p, q, _ = r.memo["sqdist"]
     red, out = args[p], args[q]
@@ -110,6 +129,13 @@ def guard_norms(
     top = np.finfo(dtype).max / 4
     if not h.max() <= top or not np.einsum("ij,ij->i", xh, xh).max() <= top:
         return None
+    if kind == "box":  # each value of W consecutive j contiguous (schedules/box.py)
+        w, dim = tpl.box_guard(r.red, red.shape[1], dtype, r.k or 1), red.shape[1]
+        blocks, nb = x.empty(red.shape, dtype, red), red.shape[0] // w
+        bh = x.host(blocks).reshape(-1)
+        bh[: nb * w * dim] = yh[: nb * w].reshape(nb, w, dim).transpose(0, 2, 1).reshape(-1)
+        bh[nb * w * dim :] = yh[nb * w :].reshape(-1)  # the tail: read as it is
+        return (blocks,)
     q = int16_args(x, red, yh, xh, h) if kind == "int16" else None
     return q or (norms, red)
 

@@ -910,9 +910,14 @@ def _qguard_dim(d: int, n: int, y: int, yq: int, qc: int) -> int:
     return d
 
 
-#: the formulas of the CPU K-min kernels' dot-product guard (``Reduction.spec``): their first
-#: argument is the formula, the others the guard's extra inputs
-GUARD_OPS = ("NormGuard", "NormGuardQ")
+def _box_dim(d: int, y: int) -> int:
+    return d
+
+
+#: the formulas of the CPU K-min kernels' guards (``Reduction.spec``): their first argument is
+#: the formula, the others the guard's extra inputs; DOT_GUARDS those of the dot-product guard
+DOT_GUARDS = ("NormGuard", "NormGuardQ")
+GUARD_OPS = (*DOT_GUARDS, "BoxGuard")
 
 for _name, _nargs, _dim, _doc in (
     ("NormGuard", 3, _guard_dim, "NormGuard(f, n, y) = f; n, the reduced rows' squared norms, "
@@ -921,6 +926,9 @@ for _name, _nargs, _dim, _doc in (
     ("NormGuardQ", 5, _qguard_dim, "NormGuardQ(f, n, y, yq, qc) = f; NormGuard with the "
      "reduced points quantized to 16-bit integers, yq, and the quantization's scales and "
      "bounds, qc (the guard's dot products in integers on CPUs with AVX-512 VNNI or AVX2)"),
+    ("BoxGuard", 2, _box_dim, "BoxGuard(f, y) = f; y, the reduced points again, in blocks "
+     "of 64 bytes of each value, is read by the low-dimensional CPU K-min kernels' box test "
+     "(built by tvmred for K-nearest-neighbour searches)"),
 ):  # fmt: skip
     op(_name, _nargs, dim=_dim, te=lambda a, p, dt: list(a[0]), test=None, doc=_doc)
 

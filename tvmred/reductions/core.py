@@ -264,14 +264,17 @@ class Reduction:
         ``guard``: the formula as ``NormGuard(F, n, y)``, two extra arguments after the others:
         n the reduced rows' squared norms, y their points again -- a K-min of squared
         distances, see normguard.guard_norms; "int16": ``NormGuardQ(F, n, y, yq, qc)``, four,
-        the guard's dot products in integers, schedules/guard_dots.py)."""
+        the guard's dot products in integers, schedules/guard_dots.py; "box": ``BoxGuard(F,
+        y)``, one, the reduced points in blocks of the box test, schedules/box.py)."""
         acc, variant = self.resolve(dtype)
         formula = self.formula
         if guard:
             cat = 1 - self.out_cat
             dim = next(v.params[1] for v in self.args if v.params[2] == cat)
             norms, again = var(self.nargs, 1, cat), var(self.nargs + 1, dim, cat)
-            if guard == "int16":
+            if guard == "box":
+                formula = make("BoxGuard", formula, var(self.nargs, dim, cat))
+            elif guard == "int16":
                 yq, qc = var(self.nargs + 2, (dim + 1) // 2, cat), var(self.nargs + 3, 4, 2)
                 formula = make("NormGuardQ", formula, norms, again, yq, qc)
             else:
