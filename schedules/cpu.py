@@ -339,11 +339,11 @@ GUARD_REDUCTIONS = (*LOCAL_REDUCTIONS, "Min", "ArgMin", "Min_ArgMin")
 #: are put in a curve's order, tests BOX_BYTES of each value of the reduced points at once
 #: against the box of a block's rows (``box.py``) where the target's vectors are BOX_BITS wide.
 #: ArgKMin K=10 1e4 x 1e4 (uniform points in the unit cube unless said), 2-vCPU Zen 4, call
-#: against call in one process, same answers: AVX2 kernels D=2 2.38x, D=3 1.35-1.48x, D=3
-#: float64 1.48x, K=1 1.57x, Gaussian points 1.28x, M=3000 1.13x, KMin 1.36x, D=8 1.03x, but
-#: K=30 0.97x; AVX-512 ones D=2 1.23x, D=3 1.16-1.23x, D=5 1.33x, but Gaussian points 0.94x,
-#: M=3000 0.86x, D=8 0.86x, float64 1.03x: AVX2 only (one zmm of rows a j is cheap enough).
-BOX_BYTES, BOX_BITS, BOX_MAX_DIM = 64, 256, 6
+#: against call in one process, same answers (64 bytes): AVX2 kernels D=2 2.38x, D=3 1.35-1.48x,
+#: float64 1.48x, K=1 1.57x, Gaussian points 1.28x, M=3000 1.13x, KMin 1.36x, D=8 1.03x, K=30
+#: 0.97x; AVX-512 D=2 1.23x, D=3 1.16-1.23x, D=5 1.33x, but Gaussian points 0.94x, M=3000 0.86x,
+#: D=8 0.86x: AVX2 only; 128 bytes against 64 (a branch for twice the j) 1.05x / Gaussian 1.08x.
+BOX_BYTES, BOX_BITS, BOX_MAX_DIM = 128, 256, 6
 
 
 def box_width(dtype: str) -> int:  # j a box test: BOX_BYTES of values of dtype

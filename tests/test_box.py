@@ -120,14 +120,15 @@ def test_the_pass_emits_its_test_for_256_bit_cpus_only():
 
 
 def test_the_callers_blocks():
-    """Each value of W consecutive reduced rows contiguous (W = 64 bytes), the last N mod W
-    rows as they are; points that could overflow, or NaN, decline the box (general kernel)."""
+    """Each value of W consecutive reduced rows contiguous (W: BOX_BYTES of values), the last
+    N mod W rows as they are; points that could overflow, or NaN, decline the box (general
+    kernel)."""
     r, kern, _ = _kernel("ArgKMin", 3, "float32", True)
     y = torch.randn(1000, 3)
     x = torch.randn(50, 3)
     (blocks,) = normguard.guard_norms(r, [x, y], "float32", CPU, kern.row_block, 1000, "box")
     w = schedules.cpu.box_width("float32")
-    assert w == 16
+    assert w == schedules.cpu.BOX_BYTES // 4 and 1000 % w
     nb = 1000 // w
     flat = blocks.reshape(-1)
     want = y[: nb * w].reshape(nb, w, 3).transpose(1, 2).reshape(-1)
@@ -137,7 +138,7 @@ def test_the_callers_blocks():
         y2 = y.clone()
         y2[7, 1] = bad
         assert normguard.guard_norms(r, [x, y2], "float32", CPU, 16, 1000, "box") is None
-    assert schedules.cpu.box_width("float64") == 8
+    assert schedules.cpu.box_width("float64") == schedules.cpu.BOX_BYTES // 8
 
 
 def test_which_calls_take_the_box(monkeypatch):

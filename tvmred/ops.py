@@ -927,7 +927,7 @@ for _name, _nargs, _dim, _doc in (
      "reduced points quantized to 16-bit integers, yq, and the quantization's scales and "
      "bounds, qc (the guard's dot products in integers on CPUs with AVX-512 VNNI or AVX2)"),
     ("BoxGuard", 2, _box_dim, "BoxGuard(f, y) = f; y, the reduced points again, in blocks "
-     "of 64 bytes of each value, is read by the low-dimensional CPU K-min kernels' box test "
+     "of j (each value's contiguous), is read by the low-dimensional CPU K-min kernels' box test "
      "(built by tvmred for K-nearest-neighbour searches)"),
 ):  # fmt: skip
     op(_name, _nargs, dim=_dim, te=lambda a, p, dt: list(a[0]), test=None, doc=_doc)
