@@ -154,17 +154,17 @@ def _kth(test: Any, stage: Any) -> Optional[Any]:
     return lt.b if ok else None
 
 
-def box_guard(mod: tvm.IRModule, shape: ReductionShape, width: int) -> tvm.IRModule:
-    """``mod`` with the box test (module docstring) of ``width`` j where ``shape.guard`` names
-    the reduced points in blocks of ``width`` j; unchanged otherwise or if the IR has another
-    shape.  For x86 CPUs with 256-bit vectors (``cpu.BOX_BITS``; the caller checks)."""
+def box_guard(mod: tvm.IRModule, shape: ReductionShape, nbytes: int) -> tvm.IRModule:
+    """``mod`` with the box test (module docstring) of ``nbytes`` of each value (the j of a
+    block of the reduced points ``shape.guard`` names); unchanged otherwise or if the IR has
+    another shape.  For x86 CPUs with AVX or AVX-512 (``cpu.BOX_MIN_BITS``: the caller)."""
     if len(shape.guard) != 1 or shape.kind != "kselect" or shape.split:
         return mod
     func = mod["main"]
     blocks = {p.name: p for p in func.params}.get(shape.guard[0])
     if blocks is None or shape.dtype not in _ROUNDOFF:
         return mod
-    b = _Box(blocks, shape.dtype, width)
+    b = _Box(blocks, shape.dtype, nbytes * 8 // tvm.DataType(shape.dtype).bits)
     body = b.stmt(func.body)
     if not b.done:
         return mod

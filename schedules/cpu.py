@@ -287,8 +287,8 @@ def cpu_finish(mod: tvm.IRModule, shape: ReductionShape, target: dict) -> tvm.IR
     if len(shape.guard) == 1:
         from .box import box_guard
 
-        bits = vector_registers(target)[1]
-        return box_guard(mod, shape, box_width(shape.dtype)) if bits == BOX_BITS else mod
+        bits = vector_registers(target)[1]  # x86 AVX / AVX-512 (the mask's vmovmskps)
+        return box_guard(mod, shape, BOX_BYTES) if bits >= BOX_MIN_BITS else mod
     return norm_guard(mod, shape, target, vector_registers(target))
 
 
@@ -335,24 +335,22 @@ GUARD_MIN_DIM = 12
 
 GUARD_REDUCTIONS = (*LOCAL_REDUCTIONS, "Min", "ArgMin", "Min_ArgMin")
 
-#: A K-min (K <= KSELECT_K) of |x_i - y_j|^2 of at most BOX_MAX_DIM values a point, whose rows
-#: are put in a curve's order, tests BOX_BYTES of each value of the reduced points at once
-#: against the box of a block's rows (``box.py``) where the target's vectors are BOX_BITS wide.
-#: ArgKMin K=10 1e4 x 1e4 (uniform points in the unit cube unless said), 2-vCPU Zen 4, call
-#: against call in one process, same answers (64 bytes): AVX2 kernels D=2 2.38x, D=3 1.35-1.48x,
-#: float64 1.48x, K=1 1.57x, Gaussian points 1.28x, M=3000 1.13x, KMin 1.36x, D=8 1.03x, K=30
-#: 0.97x; AVX-512 D=2 1.23x, D=3 1.16-1.23x, D=5 1.33x, but Gaussian points 0.94x, M=3000 0.86x,
-#: D=8 0.86x: AVX2 only; 128 bytes against 64 (a branch for twice the j) 1.05x / Gaussian 1.08x.
-BOX_BYTES, BOX_BITS, BOX_MAX_DIM = 128, 256, 6
-
-
-def box_width(dtype: str) -> int:  # j a box test: BOX_BYTES of values of dtype
-    return BOX_BYTES // (4 if dtype == "float32" else 8)
+#: A K-min (K <= KSELECT_K) of |x_i - y_j|^2 of at most BOX_MAX_DIM values a point, M and N
+#: BOX_MIN_ROWS or more (rows in a curve's order), tests BOX_BYTES of each value of the reduced
+#: points at once against a row block's box (``box.py``; x86 vectors of BOX_MIN_BITS or more).
+#: ArgKMin K=10 1e4 (uniform in the unit cube unless said), 2-vCPU Zen 4, call against call in
+#: one process, same answers, AVX2 / AVX-512 kernels: D=3 1.35-1.63x / 1.48x, Gaussian points
+#: 1.36x / 1.37x, D=2 2.38x / 1.25x, D=6 1.34x / 1.23x, K=1 1.57x / 1.49x, float64 1.48x /
+#: 1.17x, 1e5 x 1e5 3.66x / 3.91x; M x N = 1e4 x 4096 1.27x / 1.05x, 4096 x 1e4 1.30x / 1.00x,
+#: 2048 x 8192 1.08x / 0.97x, 2048 x 1024 0.92x / 0.87x (the j before the K-lists fill all
+#: pass); D=8 1.03x, K=30 0.97x (AVX2); 64 bytes a test: AVX-512 0.86-1.33x, AVX2 0.93-0.95x.
+BOX_BYTES, BOX_MIN_BITS, BOX_MAX_DIM, BOX_MIN_ROWS = 128, 256, 6, 8192
 
 
 def cpu_box_guard(red: str, dim: int, dtype: str, k: int) -> int:
     ok = red in LOCAL_REDUCTIONS and dim <= BOX_MAX_DIM <= LOCAL_DIMS and k <= KSELECT_K
-    return box_width(dtype) if ok and dtype in ("float32", "float64") else 0
+    size = {"float32": 4, "float64": 8}.get(dtype) if ok else None
+    return BOX_BYTES // size if size else 0
 
 
 def cpu_norm_guard(red: str, dim: int, dtype: str) -> bool:
@@ -395,6 +393,7 @@ TEMPLATE = TargetTemplate(
     local_rows=cpu_local_rows,
     norm_guard=cpu_norm_guard,
     box_guard=cpu_box_guard,
+    box_pays=lambda m, n: min(m, n) >= BOX_MIN_ROWS,
     guard_pays=cpu_guard_pays,
     sum_chains=cpu_sum_chains,
 )

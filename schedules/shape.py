@@ -99,6 +99,8 @@ class TargetTemplate:
     box_guard: Callable[[str, int, str, int], int] = lambda red, dim, dtype, k: 0  # (reduction,
     # dimension of the squared distance, data dtype, K) -> j a box test of a low-dimensional
     # K-min of |x_i - y_j|^2 (``box.py``; where the target's vectors suit it), 0: none
+    box_pays: Callable[[int, int], bool] = lambda m, n: False  # (output rows, reduced rows) ->
+    # whether the box test pays for this call
     guard_pays: Callable[[int, int, int], bool] = lambda rows, k, n: True  # (rows a block of
     # the guarded kernel, K, reduced rows) -> whether the guard pays for this call
     sum_chains: Callable[[str], int] = lambda dtype: 4  # (compute dtype) -> interleaved chains of

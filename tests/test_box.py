@@ -3,7 +3,7 @@ the unguarded kernel's answers bit for bit, and the float64 search's, on data th
 (clusters, duplicated points, grids of equal distances, points far from the origin or tiny,
 reduced rows not a multiple of the test's width, fewer than it); the machine code per CPU; the
 caller's blocks; and which calls take it.  The kernels are built for 256-bit CPUs (``haswell``:
-every CI machine runs them), so the pass is exercised on AVX-512 machines too."""
+every CI machine runs them), so the pass is exercised whatever the machine's vectors."""
 
 import numpy as np
 import pytest
@@ -70,7 +70,7 @@ def _states(red: str, x, y, box: bool):
 
 @pytest.fixture(autouse=True)
 def _avx2_host(monkeypatch):
-    """An AVX2 host for the launch's rule (its own test below)."""
+    """A host with AVX2 for the launch's rule (its own test below)."""
     monkeypatch.setattr(targets, "host_flags", lambda: frozenset(["avx2"]))
     monkeypatch.delenv("TVMRED_LLVM_MCPU", raising=False)
 
@@ -106,12 +106,12 @@ def test_kmin_and_argkmin_alone(red):
         assert torch.equal(got, want)
 
 
-def test_the_pass_emits_its_test_for_256_bit_cpus_only():
-    """The box test's visit of the passing lanes (a tzcnt of its mask) in the kernel for AVX2
-    CPUs; AVX-512 ones keep the plain kernel (one zmm of rows a j: the test did not pay,
-    schedules/cpu.py)."""
-    for mcpu, want in (("haswell", True), ("znver3", True), ("skylake-avx512", False),
-                       ("znver4", False)):  # fmt: skip
+def test_the_pass_emits_its_test_for_avx_cpus():
+    """The box test's visit of the passing lanes (a tzcnt of its mask) in the kernel for CPUs
+    with AVX2 or AVX-512 (the mask: vmovmskps of 256-bit halves); SSE2 keeps the plain
+    kernel."""
+    for mcpu, want in (("haswell", True), ("znver3", True), ("skylake-avx512", True),
+                       ("znver4", True), ("x86-64", False)):  # fmt: skip
         _, _, mod = _kernel("ArgKMin", 3, "float32", True, {"kind": "llvm", "mcpu": mcpu})
         asm = mod.inspect_source("asm")
         assert ("tzcnt" in asm) == want, mcpu
@@ -127,7 +127,7 @@ def test_the_callers_blocks():
     y = torch.randn(1000, 3)
     x = torch.randn(50, 3)
     (blocks,) = normguard.guard_norms(r, [x, y], "float32", CPU, kern.row_block, 1000, "box")
-    w = schedules.cpu.box_width("float32")
+    w = schedules.cpu.cpu_box_guard("ArgKMin", 3, "float32", K)
     assert w == schedules.cpu.BOX_BYTES // 4 and 1000 % w
     nb = 1000 // w
     flat = blocks.reshape(-1)
@@ -138,11 +138,11 @@ def test_the_callers_blocks():
         y2 = y.clone()
         y2[7, 1] = bad
         assert normguard.guard_norms(r, [x, y2], "float32", CPU, 16, 1000, "box") is None
-    assert schedules.cpu.box_width("float64") == schedules.cpu.BOX_BYTES // 8
+    assert schedules.cpu.cpu_box_guard("ArgKMin", 3, "float64", K) == schedules.cpu.BOX_BYTES // 8
 
 
 def test_which_calls_take_the_box(monkeypatch):
-    def cand(dim=3, red="ArgKMin", k=10, dtype="float32", m=10**4, n=10**4):
+    def cand(dim=3, red="ArgKMin", k=10, dtype="float32", m=10**5, n=10**5):
         r = make_reduction("SqDist(x,y)", [f"x=Vi({dim})", f"y=Vj({dim})"], red, 1, "auto", k)
         return normguard.candidate(r, dtype, CPU, n, None, m)
 
@@ -154,13 +154,15 @@ def test_which_calls_take_the_box(monkeypatch):
     assert not cand(k=schedules.cpu.KSELECT_K + 1)
     assert not cand(red="ArgMin", k=None)
     assert not cand(dtype="float16")
-    assert not cand(m=schedules.cpu.LOCAL_MIN_M - 1)  # rows not in a curve's order
-    assert not cand(n=schedules.cpu.LOCAL_MIN_N - 1)
+    big = schedules.cpu.BOX_MIN_ROWS
+    assert cand(m=big, n=big) == "box"
+    assert not cand(m=big - 1) and not cand(n=big - 1)  # the K-lists' first j: most of it
     r = make_reduction("Sqrt(SqDist(x,y))", ["x=Vi(3)", "y=Vj(3)"], "ArgKMin", 1, "auto", 10)
-    assert not normguard.candidate(r, "float32", CPU, 10**4, None, 10**4)
+    assert not normguard.candidate(r, "float32", CPU, 10**5, None, 10**5)
     for flags, env, want in (
-        (["avx512f", "avx2"], None, False),  # AVX-512 kernels: the plain one
-        (["avx512f", "avx2"], "haswell", "box"),  # kernels for another CPU: its pass decides
+        (["avx512f", "avx2"], None, "box"),
+        (["avx512f", "avx2"], "x86-64", "box"),  # kernels for another CPU: its pass decides
+        (["sse2"], None, False),
         ([], None, False),
     ):
         monkeypatch.setattr(targets, "host_flags", lambda f=flags: frozenset(f))
@@ -174,20 +176,26 @@ def test_which_calls_take_the_box(monkeypatch):
 @pytest.mark.parametrize("binding", ["torch", "numpy"])
 def test_calls_through_the_bindings(binding):
     """The launch's path (rows put in a curve's order and back, the blocks built per call)
-    on the running CPU's kernels, against float64 and with NaN points (the general kernel)."""
+    on the running CPU's kernels, against float64, and with NaN points (the general kernel)."""
+    big = schedules.cpu.BOX_MIN_ROWS
     g = torch.Generator().manual_seed(7)
-    x, y = torch.rand(2500, 3, generator=g), torch.rand(3001, 3, generator=g)
+    x, y = torch.rand(big + 8, 3, generator=g), torch.rand(big + 9, 3, generator=g)
     al = ["x=Vi(3)", "y=Vj(3)"]
     for nan in (False, True):
-        yy = torch.where(torch.arange(3001)[:, None] == 11, float("nan"), y) if nan else y
+        yy = torch.where(torch.arange(len(y))[:, None] == 11, float("nan"), y) if nan else y
         if binding == "torch":
-            idx = Genred("SqDist(x,y)", al, reduction_op="ArgKMin", opt_arg=K, axis=1)(x, yy)
+            gen = Genred("SqDist(x,y)", al, reduction_op="ArgKMin", opt_arg=K, axis=1)
+            idx = gen(x, yy)
         else:
-            g2 = NumpyGenred("SqDist(x,y)", al, reduction_op="ArgKMin", opt_arg=K, axis=1)
-            idx = torch.from_numpy(g2(x.numpy(), yy.numpy()))
-        d = ((x.double()[:, None] - yy.double()[None]) ** 2).sum(-1)
-        d = torch.where(torch.isnan(d), torch.full_like(d, float("inf")), d)
-        want = d.sort(dim=1, stable=True).values[:, :K]
-        got = d.gather(1, idx.long())
-        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+            gen = NumpyGenred("SqDist(x,y)", al, reduction_op="ArgKMin", opt_arg=K, axis=1)
+            idx = torch.from_numpy(gen(x.numpy(), yy.numpy()))
+        keys = [k for k in gen.reduction.memo if isinstance(k, tuple) and k[0] == "kernel"]
+        taken = ["box" if k[-2:] == ("guard", "box") else "guard" in k for k in keys]
+        assert taken == ["box", False] if nan else ["box"]  # NaN: then the general kernel
+        for rows in torch.arange(len(x)).split(1024):  # float64 distances, 1024 rows at a time
+            d = ((x[rows].double()[:, None] - yy.double()[None]) ** 2).sum(-1)
+            d = torch.where(torch.isnan(d), torch.full_like(d, float("inf")), d)
+            want = d.sort(dim=1, stable=True).values[:, :K]
+            got = d.gather(1, idx[rows].long())
+            torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
         assert not (nan and np.isin(11, idx.numpy()))

@@ -61,15 +61,16 @@ def candidate(
     ``rows_of(spec)``, known before it is compiled, so a kernel the call would not take is
     never built -- or, without ``rows_of``, with a row block of one vector.  "int16" where
     the guard's dot products are taken in integers (:data:`INT16`); "box" for the box test
-    of a low-dimensional K-min whose ``n_out`` output rows go in a curve's order
+    of a low-dimensional K-min of ``n_out`` output rows in a curve's order on a CPU with AVX2
     (``TargetTemplate.box_guard``, ``local_rows``)."""
     hit = r.memo.get("sqdist")
     if hit is None:
         hit = r.memo["sqdist"] = sqdist_of(r)
     tpl, k = schedules.for_device(dev.type), r.k or 1
     if hit and tpl.box_guard(r.red, hit[2], dtype, k):
-        ok = _avx2() and tpl.local_rows(r.red, hit[2], n_out, n_red)
-        return "box" if ok else False
+        ok = "avx2" in targets.host_flags() and tpl.box_pays(n_out, n_red)
+        ok = ok and tpl.local_rows(r.red, hit[2], n_out, n_red)
+        return "box" if ok else False  # (AVX2 or AVX-512: the kernel's pass checks its CPU)
     if not (hit and tpl.norm_guard(r.red, hit[2], dtype) and tpl.guard_pays(1, k, n_red)):
         return False
     if rows_of is None:
@@ -86,17 +87,10 @@ def int16(r: Reduction, dtype: str, dim: int) -> bool:
     """Whether a guarded call takes the 16-bit integer dot products (:data:`INT16`)."""
     if not (INT16 and dtype == "float32" and dim >= INT16_MIN_DIM):
         return False
-    return _avx2("avx512_vnni")
-
-
-def _avx2(also: str = "") -> bool:
-    """The running CPU has AVX2 and not AVX-512 (256-bit kernels), or the flag ``also``; with
-    ``TVMRED_LLVM_MCPU`` (kernels for another CPU) AVX2: the kernel's pass decides from its
-    CPU."""
     flags = targets.host_flags()
-    if os.environ.get("TVMRED_LLVM_MCPU"):
+    if os.environ.get("TVMRED_LLVM_MCPU"):  # kernels for another CPU: its pass decides
         return "avx2" in flags
-    return bool(also) and also in flags or ("avx2" in flags and "avx512f" not in flags)
+    return "avx512_vnni" in flags or ("avx2" in flags and "avx512f" not in flags)
 
 
 def guard_norms(
