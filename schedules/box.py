@@ -31,7 +31,7 @@ from typing import Any, Optional
 import tvm
 from tvm import tirx
 
-from .guard import _ROUNDOFF, _spacing, _terms
+from .guard import _ROUNDOFF, _kth, _spacing, _terms
 from .shape import ReductionShape
 
 
@@ -67,7 +67,9 @@ class _Box:
         if len(seq) < 2 or not isinstance(seq[-2], tirx.BufferStore):
             return None
         store, test = seq[-2], seq[-1]
-        kth, j = _kth(test, store.buffer), loop.loop_var
+        if not isinstance(test, tirx.IfThenElse):  # the early exit (a Min's update: not here)
+            return None
+        kth, j = _kth([test], store.buffer), loop.loop_var  # the guard's reading of it
         if kth is None or not (isinstance(loop.min, tirx.IntImm) and loop.min.value == 0):
             return None
         terms: list = []
@@ -140,18 +142,6 @@ def _mask(gaps: Any, lim: Any, dt: str, w: int) -> Any:
         m = m if h == 0 else m << tirx.const(h, "int32")
         out = m if out is None else out | m
     return out
-
-
-def _kth(test: Any, stage: Any) -> Optional[Any]:
-    """The K-th value vector of the early exit ``if any(s < kth)`` on ``stage``."""
-    if not (isinstance(test, tirx.IfThenElse) and test.else_case is None):
-        return None
-    c = test.condition
-    if not (isinstance(c, tvm.ir.Call) and len(c.args) and isinstance(c.args[-1], tirx.LT)):
-        return None
-    lt = c.args[-1]
-    ok = getattr(lt.a, "source", None) is not None and lt.a.source.same_as(stage)
-    return lt.b if ok else None
 
 
 def box_guard(mod: tvm.IRModule, shape: ReductionShape, nbytes: int) -> tvm.IRModule:

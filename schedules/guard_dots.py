@@ -7,8 +7,9 @@ AVX-512 VNNI (45.2 against 22.6 multiply-adds a cycle in a loop of the guard's s
 4), AVX2's ``vpmaddwd`` and an add 1.65x (34.8 against 21.1 with 256-bit registers there;
 Haswell runs ``vpmaddwd`` on one port: no gain predicted), and the guard needs only a lower
 bound.  The caller quantizes the reduced points, ``yq = round(y sy)`` with ``|yq| <= 2^b - 1``
-(b bits, ``tvmred.normguard.int16_args``), two values a 32-bit word; the kernel quantizes each row block once, ``xq = round(x sx)``, and
-sums ``I = xq . yq`` exactly in int32 (``D (2^b - 1)^2 < 2^31``).  With ``e_x``, ``e_y`` the
+(b bits, ``tvmred.normguard.int16_args``), two values a 32-bit word; the kernel quantizes
+each row block once, ``xq = round(x sx)``, and sums ``I = xq . yq`` exactly in int32
+(``D (2^b - 1)^2 < 2^31``).  With ``e_x``, ``e_y`` the
 quantization steps' half widths (``|x_d - xq_d / sx| <= e_x``),
 
     x . y <= I / (sx sy) + e_x |y|_1 + e_y |x|_1 + D e_x e_y,
