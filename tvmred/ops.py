@@ -76,7 +76,7 @@ def op(name: str, nargs: int, **kw: Any) -> None:
 
 def make(name: str, *args: Node, params: Sequence = ()) -> Node:
     """Build ``name(*args; params)``: checks arity and dims, expands macros, and simplifies
-    (zeros, x + x, -(-x), 1*x)."""
+    (zeros, x + x, -(-x), 1*x, Pow(x, 1))."""
     d = REGISTRY.get(name)
     if d is None:
         raise FormulaError(f"unknown operation '{name}'")
@@ -113,6 +113,8 @@ def make(name: str, *args: Node, params: Sequence = ()) -> Node:
         for a, b in (args, args[::-1]):
             if a.op == "IntCst" and a.params[0] == 1 and b.dim == dim:
                 return b
+    if name == "Pow" and params[0] == 1:  # as keopscore's Pow
+        return args[0]
     return Node(name, tuple(args), tuple(params), dim)
 
 
@@ -523,9 +525,21 @@ unary(
 )
 
 
+#: Pow(f, n) by squaring up to this |n|; past it exp(n log|f|) (with f's sign for odd n), as
+#: pykeops' pow: its error (|n log|f|| + a few ulps, at most ~709 in float64 where the
+#: result is finite) is then below that of the squarings' ~|n| ulps, and the squarings'
+#: expression (each one reads the last twice) grows as 2^(number of squarings) in TVM's
+#: passes: Pow(x, 100001) compiled for 78 s, Pow(x, 2^31 - 1) never finished.
+POW_SQUARING_MAX = 1024
+
+
 def _pow_te(x, n: int, dt: str):
     if n == 0:
         return c(1, dt)
+    t = tirx()
+    if abs(n) > POW_SQUARING_MAX:
+        r = REGISTRY["Exp"].te([[c(n, dt) * REGISTRY["Log"].te([[t.abs(x)]], (), dt)[0]]], (), dt)
+        return t.copysign(r[0], x) if n % 2 else r[0]
     base, e, acc = x, abs(n), None
     while e:
         if e & 1:

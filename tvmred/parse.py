@@ -1,11 +1,17 @@
 """Formula text + alias declarations -> formula tree.  A small precedence-climbing parser
 (never ``eval``).  Grammar, loosest binding first::
 
-    cmp     := sum (('=='|'!='|'<'|'<='|'>'|'>=') sum)?
+    cmp     := dots (('=='|'!='|'<'|'<='|'>'|'>=') dots)?
+    dots    := sum ('|' sum)*
     sum     := product (('+'|'-') product)*
     product := unary (('*'|'/') unary)*
-    unary   := '-' unary | atom
-    atom    := NUMBER | NAME | NAME '(' args ')' | '(' cmp ')' | '(' cmp '|' cmp ')'
+    unary   := '-' unary | atom ('**' unary)?
+    atom    := NUMBER | NAME | NAME '(' args ')' | '(' cmp ')'
+
+-- Python's precedence, as pykeops evaluates its formula strings with Python's operators:
+``a|b`` is ``Scalprod(a, b)`` with or without parentheses, ``-x**2`` is ``-(x**2)``,
+``x**-1`` is ``Pow(x, -1)``, ``x**2**2`` is ``x**4``; an exponent must be an integer
+constant (``f**2`` is ``Square(f)``, ``f**m`` is ``Pow(f, m)``; ``Powf`` for any other).
 
 Dimension errors are re-raised with the offending piece of the text and a caret.
 """
@@ -23,7 +29,7 @@ from .tree import Node, var
 CATS = {"Vi": 0, "Vx": 0, "Vj": 1, "Vy": 1, "Pm": 2}
 _TOKEN = re.compile(
     r"\s*(?:(?P<num>\d+\.\d*(?:[eE][-+]?\d+)?|\d*\.\d+(?:[eE][-+]?\d+)?|\d+(?:[eE][-+]?\d+)?)"
-    r"|(?P<name>[A-Za-z_][A-Za-z_0-9]*)|(?P<op>==|!=|<=|>=|[-+*/(),|<>\[\]]))"
+    r"|(?P<name>[A-Za-z_][A-Za-z_0-9]*)|(?P<op>==|!=|<=|>=|\*\*|[-+*/(),|<>\[\]]))"
 )
 
 
@@ -105,10 +111,19 @@ class _Parser:
 
     def cmp(self) -> Node:
         pos = self.peek()[2]
-        left = self.sum()
+        left = self.dots(pos, self.sum())
         if self.peek()[1] in COMPARISONS:
             op = self.take()[1]
-            left = self.build(pos, COMPARISONS[op], left, self.sum())
+            rpos = self.peek()[2]
+            left = self.build(pos, COMPARISONS[op], left, self.dots(rpos, self.sum()))
+        return left
+
+    def dots(self, pos: int, left: Node) -> Node:
+        """``left | sum | ...`` (no frame of its own around ``left``: nesting depth is
+        bounded by Python's frames)."""
+        while self.peek()[1] == "|":
+            self.take()
+            left = self.build(pos, "Scalprod", left, self.sum())
         return left
 
     def sum(self) -> Node:
@@ -134,7 +149,27 @@ class _Parser:
             if arg.op in ("IntCst", "Cst"):
                 return cst(-arg.params[0])
             return self.build(pos, "Minus", arg)
-        return self.atom()
+        pos = self.peek()[2]
+        base = self.atom()
+        return self.power(pos, base) if self.peek()[1] == "**" else base
+
+    def power(self, pos: int, base: Node) -> Node:
+        epos = self.take()[2] + 2
+        m = self.nested(epos, self.unary)
+        if m.op not in ("IntCst", "Cst") or not float(m.params[0]).is_integer():
+            raise self.error(epos, "'**' takes an integer constant exponent (as in pykeops); "
+                                   "use Powf(f, g) for a real or variable exponent")  # fmt: skip
+        m = int(m.params[0])
+        if base.op in ("IntCst", "Cst"):  # 2**2: a constant, as Python computes it
+            try:
+                v = float(base.params[0]) ** m
+            except (OverflowError, ZeroDivisionError) as e:
+                raise self.error(pos, f"constant power: {e}") from None
+            if not math.isfinite(v):
+                raise self.error(pos, "constant power outside the float64 range")
+            return intcst(int(v)) if base.op == "IntCst" and m >= 0 else cst(v)
+        return self.build(pos, "Square", base) if m == 2 else self.build(pos, "Pow", base,
+                                                                         params=(m,))  # fmt: skip
 
     def atom(self) -> Node:
         kind, val, pos = self.take()
@@ -156,11 +191,6 @@ class _Parser:
 
     def parens(self, pos: int) -> Node:
         left = self.cmp()
-        if self.peek()[1] == "|":
-            self.take()
-            right = self.cmp()
-            self.take(")")
-            return self.build(pos, "Scalprod", left, right)
         self.take(")")
         return left
 
