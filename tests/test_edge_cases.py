@@ -368,3 +368,46 @@ def test_the_size_bound_lets_keops_wide_formulas_through():
                axis=1)  # fmt: skip
     spec = g.reduction.spec("float32")
     lower._staged(spec.formula, "float32", [1])  # raises FormulaError beyond the bound
+
+
+def test_a_wide_root_is_staged_not_copied_per_column(monkeypatch):
+    """The reducer reads column u of the formula from a chain of its components, which the
+    schedule unrolls, a copy per column: Exp(x*y) of D = 64 was 19 million characters of
+    expressions unrolled (15 s to compile).  A wide root with long components gets stages
+    (each copy then holds reads); narrow or short ones stay inlined; the values as torch's."""
+    from tvmred import lower
+
+    g = Genred("Exp(x*y)", ["x = Vi(64)", "y = Vj(64)"], reduction_op="Sum", axis=1)
+    f = g.reduction.spec("float32").formula
+    assert id(f) in lower._staged(f, "float32", [1] * f.dim)
+    monkeypatch.setattr(lower, "ROOT_COPY_CHARS", 10**12)  # the rule before: inlined
+    assert id(f) not in lower._staged(f, "float32", [1] * f.dim)
+    monkeypatch.undo()
+    for text in ("Exp(-SqDist(x,y))*b", "x*y"):  # the usual ones: unchanged
+        short = Genred(text, ["x = Vi(3)", "y = Vj(3)", "b = Vj(3)"], axis=1)
+        sf = short.reduction.spec("float32").formula
+        assert id(sf) not in lower._staged(sf, "float32", [1] * sf.dim)
+    x, y = rand(30, 64) - 0.5, rand(20, 64) - 0.5
+    torch.testing.assert_close(g(x, y), torch.exp(x[:, None] * y[None]).sum(1))
+
+
+def test_a_wide_stage_builds_its_components_once(monkeypatch):
+    """A staged node's components are built once and moved to each component's compute (built
+    anew for each, a node of 1000 components cost 10^6 expressions: OneHot(s, 1000), 18 s a
+    kernel); the values as torch's."""
+    from tvmred import build, lower
+
+    calls = []
+    node_te = lower.node_te
+    monkeypatch.setattr(lower, "node_te", lambda n, *a: calls.append(n.op) or node_te(n, *a))
+    g = Genred("OneHot(Sum(x),100)", ["x = Vi(3)", "y = Vj(1)"], reduction_op="Sum", axis=1)
+    for part in column_chunks(g.reduction, "float64"):  # two kernels of 50 columns
+        calls.clear()
+        build.compile_reduction(part.spec("float64"), {"kind": "llvm"})
+        assert 1 <= calls.count("OneHot") <= 2, calls.count(
+            "OneHot"
+        )  # was 100 (once per component)
+    monkeypatch.undo()
+    x = rand(40, 3) * 33
+    want = torch.nn.functional.one_hot(torch.round(x.sum(1)).long(), 100).double() * 7
+    torch.testing.assert_close(g(x, rand(7, 1)), want)

@@ -124,3 +124,39 @@ def test_the_gradient_of_a_large_power():
     (g,) = torch.autograd.grad(out.sum(), x)
     want = 2000 * x.detach() ** 1999
     torch.testing.assert_close(g, want, rtol=(1999 * 0.01 + 8) * 2.0**-52, atol=0)
+
+
+def test_grad_matrix_is_the_jacobian():
+    """keopscore's GradMatrix(f, v): row k the gradient of f_k, against torch's jacobian."""
+    g = torch.Generator().manual_seed(2)
+    x, y = (
+        torch.rand(5, 3, generator=g, dtype=torch.float64),
+        torch.rand(7, 2, generator=g, dtype=torch.float64),
+    )
+    b = torch.rand(7, 3, generator=g, dtype=torch.float64)
+    got = Genred("GradMatrix(Exp(-SqDist(Elem(x,0)*y,Extract(x,1,2))) * b + x*x, x)",
+                 ["x = Vi(3)", "y = Vj(2)", "b = Vj(3)"], reduction_op="Sum", axis=1)(x, y, b)  # fmt: skip
+
+    def f(xx):
+        d = ((xx[:, None, :1] * y[None] - xx[:, None, 1:]) ** 2).sum(-1, keepdim=True)
+        return torch.exp(-d) * b[None] + (xx * xx)[:, None, :]
+
+    jac = torch.autograd.functional.jacobian(f, x)  # (M, N, 3, M, 3)
+    want = torch.stack([jac[i, :, :, i, :].sum(0).reshape(9) for i in range(5)])
+    torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-14)
+
+
+@pytest.mark.parametrize(
+    "text,named",
+    [
+        ("SqNormIso(s, x-y)", "s*SqNorm2(x-y)"),
+        ("SqNormDiag(x, y)", "Sum(x*Square(y))"),
+        ("Factorize(Exp(x|y)*(x|y), (x|y))", "Exp(x|y)*(x|y)"),
+        ("AutoFactorize(x-y)", "x-y"),
+        ("DiffClampInt(x, 0, 1)", "(1-(x<0))*(1-(1<x))"),
+    ],
+)
+def test_keopscore_names(text, named):
+    """keopscore's formula names beside WeightedSqNorm / GradMatrix (their values:
+    tests/test_ops.py, against each op's reference)."""
+    assert parse(text, ALIASES) == parse(named, ALIASES)

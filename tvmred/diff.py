@@ -68,6 +68,22 @@ def diff(fx: Node, v: Node, e: Node) -> Node:
 # KeOps' Grad and Diff are registry entries like any operation (their rule is the one above),
 # so the parser and LazyTensors build them through ops.make without a special case
 op("Grad", 3, expand=grad, test=None, doc="Grad(f, v, e): (df/dv)^T e for a variable v (VJP)")
+
+
+def grad_matrix(fx: Node, v: Node) -> Node:
+    """keopscore's GradMatrix: ``Grad(f, v, e_k)`` for k < dim f, concatenated -- the Jacobian
+    of f w.r.t. v, row k the gradient of f_k (dim f x dim v)."""
+    one = f("IntCst", params=(1,))
+    rows = [grad(fx, v, one if fx.dim == 1 else f("ElemT", one, params=(fx.dim, k)))
+            for k in range(fx.dim)]  # fmt: skip
+    out = rows[0]
+    for r in rows[1:]:
+        out = f("Concat", out, r)
+    return out
+
+
+op("GradMatrix", 2, expand=grad_matrix, test=None,
+   doc="GradMatrix(f, v): the Jacobian of f w.r.t. the variable v, row-major")  # fmt: skip
 op("Diff", 3, expand=diff, test=None, doc="Diff(f, v, e): (df/dv) e for a variable v (JVP)")
 
 

@@ -668,6 +668,17 @@ op(
     test=TestSpec(params=(0, 1), ranges=((-1.5, 2.5),)),
     doc="ClampInt(f, a, b) with fixed integer bounds",
 )
+op(
+    "DiffClampInt",
+    1,
+    nparams=2,
+    expand=lambda x, a, b: mul(
+        sub(intcst(1), f("LessThan", x, intcst(a))), sub(intcst(1), f("LessThan", intcst(b), x))
+    ),
+    ref=lambda x, a, b: _t().where((x < a) | (x > b), 0.0, 1.0).to(x.dtype),
+    test=TestSpec(params=(0, 1), ranges=((-1.5, 2.5),)),
+    doc="DiffClampInt(f, a, b): 0 where f < a or f > b, else 1 (keopscore's ClampInt derivative)",
+)
 
 
 def _ifelse_vjp(g: Node, out: Node, x: Node, a: Node, b: Node) -> tuple:
@@ -976,6 +987,45 @@ op(
     ref=_wsqnorm_ref,
     test=TestSpec(argdims=(9, 3)),
     doc="s-weighted |f|^2: s of dim 1 (isotropic), dim f (diagonal) or dim f^2 (full)",
+)
+op(
+    "Factorize",
+    2,
+    expand=lambda x, g: x,
+    ref=lambda x, g: x,
+    test=TestSpec(argdims=(3, 1)),
+    doc="Factorize(f, g) = f: pykeops' hint to compute g once (tvmred shares every repeat)",
+)
+op(
+    "AutoFactorize",
+    1,
+    expand=lambda x: x,
+    ref=lambda x: x,
+    doc="AutoFactorize(f) = f (as Factorize)",
+)
+op(
+    "SqNormIso",
+    2,
+    expand=lambda s, x: mul(s, f("SqNorm2", x)),
+    ref=lambda s, x: s * (x * x).sum(-1, keepdim=True),
+    test=TestSpec(argdims=(1, 3)),
+    doc="SqNormIso(s, f) = s SqNorm2(f) (keopscore's; WeightedSqNorm with s of dim 1)",
+)
+op(
+    "SqNormDiag",
+    2,
+    expand=lambda s, x: f("Sum", mul(s, f("Square", x))),
+    ref=lambda s, x: (s * x * x).sum(-1, keepdim=True),
+    test=TestSpec(argdims=(3, 3)),
+    doc="SqNormDiag(s, f) = Sum(s Square(f)) (keopscore's)",
+)
+op(
+    "SymSqNorm",
+    2,
+    expand=lambda a, x: f("Sum", mul(a, f("TensorProd", x, x))),
+    ref=lambda a, x: (a * (x.unsqueeze(-1) * x.unsqueeze(-2)).flatten(-2)).sum(-1, keepdim=True),
+    test=TestSpec(argdims=(9, 3)),
+    doc="SymSqNorm(a, f) = Sum(a TensorProd(f, f)) (keopscore's)",
 )
 op(
     "WeightedSqDist",
