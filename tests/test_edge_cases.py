@@ -411,3 +411,16 @@ def test_a_wide_stage_builds_its_components_once(monkeypatch):
     x = rand(40, 3) * 33
     want = torch.nn.functional.one_hot(torch.round(x.sum(1)).long(), 100).double() * 7
     torch.testing.assert_close(g(x, rand(7, 1)), want)
+
+
+def test_round_to_many_decimals():
+    """Round(f, d) of a value already whole at 10^-d is the value (x 10^d overflowed:
+    Round(1e10, 30) in float32 was inf); a 10^d outside the dtype's range is named."""
+    from tvmred.errors import FormulaError
+
+    x = torch.tensor([[1e10], [0.123456], [-2.5e-3], [3e38]], dtype=torch.float32)
+    one = torch.ones(1, 1, dtype=torch.float32)
+    got = Genred("Round(x,30)", ["x = Vi(1)", "y = Vj(1)"], axis=1)(x, one)
+    torch.testing.assert_close(got, x, rtol=0, atol=0)
+    with pytest.raises(FormulaError, match=r"10\^39 is outside float32's range"):
+        Genred("Round(x,39)", ["x = Vi(1)", "y = Vj(1)"], axis=1)(x, one)

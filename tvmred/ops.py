@@ -590,8 +590,14 @@ def _round_half_away(x, dt: str):
 def _round_te(x, d: int, dt: str):
     if d == 0:
         return _round_half_away(x, dt)
+    big = {"float32": 38, "float64": 307}.get(dt, 38)  # 10^d and 10^-d normal in dt
+    if abs(d) > big:
+        raise FormulaError(f"Round(f, {d}): 10^{d} is outside {dt}'s range (|d| <= {big})")
     s = c(10.0**d, dt)
-    return _round_half_away(x * s, dt) / s
+    # |x| 10^d of 2^p or more (p: the dtype's significand bits) is an integer already: x
+    # itself (x 10^d may overflow there: Round(1e10, 30) in float32 was inf)
+    whole = c(2.0 ** (24 if big == 38 else 53) / 10.0**d, dt)
+    return sel(tirx().abs(x) >= whole, x, _round_half_away(x * s, dt) / s)
 
 
 def _round_ref(x, d: int):
