@@ -375,12 +375,12 @@ def test_a_wide_root_is_staged_not_copied_per_column(monkeypatch):
     schedule unrolls, a copy per column: Exp(x*y) of D = 64 was 19 million characters of
     expressions unrolled (15 s to compile).  A wide root with long components gets stages
     (each copy then holds reads); narrow or short ones stay inlined; the values as torch's."""
-    from tvmred import lower
+    from tvmred import lower, wide
 
     g = Genred("Exp(x*y)", ["x = Vi(64)", "y = Vj(64)"], reduction_op="Sum", axis=1)
     f = g.reduction.spec("float32").formula
     assert id(f) in lower._staged(f, "float32", [1] * f.dim)
-    monkeypatch.setattr(lower, "ROOT_COPY_CHARS", 10**12)  # the rule before: inlined
+    monkeypatch.setattr(wide, "ROOT_COPY_CHARS", 10**12)  # the rule before: inlined
     assert id(f) not in lower._staged(f, "float32", [1] * f.dim)
     monkeypatch.undo()
     for text in ("Exp(-SqDist(x,y))*b", "x*y"):  # the usual ones: unchanged

@@ -11,7 +11,17 @@ ROOT = Path(__file__).resolve().parents[1]
 # bottom first; a module may import modules of its own layer or of layers below
 LAYERS = [
     ["schedules"],  # the target templates: nothing of tvmred but their own shape.py
-    ["errors", "settings", "tree", "mathfns", "_tvm", "arrays", "locality", "loops"],  # loops: TIR
+    [
+        "errors",
+        "settings",
+        "tree",
+        "mathfns",
+        "_tvm",
+        "arrays",
+        "locality",
+        "loops",
+        "wide",
+    ],  # loops: TIR
     ["targets"],  # target dicts, host CPU detection, device types
     ["ops", "complexops"],  # complexops: macros over ops, imported by it
     ["diff"],

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Callable
 
 from . import loops, mathfns, ops
 from ._tvm import te as _te
@@ -37,6 +37,7 @@ from .ops import GUARD_OPS, REGISTRY, node_te, nonpositive_exps
 from .reductions.core import KernelSpec, Space
 from .schedules.shape import ReductionShape
 from .tree import Node, postorder, var_cat, variables
+from .wide import components, pair, unpair, wide_root
 
 
 @dataclass(frozen=True)
@@ -53,12 +54,6 @@ def slot_of(n: Node, arg: Node) -> int:
 
 _NAME = re.compile(r"_a\d+_\d+_")  # the placeholder names _staged gives argument components
 INLINE_CHARS = 4000  # see _staged
-#: A root of several columns whose inlined components, copied once per column, would exceed
-#: this many characters is staged (_staged): Exp(x*y) of D = 64 compiled in 13-15 s, 2.5 s
-#: staged -- but ran 62-70 ms a 3000 x 3000 call against 80-86 ms staged (2-vCPU Zen 4; at
-#: D = 16 the same either way); OneHot(Sum(x), 1000) compiled in 159 s, 32 s now (64
-#: columns a kernel, each copy 10 thousand characters)
-ROOT_COPY_CHARS = 200_000
 #: The largest kernel _staged lets through, in characters of per-pair expressions (on a
 #: 2-vCPU Zen 5: SoftDTW of 8 x 8 cells, 1.5 million, its gradient compiles in 30 s; the Sum
 #: of 990 exponentials of KeOps' test_LazyTensor_min_chunked, 12.7 million, in 78 s)
@@ -121,11 +116,7 @@ def _staged(formula: Node, dtype: str, root_uses: list[int]) -> set[int]:
             varying.add(id(n))
     uses: dict[int, list[int]] = {id(formula): list(root_uses)}
     staged: set[int] = set()
-    # the reducer picks the root's column u from a chain of its components (by_column),
-    # which the schedule unrolls: each column's copy holds every component.  A wide root with
-    # long components gets stages (through data movement: its first computing nodes), so the
-    # copies hold reads (Exp(x*y), D = 64: 19 million characters unrolled, 15 s to compile)
-    wide = {id(formula)} if formula.dim * size.get(id(formula), 0) > ROOT_COPY_CHARS else set()
+    wide = wide_root(formula, size.get(id(formula), 0))  # staged, through data movement
     for n in reversed(order):
         u = uses.get(id(n), [1] * n.dim)
         d = REGISTRY[n.op] if n.args else None
@@ -282,7 +273,7 @@ def _lower(formula, red, out_cat, dtype, acc_dtype, row_block, variant, tile=0, 
         if cat == 2:
             return lambda i, j: [load(h[k]) for k in range(v.dim)]
         if cat == out_cat:
-            return lambda i, j: [load(h[(*_pair(i), k)]) for k in range(v.dim)]
+            return lambda i, j: [load(h[(*pair(i), k)]) for k in range(v.dim)]
         if (
             split and not tile and not variant.ranged
         ):  # the last chunk runs past N (S*C >= N): its reads stay in
@@ -346,15 +337,6 @@ def _lower(formula, red, out_cat, dtype, acc_dtype, row_block, variant, tile=0, 
                                     for nid, names in blocks_of.items()))  # fmt: skip
 
 
-def _pair(i) -> tuple:
-    """A row index as a tuple: (i,), or a ranged kernel's (block, row in block)."""
-    return i if isinstance(i, tuple) else (i,)
-
-
-def _unpair(ix: tuple):
-    return ix if len(ix) > 1 else ix[0]
-
-
 def _build(
     te, formula, red, holders, leaf, staged, rows, N, space, sizes, variant, dtype, acc_dtype, tasks
 ):
@@ -372,7 +354,7 @@ def _build(
         vals: dict[int, list] = {}
         for n in postorder(root, frozenset(stage)):
             if id(n) in stage and (n is not root or not inside):
-                vals[id(n)] = [t[(*_pair(i), j)] for t in stage[id(n)]]
+                vals[id(n)] = [t[(*pair(i), j)] for t in stage[id(n)]]
             elif n.is_var:
                 vals[id(n)] = leaf(n)(i, j)
             else:
@@ -395,7 +377,7 @@ def _build(
                             blocks_of[id(n)], lanes)  # fmt: skip
         elif id(n) in staged:
             base = f"s{len(blocks_of)}"
-            comp = _components(n.dim, len(in_rows), lambda i, j, n=n: exprs(n, i, j, inside=True))
+            comp = components(n.dim, len(in_rows), lambda i, j, n=n: exprs(n, i, j, inside=True))
             stage[id(n)] = [
                 te.compute((*in_rows, N), comp(k), name=f"{base}_{k}") for k in range(n.dim)
             ]
@@ -408,78 +390,6 @@ def _build(
     return loops.splice(func, looped), outs, blocks_of
 
 
-def _components(dim: int, nrows: int, exprs: Callable) -> Callable:
-    """k -> the fcompute of component k of a node's stage.  A wide node's components are
-    built once, at index variables of their own, and each put at its compute's indices
-    (built anew for each component, a node of 1000 components cost 10^6 expressions:
-    OneHot(s, 1000), 18 s a kernel); a narrow one's, or any whose expression ``_moved``
-    cannot rebuild, anew each time."""
-    t = tirx()
-    at = [t.Var(f"stage_i{q}", "int32") for q in range(nrows)] + [t.Var("stage_j", "int32")]
-    built: list = []
-
-    def comp(k: int) -> Callable:
-        def f(*ij: Any) -> Any:
-            if dim > WIDE_STAGE:
-                if not built:
-                    built.extend(exprs(_unpair(tuple(at[:-1])), at[-1]))
-                memo = {v.__chandle__(): w for v, w in zip(at, ij)}
-                moved = _moved(built[k], memo)
-                if moved is not None:
-                    return moved
-            return exprs(_unpair(ij[:-1]), ij[-1])[k]
-
-        return f
-
-    return comp
-
-
-#: stages of more components than this build their expressions once (_components)
-WIDE_STAGE = 8
-
-
-def _moved(e: Any, memo: dict) -> Any:
-    """``e`` with the variables in ``memo`` (by object handle) replaced, shared
-    sub-expressions rebuilt once; None for a node type it does not know."""
-    key = e.__chandle__() if hasattr(e, "__chandle__") else id(e)
-    if key in memo:
-        return memo[key]
-    t = tirx()
-    kind = type(e).__name__
-    if kind in ("Var", "IntImm", "FloatImm", "StringImm", "Tensor", "Op"):
-        out = e
-    elif kind in ("Add", "Sub", "Mul", "Div", "Mod", "FloorDiv", "FloorMod", "Min", "Max",
-                  "EQ", "NE", "LT", "LE", "GT", "GE", "And", "Or"):  # fmt: skip
-        a, b = _moved(e.a, memo), _moved(e.b, memo)
-        out = None if a is None or b is None else type(e)(a, b)
-    elif kind == "Not":
-        a = _moved(e.a, memo)
-        out = None if a is None else t.Not(a)
-    elif kind == "Select":
-        parts = [_moved(x, memo) for x in (e.condition, e.true_value, e.false_value)]
-        out = None if any(x is None for x in parts) else t.Select(*parts)
-    elif kind == "Cast":
-        v = _moved(e.value, memo)
-        out = None if v is None else t.Cast(e.ty, v)
-    elif kind == "Let":
-        v, b = _moved(e.value, memo), _moved(e.body, memo)
-        out = None if v is None or b is None else t.Let(e.var, v, b)
-    elif kind == "Call":
-        args = [_moved(x, memo) for x in e.args]
-        out = (
-            None
-            if any(x is None for x in args)
-            else type(e)(e.op, args, e.attrs, e.ty_args, ret_ty=e.ty)
-        )
-    elif kind == "TensorSlice":
-        idx = [_moved(x, memo) for x in e.indices]
-        out = None if any(x is None for x in idx) else e.tensor[tuple(idx)]
-    else:
-        return None
-    memo[key] = out
-    return out
-
-
 def _args_of(n: Node, exprs: Callable) -> Callable:
     """(i, j) -> the components of ``n``'s arguments there, in order."""
-    return lambda *ij: [e for a in n.args for e in exprs(a, _unpair(ij[:-1]), ij[-1])]
+    return lambda *ij: [e for a in n.args for e in exprs(a, unpair(ij[:-1]), ij[-1])]
