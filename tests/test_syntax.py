@@ -53,6 +53,12 @@ def test_a_power_takes_an_integer_exponent(text):
         parse(text, ALIASES)
 
 
+def test_an_exponent_beyond_32_bits_is_named():
+    for text in ("x**(2**40)", "Pow(x,4294967296)"):
+        with pytest.raises(tvmred.DimError, match="exponent must fit 32 bits"):
+            parse(text, ALIASES)
+
+
 def test_constant_powers_out_of_range_are_named():
     with pytest.raises(tvmred.ParseError, match="constant power"):
         parse("x*2**5000", ALIASES)

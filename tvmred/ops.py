@@ -550,6 +550,11 @@ def _pow_te(x, n: int, dt: str):
     return divide(c(1, dt), acc, dt) if n < 0 else acc
 
 
+def _pow_dim(d: int, n: int) -> int:
+    _require(-(2**31) <= n < 2**31, f"Pow(f, {n}): the exponent must fit 32 bits, as pykeops'")
+    return d
+
+
 def _pow_vjp(g: Node, out: Node, x: Node, n: int) -> tuple:
     if n == 0:
         return (None,)
@@ -561,7 +566,7 @@ op(
     "Pow",
     1,
     nparams=1,
-    dim=same_dim,
+    dim=_pow_dim,
     te=elementwise(_pow_te),
     vjp=_pow_vjp,
     ref=lambda x, n: x**n,
