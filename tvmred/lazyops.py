@@ -329,8 +329,7 @@ class LazyOps:
 
     def grad_matrix(self, other):
         """The transposed Jacobian of F w.r.t. v, flattened: Grad(F, v, e_k) for each k."""
-        rows = [self.grad(other, self._basis(self.ndim, k)) for k in range(self.ndim)]
-        return LazyOps.concatenate(tuple(rows))
+        return self.op("GradMatrix", other)
 
     def divergence(self, other):
         """sum_k d F_k / d v_k (dim F = dim v)."""

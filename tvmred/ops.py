@@ -595,13 +595,14 @@ def _round_half_away(x, dt: str):
 def _round_te(x, d: int, dt: str):
     if d == 0:
         return _round_half_away(x, dt)
-    big = {"float32": 38, "float64": 307}.get(dt, 38)  # 10^d and 10^-d normal in dt
+    # the largest |d| with 10^d and 10^-d normal in dt, and dt's significand bits p
+    big, p = {"float32": (38, 24), "float64": (307, 53)}.get(dt, (38, 24))
     if abs(d) > big:
         raise FormulaError(f"Round(f, {d}): 10^{d} is outside {dt}'s range (|d| <= {big})")
     s = c(10.0**d, dt)
-    # |x| 10^d of 2^p or more (p: the dtype's significand bits) is an integer already: x
-    # itself (x 10^d may overflow there: Round(1e10, 30) in float32 was inf)
-    whole = c(2.0 ** (24 if big == 38 else 53) / 10.0**d, dt)
+    # |x| 10^d of 2^p or more is an integer already: x itself (x 10^d may overflow there:
+    # Round(1e10, 30) in float32 was inf)
+    whole = c(2.0**p / 10.0**d, dt)
     return sel(tirx().abs(x) >= whole, x, _round_half_away(x * s, dt) / s)
 
 
@@ -969,13 +970,25 @@ for _name, _nargs, _dim, _doc in (
     op(_name, _nargs, dim=_dim, te=lambda a, p, dt: list(a[0]), test=None, doc=_doc)
 
 
+def _sqnorm_iso(s: Node, x: Node) -> Node:
+    return mul(s, f("SqNorm2", x))
+
+
+def _sqnorm_diag(s: Node, x: Node) -> Node:
+    return f("Sum", mul(s, f("Square", x)))
+
+
+def _sym_sqnorm(a: Node, x: Node) -> Node:
+    return f("Sum", mul(a, f("TensorProd", x, x)))
+
+
 def _wsqnorm(s: Node, x: Node) -> Node:
     if s.dim == 1:
-        return mul(s, f("SqNorm2", x))
+        return _sqnorm_iso(s, x)
     if s.dim == x.dim:
-        return f("Sum", mul(s, f("Square", x)))
+        return _sqnorm_diag(s, x)
     if s.dim == x.dim * x.dim:
-        return f("Sum", mul(s, f("TensorProd", x, x)))
+        return _sym_sqnorm(s, x)
     raise DimError(
         f"WeightedSqNorm(s, f): dim s must be 1, dim f or (dim f)^2; got {s.dim}, {x.dim}"
     )
@@ -1016,7 +1029,7 @@ op(
 op(
     "SqNormIso",
     2,
-    expand=lambda s, x: mul(s, f("SqNorm2", x)),
+    expand=_sqnorm_iso,
     ref=lambda s, x: s * (x * x).sum(-1, keepdim=True),
     test=TestSpec(argdims=(1, 3)),
     doc="SqNormIso(s, f) = s SqNorm2(f) (keopscore's; WeightedSqNorm with s of dim 1)",
@@ -1024,7 +1037,7 @@ op(
 op(
     "SqNormDiag",
     2,
-    expand=lambda s, x: f("Sum", mul(s, f("Square", x))),
+    expand=_sqnorm_diag,
     ref=lambda s, x: (s * x * x).sum(-1, keepdim=True),
     test=TestSpec(argdims=(3, 3)),
     doc="SqNormDiag(s, f) = Sum(s Square(f)) (keopscore's)",
@@ -1032,7 +1045,7 @@ op(
 op(
     "SymSqNorm",
     2,
-    expand=lambda a, x: f("Sum", mul(a, f("TensorProd", x, x))),
+    expand=_sym_sqnorm,
     ref=lambda a, x: (a * (x.unsqueeze(-1) * x.unsqueeze(-2)).flatten(-2)).sum(-1, keepdim=True),
     test=TestSpec(argdims=(9, 3)),
     doc="SymSqNorm(a, f) = Sum(a TensorProd(f, f)) (keopscore's)",

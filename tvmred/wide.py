@@ -50,7 +50,7 @@ def components(dim: int, nrows: int, exprs: Callable) -> Callable:
     return comp
 
 
-#: stages of more components than this build their expressions once (_components)
+#: stages of more components than this build their expressions once (:func:`components`)
 WIDE_STAGE = 8
 
 
