@@ -56,6 +56,24 @@ def test_module_paths_and_config(pk):
     assert pk.__version__ == "2.3"
 
 
+def test_common_module_paths(pk):
+    """``pykeops.common``'s names pykeops code imports (KeOps' own example
+    ``plot_gpu_select_numpy.py`` imports ``get_gpu_number`` from ``gpu_utils``)."""
+    from pykeops.common.gpu_utils import get_gpu_number
+    from pykeops.common.lazy_tensor import ComplexGenericLazyTensor, GenericLazyTensor
+    from pykeops.common.utils import axis2cat, cat2axis
+    from pykeops.torch import ComplexLazyTensor, LazyTensor
+
+    assert get_gpu_number() == torch.cuda.device_count()
+    assert [axis2cat(0), axis2cat(1), cat2axis(0), cat2axis(1)] == [1, 0, 1, 0]
+    with pytest.raises(ValueError, match="Axis"):
+        axis2cat(2)
+    x = LazyTensor(torch.rand(3, 1, 2))
+    z = ComplexLazyTensor(torch.rand(3, 1, 2, dtype=torch.complex64))
+    assert isinstance(x, GenericLazyTensor) and not isinstance(x, ComplexGenericLazyTensor)
+    assert isinstance(z, GenericLazyTensor) and isinstance(z, ComplexGenericLazyTensor)
+
+
 def test_utils_are_the_dense_references(pk):
     from pykeops.numpy.utils import grad_np_kernel, log_np_kernel, log_sum_exp, np_kernel
     from pykeops.numpy.utils import squared_distances as np_sq
@@ -186,7 +204,8 @@ def test_grid_cluster_follows_pykeops_definitions():
 
 def test_numpy_alias_imports_no_torch():
     code = ("import sys, tvmred.compat; tvmred.compat.install_pykeops_alias(); "
-            "import pykeops.numpy, pykeops.numpy.utils, pykeops.config; "
+            "import pykeops.numpy, pykeops.numpy.utils, pykeops.config, pykeops.common.utils; "
+            "from pykeops.common.gpu_utils import get_gpu_number; get_gpu_number(); "
             "print('torch' in sys.modules)")  # fmt: skip
     env = {
         **os.environ,

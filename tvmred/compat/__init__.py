@@ -1,6 +1,6 @@
 """Run code written for pykeops on tvmred, unchanged: ``install_pykeops_alias()`` makes
 ``import pykeops`` and its submodules (``pykeops.torch``, ``pykeops.numpy``, their ``utils``,
-``operations`` and ``cluster``, ``pykeops.config``) -- and ``keopscore``, which some pykeops
+``operations`` and ``cluster``, ``pykeops.config``, ``pykeops.common``) -- and ``keopscore``, which some pykeops
 code configures -- import tvmred's modules.  Call it before importing the client library
 (geomloss, gpytorch and others decide at import time whether KeOps is available).
 
@@ -19,6 +19,10 @@ from typing import Any
 ALIASES = {
     "pykeops": "tvmred.compat.pykeops",
     "pykeops.config": "tvmred.compat.config",
+    "pykeops.common": "tvmred.compat.common",
+    "pykeops.common.gpu_utils": "tvmred.compat.common",
+    "pykeops.common.utils": "tvmred.compat.common",
+    "pykeops.common.lazy_tensor": "tvmred.compat.common",
     "pykeops.torch": "tvmred.torch",
     "pykeops.torch.cluster": "tvmred.torch.cluster",
     "pykeops.torch.utils": "tvmred.compat.torch_utils",
