@@ -22,6 +22,7 @@ import os
 from typing import TYPE_CHECKING, Any
 
 from .shape import ReductionShape, TargetTemplate, block_partials
+from .two_pass import two_pass_at, two_pass_blocks, two_pass_finish
 
 if TYPE_CHECKING:
     import tvm
@@ -152,15 +153,15 @@ def cpu_rowblock(sch: s_tir.Schedule, shape: ReductionShape, target: dict) -> s_
     if s:  # split-j: the (chunk, row block) pairs run in parallel
         io = sch.fuse(*s, io)
     sch.parallel(io)
-    two = _TWO_PASS if shape.two_pass else ()  # per block of j: F, its max, its sum
-    at = _two_pass_at(sch, j) if two else j  # where the per-pair stages are computed
+    two = two_pass_blocks(sch) if shape.two_pass else ()  # per block of j: F, its max, ...
+    at = two_pass_at(sch, j, two, SCOPE) if two else j  # where the per-pair stages go
     for name in reversed(shape.stages):  # consumers first, so every stage lands under j
         blk = sch.get_sblock(name)
         sch.compute_at(blk, at)
     # the block's rows of each output-indexed input, copied once per block into a transposed
     # (component-major) local buffer: every read in the j loop is then a contiguous vector
     # load instead of a strided gather
-    blocks = [sch.get_sblock(name) for name in (*shape.stages, *two[:1])] + [acc]
+    blocks = [sch.get_sblock(name) for name in (*shape.stages, *two)] + [acc]
     for name, _dim in shape.row_inputs:
         reader = next(b for b in blocks if _reads(sch, b, name))
         cache = sch.cache_read(reader, name, SCOPE)
@@ -182,11 +183,9 @@ def cpu_rowblock(sch: s_tir.Schedule, shape: ReductionShape, target: dict) -> s_
         sch.vectorize(ti)
     sch.unroll(u)
     sch.vectorize(_native_vectors(sch, ii, shape, target))
-    for name in (*shape.stages, *two):
+    for name in shape.stages:
         sch.vectorize(sch.get_loops(sch.get_sblock(name))[-1])
-    for name in two[1:]:  # the block's max and sum: initialised before their loop over j
-        blk = sch.get_sblock(name)
-        sch.decompose_reduction(blk, sch.get_loops(blk)[-2])
+    two_pass_finish(sch, two, SCOPE, vector_lanes(target, shape.acc_dtype), j)
     if shape.block:
         sch.decompose_reduction(acc, j)
         sch.decompose_reduction(red, jb)
@@ -249,26 +248,6 @@ def _unrolled_j(shape: ReductionShape) -> bool:
     row_values = sum(d for _, d in shape.row_inputs)
     narrow = row_values <= J_UNROLL_VALUES and shape.cols <= J_UNROLL_VALUES
     return shape.kind == "sum" and plain and narrow and J_UNROLL > 1
-
-
-_TWO_PASS = ("lse_f", "lse_bm", "lse_bs")  # a two-pass LogSumExp's blocks (ReductionShape)
-
-
-def _two_pass_at(sch: s_tir.Schedule, j: Any) -> Any:
-    """A two-pass LogSumExp's blocks computed at ``j`` (the loop over blocks of j) for the
-    row block, each a loop over the block's j around a vectorised loop over its rows; F's
-    values in a local buffer laid out j-major (one SIMD vector a j).  Returns F's loop over
-    the block's j, where the per-pair stages go (each at one j, for the row block)."""
-    for name in reversed(_TWO_PASS):
-        sch.compute_at(sch.get_sblock(name), j)
-    for name in _TWO_PASS:
-        blk = sch.get_sblock(name)
-        *_, rows, js = sch.get_loops(blk)
-        sch.reorder(js, rows)
-        sch.set_scope(blk, 0, SCOPE)
-    f = sch.get_sblock(_TWO_PASS[0])
-    sch.transform_layout(f, ("write", 0), lambda *a: (*a[:-2], a[-1], a[-2]))
-    return sch.get_loops(f)[-2]
 
 
 def _reads(sch: s_tir.Schedule, block: Any, name: str) -> bool:

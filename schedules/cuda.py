@@ -14,7 +14,7 @@ import functools
 import os
 from typing import TYPE_CHECKING, Any
 
-from .shape import ReductionShape, TargetTemplate, block_partials
+from .shape import ReductionShape, TargetTemplate, block_partials, loops_under
 
 if TYPE_CHECKING:
     from tvm import s_tir
@@ -121,13 +121,13 @@ def cuda_rows(sch: s_tir.Schedule, shape: ReductionShape, target: dict) -> s_tir
         sch.reverse_compute_at(a, ii)
     if shape.block:  # the partial sums in registers too; the total's update unrolled
         sch.set_scope(acc, 0, "local")
-        for loop in _loops_under(sch, red, jo):
+        for loop in loops_under(sch, red, jo):
             sch.unroll(loop)
     if shape.tile:
         for name in shape.reduced_inputs:  # every consumer reads the shared copy
             tile = sch.cache_read(readers[name], name, "shared")
             sch.compute_at(tile, jo)
-            inner = _loops_under(sch, tile, jo)  # rows [, columns]
+            inner = loops_under(sch, tile, jo)  # rows [, columns]
             fused = sch.fuse(*inner) if len(inner) > 1 else inner[0]  # consecutive addresses
             _, tx = sch.split(fused, factors=[None, threads])
             sch.bind(tx, "threadIdx.x")
@@ -142,12 +142,6 @@ def cuda_rows(sch: s_tir.Schedule, shape: ReductionShape, target: dict) -> s_tir
         sch.decompose_reduction(acc, j)
     sch.decompose_reduction(red, jo)
     return sch
-
-
-def _loops_under(sch: s_tir.Schedule, block: Any, at: Any) -> list:
-    """The loops of ``block`` nested inside the loop ``at``."""
-    loops = sch.get_loops(block)
-    return loops[[sch.get_sref(x) for x in loops].index(sch.get_sref(at)) + 1 :]
 
 
 @functools.cache

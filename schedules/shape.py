@@ -29,14 +29,17 @@ class ReductionShape:
     the schedule must add its terms in partial sums of ``block`` consecutive j, each added to
     the total once complete (:func:`block_partials`: ``rfactor`` of j split by ``block``).
 
-    With ``two_pass`` > 0 (a LogSumExp with unit weights, :attr:`TargetTemplate.two_pass`) the
-    reduction block ``red`` runs over blocks of ``two_pass`` consecutive j (its ``j`` loop is
-    the block's index) and combines each block's (max, sum) state into the running one; three
-    blocks per j-block come before it: ``lse_f`` (F of the block's j, ``(rows, blocks *
-    two_pass)``, -inf past N), ``lse_bm`` (the block's max, a reduction over the block) and
-    ``lse_bs`` (its sum of exp(F - max), a reduction over the block); the per-pair ``stages``
-    are read by ``lse_f`` at one j each.  Split-j: the same within each chunk, every one of
-    these tensors indexed by the chunk first.
+    With ``two_pass`` > 0 (a LogSumExp, :attr:`TargetTemplate.two_pass`) the reduction block
+    ``red`` runs over blocks of ``two_pass`` consecutive j (its ``j`` loop is the block's
+    index) and combines each block's (max, sums) state into the running one; blocks per
+    j-block come before it: ``lse_f`` (F of the block's j, ``(rows, blocks * two_pass)``,
+    -inf past N), ``lse_bm`` (the block's max, a reduction over the block), then with unit
+    weights ``lse_bs`` (its sum of exp(F - max), a reduction over the block), with weights
+    ``lse_e`` (exp(F - max), shaped as ``lse_f``) and ``lse_w0``, ``lse_w1``, ... (the
+    weighted sums of each run of weight columns: ``(rows, blocks)`` for one column, ``(rows,
+    blocks, width)`` for a run of an input's columns -- a matrix product of the block's);
+    the per-pair ``stages`` are read by ``lse_f`` at one j each.  Split-j: the same within
+    each chunk, every one of these tensors indexed by the chunk first.
     """
 
     kind: str  # reduction kind tag: "sum", "select", "kselect", "lse"
@@ -107,6 +110,12 @@ class TargetTemplate:
     # a sum of many terms (a dot product, a squared distance: tvmred.ops.sum_chains)
     settings: Callable[[dict], dict] = lambda target: {}  # environment settings that change
     # the template's default kernels (they go into the cache key), e.g. CUDA's rows a thread
+
+
+def loops_under(sch: "s_tir.Schedule", block: Any, at: Any) -> list:
+    """The loops of ``block`` nested inside the loop ``at``."""
+    loops = sch.get_loops(block)
+    return loops[[sch.get_sref(x) for x in loops].index(sch.get_sref(at)) + 1 :]
 
 
 def block_partials(sch: "s_tir.Schedule", red: Any, piece: Any) -> Any:

@@ -8,6 +8,8 @@ import torch
 
 from tvmred.torch import Genred
 
+F64 = torch.float64
+
 M, N, K = 60, 80, 4
 AL = ["x = Vi(3)", "y = Vj(3)", "b = Vj(2)"]
 F = "SqDist(x,y) - (x|b2)"  # a vector formula is built below; this one is scalar
@@ -307,9 +309,75 @@ def test_few_rows_logsumexp_with_infinities_like_torch(monkeypatch, threads):
     assert m == -inf and s == n
 
 
-def test_only_a_unit_weight_cpu_logsumexp_runs_in_blocks():
-    """The two-pass form is chosen for LogSumExp without a weight (and its raw state) on the
-    CPU template, split-j kernels included, not for a weighted one, SoftMax or CUDA."""
+def softmax_reference(F, w):
+    """sum_j softmax_j(F) w_j in float64, torch's IEEE arithmetic (0 * inf is NaN)."""
+    return (torch.softmax(F, 1)[:, :, None] * w[None]).sum(1)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_weighted_logsumexp_in_blocks_at_every_block_edge(dtype):
+    """SumSoftMaxWeight (64 value columns and 3, the attention layout: a block's weighted
+    sums as matrix products) and a LogSumExp with a weight run j in blocks on the CPU: N
+    below, at and past the block's edges, rows not a multiple of a row block, against the
+    dense float64 reference -- exponents spread over 100 so the block's max changes often."""
+    B = two_pass_block(str(dtype).split(".")[-1]) or 16
+    torch.manual_seed(B + 1)
+    al = ["x = Vi(3)", "y = Vj(3)", "c = Pm(1)"]
+    tol = 1e-12 if dtype == torch.float64 else 3e-5
+    for e in (64, 3):
+        soft = Genred("-SqDist(x,y)*c", [*al, f"b = Vj({e})"], "SumSoftMaxWeight", axis=1,
+                      formula2="b")  # fmt: skip
+        for n in (1, B - 1, B, B + 1, 3 * B + 5, 40 * B + 3):
+            x, y = torch.rand(37, 3, dtype=F64), torch.rand(n, 3, dtype=F64)
+            b, c = torch.randn(n, e, dtype=F64), torch.tensor([30.0], dtype=F64)
+            F = -((x[:, None] - y[None]) ** 2).sum(-1) * c
+            got = soft(x.to(dtype), y.to(dtype), c.to(dtype), b.to(dtype)).double()
+            torch.testing.assert_close(got, softmax_reference(F, b), rtol=tol, atol=tol,
+                                       msg=f"E = {e}, N = {n}")  # fmt: skip
+    lse = Genred("-SqDist(x,y)*c", [*al, "w = Vj(1)"], "LogSumExp", axis=1, formula2="w")
+    x, y = torch.rand(37, 3, dtype=F64), torch.rand(3 * B + 5, 3, dtype=F64)
+    w, c = torch.rand(3 * B + 5, 1, dtype=F64) + 0.1, torch.tensor([30.0], dtype=F64)
+    want = torch.logsumexp(-((x[:, None] - y[None]) ** 2).sum(-1) * c + w.log().T, 1)
+    got = lse(x.to(dtype), y.to(dtype), c.to(dtype), w.to(dtype))[:, 0].double()
+    torch.testing.assert_close(got, want, rtol=tol, atol=tol)
+
+
+@pytest.mark.parametrize("threads", ["1", "2"])  # one kernel; the split-j kernel
+def test_weighted_blocks_with_infinities_and_nan_like_torch(monkeypatch, threads):
+    """SumSoftMaxWeight in blocks: a block's max +inf, +inf beside NaN, rows of -inf, -inf
+    blocks, a NaN, and weights of +inf and NaN at the last j (in the padded block: the
+    padding past N must not turn an infinite sum into NaN) -- as the dense reference, with
+    the split-j kernel's chunks (few rows, 2 threads) too."""
+    monkeypatch.setenv("TVM_NUM_THREADS", threads)
+    B = two_pass_block("float64") or 16
+    inf, nan = float("inf"), float("nan")
+    n = 3 * B + 2 if threads == "1" else 20011
+    torch.manual_seed(2)
+    cols = torch.randn(8, n, dtype=F64)
+    cols[1, B + 3] = inf
+    cols[2, B + 3], cols[2, B + 4] = inf, nan
+    cols[3, :] = -inf
+    cols[4, : 2 * B] = -inf
+    cols[5, 2 * B + 1 :] = -inf
+    cols[6, 5] = nan
+    x = torch.zeros(1, 1, dtype=F64)
+    g = Genred("x+y", ["x = Vi(1)", "y = Vj(1)", "b = Vj(2)"], "SumSoftMaxWeight", axis=1,
+               formula2="b")  # fmt: skip
+    for last in (1.0, inf, nan):
+        b = torch.randn(n, 2, dtype=F64)
+        b[n - 1, 0] = last
+        for r, row in enumerate(cols):
+            got = g(x, row[:, None], b)[0]
+            want = softmax_reference(row[None], b)[0]
+            torch.testing.assert_close(got, want, equal_nan=True, msg=f"row {r}, b {last}")
+
+
+def test_which_cpu_logsumexp_runs_in_blocks():
+    """The two-pass form is chosen on the CPU template for LogSumExp without a weight (and
+    its raw state), split-j kernels included, and for a weight made of variables and
+    constants (SumSoftMaxWeight's: 1 and the values) of float16/32/64 inputs; not for a
+    weight that is a formula of its own (it may share stages with F), nor bfloat16 weights,
+    nor on CUDA."""
     from tvmred import schedules
     from tvmred.frontend import make_reduction
     from tvmred.lower import lower
@@ -321,11 +389,16 @@ def test_only_a_unit_weight_cpu_logsumexp_runs_in_blocks():
         ("LogSumExp", None, False, B),
         ("Max_SumShiftExp", None, False, B),
         ("LogSumExp", None, True, B),  # split-j: blocks within each chunk
-        ("LogSumExpWeight", "b", False, 0),
-        ("SumSoftMaxWeight", "b", False, 0),
+        ("LogSumExpWeight", "b", False, B),
+        ("SumSoftMaxWeight", "b", False, B),
+        ("SumSoftMaxWeight", "b", True, B),
+        ("SumSoftMaxWeight", "Exp(b)", False, 0),
+        ("SumSoftMaxWeight", "b", "bfloat16", 0),  # its values are bit operations
+        ("LogSumExp", None, "bfloat16", B),
     ]:
         r = make_reduction("-SqDist(x,y)", al, red, 1, "auto", None, formula2=w)
-        low = lower(r.spec("float32", split), 16, "poly", 0, B)
+        dtype = split if isinstance(split, str) else "float32"
+        low = lower(r.spec(dtype, split is True), 16, "poly", 0, B)
         assert low.shape.two_pass == want, (red, split)
 
 

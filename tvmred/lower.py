@@ -254,7 +254,7 @@ def _lower(formula, red, out_cat, dtype, acc_dtype, row_block, variant, tile=0, 
     tasks = None
     if variant.ranged:
         tasks = (te.placeholder((sizes[2], 3), "int32", name="tasks"), te.var("B"))
-    if variant.ranged or tile or red.two_pass is None or not red.two_pass(formula):
+    if variant.ranged or tile or red.two_pass is None or not red.two_pass(formula, data_dtype):
         two_pass = 0
     space = Space(N, chunks, tasks, duplicates=split and not variant.ranged, two_pass=two_pass)
     rows = row_block if variant.ranged else Mb * row_block  # ranged: Mb is unused
@@ -281,7 +281,7 @@ def _lower(formula, red, out_cat, dtype, acc_dtype, row_block, variant, tile=0, 
             return lambda i, j: [load(h[tirx().min(j, N - 1), k]) for k in range(v.dim)]
         return lambda i, j: [load(h[j, k]) for k in range(v.dim)]
 
-    root_uses = red.root_uses(formula.dim) if red.root_uses else [1] * formula.dim
+    root_uses = red.root_uses(formula.dim) if red.root_uses and not two_pass else [1] * formula.dim
     if len(red.state(formula.dim, variant, dtype, acc_dtype)) > 1 and not two_pass:
         # a tuple reducer's combine reads the new element several times; staging it also
         # keeps extern calls (asinf, ...) out of the reducer's let-bindings, which TVM 0.27

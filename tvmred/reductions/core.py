@@ -104,8 +104,9 @@ class RedDef:
     scalar: bool = False  # F must have dim 1
     root_uses: Optional[Callable[[int], list]] = None  # per root component, if not 1 each
     partial: Callable[[Variant], int] = lambda v: 0  # > 0: ReductionShape.block (Sum)
-    two_pass: Optional[Callable[[Node], bool]] = None  # whether the kernel of this formula has a
-    # two-pass form over blocks of j (Space.two_pass; ``compute`` builds it): unit-weight LSE
+    two_pass: Optional[Callable[[Node, str], bool]] = None  # whether the kernel of this formula
+    # and input dtype has a two-pass form over blocks of j (Space.two_pass; ``compute`` builds
+    # it): LSE whose weight is made of variables and constants
     join: Optional[Callable[[list], list]] = None  # the states of column chunks, side by
     # side (default: each buffer's columns concatenated)
     chunking: Optional[Callable[[int, Variant, str, str], tuple]] = None  # (formula columns,

@@ -25,6 +25,7 @@ from .core import (
     tirx,
     xp_of,
 )
+from .flash import weighted_blocks
 from .sum import ANY
 
 
@@ -69,8 +70,8 @@ def _lse(te, root, rows, space: Space, dim, v: Variant, dtype, acc):
         return (inf(ts[0], -1.0), *[t.const(0, x) for x in ts[1:]])
 
     if space.two_pass:
-        red = te.comm_reducer(lambda a, b: combine(a, b, True), identity, name="lse")
-        return _two_pass(te, root, rows, space, red, dtype, acc)
+        red = lambda unit: te.comm_reducer(lambda a, b: combine(a, b, unit), identity, name="lse")  # noqa: E731
+        return _two_pass(te, root, rows, space, red, dtype, acc, G)
 
     def body(i, u, ax, j, w):
         comps = root(i, j)
@@ -86,16 +87,18 @@ def _lse(te, root, rows, space: Space, dim, v: Variant, dtype, acc):
     return list(space.compute(te, rows, 1, body))
 
 
-def _two_pass(te, root, rows, space: Space, red, dtype, acc) -> list:
-    """A unit-weight LogSumExp over blocks of B = ``space.two_pass`` consecutive j: F of the
-    block's j (``lse_f``, -inf past N), the block's max ``bm`` (``lse_bm``), its sum of
-    e^(F - bm) (``lse_bs``), then the online combine of (bm, bs) into the running state --
-    one rescale a block instead of one a pair, and the sum's exponentials need no running
-    max (2-vCPU Xeon, 1e4 x 1e4 softmin, float32: 1.3-1.45x with AVX2 kernels, 1.15-1.2x with
-    AVX-512).  Exact as the online loop for infinities and NaN: an F equal to its block's max
-    (+-inf included) adds e^0 = 1, a NaN makes the sum NaN, and a block of -inf only has the
-    max -inf (the max's identity), so it leaves a running state unchanged.  Split-j: the same
-    in each chunk (every tensor's first index), its blocks past the chunk's j all -inf."""
+def _two_pass(te, root, rows, space: Space, reducer, dtype, acc, G: int) -> list:
+    """A LogSumExp over blocks of B = ``space.two_pass`` consecutive j: F of the block's j
+    (``lse_f``, -inf past N), the block's max ``bm`` (``lse_bm``), its sum of e^(F - bm)
+    (``lse_bs``), then the online combine of (bm, bs) into the running state -- one rescale a
+    block instead of one a pair, and the sum's exponentials need no running max (2-vCPU
+    Xeon, 1e4 x 1e4 softmin, float32: 1.3-1.45x with AVX2 kernels, 1.15-1.2x with AVX-512).
+    With weights (``RedDef.two_pass``: they read no per-pair stage), the block's G weighted
+    sums instead (``flash.weighted_blocks``).  Exact as the online loop for infinities and
+    NaN: an F equal to its block's max (+-inf included) adds e^0 = 1, a NaN makes the sum
+    NaN, and a block of -inf only has the max -inf (the max's identity), so it leaves a
+    running state unchanged.  Split-j: the same in each chunk (every tensor's first index),
+    its blocks past the chunk's j all -inf.  ``reducer(unit)``: the running state's."""
     t = tirx()
     n, B = space.n, space.two_pass
     if space.chunks is None:
@@ -105,28 +108,48 @@ def _two_pass(te, root, rows, space: Space, red, dtype, acc) -> list:
         lead, size = space.chunks[:1], space.chunks[1]
         first, count = (lambda s: s * size), (lambda s: t.min(size, n - s * size))
     blocks = (size + B - 1) // B
+    weights = []  # G's components as F's pass reads them (unit weights: the constant 1)
 
-    def f(*ij):  # clamped reads past N (the stages' and inputs' rows end there)
+    def comps(*ij):  # clamped reads past N (the stages' and inputs' rows end there)
         *s, i, j = ij
-        v = root(i, t.min(first(*s) + j, n - 1))[0]
-        v = v.astype(acc) if acc != dtype else v
-        return t.Select(t.likely(j < count(*s)), v, inf(acc, -1.0))
+        c = root(i, t.min(first(*s) + j, n - 1))
+        weights.append(c[1:])
+        return [v.astype(acc) for v in c] if acc != dtype else c
+
+    def f(*ij):
+        return t.Select(t.likely(ij[-1] < count(*ij[:-2])), comps(*ij)[0], inf(acc, -1.0))
 
     fb = te.compute((*lead, rows, blocks * B), f, name="lse_f")
     big = te.comm_reducer(lambda a, b: t.max(a, b), lambda dt: inf(dt, -1.0), name="lse_max")
     k = te.reduce_axis((0, B), name="jm")
     bm = te.compute((*lead, rows, blocks),
                     lambda *ib: big(fb[(*ib[:-1], ib[-1] * B + k)], axis=k), name="lse_bm")  # fmt: skip
+    w = weights[0][0]
+    unit = G == 1 and isinstance(w, t.FloatImm) and w.value == 1
+    red = reducer(unit)
+
+    def exp_term(x, m, unit):
+        d = t.Var("d", acc)  # bound: exp_neg reads its argument many times
+        # unit weights: the block's sum is 1 at least (exp_neg's flush and term)
+        e = mathfns.exp_neg(d, acc, flush=not unit, term=unit)
+        return t.Let(d, t.Select(x == m, t.const(0, acc), m - x), e)
+
+    jb = te.reduce_axis((0, blocks), name="j")
+    if not unit:  # the weights past N are 0: a block of padding adds nothing
+        cols = weighted_blocks(te, comps, fb, bm, lead, rows, blocks, B, count, acc, exp_term)
+
+        def weighted(*iu):
+            at = (*iu[:-2], iu[-2], jb)
+            return red((bm[at], *[c(at) for c in cols]), axis=jb)
+
+        return list(te.compute((*lead, rows, 1), weighted, name="red"))
     k2 = te.reduce_axis((0, B), name="js")
 
     def term(*ib):
         x, m = fb[(*ib[:-1], ib[-1] * B + k2)], bm[ib]
-        d = t.Var("d", acc)  # bound: exp_neg reads its argument many times
-        e = mathfns.exp_neg(d, acc, flush=False, term=True)  # the block's sum is 1 at least
-        return te.sum(t.Let(d, t.Select(x == m, t.const(0, acc), m - x), e), axis=k2)
+        return te.sum(exp_term(x, m, True), axis=k2)
 
     bs = te.compute((*lead, rows, blocks), term, name="lse_bs")
-    jb = te.reduce_axis((0, blocks), name="j")
 
     def state(*iu):
         # a block of -inf: each F is its max, so each added 1 -- the j past N too (padding),
@@ -266,6 +289,20 @@ def _softmax_jvp(r: Reduction, ks: tuple) -> Plan:
     return Chain((Step(lse), Step(r.sum_with(fg, extra), ("tangents", "out", 0))))
 
 
+def _plain(w) -> bool:
+    """Weights a two-pass kernel takes: constants and variables, concatenated (they read no
+    per-pair stage, which F's pass computes)."""
+    return w.is_var or w.op == "IntCst" or (w.op == "Concat" and all(map(_plain, w.args)))
+
+
+def _two_pass_of(f, dtype: str) -> bool:
+    """Unit weights, or plain ones (:func:`_plain`) of inputs the block sums read as runs of
+    columns (``flash.runs``: not bfloat16, whose values are bit operations on its int16s)."""
+    if f.op != "Concat":
+        return False
+    return f.args[1] is intcst(1) or (_plain(f.args[1]) and dtype != "bfloat16")
+
+
 _lse_tree = lambda main, w: make("Concat", main, w if w is not None else intcst(1))  # noqa: E731
 _softmax_tree = lambda main, w: make("Concat", main, make("Concat", intcst(1), w))  # noqa: E731
 
@@ -283,7 +320,7 @@ _lcommon = dict(
     scalar=True,
     root_uses=_lse_uses,
     tree=_lse_tree,
-    two_pass=lambda f: f.op == "Concat" and f.args[1] is intcst(1),
+    two_pass=_two_pass_of,
 )
 reduction(
     "LogSumExp",
