@@ -133,11 +133,12 @@ def test_empty_inputs_with_gradients(red, k, empty):
 
 def test_wide_reductions_run_in_column_chunks(monkeypatch):
     """A Sum of a 100-vector, a Min_ArgMin of a 40-vector and a softmax with a 70-vector
-    weight (with 31 weight columns a kernel): several kernels over column slices, one result
-    (values and gradients)."""
+    weight (with 31 weight columns a kernel, blocked or not): several kernels over column
+    slices, one result (values and gradients)."""
     from tvmred.reductions import lse
 
     monkeypatch.setattr(lse, "LSE_COLUMNS", 31)
+    monkeypatch.setattr(lse, "LSE_COLUMNS_BLOCKED", 31)
     x, y = rand(20, 100).requires_grad_(), rand(30, 100)
     g = Genred("x*y", ["x = Vi(100)", "y = Vj(100)"], axis=1)
     assert len(column_chunks(g.reduction, "float64")) == 2
@@ -164,18 +165,20 @@ def test_wide_reductions_run_in_column_chunks(monkeypatch):
 
 
 def test_column_chunks_are_the_fewest_and_balanced():
-    """A softmax's weight columns (and its denominator's) in one kernel up to LSE_COLUMNS,
-    beyond in the fewest slices of at most that many, their widths within one of each other;
-    a Sum of a 300-vector in the fewest slices of at most MAX_STATE."""
+    """A softmax's weight columns (and its denominator's) in one kernel up to LSE_COLUMNS
+    (CUDA) or LSE_COLUMNS_BLOCKED (the CPU's blocked kernels), beyond in the fewest slices
+    of at most that many, their widths within one of each other; a Sum of a 300-vector in
+    the fewest slices of at most MAX_STATE."""
     from tvmred.frontend import make_reduction
-    from tvmred.reductions.lse import LSE_COLUMNS
+    from tvmred.reductions.lse import LSE_COLUMNS, LSE_COLUMNS_BLOCKED
 
-    for e in (64, LSE_COLUMNS - 1, LSE_COLUMNS, 3 * LSE_COLUMNS + 5):
-        names = ["q = Vi(8)", "k = Vj(8)", f"v = Vj({e})"]
-        r = make_reduction("(q|k)", names, "SumSoftMaxWeight", 1, "auto", formula2="v")
-        widths = [p.formula.dim - 1 for p in column_chunks(r, "float32")]  # F and G columns
-        assert sum(widths) == e + 1 and max(widths) <= LSE_COLUMNS
-        assert len(widths) == -(-(e + 1) // LSE_COLUMNS) and max(widths) - min(widths) <= 1
+    for device, most in (("cuda", LSE_COLUMNS), ("cpu", LSE_COLUMNS_BLOCKED)):
+        for e in (64, most - 1, most, 3 * most + 5):
+            names = ["q = Vi(8)", "k = Vj(8)", f"v = Vj({e})"]
+            r = make_reduction("(q|k)", names, "SumSoftMaxWeight", 1, "auto", formula2="v")
+            widths = [p.formula.dim - 1 for p in column_chunks(r, "float32", device)]
+            assert sum(widths) == e + 1 and max(widths) <= most  # F's and G's columns
+            assert len(widths) == -(-(e + 1) // most) and max(widths) - min(widths) <= 1
     r = make_reduction("x*y", ["x = Vi(300)", "y = Vj(300)"], "Sum", 1, "auto")
     widths = [p.formula.dim for p in column_chunks(r, "float32")]
     assert sum(widths) == 300 and len(widths) == -(-300 // MAX_STATE)

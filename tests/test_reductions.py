@@ -538,11 +538,38 @@ def test_cpu_kselect_kernel_has_the_early_exit():
     assert isinstance(mod, tvm.IRModule) and "llvm.vector.reduce.or" in mod.script()
 
 
-@pytest.mark.parametrize("dim", [3, 40, 70])
+def test_wide_softmax_kernels_by_template():
+    """The column chunks of a wide SumSoftMaxWeight follow the template: where it has
+    two-pass kernels (the CPU), up to LSE_COLUMNS_BLOCKED columns a kernel, else (CUDA)
+    LSE_COLUMNS; a weight of its own formula or bfloat16 ones keep LSE_COLUMNS."""
+    from tvmred.frontend import make_reduction
+    from tvmred.launch import column_chunks
+    from tvmred.lower import lower
+    from tvmred.reductions.lse import LSE_COLUMNS, LSE_COLUMNS_BLOCKED
+
+    def chunks(e, device, dtype="float32", w="v"):
+        al = ["q = Vi(8)", "k = Vj(8)", f"v = Vj({e})"]
+        r = make_reduction("(q|k)", al, "SumSoftMaxWeight", 1, "auto", None, formula2=w)
+        return column_chunks(r, dtype, device)
+
+    def parts(*a, **kw):
+        return len(chunks(*a, **kw))
+
+    wide = LSE_COLUMNS_BLOCKED - 1  # the value columns one blocked kernel takes (+ the 1)
+    assert parts(wide, "cpu") == 1 and parts(wide + 1, "cpu") == 2
+    B = two_pass_block("float32")
+    for part in chunks(wide + 1, "cpu"):  # slices of the weight: still blocked kernels
+        assert lower(part.spec("float32"), 16, "poly", 0, B).shape.two_pass == B
+    assert parts(wide, "cuda") == -(-(wide + 1) // LSE_COLUMNS)
+    assert parts(wide, "cpu", "bfloat16") == parts(wide, "cpu", w="Exp(v)") == parts(wide, "cuda")
+
+
+@pytest.mark.parametrize("dim", [3, 40, 70, 140])
 def test_wide_softmax_weights_share_one_max(dim):
     """SumSoftMaxWeight / LogSumExpWeight / Max_SumShiftExpWeight with many weight columns
-    (one running max for all of them; past 31 columns, several kernels whose states join)
-    against dense float64 torch, with the gradient."""
+    (one running max for all of them; past a kernel's columns, several kernels whose states
+    join -- 140 on the CPU: two blocked kernels of 70 value columns each, slices of the
+    weight) against dense float64 torch, with the gradient."""
     torch.manual_seed(dim)
     q = torch.randn(50, 8, dtype=torch.float64)
     k = torch.randn(60, 8, dtype=torch.float64, requires_grad=True)

@@ -71,15 +71,17 @@ def routine_kwargs(routine: dict) -> dict:
     return {k: routine[k] for k in GENRED_KEYS if k in routine}
 
 
-def kernels_of(r: Reduction, grads: list[int], dtype: str) -> Iterator[Reduction]:
-    """The kernels' reductions a forward call and the backward w.r.t. ``grads`` evaluate
-    (a wide reduction is several kernels: ``launch.column_chunks``)."""
+def kernels_of(
+    r: Reduction, grads: list[int], dtype: str, device: str = "cpu"
+) -> Iterator[Reduction]:
+    """The kernels' reductions a forward call and the backward w.r.t. ``grads`` evaluate on
+    a ``device`` type (a wide reduction is several kernels: ``launch.column_chunks``)."""
     todo = [r]
     if r.rdef.vjp is not None:
         for k in grads:
             todo += plan_reductions(r.vjp(k))
     for red in todo:
-        yield from column_chunks(red, dtype)
+        yield from column_chunks(red, dtype, device)
 
 
 @_tvm.lean()
@@ -113,7 +115,7 @@ def export(spec: Union[str, os.PathLike, dict], out_dir: Union[str, os.PathLike]
         )
         for dtype in rt.get("dtypes", ["float32"]):
             for target in targets:
-                for kr in kernels_of(r, grads, dtype):
+                for kr in kernels_of(r, grads, dtype, device_type(target)):
                     spec = kr.spec(dtype)
                     key = build.key_text(spec, target)
                     h = hashlib.sha256(key.encode()).hexdigest()[:24]

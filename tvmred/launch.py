@@ -10,7 +10,7 @@ import dataclasses
 from typing import Any, Sequence
 
 from . import build, cabi, locality, normguard, schedules
-from .arrays import ALIGN, Numpy, is_array, xp
+from .arrays import ALIGN, Numpy, compute_dtype, is_array, xp
 from .build import DTYPES, get_kernel
 from .ops import nonpositive_exps
 from .reductions import Reduction
@@ -136,7 +136,8 @@ def run_states(r: Reduction, args: Sequence[Any]):
         args = [
             x.take_rows(a, perm) if v.params[2] == r.out_cat else a for a, v in zip(args, r.args)
         ]
-    parts = [call_kernel(part, args, dtype, dev, n_out, n_red) for part in column_chunks(r, dtype)]
+    chunks = column_chunks(r, dtype, dev.type)
+    parts = [call_kernel(part, args, dtype, dev, n_out, n_red) for part in chunks]
     state = parts[0] if len(parts) == 1 else r.rdef.join_states(parts)
     if perm is not None:
         state = _unpermuted(state, locality.inverse(perm), x)
@@ -276,16 +277,18 @@ CUDA = 2  # DLPack's device type
 MAX_STATE = 64
 
 
-def column_chunks(r: Reduction, dtype: str) -> list[Reduction]:
+def column_chunks(r: Reduction, dtype: str, device: str = "cpu") -> list[Reduction]:
     """``r`` itself, or the reductions of consecutive slices of its state columns (the fewest
     kernels of at most MAX_STATE state values per row -- or the reduction's own ``chunking``
-    bound -- with balanced widths) whose states, side by side, are ``r``'s."""
-    key = ("chunks", dtype)
+    bound for the ``device`` type's template -- with balanced widths) whose states, side by
+    side, are ``r``'s."""
+    key = ("chunks", dtype, device)
     if key not in r.memo:
         acc, variant = r.resolve(dtype)
         rd, dim = r.rdef, r.formula.dim
         if rd.chunking is not None:  # (formula columns, the most one kernel takes)
-            cols, width = rd.chunking(dim, variant, dtype, acc)
+            blocked = schedules.for_device(device).two_pass({}, compute_dtype(dtype)) > 0
+            cols, width = rd.chunking(r.formula, variant, dtype, acc, blocked)
         else:  # every buffer has one column per formula column
             state = rd.state(dim, variant, dtype, acc)
             cols, width = state[0][0], max(1, MAX_STATE // len(state))

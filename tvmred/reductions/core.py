@@ -109,9 +109,10 @@ class RedDef:
     # it): LSE whose weight is made of variables and constants
     join: Optional[Callable[[list], list]] = None  # the states of column chunks, side by
     # side (default: each buffer's columns concatenated)
-    chunking: Optional[Callable[[int, Variant, str, str], tuple]] = None  # (formula columns,
-    # the most one kernel takes) for column chunks; default: every buffer has one column per
-    # formula column, launch.MAX_STATE state values a kernel
+    chunking: Optional[Callable[[Node, Variant, str, str, bool], tuple]] = None  # (formula,
+    # variant, dtype, accumulator dtype, whether the target has two-pass kernels) -> (formula
+    # columns, the most one kernel takes) for column chunks; default: every buffer has one
+    # column per formula column, launch.MAX_STATE state values a kernel
     doc: str = ""
 
     def selected(self, states: list, k: Optional[int]) -> Any:
