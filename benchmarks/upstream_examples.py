@@ -9,8 +9,8 @@ SKIP with the reason, and the time) and a total line.
 
     python benchmarks/upstream_examples.py FOLDER [--timeout 600] [--only NAME ...]
 
-Scripts that need what this machine lacks are reported as SKIP instead of run: several
-CUDA device (``plot_multi_gpu.py``, ``plot_gpu_select_example.py``), the network
+Scripts that need what this machine lacks are reported as SKIP instead of run: a CUDA
+device (``plot_multi_gpu.py``, ``plot_gpu_select_example.py``), the network
 (``plot_knn_mnist.py`` downloads MNIST), a module that is not installed (plotly, ...:
 ``ModuleNotFoundError`` of a module other than pykeops').  Exit status: 0 when every script
 that ran passed.

@@ -287,7 +287,7 @@ def column_chunks(r: Reduction, dtype: str, device: str = "cpu") -> list[Reducti
         acc, variant = r.resolve(dtype)
         rd, dim = r.rdef, r.formula.dim
         if rd.chunking is not None:  # (formula columns, the most one kernel takes)
-            blocked = schedules.for_device(device).two_pass({}, compute_dtype(dtype)) > 0
+            blocked = schedules.for_device(device).two_pass(compute_dtype(dtype)) > 0
             cols, width = rd.chunking(r.formula, variant, dtype, acc, blocked)
         else:  # every buffer has one column per formula column
             state = rd.state(dim, variant, dtype, acc)

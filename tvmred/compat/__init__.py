@@ -1,8 +1,9 @@
 """Run code written for pykeops on tvmred, unchanged: ``install_pykeops_alias()`` makes
 ``import pykeops`` and its submodules (``pykeops.torch``, ``pykeops.numpy``, their ``utils``,
-``operations`` and ``cluster``, ``pykeops.config``, ``pykeops.common``) -- and ``keopscore``, which some pykeops
-code configures -- import tvmred's modules.  Call it before importing the client library
-(geomloss, gpytorch and others decide at import time whether KeOps is available).
+``operations`` and ``cluster``, ``pykeops.config``, ``pykeops.common``) -- and
+``keopscore``, which some pykeops code configures -- import tvmred's modules.  Call it
+before importing the client library (geomloss, gpytorch and others decide at import time
+whether KeOps is available).
 
 The aliases resolve on import (a finder at the front of ``sys.meta_path``), so
 ``import pykeops.numpy`` never imports torch."""

@@ -86,7 +86,7 @@ def weighted_blocks(te, comps, fb, bm, lead, rows, blocks, B, count, acc, exp_te
     k = te.reduce_axis((0, B), name="jw")
     plan = []  # one reader a column: at -> the column's block sum at index `at`
 
-    def run_sums(r: int, first: int, width: int) -> Any:
+    def run_sums(r: int, width: int) -> Any:
         def body(*idx):
             *s, i, b = idx[: len(lead) + 2]
             u = idx[-1] if width > 1 else 0
@@ -100,10 +100,10 @@ def weighted_blocks(te, comps, fb, bm, lead, rows, blocks, B, count, acc, exp_te
         shape = (*lead, rows, blocks, width) if width > 1 else (*lead, rows, blocks)
         return te.compute(shape, body, name=f"lse_w{r}")
 
-    at = [t.Var(name, "int32") for name in ("s", "i", "j")[-len(lead) - 2 :]]
-    layout = runs(comps(*at)[1:])  # the runs' columns: the formula's, whatever the indices
-    for r, (first, width, _) in enumerate(layout):
-        sums = run_sums(r, first, width)
+    probe = [t.Var(name, "int32") for name in ("s", "i", "j")[-len(lead) - 2 :]]
+    layout = runs(comps(*probe)[1:])  # the runs' columns: the formula's, whatever the indices
+    for r, (_, width, _) in enumerate(layout):
+        sums = run_sums(r, width)
         if width > 1:
             plan += [lambda at, x=sums, u=u: x[(*at, u)] for u in range(width)]
         else:
