@@ -40,14 +40,19 @@ def sass_case(name: str) -> Optional[str]:
 
     tile = int(os.environ.get("TVMRED_CUDA_TILE") or 0)
     rows = int(os.environ.get("TVMRED_CUDA_ROWS") or 1)
+    blocks = int(os.environ.get("TVMRED_CUDA_TWO_PASS") or 0)
     scheme = f"j-tiles {tile}" if tile else "thread per row"
     if rows > 1:
         scheme += f", {rows} rows/thread"
+    if name.startswith("attention"):  # counted with 64-row tiles (what fits 48 KiB)
+        two = f", two-pass {blocks}" if blocks and tile else ""
+        return f"softmax weights D=64, E=64, j-tiles 64{two}" if tile and rows == 1 else None
     kind = {"gauss D=3": "Gaussian D=3", "gauss D=64": "Gaussian D=64",
             "LogSumExp D=3": "LogSumExp D=3", "ArgKMin K=10 D=3": "KMin_ArgKMin K=10 D=3"}  # fmt: skip
     for prefix, sass in kind.items():
         if name.startswith(prefix):
-            return f"{sass}, {scheme}"
+            counted = not (blocks and tile and sass.startswith("LogSumExp"))  # D=3: not counted
+            return f"{sass}, {scheme}" if counted else None
     return None
 
 

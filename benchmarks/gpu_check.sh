@@ -2,9 +2,10 @@
 # The GPU check, in one call on a GPU machine (at most ~555 s): a smoke test (reference
 # example on CUDA against dense float64 torch), the GPU benchmark with the default kernels,
 # with 128-row shared-memory j-tiles (TVMRED_CUDA_TILE=128) and with tiles and 2 rows a
-# thread (TVMRED_CUDA_ROWS=2) -- each case beside the time its SASS count predicts
-# (benchmarks/results/sass_sm90.json) -- the whole test suite with CUDA
-# tensors (pytest-xdist over the machine's cores) and the reduction tests again with tiles,
+# thread (TVMRED_CUDA_ROWS=2), and the LogSumExp cases with tiles in the flash-attention
+# layout (TVMRED_CUDA_TWO_PASS=16) -- each case beside the time its SASS count predicts
+# (benchmarks/results/sass_sm90.json) -- the whole test suite with CUDA tensors
+# (pytest-xdist over the machine's cores) and the reduction tests again with tiles (two-pass),
 # then `tvmred tune --device cuda` (which tries the tile knobs, checking their answers).
 # Results go to $OUT (the device tool's output folder) or benchmarks/results/gpu/.
 #
@@ -41,24 +42,28 @@ except Exception:
 PY
 # the thread-per-row kernels (the default), then the shared-memory j-tiles (not yet the
 # default: they have not run on a GPU before this script)
-timeout 90 python3 benchmarks/bench_gpu.py --out "$out/bench_gpu.json" > "$out/bench_gpu.txt" 2>&1
+timeout 80 python3 benchmarks/bench_gpu.py --out "$out/bench_gpu.json" > "$out/bench_gpu.txt" 2>&1
 echo "bench rc=$?" >> "$out/bench_gpu.txt"
-TVMRED_CUDA_TILE=128 timeout 90 python3 benchmarks/bench_gpu.py --out "$out/bench_gpu_tiles.json" \
+TVMRED_CUDA_TILE=128 timeout 80 python3 benchmarks/bench_gpu.py --out "$out/bench_gpu_tiles.json" \
     > "$out/bench_gpu_tiles.txt" 2>&1
 echo "bench (tiles) rc=$?" >> "$out/bench_gpu_tiles.txt"
 # tiles with 2 rows a thread (each shared j-row read once for both rows; sass_count.py)
-TVMRED_CUDA_TILE=128 TVMRED_CUDA_ROWS=2 timeout 60 python3 benchmarks/bench_gpu.py --only "gauss D=3" \
+TVMRED_CUDA_TILE=128 TVMRED_CUDA_ROWS=2 timeout 50 python3 benchmarks/bench_gpu.py --only "gauss D=3" \
     "gauss D=64" --out "$out/bench_gpu_tiles_rows2.json" > "$out/bench_gpu_tiles_rows2.txt" 2>&1
 echo "bench (tiles, 2 rows) rc=$?" >> "$out/bench_gpu_tiles_rows2.txt"
+# the LogSumExp family with tiles in blocks of 16 j (one rescale a block, not a pair)
+TVMRED_CUDA_TILE=128 TVMRED_CUDA_TWO_PASS=16 timeout 40 python3 benchmarks/bench_gpu.py --only \
+    "attention" "LogSumExp D=3" --out "$out/bench_gpu_two_pass.json" > "$out/bench_gpu_two_pass.txt" 2>&1
+echo "bench (tiles, two-pass) rc=$?" >> "$out/bench_gpu_two_pass.txt"
 CUDA_LAUNCH_BLOCKING=1 TVMRED_TEST_DEVICE=cuda timeout 150 python3 -m pytest -q -n 14 -p no:cacheprovider tests \
     > "$out/tests_cuda.txt" 2>&1
 echo "tests rc=$?" >> "$out/tests_cuda.txt"
-CUDA_LAUNCH_BLOCKING=1 TVMRED_TEST_DEVICE=cuda TVMRED_CUDA_TILE=128 timeout 90 python3 -m pytest -q -n 14 \
+CUDA_LAUNCH_BLOCKING=1 TVMRED_TEST_DEVICE=cuda TVMRED_CUDA_TILE=128 TVMRED_CUDA_TWO_PASS=16 timeout 90 python3 -m pytest -q -n 14 \
     -p no:cacheprovider tests/test_reductions.py tests/test_genred.py tests/test_batch_ranges.py \
     tests/test_lazy_reductions.py > "$out/tests_cuda_tiles.txt" 2>&1
 echo "tests (tiles) rc=$?" >> "$out/tests_cuda_tiles.txt"
-timeout 45 python3 -m tvmred tune "Exp(-SqDist(x,y))*b" "x = Vi(3)" "y = Vj(3)" "b = Vj(3)" \
+timeout 35 python3 -m tvmred tune "Exp(-SqDist(x,y))*b" "x = Vi(3)" "y = Vj(3)" "b = Vj(3)" \
     --device cuda --M 100000 --N 100000 > "$out/tune_cuda.txt" 2>&1
 echo "tune M=N=1e5 rc=$?" >> "$out/tune_cuda.txt"
 cat "$out/device.txt" "$out/smoke.txt"; tail -4 "$out/bench_gpu.txt" "$out/bench_gpu_tiles.txt"
-tail -3 "$out/bench_gpu_tiles_rows2.txt"; cat "$out/tune_cuda.txt"; tail -6 "$out/tests_cuda.txt" "$out/tests_cuda_tiles.txt"
+tail -3 "$out/bench_gpu_tiles_rows2.txt" "$out/bench_gpu_two_pass.txt"; cat "$out/tune_cuda.txt"; tail -6 "$out/tests_cuda.txt" "$out/tests_cuda_tiles.txt"

@@ -15,6 +15,7 @@ import os
 from typing import TYPE_CHECKING, Any
 
 from .shape import ReductionShape, TargetTemplate, block_partials, loops_under
+from .two_pass import two_pass_blocks
 
 if TYPE_CHECKING:
     from tvm import s_tir
@@ -35,6 +36,18 @@ def rows_per_thread() -> int:
     value = os.environ.get("TVMRED_CUDA_ROWS") or "1"
     if value not in ("1", "2", "4", "8"):
         raise ValueError(f"TVMRED_CUDA_ROWS={value!r}: use 1, 2, 4 or 8 (rows a thread)")
+    return int(value)
+
+
+def two_pass_block() -> int:
+    """j per block of a tiled kernel's two-pass LogSumExp: ``$TVMRED_CUDA_TWO_PASS`` (8, 16
+    or 32), else 0 -- the online loop.  Opt-in, as the tiles are: by its SASS
+    (benchmarks/sass_count.py, sm_90) it pays where the LogSumExp has many weight columns
+    (SumSoftMaxWeight D = E = 64: 180 instructions a pair against 245), not with unit ones
+    (softmin D = 3: 16.2 against 15.6); not yet timed on a GPU."""
+    value = os.environ.get("TVMRED_CUDA_TWO_PASS") or "0"
+    if value not in ("0", "8", "16", "32"):
+        raise ValueError(f"TVMRED_CUDA_TWO_PASS={value!r}: use 8, 16 or 32 (j a block), or 0")
     return int(value)
 
 
@@ -83,6 +96,8 @@ def cuda_rows(sch: s_tir.Schedule, shape: ReductionShape, target: dict) -> s_tir
     reducer masks j >= N (the template's loop partition lifts the mask off whole tiles).
     A block sum (``shape.block``) keeps a partial sum per tile (KeOps' block_sum), or per
     ``block`` consecutive j without tiles, and adds it to the total after each."""
+    if shape.two_pass:
+        return cuda_two_pass_rows(sch, shape, target)
     red = sch.get_sblock("red")
     *s, i, u, j = sch.get_loops(red)  # split-j: s, the chunk loop
     threads = min(THREADS, shape.row_block)
@@ -124,24 +139,32 @@ def cuda_rows(sch: s_tir.Schedule, shape: ReductionShape, target: dict) -> s_tir
         for loop in loops_under(sch, red, jo):
             sch.unroll(loop)
     if shape.tile:
-        for name in shape.reduced_inputs:  # every consumer reads the shared copy
-            tile = sch.cache_read(readers[name], name, "shared")
-            sch.compute_at(tile, jo)
-            inner = loops_under(sch, tile, jo)  # rows [, columns]
-            fused = sch.fuse(*inner) if len(inner) > 1 else inner[0]  # consecutive addresses
-            _, tx = sch.split(fused, factors=[None, threads])
-            sch.bind(tx, "threadIdx.x")
-        for name, _ in shape.row_inputs:  # the thread's rows of the i-data: in registers
-            regs = sch.cache_read(readers[name], name, "local")
-            sch.compute_at(regs, ii)
-            for loop in sch.get_loops(regs)[2:]:
-                sch.unroll(loop)
+        _tiles(sch, shape, readers, jo, ii, threads)
     sch.unroll(ir)
     sch.unroll(u)
     if shape.block:
         sch.decompose_reduction(acc, j)
     sch.decompose_reduction(red, jo)
     return sch
+
+
+def _tiles(sch: s_tir.Schedule, shape: ReductionShape, readers: dict, jo: Any, ii: Any,
+           threads: int) -> None:  # fmt: skip
+    """Each reduced-index input staged in shared memory a tile at a time (at ``jo``, the
+    block's threads copying consecutive addresses together; every consumer reads the
+    copy), the thread's rows of each output-indexed input in registers (at ``ii``)."""
+    for name in shape.reduced_inputs:
+        tile = sch.cache_read(readers[name], name, "shared")
+        sch.compute_at(tile, jo)
+        inner = loops_under(sch, tile, jo)  # rows [, columns]
+        fused = sch.fuse(*inner) if len(inner) > 1 else inner[0]  # consecutive addresses
+        _, tx = sch.split(fused, factors=[None, threads])
+        sch.bind(tx, "threadIdx.x")
+    for name, _ in shape.row_inputs:
+        regs = sch.cache_read(readers[name], name, "local")
+        sch.compute_at(regs, ii)
+        for loop in sch.get_loops(regs)[2:]:
+            sch.unroll(loop)
 
 
 @functools.cache
@@ -171,8 +194,71 @@ TEMPLATE = TargetTemplate(
     chunks=cuda_chunks,
     tile=cuda_tile,
     fit_tile=cuda_fit_tile,
-    settings=lambda target: {"rows": r} if (r := rows_per_thread()) != 1 else {},
+    two_pass=lambda dtype, tile: two_pass_block() if tile else 0,
+    settings=lambda target: {
+        **({"rows": r} if (r := rows_per_thread()) != 1 else {}),
+        **({"two_pass": b} if (b := two_pass_block()) else {}),
+    },
     # the tiled kernels' masks (j < N, marked likely) leave the loop over whole tiles: the
     # tile loop is split into the tiles below N, without the mask, and the last one
     passes={"s_tir.LoopPartition": {"partition_const_loop": True}},
 )
+
+
+def cuda_two_pass_rows(sch: s_tir.Schedule, shape: ReductionShape, target: dict) -> s_tir.Schedule:
+    """A two-pass LogSumExp (``shape.two_pass``) in tiles: each thread's rows, per block of
+    ``two_pass`` j of the shared-memory tile, F in registers, its max, e^(F - max), the
+    block's weighted sums (k outer: each j-row of weights read once for all the thread's
+    rows and columns), then one rescale of the running state a block -- the flash-attention
+    layout in FP32 units."""
+    red = sch.get_sblock("red")
+    *s, i, u, j = sch.get_loops(red)  # j: the chunk's blocks (a tiled kernel is split-j)
+    threads = min(THREADS, shape.row_block)
+    per_thread = shape.row_block // threads
+    io, ii, ir = sch.split(i, factors=[None, threads, per_thread])
+    jo, j = sch.split(j, factors=[None, shape.tile // shape.two_pass])
+    sch.reorder(*s, io, ii, jo, j, ir, u)
+    if s:
+        io = sch.fuse(*s, io)
+    sch.bind(io, "blockIdx.x")
+    sch.bind(ii, "threadIdx.x")
+    two = two_pass_blocks(sch)
+    blocks = [sch.get_sblock(name) for name in (*shape.stages, *two)] + [red]
+    readers = {}
+    for blk in blocks:
+        for region in sch.get(blk).reads:
+            readers.setdefault(region.source.name, blk)
+    for name in reversed(two):
+        sch.compute_at(sch.get_sblock(name), j)
+    for name in two:
+        sch.set_scope(sch.get_sblock(name), 0, "local")
+    at = loops_under(sch, sch.get_sblock(two[0]), j)[-1]  # F's loop over the block's j
+    for name in reversed(shape.stages):
+        sch.compute_at(sch.get_sblock(name), at)
+        blk = sch.get_sblock(name)
+        for k in range(len(sch.get(blk).writes)):
+            sch.set_scope(blk, k, "local")
+    for name in two:  # everything under the block of j unrolled: registers, not memory
+        blk = sch.get_sblock(name)
+        loops = loops_under(sch, blk, j)
+        if name not in ("lse_f", "lse_e"):  # a reduction over the block's j, its last loop:
+            # first, so each j's weights are read once for all the rows and columns
+            if len(loops) > 1:
+                sch.reorder(loops[-1], *loops[:-1])
+            init = sch.decompose_reduction(blk, loops_under(sch, blk, j)[0])
+            for loop in loops_under(sch, init, j):
+                sch.unroll(loop)
+            loops = loops_under(sch, blk, j)
+        for loop in loops:
+            sch.unroll(loop)
+    for name in shape.stages:
+        for loop in loops_under(sch, sch.get_sblock(name), at):
+            sch.unroll(loop)
+    accs = [sch.cache_write(red, k, "local") for k in range(shape.outputs)]
+    for a in accs:
+        sch.reverse_compute_at(a, ii)
+    _tiles(sch, shape, readers, jo, ii, threads)
+    sch.unroll(ir)
+    sch.unroll(u)
+    sch.decompose_reduction(red, jo)
+    return sch

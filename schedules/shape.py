@@ -91,8 +91,9 @@ class TargetTemplate:
     split_row_block: Callable[[dict, str, int, int, str], int] | None = None  # the split-j
     # kernel's rows per block (it runs when there are few rows: less padding pays), None:
     # ``row_block``'s
-    two_pass: Callable[[str], int] = lambda dtype: 0  # (compute dtype) -> j per block of a
-    # two-pass LogSumExp (ReductionShape.two_pass), 0: the online one-pass loop
+    two_pass: Callable[[str, int], int] = lambda dtype, tile: 0  # (compute dtype, the kernel's
+    # reduced rows per tile, 0: untiled) -> j per block of a two-pass LogSumExp
+    # (ReductionShape.two_pass), 0: the online one-pass loop
     local_rows: Callable[[str, int, int, int], bool] = lambda red, dims, m, n: False  # (reduction,
     # summed dims of the output-indexed variables, output rows, reduced rows) -> whether a
     # call's output rows go in a space-filling curve's order first (tvmred.locality)

@@ -247,6 +247,49 @@ def test_cuda_defaults_come_from_the_environment(monkeypatch, env, knob, default
             build.compile_reduction(spec, target)
 
 
+SOFTMAX = ("LogSumExp", "Concat((x|y),b)", 64)  # SumSoftMaxWeight's kernel: D = E = 64
+
+
+def softmax_source(monkeypatch, blocks, arch="sm_90", config=None):
+    """The attention kernel (64-row tiles) with TVMRED_CUDA_TWO_PASS = ``blocks``."""
+    from tvmred import build
+
+    red, formula, d = SOFTMAX
+    monkeypatch.setenv("TVMRED_CUDA_TWO_PASS", str(blocks))
+    al = parse_aliases([f"x = Vi({d})", f"y = Vj({d})", f"b = Vj({d})"])
+    spec = KernelSpec(parse(formula, al), red, 0, "float32", "float32", Variant())
+    ex, meta = build.compile_reduction(spec, cuda_target(arch), config or {"tile": 64})
+    return build.key_text(spec, cuda_target(arch)), ex.mod.imports[0].inspect_source()
+
+
+def test_two_pass_tiles_generate(monkeypatch):
+    """TVMRED_CUDA_TWO_PASS=16: a tiled weighted LogSumExp runs each 64-row tile in blocks of
+    16 j -- F of the block, its max and its 16 exponentials in the thread's registers (a local
+    array of 16), the 64 weighted sums, one combine a block -- with the shared-memory tiles and
+    the tile loop partitioned (the whole tiles run without the j < N mask); the cache key
+    says which (a bad value is named); untiled kernels keep the online loop."""
+    key0, online = softmax_source(monkeypatch, 0)
+    key16, src = softmax_source(monkeypatch, 16)
+    assert key0 != key16
+    assert "lse_f_local_ptr[16]" in src and "lse_w0_local_ptr[64]" in src
+    assert "lse_f_local_ptr" not in online
+    assert "arg1_shared_ptr[4096]" in src and "__syncthreads();" in src
+    assert "(N >> 6)" in src  # the partition point: the number of whole tiles
+    _, untiled = softmax_source(monkeypatch, 16, config={"tile": 0})
+    assert "lse_f_local_ptr" not in untiled
+    monkeypatch.setenv("TVMRED_CUDA_TWO_PASS", "12")
+    with pytest.raises(ValueError, match="TVMRED_CUDA_TWO_PASS='12'"):
+        softmax_source(monkeypatch, 12)
+
+
+@NVCC
+@pytest.mark.parametrize("arch", ["sm_80", "sm_90"])
+def test_nvcc_compiles_two_pass_without_spills(monkeypatch, arch, tmp_path):
+    _, src = softmax_source(monkeypatch, 16, arch)
+    regs, spills, smem = ptxas_report(src, arch, tmp_path)
+    assert spills == 0 and regs <= 255 and smem == 2 * 64 * 64 * 4, (regs, spills, smem)
+
+
 def _nvrtc_ready() -> bool:
     from tvmred import cudatool
 
@@ -343,6 +386,18 @@ def test_sass_softmax_weights_one_exp_a_pair():
     counts pairs by MUFU.EX2, so 64 a pair would show as 64 pairs of ~10 instructions)."""
     row = _sass_row("softmax weights D=64, E=64, j-tiles 64")
     assert row["pairs"] == 1 and row["per_pair"] >= 128  # 64 FMAs (q|k) + 64 column updates
+
+
+def test_sass_two_pass_softmax_is_the_flash_layout():
+    """The two-pass attention kernel: one exp a pair and one a block of 16 (sass_count counts
+    17/16 a pair), the weights' and keys' shared-memory reads as wide as the online loop's,
+    and fewer instructions a pair than the online loop (its rescale of 65 columns a pair
+    becomes one a block)."""
+    online = _sass_row("softmax weights D=64, E=64, j-tiles 64")
+    two = _sass_row("softmax weights D=64, E=64, j-tiles 64, two-pass 16")
+    assert two["pairs"] == 16 and two["loads_per_pair"] <= online["loads_per_pair"]
+    assert two["per_pair"] <= 0.8 * online["per_pair"]
+    assert two["ffma_share"] >= 0.65
 
 
 LOOPS = parse_aliases(["x = Vi(20)", "y = Vj(30)", "p = Pm(1)", "e = Vi(1)"])

@@ -11,7 +11,7 @@ from test_combine import tie_problem
 from test_reductions import ALL, DIFFERENTIABLE, check, check_gradients, data, dense, routine
 
 from tvmred import build, schedules
-from tvmred.launch import run_states
+from tvmred.launch import kernel_args, run_states
 from tvmred.schedules.cpu import cpu_chunks
 from tvmred.targets import cpu_target
 from tvmred.torch import Genred
@@ -187,6 +187,26 @@ def test_the_last_rows_max_counts_once(red, tile, monkeypatch):
         if red == "LogSumExpWeight":
             want = want.log() + F.max(1, True).values
     torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("n", [20, 60, 61])
+def test_no_tiled_chunk_lies_past_n(n, tiled):
+    """A tiled call's chunks all start below N: 3 chunks of whole 16-row tiles over 20 or
+    60 reduced rows would leave the third past N, where TVM's loop partition (the tiles below
+    N, then the rest) starts the rest loop at a negative split point and re-reads the second
+    chunk's last tiles -- the CPU two-pass kernel counted 24 and 72 terms.  Raw LogSumExp
+    state (max, sum of exp) against dense float64."""
+    tiled(3)
+    x, y = torch.rand(n, 2, dtype=torch.float64), torch.rand(7, 2, dtype=torch.float64)
+    g = Genred("-SqDist(x,y)", ["x = Vi(2)", "y = Vj(2)"], reduction_op="Max_SumShiftExp", axis=0)
+    f = -((x[:, None] - y[None]) ** 2).sum(-1)  # (n, 7): reduced over x's rows
+    m = f.max(0).values
+    check(g(x, y), torch.stack([m, (f - m).exp().sum(0)], 1), 1e-12)
+    for chunks in range(2, 9):  # the rule in launch.kernel_args
+        k = next(v[1] for key, v in g.reduction.memo.items() if key[0] == "kernel")
+        _, state, sizes = kernel_args(g.reduction, k, [x, y], 7, n, chunks)
+        s, ct = sizes[2], sizes[3]
+        assert (s - 1) * ct * 16 < n <= s * ct * 16 and state[0].shape[0] == s
 
 
 @pytest.mark.parametrize("red", DIFFERENTIABLE)

@@ -141,7 +141,7 @@ def compile_reduction(
     rb = row_block_for(spec, target, config)
     tile = tile_for(spec, target, config)
     cdt = compute_dtype(spec.dtype)
-    low = lower(spec, rb, tpl.math(target), tile, tpl.two_pass(cdt), tpl.sum_chains(cdt))
+    low = lower(spec, rb, tpl.math(target), tile, tpl.two_pass(cdt, tile), tpl.sum_chains(cdt))
     sch = tpl.schedule(s_tir.Schedule(low.func), low.shape, target)
     mod = loops.bind_lanes(sch.mod, low.loops)
     mod = tpl.finish(schedules.task_counts(mod, low.shape, target), low.shape, target)

@@ -287,7 +287,7 @@ def column_chunks(r: Reduction, dtype: str, device: str = "cpu") -> list[Reducti
         acc, variant = r.resolve(dtype)
         rd, dim = r.rdef, r.formula.dim
         if rd.chunking is not None:  # (formula columns, the most one kernel takes)
-            blocked = schedules.for_device(device).two_pass(compute_dtype(dtype)) > 0
+            blocked = schedules.for_device(device).two_pass(compute_dtype(dtype), 0) > 0
             cols, width = rd.chunking(r.formula, variant, dtype, acc, blocked)
         else:  # every buffer has one column per formula column
             state = rd.state(dim, variant, dtype, acc)
@@ -337,15 +337,8 @@ def kernel_of(
     return kernel, spec.variant
 
 
-def kernel_args(
-    r: Reduction,
-    k: Any,
-    args: Sequence[Any],
-    n_out: int,
-    n_red: int,
-    chunks: int = 1,
-    dev: Any = None,
-) -> tuple[list, list, tuple]:
+def kernel_args(r: Reduction, k: Any, args: Sequence[Any], n_out: int, n_red: int,
+                chunks: int = 1, dev: Any = None) -> tuple[list, list, tuple]:  # fmt: skip
     """(input tensors, fresh state buffers, size arguments) for ``k.fn``: output-indexed
     inputs padded to whole row blocks, parameters flattened, everything contiguous.  A
     split-j call (``chunks`` > 1) or a tiled kernel has state buffers with a leading
@@ -359,6 +352,8 @@ def kernel_args(
     per_chunk = -(-n_red // chunks)
     if k.tile:
         per_chunk = -(-per_chunk // k.tile)  # tiles per chunk
+        # none wholly past N: TVM's loop partition re-read a chunk's tiles there (test_split)
+        chunks = -(-n_red // (per_chunk * k.tile)) if n_red else chunks
         reduced_rows = chunks * per_chunk * k.tile
     call_args = []
     for v in k.inputs:

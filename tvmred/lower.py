@@ -209,7 +209,7 @@ def lower(spec: KernelSpec, row_block: int, math="poly", tile=0, two_pass=0, cha
     always split-j, arguments ``(Mb, N, S, Ct)`` with ``Ct * tile`` reduced rows per chunk,
     the reduced-index inputs padded by the caller to ``S * Ct * tile`` rows.  ``two_pass``:
     the template's j per block of a reduction's two-pass form (``RedDef.two_pass``), used
-    by every kernel but the ranged and tiled ones; ``chains``: TargetTemplate.sum_chains."""
+    by every kernel but the ranged ones (and tiled ones whose tile is not whole blocks); ``chains``: TargetTemplate.sum_chains."""
     with mathfns.mode(math), ops.sum_chains(chains):
         return _lower(spec.formula, spec.rdef, spec.out_cat, spec.dtype, spec.acc, row_block,
                       spec.variant, tile, two_pass)  # fmt: skip
@@ -254,9 +254,11 @@ def _lower(formula, red, out_cat, dtype, acc_dtype, row_block, variant, tile=0, 
     tasks = None
     if variant.ranged:
         tasks = (te.placeholder((sizes[2], 3), "int32", name="tasks"), te.var("B"))
-    if variant.ranged or tile or red.two_pass is None or not red.two_pass(formula, data_dtype):
+    if variant.ranged or red.two_pass is None or not red.two_pass(formula, data_dtype):
         two_pass = 0
-    space = Space(N, chunks, tasks, duplicates=split and not variant.ranged, two_pass=two_pass)
+    two_pass *= tile % max(two_pass, 1) == 0  # a tile is whole blocks
+    dup = split and not variant.ranged
+    space = Space(N, chunks, tasks, duplicates=dup, two_pass=two_pass, padded=tile > 0)
     rows = row_block if variant.ranged else Mb * row_block  # ranged: Mb is unused
     in_rows = (tasks[1], row_block) if variant.ranged else (rows,)
     reduced_rows = chunks[0] * chunks[1] if tile else N

@@ -106,13 +106,16 @@ def _two_pass(te, root, rows, space: Space, reducer, dtype, acc, G: int) -> list
         first, count = (lambda: 0), (lambda: n)
     else:  # chunk s: j = s C + jj for jj < min(C, n - s C), which may be <= 0
         lead, size = space.chunks[:1], space.chunks[1]
-        first, count = (lambda s: s * size), (lambda s: t.min(size, n - s * size))
+        first = lambda s: s * size  # noqa: E731
+        # tiled (padded): the chunk's blocks end at its end (whole tiles of whole blocks)
+        count = (lambda s: n - s * size) if space.padded else (lambda s: t.min(size, n - s * size))  # noqa: E731
     blocks = (size + B - 1) // B
     weights = []  # G's components as F's pass reads them (unit weights: the constant 1)
 
-    def comps(*ij):  # clamped reads past N (the stages' and inputs' rows end there)
+    def comps(*ij):  # reads past N clamped (the inputs end there), or padded (tiles)
         *s, i, j = ij
-        c = root(i, t.min(first(*s) + j, n - 1))
+        jg = first(*s) + j
+        c = root(i, jg if space.padded else t.min(jg, n - 1))
         weights.append(c[1:])
         return [v.astype(acc) for v in c] if acc != dtype else c
 

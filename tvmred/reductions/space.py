@@ -31,6 +31,9 @@ class Space:
     #: > 0 (not ranged): a reducer with a two-pass form (``RedDef.two_pass``) runs j -- each
     #: chunk's, split-j -- in blocks of this many: a block's max, then its sum (ReductionShape)
     two_pass: int = 0
+    #: the reduced-index inputs are padded to whole chunks (tiled kernels: ``tvmred.launch``
+    #: pads with copies of the last row), so a read past n needs no clamp
+    padded: bool = False
 
     def compute(self, te: Any, rows: Any, cols: int, body: Callable) -> Any:
         """``te.compute`` of the reduction block ``red``: ``body(i, u, axis, j, where)``
