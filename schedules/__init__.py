@@ -76,11 +76,20 @@ def tile(target: dict, dtype: str, config: dict | None = None, row_bytes: int = 
     return tpl.fit_tile(rows, row_bytes) if rows else 0
 
 
+def two_pass(target: dict, dtype: str, config: dict | None = None, tile: int = 0) -> int:
+    """j per block of a two-pass LogSumExp (0: the online loop): the tuned value from
+    ``config`` if any (a tiled kernel's, on CUDA), else the template's for this tile."""
+    if config and "two_pass" in config:
+        return int(config["two_pass"])
+    return template(target["kind"]).two_pass(dtype, tile)
+
+
 __all__ = [
     "ReductionShape",
     "TargetTemplate",
     "TEMPLATES",
     "template",
+    "two_pass",
     "for_device",
     "row_block",
     "tile",

@@ -84,7 +84,8 @@ def cuda_candidates(target: dict, dtype: str, default: int) -> list[dict]:
     blocks = [64, 128, 256, 512]
     out = [{"row_block": b} for b in [default] + [b for b in blocks if b != default]]
     out += [{"row_block": rb, "tile": t} for rb in (128, 256) for t in (64, 128, 256)]
-    return out
+    # a LogSumExp's blocks of 16 j in each tile (tune skips these for other reductions)
+    return out + [{"row_block": 128, "tile": t, "two_pass": 16} for t in (64, 128)]
 
 
 def cuda_rows(sch: s_tir.Schedule, shape: ReductionShape, target: dict) -> s_tir.Schedule:
@@ -152,8 +153,9 @@ def _tiles(sch: s_tir.Schedule, shape: ReductionShape, readers: dict, jo: Any, i
            threads: int) -> None:  # fmt: skip
     """Each reduced-index input staged in shared memory a tile at a time (at ``jo``, the
     block's threads copying consecutive addresses together; every consumer reads the
-    copy), the thread's rows of each output-indexed input in registers (at ``ii``)."""
-    for name in shape.reduced_inputs:
+    copy; none where ``jo`` is None), the thread's rows of each output-indexed input in
+    registers (at ``ii``)."""
+    for name in shape.reduced_inputs if jo is not None else ():
         tile = sch.cache_read(readers[name], name, "shared")
         sch.compute_at(tile, jo)
         inner = loops_under(sch, tile, jo)  # rows [, columns]
@@ -216,8 +218,12 @@ def cuda_two_pass_rows(sch: s_tir.Schedule, shape: ReductionShape, target: dict)
     threads = min(THREADS, shape.row_block)
     per_thread = shape.row_block // threads
     io, ii, ir = sch.split(i, factors=[None, threads, per_thread])
-    jo, j = sch.split(j, factors=[None, shape.tile // shape.two_pass])
-    sch.reorder(*s, io, ii, jo, j, ir, u)
+    jo = None  # the loop over tiles (untiled -- a tuned config's: j-rows from global memory)
+    if shape.tile:
+        jo, j = sch.split(j, factors=[None, shape.tile // shape.two_pass])
+        sch.reorder(*s, io, ii, jo, j, ir, u)
+    else:
+        sch.reorder(*s, io, ii, j, ir, u)
     if s:
         io = sch.fuse(*s, io)
     sch.bind(io, "blockIdx.x")
@@ -260,5 +266,5 @@ def cuda_two_pass_rows(sch: s_tir.Schedule, shape: ReductionShape, target: dict)
     _tiles(sch, shape, readers, jo, ii, threads)
     sch.unroll(ir)
     sch.unroll(u)
-    sch.decompose_reduction(red, jo)
+    sch.decompose_reduction(red, jo if jo is not None else j)
     return sch

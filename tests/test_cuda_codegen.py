@@ -267,7 +267,8 @@ def test_two_pass_tiles_generate(monkeypatch):
     16 j -- F of the block, its max and its 16 exponentials in the thread's registers (a local
     array of 16), the 64 weighted sums, one combine a block -- with the shared-memory tiles and
     the tile loop partitioned (the whole tiles run without the j < N mask); the cache key
-    says which (a bad value is named); untiled kernels keep the online loop."""
+    says which (a bad value is named); untiled kernels keep the online loop.  A tuned
+    config's ``two_pass`` does the same, tiled or not (untiled: j-rows from global memory)."""
     key0, online = softmax_source(monkeypatch, 0)
     key16, src = softmax_source(monkeypatch, 16)
     assert key0 != key16
@@ -277,6 +278,10 @@ def test_two_pass_tiles_generate(monkeypatch):
     assert "(N >> 6)" in src  # the partition point: the number of whole tiles
     _, untiled = softmax_source(monkeypatch, 16, config={"tile": 0})
     assert "lse_f_local_ptr" not in untiled
+    _, tuned = softmax_source(monkeypatch, 0, config={"tile": 64, "two_pass": 16})
+    assert "lse_f_local_ptr[16]" in tuned and "arg1_shared_ptr[4096]" in tuned
+    _, tuned = softmax_source(monkeypatch, 0, config={"tile": 0, "two_pass": 16})
+    assert "lse_f_local_ptr[16]" in tuned and "__shared__" not in tuned
     monkeypatch.setenv("TVMRED_CUDA_TWO_PASS", "12")
     with pytest.raises(ValueError, match="TVMRED_CUDA_TWO_PASS='12'"):
         softmax_source(monkeypatch, 12)

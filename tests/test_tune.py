@@ -80,3 +80,37 @@ def test_a_schedule_with_a_wrong_answer_is_never_chosen(tmp_path, monkeypatch):
     assert tiled and tiled[0]["time_s"] > 0
     assert rec["config"] != {"row_block": 8}
     tvmred.clear_cache(disk=False)
+
+
+def test_the_two_pass_knob(tmp_path, monkeypatch):
+    """``two_pass`` in a tuned config sets a LogSumExp kernel's j per block (0: the online
+    loop, 16: blocks; same answers, each kernel its own key); tune skips the knob for a
+    reduction without a two-pass form (a Sum: it would compile the same kernel again), and
+    the CUDA template offers it with tiles."""
+    import dataclasses
+
+    from tvmred import schedules
+    from tvmred.lower import lower
+    from tvmred.targets import cuda_target
+
+    monkeypatch.setenv("TVMRED_CACHE_DIR", str(tmp_path))
+    tvmred.clear_cache(disk=False)
+    knobs = [{"row_block": 32}, {"row_block": 32, "two_pass": 0}, {"row_block": 32, "two_pass": 16}]
+    tpl = dataclasses.replace(schedules.TEMPLATES["llvm"], candidates=lambda t, d, rb: knobs)
+    monkeypatch.setitem(schedules.TEMPLATES, "llvm", tpl)
+    lse = tune.tune("-SqDist(x,y)", AL[:2], "LogSumExp", axis=1, sizes=(300, 400), repeats=1,
+                    progress=False)  # fmt: skip
+    assert [t["config"] for t in lse["trials"]] == knobs
+    assert all(t["time_s"] for t in lse["trials"])  # the three agree with each other
+    s = tune.tune(F, AL, axis=1, sizes=(300, 400), repeats=1, progress=False)
+    assert [t["config"] for t in s["trials"]] == knobs[:1]
+    g = Genred("-SqDist(x,y)", AL[:2], reduction_op="LogSumExp", axis=1)
+    spec = g.reduction.spec("float32")
+    blocks = {}
+    for c in knobs[1:]:  # what each config's kernel is lowered with
+        b = schedules.two_pass({"kind": "llvm"}, "float32", c)
+        blocks[c["two_pass"]] = lower(spec, 32, "poly", 0, b).shape.two_pass
+    assert blocks == {0: 0, 16: 16}
+    cands = schedules.template("cuda").candidates(cuda_target("sm_90"), "float32", 128)
+    assert {"row_block": 128, "tile": 64, "two_pass": 16} in cands
+    tvmred.clear_cache(disk=False)

@@ -3,7 +3,8 @@
 MetaSchedule is not used: in apache-tvm 0.27.0.post1 ``meta_schedule.tune_tir`` segfaults in
 ``ToJSONGraph`` while building its TuneContext (even for a 128x128 matmul; see the TVM notes),
 and its search space knows nothing of our reduction layout.  Like AutoTVM, we measure the
-knob settings the target's template offers (``TargetTemplate.candidates``: rows per block), pick the fastest, and store it.
+knob settings the target's template offers (``TargetTemplate.candidates``: rows per block; on
+CUDA tiles and a LogSumExp's blocks of j too), pick the fastest, and store it.
 
 The records go to the tuning database (:mod:`tvmred.tunedb`), which ``build.get_kernel`` reads
 automatically (it logs the choice at DEBUG level, logger "tvmred").
@@ -66,7 +67,9 @@ def tune(
     target = target_for(args[0].device)
     key = build.key_text(spec, target)
     default = build.row_block_for(spec, target)
-    space = schedules.template(target["kind"]).candidates(target, dtype, default)[: trials or None]
+    space = schedules.template(target["kind"]).candidates(target, dtype, default)
+    blocked = spec.rdef.two_pass is not None and spec.rdef.two_pass(spec.formula, spec.dtype)
+    space = [c for c in space if blocked or "two_pass" not in c][: trials or None]
     results, first = [], None
     for n, config in enumerate(space):
         if progress:
