@@ -368,6 +368,9 @@ def check(seed: int) -> None:
         if b.dtype == torch.int64:
             continue  # float32 rounding legitimately changes which of two close values wins
         slack = (t.double() - b).abs().nan_to_num(0.0, 0.0, 0.0)
+        # where torch's own float32 overflows (or is NaN) and float64 does not, float32
+        # cannot say what the value is: any answer there (seed 61288: inf, as torch's)
+        slack = torch.where(t.isfinite() | ~b.isfinite(), slack, math.inf)
         close(a, b, 10 * slack + 1e-4 * magnitude([b]), f"{replay} [float32 value]")
 
 
@@ -390,7 +393,14 @@ def force_split(monkeypatch) -> None:
     monkeypatch.setitem(schedules.TEMPLATES, "llvm", tpl)
 
 
-@pytest.mark.parametrize("seed", CI_SEEDS[:6])
+#: seeds the long profile found failing, replayed (split-j): 71107 and 71129 -- a constant
+#: ArgMax (``ArgMax(LessOrEqual(3,2))``) kept its let-bound form, inlined twice in a Min's
+#: update: ill-formed TIR (one variable defined twice); 71007 -- the last chunk read stage
+#: values never computed (test_split.test_split_stages_cover_the_last_chunk)
+REPLAYED_SPLIT = [71007, 71107, 71129]
+
+
+@pytest.mark.parametrize("seed", CI_SEEDS[:6] + REPLAYED_SPLIT)
 def test_random_formula_split_j(seed, monkeypatch):
     """The same checks through split-j kernels (their masks once made a LogSumExp-family
     kernel compile for 15 s: the long profile times them with TVMRED_FUZZ_SPLIT=1)."""
@@ -417,8 +427,9 @@ def test_long_profile(monkeypatch):
         t0 = time.perf_counter()
         try:
             check(seed)
-        except Exception as e:  # collect them all, then report
-            failures.append(f"{type(e).__name__}: {e}")
+        except Exception as e:  # collect them all, then report (an assertion names its seed)
+            where = "" if isinstance(e, AssertionError) else f"seed {seed}: "
+            failures.append(f"{where}{type(e).__name__}: {e}")
         times.append((time.perf_counter() - t0, seed))
     times.sort(reverse=True)
     print("slowest seeds (s):", ", ".join(f"{s}: {t:.1f}" for t, s in times[:10]))

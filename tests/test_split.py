@@ -107,6 +107,33 @@ def test_a_small_m_call_splits_by_default(monkeypatch):
     torch.testing.assert_close(c, torch.exp(-(torch.cdist(x, y) ** 2)) @ b)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("f", ["x*IntCst(20)", "IntCst(-179)+x*IntCst(0)", "Divide(Acos(x),x)"])
+def test_split_stages_cover_the_last_chunk(f, dtype, monkeypatch):
+    """A split kernel's last chunk reads j past N: the reduced inputs at N - 1 again, and
+    the per-pair stages there -- which spanned only N, so those were never computed (the
+    stage's loop guarded by its extent) and the max of a weighted LogSumExp read garbage
+    (the weight's stage values, or NaN; fuzz seed 71007).  F of x alone (the same for every
+    j), weights a stage of y, 3 chunks of 31 reduced rows, against dense float64."""
+    tpl = dataclasses.replace(schedules.TEMPLATES["llvm"], chunks=lambda b, n, d: 3)
+    monkeypatch.setitem(schedules.TEMPLATES, "llvm", tpl)
+    gen = torch.Generator().manual_seed(0)
+    x = (2 * torch.rand(5, 1, generator=gen, dtype=torch.float64) - 1).to(dtype)
+    y = (2 * torch.rand(31, 3, generator=gen, dtype=torch.float64) - 1).to(dtype)
+    al = ["x = Vi(1)", "y = Vj(3)"]
+    g = Genred(f, al, reduction_op="SumSoftMaxWeight", axis=1, formula2="Abs(Mult(x,y))")
+    w = (x.double()[:, None, :] * y.double()[None]).abs()  # (5, 31, 3); softmax of F: uniform
+    want = w.mean(1)
+    torch.testing.assert_close(g(x, y).double(), want, rtol=1e-5, atol=1e-6)
+    m = Genred(f + "+Sum(y)*IntCst(0)", al, reduction_op="Max_SumShiftExpWeight", axis=1,
+               formula2="Abs(y)")(x, y)  # fmt: skip
+    F = {"x*IntCst(20)": 20 * x.double(), "IntCst(-179)+x*IntCst(0)": -179 + 0 * x.double(),
+         "Divide(Acos(x),x)": x.double().acos() / x.double()}[f]  # fmt: skip
+    torch.testing.assert_close(m[:, :1].double(), F, rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(m[:, 1:].double(), y.double().abs().sum(0).expand(5, 3),
+                               rtol=1e-5, atol=1e-5)  # fmt: skip
+
+
 def test_the_last_chunk_reads_in_bounds():
     """S*C >= N: the split kernel's reads of reduced-index inputs are clamped to row N-1 (the
     reducer masks those elements), so the last chunk never reads past the arrays' ends."""

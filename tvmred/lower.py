@@ -290,9 +290,12 @@ def _lower(formula, red, out_cat, dtype, acc_dtype, row_block, variant, tile=0, 
         # miscompiles when they are vectorised
         root_uses = [2 * u for u in root_uses]
     staged = _staged(formula, dtype, root_uses)
+    # stages span every j a chunk reads: past N, the last chunk read stage values never
+    # computed (Space.duplicates: unmasked reads) -- garbage in a LogSumExp's max (test_split)
+    stage_rows = chunks[0] * chunks[1] if split and not variant.ranged else reduced_rows
     while True:
         func, outs, blocks_of = _build(te, formula, red, holders, leaf, staged, (rows, in_rows, row_block),
-                                       reduced_rows, space, sizes, variant, dtype, acc_dtype, tasks)  # fmt: skip
+                                       stage_rows, space, sizes, variant, dtype, acc_dtype, tasks)  # fmt: skip
         emitted, live = _live(func)
         # a stage whose block no live block reads was folded away: inline its node instead
         dead = {

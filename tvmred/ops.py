@@ -771,12 +771,15 @@ def _best(pick: str, index: bool) -> Callable:
         # bound once: the position search reads both at every k
         # (an int32, not a bool: TVM's vectorizer cannot widen a bool let-binding)
         v, nan = t.Var("best", dt), t.Var("any_nan", "int32")
+        flag = sel(any_nan, t.const(1, "int32"), t.const(0, "int32"))  # (a Cast fails too)
+        constant = not any(t.analysis.undefined_vars(e, []) for e in x)
+        if constant:  # (math TVM does not fold) inlined: an expression of constants may be
+            v, nan = best, flag  # inlined twice, a let-bound variable defined twice is not TIR
         idx = c(len(x) - 1, dt)
         for k in range(len(x) - 2, -1, -1):
             hit = t.Or(t.And(nan > 0, nans[k]), t.And(nan == 0, x[k] == v))
             idx = sel(hit, c(k, dt), idx)
-        flag = sel(any_nan, t.const(1, "int32"), t.const(0, "int32"))  # (a Cast fails too)
-        return [t.Let(v, best, t.Let(nan, flag, idx))]
+        return [idx if constant else t.Let(v, best, t.Let(nan, flag, idx))]
 
     return rule
 
