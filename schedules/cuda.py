@@ -43,7 +43,7 @@ def two_pass_block() -> int:
     """j per block of a tiled kernel's two-pass LogSumExp: ``$TVMRED_CUDA_TWO_PASS`` (8, 16
     or 32), else 0 -- the online loop.  Opt-in, as the tiles are: by its SASS
     (benchmarks/sass_count.py, sm_90) it pays where the LogSumExp has many weight columns
-    (SumSoftMaxWeight D = E = 64: 180 instructions a pair against 245), not with unit ones
+    (SumSoftMaxWeight D = E = 64: 178 instructions a pair against 245), not with unit ones
     (softmin D = 3: 16.2 against 15.6); not yet timed on a GPU."""
     value = os.environ.get("TVMRED_CUDA_TWO_PASS") or "0"
     if value not in ("0", "8", "16", "32"):
@@ -208,11 +208,11 @@ TEMPLATE = TargetTemplate(
 
 
 def cuda_two_pass_rows(sch: s_tir.Schedule, shape: ReductionShape, target: dict) -> s_tir.Schedule:
-    """A two-pass LogSumExp (``shape.two_pass``) in tiles: each thread's rows, per block of
-    ``two_pass`` j of the shared-memory tile, F in registers, its max, e^(F - max), the
-    block's weighted sums (k outer: each j-row of weights read once for all the thread's
-    rows and columns), then one rescale of the running state a block -- the flash-attention
-    layout in FP32 units."""
+    """A two-pass LogSumExp (``shape.two_pass``): each thread's rows, per block of
+    ``two_pass`` j of the shared-memory tile (untiled, a tuned config's: of j, read from
+    global memory), F in registers, its max, e^(F - max), the block's weighted sums (k
+    outer: each j-row of weights read once for all the thread's rows and columns), then one
+    rescale of the running state a block -- the flash-attention layout in FP32 units."""
     red = sch.get_sblock("red")
     *s, i, u, j = sch.get_loops(red)  # j: the chunk's blocks (a tiled kernel is split-j)
     threads = min(THREADS, shape.row_block)
