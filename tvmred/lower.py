@@ -209,7 +209,8 @@ def lower(spec: KernelSpec, row_block: int, math="poly", tile=0, two_pass=0, cha
     always split-j, arguments ``(Mb, N, S, Ct)`` with ``Ct * tile`` reduced rows per chunk,
     the reduced-index inputs padded by the caller to ``S * Ct * tile`` rows.  ``two_pass``:
     the template's j per block of a reduction's two-pass form (``RedDef.two_pass``), used
-    by every kernel but the ranged ones (and tiled ones whose tile is not whole blocks); ``chains``: TargetTemplate.sum_chains."""
+    by every kernel but the ranged ones (and tiled ones whose tile is not whole blocks);
+    ``chains``: TargetTemplate.sum_chains."""
     with mathfns.mode(math), ops.sum_chains(chains):
         return _lower(spec.formula, spec.rdef, spec.out_cat, spec.dtype, spec.acc, row_block,
                       spec.variant, tile, two_pass)  # fmt: skip
@@ -254,9 +255,8 @@ def _lower(formula, red, out_cat, dtype, acc_dtype, row_block, variant, tile=0, 
     tasks = None
     if variant.ranged:
         tasks = (te.placeholder((sizes[2], 3), "int32", name="tasks"), te.var("B"))
-    if variant.ranged or red.two_pass is None or not red.two_pass(formula, data_dtype):
-        two_pass = 0
-    two_pass *= tile % max(two_pass, 1) == 0  # a tile is whole blocks
+    whole = tile % max(two_pass, 1) == 0  # a tiled kernel's tile is whole blocks
+    two_pass *= not variant.ranged and whole and red.blocked(formula, data_dtype)
     dup = split and not variant.ranged
     space = Space(N, chunks, tasks, duplicates=dup, two_pass=two_pass, padded=tile > 0)
     rows = row_block if variant.ranged else Mb * row_block  # ranged: Mb is unused
@@ -292,7 +292,7 @@ def _lower(formula, red, out_cat, dtype, acc_dtype, row_block, variant, tile=0, 
     staged = _staged(formula, dtype, root_uses)
     # stages span every j a chunk reads: past N, the last chunk read stage values never
     # computed (Space.duplicates: unmasked reads) -- garbage in a LogSumExp's max (test_split)
-    stage_rows = chunks[0] * chunks[1] if split and not variant.ranged else reduced_rows
+    stage_rows = chunks[0] * chunks[1] if dup else reduced_rows
     while True:
         func, outs, blocks_of = _build(te, formula, red, holders, leaf, staged, (rows, in_rows, row_block),
                                        stage_rows, space, sizes, variant, dtype, acc_dtype, tasks)  # fmt: skip

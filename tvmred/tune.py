@@ -68,7 +68,7 @@ def tune(
     key = build.key_text(spec, target)
     default = build.row_block_for(spec, target)
     space = schedules.template(target["kind"]).candidates(target, dtype, default)
-    blocked = spec.rdef.two_pass is not None and spec.rdef.two_pass(spec.formula, spec.dtype)
+    blocked = spec.rdef.blocked(spec.formula, spec.dtype)
     space = [c for c in space if blocked or "two_pass" not in c][: trials or None]
     results, first = [], None
     for n, config in enumerate(space):

@@ -115,6 +115,10 @@ class RedDef:
     # column per formula column, launch.MAX_STATE state values a kernel
     doc: str = ""
 
+    def blocked(self, formula: Node, dtype: str) -> bool:
+        """Whether this formula's kernel for inputs of ``dtype`` has a two-pass form."""
+        return self.two_pass is not None and bool(self.two_pass(formula, dtype))
+
     def selected(self, states: list, k: Optional[int]) -> Any:
         """The positions along the reduced index that the state holds, (n, K, D) int64."""
         x = xp_of(states)
