@@ -100,37 +100,23 @@ def cuda_rows(sch: s_tir.Schedule, shape: ReductionShape, target: dict) -> s_tir
     if shape.two_pass:
         return cuda_two_pass_rows(sch, shape, target)
     red = sch.get_sblock("red")
-    *s, i, u, j = sch.get_loops(red)  # split-j: s, the chunk loop
     threads = min(THREADS, shape.row_block)
-    per_thread = shape.row_block // threads
-    # row = block * row_block + thread * per_thread + r: a thread's rows are adjacent, so its
-    # registers (stages, accumulators) compact to per_thread entries
-    io, ii, ir = sch.split(i, factors=[None, threads, per_thread])
-    jo = j  # the loop over tiles (or over j): the shared copies and the partial sums go there
-    if shape.tile or shape.block:
-        jo, j = sch.split(j, factors=[None, shape.tile or shape.block])
-        sch.reorder(*s, io, ii, jo, j, ir, u)
-    else:
-        sch.reorder(*s, io, ii, j, ir, u)
+    s, io, ii, ir, jo, j, u = _thread_rows(sch, shape, red, shape.tile or shape.block)
+    jo = j if jo is None else jo  # the loop over tiles (or over j): the shared copies and
+    # the partial sums go there
     acc = red  # the block accumulating over j
     if shape.block:  # partial sums over each tile (as KeOps' block_sum), or each block of j,
         # added to the total (red) after each
         acc = block_partials(sch, red, jo)
         *s, io, ii, jo, j, ir, u = sch.get_loops(acc)  # the same loops, around both blocks
-    if s:  # split-j: one block per (chunk, row block)
-        io = sch.fuse(*s, io)
-    sch.bind(io, "blockIdx.x")
-    sch.bind(ii, "threadIdx.x")
-    readers = {}  # buffer name -> the first block reading it
-    for blk in [sch.get_sblock(name) for name in shape.stages] + [acc]:
-        for region in sch.get(blk).reads:
-            readers.setdefault(region.source.name, blk)
+    _bind(sch, s, io, ii)
+    readers = _readers(sch, [sch.get_sblock(name) for name in shape.stages] + [acc])
     for name in reversed(shape.stages):
         blk = sch.get_sblock(name)
         sch.compute_at(blk, j)
         for k in range(len(sch.get(blk).writes)):  # a loop operation's block writes several
             sch.set_scope(blk, k, "local")
-        if per_thread > 1:
+        if shape.row_block > threads:
             sch.unroll(sch.get_loops(blk)[-1])  # the thread's rows
     accs = [sch.cache_write(red, k, "local") for k in range(shape.outputs)]
     for a in accs:
@@ -147,6 +133,40 @@ def cuda_rows(sch: s_tir.Schedule, shape: ReductionShape, target: dict) -> s_tir
         sch.decompose_reduction(acc, j)
     sch.decompose_reduction(red, jo)
     return sch
+
+
+def _thread_rows(sch: s_tir.Schedule, shape: ReductionShape, red: Any, inner: int) -> tuple:
+    """``red``'s loops ``s, i, u, j`` (split-j: s, the chunk loop) split and ordered ``s, io,
+    ii, jo, j, ir, u`` (returned as ``s, io, ii, ir, jo, j, u``): row = block * row_block + thread * per_thread + r -- a thread's rows adjacent, so its
+    registers (stages, accumulators) compact to per_thread entries -- and j in blocks of
+    ``inner`` (jo None where 0)."""
+    *s, i, u, j = sch.get_loops(red)
+    threads = min(THREADS, shape.row_block)
+    io, ii, ir = sch.split(i, factors=[None, threads, shape.row_block // threads])
+    jo = None
+    if inner:
+        jo, j = sch.split(j, factors=[None, inner])
+        sch.reorder(*s, io, ii, jo, j, ir, u)
+    else:
+        sch.reorder(*s, io, ii, j, ir, u)
+    return s, io, ii, ir, jo, j, u
+
+
+def _bind(sch: s_tir.Schedule, s: list, io: Any, ii: Any) -> None:
+    """One thread block per row block (split-j: per chunk and row block), a thread per ``ii``."""
+    if s:
+        io = sch.fuse(*s, io)
+    sch.bind(io, "blockIdx.x")
+    sch.bind(ii, "threadIdx.x")
+
+
+def _readers(sch: s_tir.Schedule, blocks: list) -> dict:
+    """Buffer name -> the first of ``blocks`` reading it (where its copies are taken)."""
+    readers: dict = {}
+    for blk in blocks:
+        for region in sch.get(blk).reads:
+            readers.setdefault(region.source.name, blk)
+    return readers
 
 
 def _tiles(sch: s_tir.Schedule, shape: ReductionShape, readers: dict, jo: Any, ii: Any,
@@ -214,26 +234,13 @@ def cuda_two_pass_rows(sch: s_tir.Schedule, shape: ReductionShape, target: dict)
     outer: each j-row of weights read once for all the thread's rows and columns), then one
     rescale of the running state a block -- the flash-attention layout in FP32 units."""
     red = sch.get_sblock("red")
-    *s, i, u, j = sch.get_loops(red)  # j: the chunk's blocks (a tiled kernel is split-j)
     threads = min(THREADS, shape.row_block)
-    per_thread = shape.row_block // threads
-    io, ii, ir = sch.split(i, factors=[None, threads, per_thread])
-    jo = None  # the loop over tiles (untiled -- a tuned config's: j-rows from global memory)
-    if shape.tile:
-        jo, j = sch.split(j, factors=[None, shape.tile // shape.two_pass])
-        sch.reorder(*s, io, ii, jo, j, ir, u)
-    else:
-        sch.reorder(*s, io, ii, j, ir, u)
-    if s:
-        io = sch.fuse(*s, io)
-    sch.bind(io, "blockIdx.x")
-    sch.bind(ii, "threadIdx.x")
+    # j: the chunk's blocks (a tiled kernel is split-j); jo: the loop over tiles (None
+    # untiled -- a tuned config's: j-rows from global memory)
+    s, io, ii, ir, jo, j, u = _thread_rows(sch, shape, red, shape.tile // shape.two_pass)
+    _bind(sch, s, io, ii)
     two = two_pass_blocks(sch)
-    blocks = [sch.get_sblock(name) for name in (*shape.stages, *two)] + [red]
-    readers = {}
-    for blk in blocks:
-        for region in sch.get(blk).reads:
-            readers.setdefault(region.source.name, blk)
+    readers = _readers(sch, [sch.get_sblock(name) for name in (*shape.stages, *two)] + [red])
     for name in reversed(two):
         sch.compute_at(sch.get_sblock(name), j)
     for name in two:
