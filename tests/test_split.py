@@ -236,6 +236,24 @@ def test_no_tiled_chunk_lies_past_n(n, tiled):
         assert (s - 1) * ct * 16 < n <= s * ct * 16 and state[0].shape[0] == s
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("n,chunks", [(1, 4), (2, 5), (5, 4), (6, 5)])
+def test_no_chunk_lies_past_n(n, chunks, dtype, split):
+    """More chunks than the reduced rows fill (5 rows in 4 chunks: 3 of 2 rows): a chunk
+    wholly past N was launched and its state never written -- a float32 Gaussian sum (block
+    sums) gave NaN (shape fuzz seeds 1046, 1111).  Against dense float64, and the chunks the
+    launch takes all start below N."""
+    split(chunks)
+    x, y = torch.rand(9, 3, dtype=dtype), torch.rand(n, 3, dtype=dtype)
+    b = torch.rand(n, 2, dtype=dtype)
+    g = Genred("Exp(-SqDist(x,y))*b", ["x = Vi(3)", "y = Vj(3)", "b = Vj(2)"], axis=1)
+    want = torch.exp(-(torch.cdist(x.double(), y.double()) ** 2)) @ b.double()
+    check(g(x, y, b), want, 1e-6 if dtype == torch.float32 else 1e-12)
+    k = next(v[1] for key, v in g.reduction.memo.items() if key[0] == "kernel")
+    _, state, (_, _, s, per_chunk) = kernel_args(g.reduction, k, [x, y, b], 9, n, chunks)
+    assert (s - 1) * per_chunk < n <= s * per_chunk and state[0].shape[0] == s
+
+
 @pytest.mark.parametrize("red", DIFFERENTIABLE)
 def test_tiled_gradients(red, tiled):
     tiled(3)

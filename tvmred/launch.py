@@ -352,8 +352,11 @@ def kernel_args(r: Reduction, k: Any, args: Sequence[Any], n_out: int, n_red: in
     per_chunk = -(-n_red // chunks)
     if k.tile:
         per_chunk = -(-per_chunk // k.tile)  # tiles per chunk
-        # none wholly past N: TVM's loop partition re-read a chunk's tiles there (test_split)
-        chunks = -(-n_red // (per_chunk * k.tile)) if n_red else chunks
+    if split and n_red:  # no chunk wholly past N (n = 5 in 4 chunks: 3 of 2 rows): TVM's
+        # loop partition re-read a tiled chunk's tiles there, left a float32 block sum's
+        # state unwritten (test_split)
+        chunks = -(-n_red // (per_chunk * (k.tile or 1)))
+    if k.tile:
         reduced_rows = chunks * per_chunk * k.tile
     call_args = []
     for v in k.inputs:
