@@ -351,6 +351,28 @@ def test_nested_polynomials_are_staged_not_copied():
     torch.testing.assert_close(g(x, y, b, p), torch.logsumexp(am, 0)[:, None])
 
 
+@pytest.mark.parametrize("red,k", [("KMin_ArgKMin", 8), ("Min_ArgMin", None)])
+def test_folded_constants_reach_the_kernel_as_literals(red, k):
+    """A constant TVM's simplifier folds is a literal in the kernel: ``OneHot`` rounds with
+    a floor, which TVM's passes left unfolded, and a K-min's insertions copied the whole
+    expression -- the K-min of ``Min(OneHot(LessThan(0.5,3),4))`` (fuzz seed 72029) compiled
+    for 2 minutes.  The lowered kernel holds no floor now; the values and indices as the
+    dense answer (a constant 0: every j ties, the lowest indices first)."""
+    from tvmred import lower
+    from tvmred.tree import postorder
+
+    g = Genred("Min(OneHot(LessThan(0.5,3),4))", ["x = Vi(3)", "y = Vj(2)"],
+               reduction_op=red, axis=1, opt_arg=k)  # fmt: skip
+    spec = g.reduction.spec("float64")
+    assert id(spec.formula) in lower._folded(postorder(spec.formula), "float64")
+    assert "floor" not in str(lower.lower(spec, 8).func)
+    x, y = rand(5, 3), rand(11, 2)
+    v, i = g(x, y)
+    kk = k or 1
+    torch.testing.assert_close(v, torch.zeros(5, kk, dtype=v.dtype))
+    assert torch.equal(i, torch.arange(kk).expand(5, kk))
+
+
 def test_a_kernel_beyond_the_size_bound_is_a_clear_error(monkeypatch):
     from tvmred import lower
     from tvmred.errors import FormulaError

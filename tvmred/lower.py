@@ -68,10 +68,10 @@ def _inlined(entry: tuple, size: dict, staged: set) -> int:
     return chars
 
 
-def _staged(formula: Node, dtype: str, root_uses: list[int]) -> set[int]:
+def _staged(formula: Node, dtype: str, root_uses: list[int], folded=None) -> set[int]:
     """Ids of the nodes that get a per-pair stage: those one of whose components would be
     evaluated more than once per pair if inlined (counted in the scalar expression DAG, seen
-    through inlined parents), unless the operation is pure data movement."""
+    through inlined parents), unless the operation is pure data movement or ``folded``."""
     order = postorder(formula)
     occ: dict[int, list[list[int]]] = {}  # node -> per output comp -> per (arg, comp) count
     size: dict[int, int] = {}  # node -> characters of its components' inlined expressions
@@ -109,7 +109,7 @@ def _staged(formula: Node, dtype: str, root_uses: list[int]) -> set[int]:
         size[id(n)] = _inlined(own[id(n)], size, big)
     # constants fold (never worth a stage) -- those TVM folds to literals; any other (an Exp,
     # Log, Asin of a constant: TVM folds no math function) is staged like a varying node
-    folded = _folded(order, dtype)
+    folded = _folded(order, dtype) if folded is None else folded
     varying = {id(n) for n in order if n.is_var}
     for n in order:
         if any(id(a) in varying for a in n.args) or (n.args and id(n) not in folded):
@@ -154,11 +154,12 @@ def _staged(formula: Node, dtype: str, root_uses: list[int]) -> set[int]:
 
 
 def _folded(order: list, dtype: str) -> dict[int, list]:
-    """Constant nodes (in ``order``, children first) whose components TVM's simplifier folds
-    to literals: node id -> the literals.  A variable, or a constant under a function TVM
-    does not fold (an Exp of a constant keeps its polynomial), is not in it: inlined where it
-    is read several times, such an expression is copied each time -- nested, the copies
-    multiply (``SqDist(x,y)*Exp(Exp(Asin(IntInv(2))))``, float64: over ten minutes)."""
+    """Constant nodes (in ``order``, children first) TVM's simplifier folds to literals: id ->
+    the literals, the kernel's values (TVM's passes left a floor of a literal: a K-min of
+    ``Min(OneHot(LessThan(0.5,3),4))`` compiled for 2 minutes).  Not in it: a constant under
+    a function TVM does not fold (an Exp's polynomial) -- inlined where read several times,
+    copied each time, nested: copies multiply (``SqDist(x,y)*Exp(Exp(Asin(IntInv(2))))``,
+    float64: over ten minutes)."""
     from tvm.sym.analyzer import Analyzer
 
     analyzer = Analyzer()
@@ -289,12 +290,13 @@ def _lower(formula, red, out_cat, dtype, acc_dtype, row_block, variant, tile=0, 
         # keeps extern calls (asinf, ...) out of the reducer's let-bindings, which TVM 0.27
         # miscompiles when they are vectorised
         root_uses = [2 * u for u in root_uses]
-    staged = _staged(formula, dtype, root_uses)
+    folded = _folded(postorder(formula), dtype)
+    staged = _staged(formula, dtype, root_uses, folded)
     # stages span every j a chunk reads: past N, the last chunk read stage values never
     # computed (Space.duplicates: unmasked reads) -- garbage in a LogSumExp's max (test_split)
     stage_rows = chunks[0] * chunks[1] if dup else reduced_rows
     while True:
-        func, outs, blocks_of = _build(te, formula, red, holders, leaf, staged, (rows, in_rows, row_block),
+        func, outs, blocks_of = _build(te, formula, red, holders, leaf, (staged, folded), (rows, in_rows, row_block),
                                        stage_rows, space, sizes, variant, dtype, acc_dtype, tasks)  # fmt: skip
         emitted, live = _live(func)
         # a stage whose block no live block reads was folded away: inline its node instead
@@ -307,36 +309,15 @@ def _lower(formula, red, out_cat, dtype, acc_dtype, row_block, variant, tile=0, 
             break
         staged -= dead
     stages = [n for names in blocks_of.values() for n in names if n in live and n in emitted]
-    row_inputs = tuple(
-        (holders[id(v)].name, v.dim)
-        for v in inputs
-        if var_cat(v) == out_cat and holders[id(v)].name in live
-    )
-    shape = ReductionShape(
-        red.kind,
-        int(outs[0].shape[-1]),
-        len(outs),
-        dtype,
-        acc_dtype,
-        row_block,
-        tuple(stages),
-        len(inputs),
-        row_inputs,
-        split,
-        tile,
-        tuple(
-            holders[id(v)].name
-            for v in inputs
-            if var_cat(v) == 1 - out_cat and holders[id(v)].name in live
-        ),
-        red.partial(variant),
-        variant.ranged,
-        two_pass,
-        # NormGuard(f, n, y) (or Q: + yq, qc): buffers for the CPU K-min guard (f32/f64 data)
-        tuple(holders[id(a)].name for a in formula.args[1:])
-        if formula.op in GUARD_OPS and data_dtype == dtype
-        else (),
-    )
+    live_in = [(holders[id(v)].name, v) for v in inputs if holders[id(v)].name in live]
+    row_inputs = tuple((name, v.dim) for name, v in live_in if var_cat(v) == out_cat)
+    reduced_inputs = tuple(name for name, v in live_in if var_cat(v) == 1 - out_cat)
+    # NormGuard(f, n, y) (or Q: + yq, qc): buffers for the CPU K-min guard (f32/f64 data)
+    guard = formula.op in GUARD_OPS and data_dtype == dtype
+    guard_bufs = tuple(holders[id(a)].name for a in formula.args[1:]) if guard else ()
+    shape = ReductionShape(red.kind, int(outs[0].shape[-1]), len(outs), dtype, acc_dtype, row_block,
+                           tuple(stages), len(inputs), row_inputs, split, tile, reduced_inputs,
+                           red.partial(variant), variant.ranged, two_pass, guard_bufs)  # fmt: skip
     looped = {id(n) for n in postorder(formula) if REGISTRY[n.op].loop is not None}
     return Lowered(func, shape, sum(nid in looped and bool(set(names) & set(stages))
                                     for nid, names in blocks_of.items()))  # fmt: skip
@@ -346,9 +327,10 @@ def _build(
     te, formula, red, holders, leaf, staged, rows, N, space, sizes, variant, dtype, acc_dtype, tasks
 ):
     """(PrimFunc, reduction outputs, stage block names per staged node) with the nodes of
-    ``staged`` computed in per-pair stages and the others inlined.  ``rows``: (state rows,
-    rows of the output-indexed inputs, rows per row block)."""
-    rows, in_rows, lanes = rows
+    ``staged`` computed in per-pair stages, the ``folded`` ones literals and the others
+    inlined (``staged``: the pair).  ``rows``: (state rows, rows of the output-indexed
+    inputs, rows per row block)."""
+    (staged, folded), (rows, in_rows, lanes) = staged, rows
     stage: dict[int, list] = {}  # staged node -> its per-component tensors
     blocks_of: dict[int, list[str]] = {}
     expneg = nonpositive_exps(formula, frozenset(variant.nonneg))  # e^-y: ops.node_te
@@ -360,6 +342,8 @@ def _build(
         for n in postorder(root, frozenset(stage)):
             if id(n) in stage and (n is not root or not inside):
                 vals[id(n)] = [t[(*pair(i), j)] for t in stage[id(n)]]
+            elif id(n) in folded:
+                vals[id(n)] = folded[id(n)]
             elif n.is_var:
                 vals[id(n)] = leaf(n)(i, j)
             else:
