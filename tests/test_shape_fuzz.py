@@ -6,7 +6,8 @@ attention-like weights, dot products), each against dense float64 torch.
 
 Where ``test_fuzz.py`` draws random formulas at one small size, this draws a few formulas at
 random sizes (1 to 30 000 rows), scales, offsets and ties (points repeated: zero distances,
-equal candidates), so that every branch a size or a value picks is met.  Tolerances are error
+equal candidates), in float64, float32 and half inputs (float16, bfloat16: computed in
+float32, the outputs rounded), so that every branch a size or a value picks is met.  Tolerances are error
 bounds of the formula in the dtype (a few units of roundoff times the size of what is summed
 or compared), not of tvmred: a term dropped or counted twice fails them in float64.
 
@@ -41,6 +42,7 @@ FORMULAS = {
     "softmin": ("-SqDist(x,y)*g", ["LogSumExp", "SumSoftMaxWeight"]),
 }
 KS = [1, 2, 5, 10, 17]
+HALF = {"float16": 2.0**-11, "bfloat16": 2.0**-8}  # unit roundoff of the half outputs
 DIMS = [1, 2, 3, 4, 5, 8, 16, 24, 31, 64]
 
 
@@ -57,7 +59,7 @@ def case(seed: int) -> dict:
     # the dense reference's size: at most 1e7 pairs, 1e8 pair-dimensions
     n_red = max(1, min(n_red, int(1e7 // n_out), int(1e8 // (n_out * D))))
     variant = rng.choices(["plain", "ranges", "batch", "split"], [4, 2, 1.5, 2.5])[0]
-    return {
+    c = {
         "seed": seed,
         "kind": kind,
         "formula": formula,
@@ -80,6 +82,9 @@ def case(seed: int) -> dict:
         "density": rng.uniform(0.05, 1.0),
         "grad": dtype == "float64" and red in ("Sum", "LogSumExp", "SumSoftMaxWeight"),
     }
+    if dtype == "float32" and rng.random() < 0.25:  # half inputs: computed in float32
+        c["dtype"] = rng.choice(["float16", "bfloat16"])
+    return c
 
 
 def _size(rng: random.Random, most: int) -> int:
@@ -186,7 +191,7 @@ def grid(c: dict, o: torch.Tensor, r: torch.Tensor, g: torch.Tensor) -> torch.Te
 
 def reference(c: dict, o, r, b, g, mask) -> tuple:
     """The dense float64 answer(s) and per-entry error bounds (one per output)."""
-    u = 2.0**-53 if c["dtype"] == "float64" else 2.0**-24
+    u = 2.0**-53 if c["dtype"] == "float64" else 2.0**-24  # half inputs: float32 arithmetic
     D, n_red, red = c["D"], o.new_tensor(float(r.shape[0])), c["red"]
     F = grid(c, o, r, g)
     d2 = sqdist(o, r)
@@ -268,6 +273,9 @@ def one(c: dict, o, r, b, g, got, mask, rows, what) -> None:
         if a is None:
             continue
         a, w, t = a.detach()[rows], w[rows], t[rows]
+        if c["dtype"] in HALF and w.dtype != torch.int64:  # the output rounded to the dtype
+            big = torch.finfo(getattr(torch, c["dtype"])).max
+            t = torch.where(w.abs() < big, t + HALF[c["dtype"]] * w.abs(), math.inf)
         if w.dtype == torch.int64:
             check_choice(c, a, refs[0][rows], F[rows], tols[0][rows] * 2, what + " [indices]")
         else:
