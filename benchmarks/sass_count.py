@@ -6,8 +6,9 @@ NVRTC), disassembled (``cuobjdump -sass``; ``pip install nvidia-cuda-cuobjdump n
 innermost loop -- the backward branch enclosing the most marker instructions -- counted.  The
 marker is an instruction each pair executes a known number of times: one exp (MUFU.EX2) for
 exp formulas, y's D global loads (LDG) for the thread-per-row Min / K-Min kernels (y is read
-from global memory once a pair there); pairs per iteration = marker count / per pair.  Printed per case:
-registers, spills, instructions per pair, the share of FFMA, loads per pair, and the time the
+from global memory once a pair there); pairs per iteration = marker count / per pair.  A
+K-selection's insertion, which its early exit skips for all but a few pairs, is left out of
+the count (``rarely_run``: its instructions in the JSON).  Printed per case: registers, spills, instructions per pair, the share of FFMA, loads per pair, and the time the
 count predicts for N = M = 1e4 / 1e5 / 1e6 at one warp instruction per scheduler per clock
 (4 schedulers per SM; 132 SMs at 1.98 GHz, an H100 SXM / H200) against the MUFU limit
 (16 ex2 per SM per clock).
@@ -140,22 +141,40 @@ def cubin(src: str, arch: str, tmp: Path) -> tuple[bytes, str]:
 LINE = re.compile(r"/\*([0-9a-f]{4,})\*/\s+(@!?U?P\w+\s+)?([A-Z0-9_.]+)([^;]*);")
 
 
-def innermost_loop(sass: str, marker: str = "MUFU.EX2") -> list[str]:
-    """The opcodes of the backward-branch loop holding the most ``marker`` instructions (the
-    pair loop; its rarely taken branches, as a K-selection's insertion, included)."""
-    ins = [(int(m.group(1), 16), m.group(3), m.group(4)) for m in LINE.finditer(sass)]
-    best: list[str] = []
-    for k, (addr, op, rest) in enumerate(ins):
+def innermost_loop(sass: str, marker: str = "MUFU.EX2") -> list[tuple]:
+    """The instructions ``(address, opcode, operands, predicate)`` of the backward-branch
+    loop holding the most ``marker`` instructions (the pair loop; its rarely taken
+    branches, as a K-selection's insertion, included: :func:`rarely_run`)."""
+    ins = [(int(m.group(1), 16), m.group(3), m.group(4), m.group(2) or "")
+           for m in LINE.finditer(sass)]  # fmt: skip
+    best: list[tuple] = []
+    for k, (addr, op, rest, _) in enumerate(ins):
         if not op.startswith("BRA"):
             continue
         target = re.search(r"0x([0-9a-f]+)", rest)
         if target is None or int(target.group(1), 16) >= addr:
             continue
         start = int(target.group(1), 16)
-        body = [o for a, o, _ in ins[: k + 1] if a >= start]
-        if sum(o.startswith(marker) for o in body) > sum(o.startswith(marker) for o in best):
+        body = [i for i in ins[: k + 1] if i[0] >= start]
+        if sum(i[1].startswith(marker) for i in body) > sum(i[1].startswith(marker) for i in best):
             best = body
     return best
+
+
+def rarely_run(loop: list[tuple]) -> set[int]:
+    """Addresses a K-selection's early exit skips (``schedules/early_exit.py``): the
+    instructions a predicated forward branch jumps over to the ``BSYNC`` closing its block
+    -- the insertion, run when the pair's value is below the row's K-th (rarely, once a few
+    hundred j are seen)."""
+    at = {i[0]: i[1] for i in loop}
+    skipped: set[int] = set()
+    for addr, op, rest, pred in loop:
+        target = re.search(r"0x([0-9a-f]+)", rest)
+        if op.startswith("BRA") and pred and target and int(target.group(1), 16) > addr:
+            end = int(target.group(1), 16)
+            if at.get(end, "").startswith("BSYNC"):
+                skipped.update(a for a in at if addr < a < end)
+    return skipped
 
 
 def analyse(name: str, case: tuple, arch: str, tool: str) -> dict:
@@ -170,14 +189,17 @@ def analyse(name: str, case: tuple, arch: str, tool: str) -> dict:
         (Path(d) / "k.cubin").write_bytes(binary)
         sass = subprocess.run([tool, "-sass", str(Path(d) / "k.cubin")], capture_output=True,
                               text=True, check=True).stdout  # fmt: skip
-    loop = innermost_loop(sass, marker)
+    body = innermost_loop(sass, marker)
+    rare = rarely_run(body) if "KMin" in red else set()
+    loop = [op for a, op, _, _ in body if a not in rare]  # what a pair runs
     pairs = sum(o.startswith(marker) for o in loop) / per
     regs = re.search(r"Used (\d+) registers", ptxas)
     spills = re.search(r"(\d+) bytes spill stores", ptxas)
     row = {"case": name, "instructions": len(loop), "pairs": pairs, "marker": marker,
            "registers": int(regs.group(1)) if regs else None,
            "spill_bytes": int(spills.group(1)) if spills else None,
-           "exp_guarded": "FSETP.GEU.AND" in sass and "-126" in sass}  # fmt: skip
+           "exp_guarded": "FSETP.GEU.AND" in sass and "-126" in sass,
+           "rarely_run": len(rare)}  # fmt: skip
     if pairs:
         per = len(loop) / pairs
         row["per_pair"] = per

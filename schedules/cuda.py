@@ -205,6 +205,14 @@ def cuda_chunks(blocks: int, n: int, device: Any) -> int:
     return max(1, min(-(-2 * sms // max(blocks, 1)), n // 4096))
 
 
+def cuda_finish(mod: Any, shape: ReductionShape, target: dict) -> Any:
+    """A K-selection's early exit (``early_exit.py``; imported here: it imports TVM, which a
+    process calling cached kernels never does)."""
+    from .early_exit import kselect_early_exit
+
+    return kselect_early_exit(mod, shape, target)
+
+
 TEMPLATE = TargetTemplate(
     kind="cuda",
     device="cuda",
@@ -224,6 +232,7 @@ TEMPLATE = TargetTemplate(
     # the tiled kernels' masks (j < N, marked likely) leave the loop over whole tiles: the
     # tile loop is split into the tiles below N, without the mask, and the last one
     passes={"s_tir.LoopPartition": {"partition_const_loop": True}},
+    finish=cuda_finish,
 )
 
 

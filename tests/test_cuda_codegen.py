@@ -2,6 +2,7 @@
 schedules and compiles for sm_80 and sm_90; nvcc accepts the generated source; the kernels
 are exported (a CUDA .so can be built without a GPU)."""
 
+import re
 import shutil
 import subprocess
 
@@ -375,6 +376,23 @@ def test_sass_rows_per_thread_share_the_tile_loads():
     two = _sass_row("Gaussian D=3, j-tiles 128, 2 rows/thread")
     assert two["loads_per_pair"] <= 0.55 * one["loads_per_pair"]
     assert two["per_pair"] <= 12
+
+
+def test_sass_kmin_skips_its_insertion():
+    """A CUDA K-min runs the insertion into its sorted K-list only when the pair's value is
+    below the row's K-th (schedules/early_exit.py, as on the CPU): the generated source
+    guards it, and the pair loop's common path is under half the instructions of the whole
+    (K = 10, D = 3: 22 of 82.5 a pair, 64.5 before the guard, sm_90)."""
+    sc = _sass_tools()
+    f, red, dim, _, _, k = sc.CASES["KMin_ArgKMin K=10 D=3, thread per row"]
+    src = sc.source(f, red, dim, {"two_pass": 0}, "sm_90", k)
+    loop = src[src.index("for (int j = 0; j < N; ++j)") :]
+    assert re.search(
+        r"\{\s*s0_0_local_ptr\[0\] = .*;\s*if \(s0_0_local_ptr\[0\] < red_v9_local", loop
+    )
+    row = _sass_row("KMin_ArgKMin K=10 D=3, thread per row")
+    assert row["rarely_run"] > 0 and row["loads_per_pair"] == dim
+    assert row["per_pair"] <= 0.5 * (row["per_pair"] + row["rarely_run"] / row["pairs"])
 
 
 def test_sass_high_dimension_inner_loop_is_fma():
