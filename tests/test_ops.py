@@ -142,6 +142,22 @@ def test_atan2_gradient_at_the_origin():
         torch.testing.assert_close(a, b)
 
 
+def test_relu_gradient_is_a_select():
+    """ReLU passes its gradient where x >= 0 and gives 0 elsewhere, whatever it is given: the
+    gradient of XLogX(ReLU(p)) at p < 0 (log 0 = -inf upstream) is 0, as torch's (a product
+    g * Step(x) made it 0 * -inf = NaN: fuzz seeds 61366, 62104, 72096); elsewhere as torch."""
+    p = torch.tensor([[-0.5], [0.25], [1.5], [-2.0]], dtype=torch.float64, requires_grad=True)
+    one = torch.ones(1, 1, dtype=torch.float64)
+    c = Genred("XLogX(ReLU(p))", ["p = Vi(1)", "z = Vj(1)"], axis=1)(p, one)
+    pr = p.detach().clone().requires_grad_()
+    r = torch.relu(pr)
+    want = torch.special.xlogy(r, r)
+    torch.testing.assert_close(c, want)
+    got, ref = torch.autograd.grad(c.sum(), p)[0], torch.autograd.grad(want.sum(), pr)[0]
+    assert got[0].item() == 0.0 and got[3].item() == 0.0
+    torch.testing.assert_close(got, ref)
+
+
 @pytest.mark.parametrize("name", ["Min", "ArgMin", "Max", "ArgMax"])
 def test_min_max_of_long_vectors(name):
     """Min/Max/ArgMin/ArgMax of a 9-vector formula and of a 64-vector: each component is read

@@ -19,7 +19,7 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Optional, Sequence
 
 from . import loops, mathfns
@@ -492,6 +492,11 @@ unary(
     doc="max(x, 0); derivative Step(x), 1 at 0 (as KeOps)",
     points=(0.0,),
     dref=lambda x: (x >= 0).to(x.dtype),
+)
+# its gradient selects g where x >= 0 (not g * Step(x)): an infinite g where x < 0 gives 0,
+# as torch's and JAX's relu (fuzz: XLogX(ReLU(p))'s gradient at p < 0 was NaN)
+REGISTRY["ReLU"] = replace(
+    REGISTRY["ReLU"], vjp=lambda g, out, x: (f("IfElse", x, g, zero(g.dim)),)
 )
 unary(
     "Floor",
