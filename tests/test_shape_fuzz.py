@@ -7,7 +7,8 @@ attention-like weights, dot products), each against dense float64 torch.
 Where ``test_fuzz.py`` draws random formulas at one small size, this draws a few formulas at
 random sizes (1 to 30 000 rows), scales, offsets and ties (points repeated: zero distances,
 equal candidates), in float64, float32 and half inputs (float16, bfloat16: computed in
-float32, the outputs rounded), so that every branch a size or a value picks is met.  Tolerances are error
+float32, the outputs rounded), through Genred or the same reduction written with LazyTensor,
+so that every branch a size or a value picks is met.  Tolerances are error
 bounds of the formula in the dtype (a few units of roundoff times the size of what is summed
 or compared), not of tvmred: a term dropped or counted twice fails them in float64.
 
@@ -84,6 +85,9 @@ def case(seed: int) -> dict:
     }
     if dtype == "float32" and rng.random() < 0.25:  # half inputs: computed in float32
         c["dtype"] = rng.choice(["float16", "bfloat16"])
+    # the same problem written with LazyTensor (pykeops' other API): its own formula text
+    c["lazy"] = rng.random() < 0.3
+    c["sqdist_op"] = rng.random() < 0.5  # X.sqdist(Y) or ((X - Y) ** 2).sum(-1)
     return c
 
 
@@ -98,6 +102,8 @@ def describe(c: dict) -> str:
     shown = "formula red dtype D E K axis n_out n_red variant".split()
     if c["variant"] == "split":
         shown.append("chunks")
+    if c["lazy"]:
+        shown.append("lazy")
     return f"shape seed {c['seed']}: " + ", ".join(f"{k}={c[k]}" for k in shown if c[k] != 0)
 
 
@@ -159,6 +165,37 @@ def routine(c: dict) -> Genred:
         opt_arg=c["K"] or None,
         formula2="b" if weighted else None,
     )
+
+
+def lazy_call(c: dict, args: list, ranges) -> tuple:
+    """The reduction written with LazyTensor: x is Vi, y Vj, b on the reduced side."""
+    from tvmred.torch import LazyTensor
+
+    x, y, g = args[:3]
+    X, Y, G = LazyTensor(x[..., :, None, :]), LazyTensor(y[..., None, :, :]), LazyTensor(g)
+    if c["E"]:
+        b = args[3]
+        B = LazyTensor(b[..., None, :, :] if c["axis"] == 1 else b[..., :, None, :])
+    D2 = X.sqdist(Y) if c["sqdist_op"] else ((X - Y) ** 2).sum(-1)
+    F = {
+        "gauss": lambda: (-D2 * G).exp() * B,
+        "laplace": lambda: (-(D2 * G).sqrt()).exp() * B,
+        "dot": lambda: (X | Y) * B,
+        "sqdist": lambda: D2,
+        "inner": lambda: (X * Y).sum(-1),
+        "softmin": lambda: -D2 * G,
+    }[c["kind"]]()
+    dim = x.dim() - 2 + c["axis"]
+    kw = {"ranges": ranges} if ranges is not None else {}
+    red = c["red"]
+    if red == "SumSoftMaxWeight":
+        return F.sumsoftmaxweight(B, dim=dim, **kw)
+    method = {"Sum": "sum", "LogSumExp": "logsumexp", "Min_ArgMin": "min_argmin",
+              "Max_ArgMax": "max_argmax", "KMin": "Kmin", "ArgKMin": "argKmin",
+              "KMin_ArgKMin": "Kmin_argKmin"}.get(red, red.lower())  # fmt: skip
+    if c["K"]:
+        return getattr(F, method)(c["K"], dim=dim, **kw)
+    return getattr(F, method)(dim=dim, **kw)
 
 
 def call_args(c: dict, v: dict) -> list[torch.Tensor]:
@@ -292,7 +329,10 @@ def run_case(c: dict) -> None:
         ranges, mask = ranges_of(c)
     if c["grad"]:
         args = [a.requires_grad_() for a in args]
-    got = g(*args, ranges=ranges) if ranges is not None else g(*args)
+    if c["lazy"]:
+        got = lazy_call(c, args, ranges)
+    else:
+        got = g(*args, ranges=ranges) if ranges is not None else g(*args)
     rows = mask.any(1) if c["K"] <= 1 else mask.sum(1) >= c["K"]
     if c["variant"] == "batch":
         lead = c["batch"]
