@@ -373,6 +373,31 @@ def test_folded_constants_reach_the_kernel_as_literals(red, k):
     assert torch.equal(i, torch.arange(kk).expand(5, kk))
 
 
+def test_nested_selects_are_staged_not_copied():
+    """Round and ClampInt are selects; ArgMax reads each component several times, so inlined,
+    the nested selects multiplied -- each a constraint scope of TVM's buffer-region analysis:
+    ``ClampInt(ArgMax(Round(ClampInt(x,-1,0),2)),0,2)`` compiled for 9 s (fuzz seed 62582).
+    A select now weighs SELECT_CHARS in _staged's estimate: the rounded components get a
+    stage (not without the weight); the values as torch's."""
+    from tvmred import lower
+    from tvmred.tree import postorder
+
+    text = "ClampInt(ArgMax(Round(ClampInt(x,-1,0),2)),0,2)"
+    g = Genred(text, ["x = Vi(3)", "y = Vj(1)"], reduction_op="Sum", axis=1)
+    f = g.reduction.spec("float64").formula
+    rounded = next(n for n in postorder(f) if n.op == "Round")
+    assert id(rounded) in lower._staged(f, "float64", [2])
+    before = lower.SELECT_CHARS
+    try:
+        lower.SELECT_CHARS = 0
+        assert id(rounded) not in lower._staged(f, "float64", [2])
+    finally:
+        lower.SELECT_CHARS = before
+    x = rand(40, 3) * 2 - 1.5
+    want = torch.round(x.clamp(-1, 0) * 100).argmax(1, keepdim=True).double() * 7
+    torch.testing.assert_close(g(x, rand(7, 1)), want)
+
+
 def test_a_kernel_beyond_the_size_bound_is_a_clear_error(monkeypatch):
     from tvmred import lower
     from tvmred.errors import FormulaError

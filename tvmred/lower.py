@@ -54,6 +54,9 @@ def slot_of(n: Node, arg: Node) -> int:
 
 _NAME = re.compile(r"_a\d+_\d+_")  # the placeholder names _staged gives argument components
 INLINE_CHARS = 4000  # see _staged
+SELECT_CHARS = 200  # a Select's weight in those characters: TVM's buffer-region analysis
+# enters each condition as a constraint scope, so nested selects cost it far more than their
+# text (ClampInt(ArgMax(Round(ClampInt(x,-1,0),2)),0,2): 9 s in CompactBufferAllocation)
 #: The largest kernel _staged lets through, in characters of per-pair expressions (on a
 #: 2-vCPU Zen 5: SoftDTW of 8 x 8 cells, 1.5 million, its gradient compiles in 30 s; the Sum
 #: of 990 exponentials of KeOps' test_LazyTensor_min_chunked, 12.7 million, in 78 s)
@@ -97,7 +100,7 @@ def _staged(formula: Node, dtype: str, root_uses: list[int], folded=None) -> set
         # it each time, and nested, the copies multiply: TVM's passes then take minutes.  A
         # component whose inlined text is over INLINE_CHARS is staged when read more than once.
         reps = {s: sum(t.count(s) for t in texts) for s in flat}
-        own[id(n)] = (sum(len(t) for t in texts), [])
+        own[id(n)] = (sum(len(t) + SELECT_CHARS * t.count("Select(") for t in texts), [])
         for a, arg in enumerate(n.args):
             if slot_of(n, arg) != a or not arg.args:
                 continue
