@@ -242,7 +242,7 @@ def test_ranged_plan_edge_cases(monkeypatch, threads):
     full = mask.sum(1) >= 4  # rows with 4 kept pairs at least
     want = d2.detach().masked_fill(~mask, float("inf")).topk(4, 1, largest=False).indices
     assert torch.equal(idx[full], want[full])
-    monkeypatch.setattr(tvmred.dispatch, "ranged_device", lambda args: False)
+    monkeypatch.setattr(tvmred.dispatch, "ranged_device", lambda args, r: False)
     torch.testing.assert_close(g(x, y, b, ranges=ranges), c)  # cluster by cluster
     assert torch.equal(knn(x, y, ranges=ranges), idx)
 
@@ -445,3 +445,20 @@ def test_ranges_shorter_than_a_block():
     mask[200:300, 2000:2999] = 1
     ref = (torch.exp(-((x[:, None] - y[None]) ** 2).sum(-1)) * mask) @ b
     torch.testing.assert_close(out, ref)
+
+
+def test_ranges_without_an_output_indexed_variable():
+    """A formula of parameters and reduced-index variables only (a LazyTensor of one i-row is
+    a parameter, as pykeops reads (1, 1, D)) with ranges: the ranged kernel reads each task's
+    row block from an output-indexed input, so without one it did not compile (shape fuzz
+    seed 5051: an InternalError); such a call now runs cluster by cluster.  Against the
+    dense masked float64 answer."""
+    torch.manual_seed(0)
+    y, b = torch.rand(5, 3, dtype=torch.float64), torch.rand(5, 2, dtype=torch.float64)
+    p = torch.rand(3, dtype=torch.float64)
+    ri = torch.tensor([[0, 1]], dtype=torch.int32)
+    rj = torch.tensor([[0, 2], [2, 5]], dtype=torch.int32)
+    ranges = from_matrix(ri, rj, torch.tensor([[True, False]]))
+    g = Genred("Exp(-SqDist(p,y))*b", ["p = Pm(3)", "y = Vj(3)", "b = Vj(2)"], axis=1)
+    want = (torch.exp(-((p - y[:2]) ** 2).sum(-1))[:, None] * b[:2]).sum(0, keepdim=True)
+    torch.testing.assert_close(g(p, y, b, ranges=ranges), want)

@@ -311,8 +311,10 @@ def one(c: dict, o, r, b, g, got, mask, rows, what) -> None:
             continue
         a, w, t = a.detach()[rows], w[rows], t[rows]
         if c["dtype"] in HALF and w.dtype != torch.int64:  # the output rounded to the dtype
-            big = torch.finfo(getattr(torch, c["dtype"])).max
-            t = torch.where(w.abs() < big, t + HALF[c["dtype"]] * w.abs(), math.inf)
+            fi = torch.finfo(getattr(torch, c["dtype"]))  # (+ half a subnormal's spacing:
+            # float16 values below 6e-5 are rounded to multiples of 6e-8, seed 5169)
+            t = t + HALF[c["dtype"]] * w.abs() + fi.tiny * fi.eps / 2
+            t = torch.where(w.abs() < fi.max, t, math.inf)
         if w.dtype == torch.int64:
             check_choice(c, a, refs[0][rows], F[rows], tols[0][rows] * 2, what + " [indices]")
         else:

@@ -36,11 +36,11 @@ def each_problem(
         check_args(r, args, batch=True)  # errors name the arguments' full shapes
         if ranges is not None:
             raise NotImplementedError("ranges together with batch dimensions are not supported")
-        if ranged is not None and ranged_device(args) and stackable(r, args, shape):
+        if ranged is not None and ranged_device(args, r) and stackable(r, args, shape):
             return batched_one_launch(r, args, shape, ranged)
         return _batched(r, args, fn, shape)
     if ranges is not None:
-        if ranged is not None and ranged_device(args):
+        if ranged is not None and ranged_device(args, r):
             try:
                 return ranged(args, ranges)
             except LookupError:  # an exported library without the ranged kernel
@@ -49,12 +49,14 @@ def each_problem(
     return fn(*args)
 
 
-def ranged_device(args: Sequence[Any]) -> bool:
-    """Whether the arguments' device has ranged kernels (one launch for all clusters)."""
+def ranged_device(args: Sequence[Any], r: Any) -> bool:
+    """Whether the arguments' device has ranged kernels (one launch for all clusters) and
+    ``r`` has an output-indexed variable (a ranged kernel reads its task's row block from
+    one; without, it did not compile: a LazyTensor of one i-row is a parameter)."""
     from . import schedules
 
     dev = args[0].device if args else torch.device("cpu")
-    return schedules.for_device(dev.type).ranged
+    return schedules.for_device(dev.type).ranged and r.out_cat in r.cats
 
 
 def _core(r: Reduction, k: int) -> int:
