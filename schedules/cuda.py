@@ -137,9 +137,10 @@ def cuda_rows(sch: s_tir.Schedule, shape: ReductionShape, target: dict) -> s_tir
 
 def _thread_rows(sch: s_tir.Schedule, shape: ReductionShape, red: Any, inner: int) -> tuple:
     """``red``'s loops ``s, i, u, j`` (split-j: s, the chunk loop) split and ordered ``s, io,
-    ii, jo, j, ir, u`` (returned as ``s, io, ii, ir, jo, j, u``): row = block * row_block + thread * per_thread + r -- a thread's rows adjacent, so its
-    registers (stages, accumulators) compact to per_thread entries -- and j in blocks of
-    ``inner`` (jo None where 0)."""
+    ii, jo, j, ir, u`` (returned as ``s, io, ii, ir, jo, j, u``): row = block * row_block +
+    thread * per_thread + r -- a thread's rows adjacent, so its registers (stages,
+    accumulators) compact to per_thread entries -- and j in blocks of ``inner`` (jo None
+    where 0)."""
     *s, i, u, j = sch.get_loops(red)
     threads = min(THREADS, shape.row_block)
     io, ii, ir = sch.split(i, factors=[None, threads, shape.row_block // threads])
