@@ -383,14 +383,14 @@ def test_random_formula(seed):
     check(seed)
 
 
-def force_split(monkeypatch) -> None:
+def force_split(monkeypatch, chunks: int = 3) -> None:
     """Every CPU call through the split-j kernels (3 chunks of the reduced index, the last
     one partly masked): what calls with few output rows run, and which M = 23 never picks."""
     import dataclasses
 
     from tvmred import schedules
 
-    tpl = dataclasses.replace(schedules.TEMPLATES["llvm"], chunks=lambda b, n, d: 3)
+    tpl = dataclasses.replace(schedules.TEMPLATES["llvm"], chunks=lambda b, n, d: chunks)
     monkeypatch.setitem(schedules.TEMPLATES, "llvm", tpl)
 
 

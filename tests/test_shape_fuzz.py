@@ -19,13 +19,13 @@ tests/test_shape_fuzz.py -k long`` (a failure names its seed and the case to rep
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import os
 import random
 
 import pytest
 import torch
+from test_fuzz import force_split
 
 from tvmred.torch import Genred
 from tvmred.torch.cluster import from_matrix
@@ -209,9 +209,8 @@ def sqdist(o: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
     return torch.cdist(o, r, compute_mode="donot_use_mm_for_euclid_dist") ** 2
 
 
-def grid(c: dict, o: torch.Tensor, r: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
-    """F on the dense (out, red) grid (float64)."""
-    d2 = sqdist(o, r)
+def grid(c: dict, o: torch.Tensor, r: torch.Tensor, g: torch.Tensor, d2) -> torch.Tensor:
+    """F on the dense (out, red) grid (float64); ``d2`` the squared distances there."""
     kind = c["kind"]
     if kind == "gauss":
         return torch.exp(-d2 * g)
@@ -226,12 +225,13 @@ def grid(c: dict, o: torch.Tensor, r: torch.Tensor, g: torch.Tensor) -> torch.Te
     return -d2 * g
 
 
-def reference(c: dict, o, r, b, g, mask) -> tuple:
-    """The dense float64 answer(s) and per-entry error bounds (one per output)."""
+def reference(c: dict, o, r, b, g, mask, d2=None) -> tuple:
+    """The dense float64 answer(s) and per-entry error bounds (one per output); ``d2``: the
+    squared distances, where the caller has them."""
     u = 2.0**-53 if c["dtype"] == "float64" else 2.0**-24  # half inputs: float32 arithmetic
     D, n_red, red = c["D"], o.new_tensor(float(r.shape[0])), c["red"]
-    F = grid(c, o, r, g)
-    d2 = sqdist(o, r)
+    d2 = sqdist(o, r) if d2 is None else d2
+    F = grid(c, o, r, g, d2)
     rounding = u * (4 * D + 16)  # a formula's roundoff, relative to its inputs' sizes
     acc = u * (16 + 4 * torch.sqrt(n_red))  # a sum's roundoff, relative to the sum of |terms|
     if c["kind"] in ("dot", "inner"):
@@ -298,14 +298,15 @@ def check_close(got, want, tol, what) -> None:
 
 def one(c: dict, o, r, b, g, got, mask, rows, what) -> None:
     """Compare one problem's outputs on ``rows`` (the output rows with work to check)."""
-    refs, tols = reference(c, o, r, b, g, mask)
+    d2 = sqdist(o, r)
+    refs, tols = reference(c, o, r, b, g, mask, d2)
     outs = got if isinstance(got, tuple) else (got,)
     red = c["red"]
     if red in ("ArgMin", "ArgMax", "ArgKMin"):  # indices only
         outs = (None, outs[0])
     if red in ("Min", "Max", "KMin"):
         refs, tols = refs[:1], tols[:1]
-    F = grid(c, o, r, g).masked_fill(~mask, math.nan)
+    F = grid(c, o, r, g, d2).masked_fill(~mask, math.nan)
     for k, (a, w, t) in enumerate(zip(outs, refs, tols)):
         if a is None:
             continue
@@ -377,19 +378,11 @@ def check_gradients(c, v, args, got, mask, what) -> None:
         check_close(a, w, torch.tensor(1e-8 * scale + 1e-12), f"{what} [d/d{name}]")
 
 
-def force_chunks(monkeypatch, n: int) -> None:
-    """Every CPU call through split-j kernels of ``n`` chunks of the reduced index."""
-    from tvmred import schedules
-
-    tpl = dataclasses.replace(schedules.TEMPLATES["llvm"], chunks=lambda b, m, d: n)
-    monkeypatch.setitem(schedules.TEMPLATES, "llvm", tpl)
-
-
 def check(seed: int, monkeypatch) -> None:
     c = case(seed)
     with monkeypatch.context() as m:
         if c["variant"] == "split":
-            force_chunks(m, c["chunks"])
+            force_split(m, c["chunks"])
         run_case(c)
 
 
