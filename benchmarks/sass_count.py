@@ -8,8 +8,9 @@ marker is an instruction each pair executes a known number of times: one exp (MU
 exp formulas, y's D global loads (LDG) for the thread-per-row Min / K-Min kernels (y is read
 from global memory once a pair there); pairs per iteration = marker count / per pair.  A
 K-selection's insertion, which its early exit skips for all but a few pairs, is left out of
-the count (``rarely_run``: its instructions in the JSON).  Printed per case: registers, spills, instructions per pair, the share of FFMA, loads per pair, and the time the
-count predicts for N = M = 1e4 / 1e5 / 1e6 at one warp instruction per scheduler per clock
+the count (``rarely_run``: its instructions in the JSON).  Printed per case: registers,
+spills, instructions per pair, the share of FFMA, loads per pair, and the time the count
+predicts for N = M = 1e4 / 1e5 / 1e6 at one warp instruction per scheduler per clock
 (4 schedulers per SM; 132 SMs at 1.98 GHz, an H100 SXM / H200) against the MUFU limit
 (16 ex2 per SM per clock).
 
@@ -149,16 +150,19 @@ def innermost_loop(sass: str, marker: str = "MUFU.EX2") -> list[tuple]:
            for m in LINE.finditer(sass)]  # fmt: skip
     best: list[tuple] = []
     for k, (addr, op, rest, _) in enumerate(ins):
-        if not op.startswith("BRA"):
+        start = _branch_target(op, rest)
+        if start is None or start >= addr:
             continue
-        target = re.search(r"0x([0-9a-f]+)", rest)
-        if target is None or int(target.group(1), 16) >= addr:
-            continue
-        start = int(target.group(1), 16)
         body = [i for i in ins[: k + 1] if i[0] >= start]
         if sum(i[1].startswith(marker) for i in body) > sum(i[1].startswith(marker) for i in best):
             best = body
     return best
+
+
+def _branch_target(op: str, operands: str) -> int | None:
+    """The address a branch instruction jumps to (None for any other instruction)."""
+    target = re.search(r"0x([0-9a-f]+)", operands) if op.startswith("BRA") else None
+    return int(target.group(1), 16) if target else None
 
 
 def rarely_run(loop: list[tuple]) -> set[int]:
@@ -169,9 +173,8 @@ def rarely_run(loop: list[tuple]) -> set[int]:
     at = {i[0]: i[1] for i in loop}
     skipped: set[int] = set()
     for addr, op, rest, pred in loop:
-        target = re.search(r"0x([0-9a-f]+)", rest)
-        if op.startswith("BRA") and pred and target and int(target.group(1), 16) > addr:
-            end = int(target.group(1), 16)
+        end = _branch_target(op, rest)
+        if pred and end is not None and end > addr:
             if at.get(end, "").startswith("BSYNC"):
                 skipped.update(a for a in at if addr < a < end)
     return skipped
