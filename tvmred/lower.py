@@ -299,8 +299,9 @@ def _lower(formula, red, out_cat, dtype, acc_dtype, row_block, variant, tile=0, 
     # computed (Space.duplicates: unmasked reads) -- garbage in a LogSumExp's max (test_split)
     stage_rows = chunks[0] * chunks[1] if dup else reduced_rows
     while True:
-        func, outs, blocks_of = _build(te, formula, red, holders, leaf, (staged, folded), (rows, in_rows, row_block),
-                                       stage_rows, space, sizes, variant, dtype, acc_dtype, tasks)  # fmt: skip
+        func, outs, blocks_of = _build(te, formula, red, holders, leaf, staged, (rows, in_rows, row_block),
+                                       stage_rows, space, sizes, variant, dtype, acc_dtype, tasks,
+                                       folded)  # fmt: skip
         emitted, live = _live(func)
         # a stage whose block no live block reads was folded away: inline its node instead
         dead = {
@@ -326,14 +327,13 @@ def _lower(formula, red, out_cat, dtype, acc_dtype, row_block, variant, tile=0, 
                                     for nid, names in blocks_of.items()))  # fmt: skip
 
 
-def _build(
-    te, formula, red, holders, leaf, staged, rows, N, space, sizes, variant, dtype, acc_dtype, tasks
-):
+def _build(te, formula, red, holders, leaf, staged, rows, N, space, sizes, variant, dtype,
+           acc_dtype, tasks, folded):  # fmt: skip
     """(PrimFunc, reduction outputs, stage block names per staged node) with the nodes of
     ``staged`` computed in per-pair stages, the ``folded`` ones literals and the others
-    inlined (``staged``: the pair).  ``rows``: (state rows, rows of the output-indexed
-    inputs, rows per row block)."""
-    (staged, folded), (rows, in_rows, lanes) = staged, rows
+    inlined.  ``rows``: (state rows, rows of the output-indexed inputs, rows per row
+    block)."""
+    rows, in_rows, lanes = rows
     stage: dict[int, list] = {}  # staged node -> its per-component tensors
     blocks_of: dict[int, list[str]] = {}
     expneg = nonpositive_exps(formula, frozenset(variant.nonneg))  # e^-y: ops.node_te
