@@ -129,8 +129,9 @@ def _staged(formula: Node, dtype: str, root_uses: list[int], folded=None) -> set
             and not d.cheap
             and (max(u) > 1 or d.own_stage or id(n) in big or id(n) in wide)
         )
-        if id(n) in wide and d is not None and d.cheap:
-            wide.update(id(a) for a in n.args)
+        for through in (wide, big) if d is not None and d.cheap else ():
+            if id(n) in through:  # data movement is never staged: its arguments are
+                through.update(id(a) for a in n.args)
         if stage:
             staged.add(id(n))
         if not n.args:
