@@ -327,7 +327,30 @@ def magnitude(ts) -> float:
     return max([1.0] + [f.max().item() for f in finite if f.numel()])
 
 
-def check(seed: int) -> None:
+def second_order(v, w, args, refs, e, replay: str) -> None:
+    """Gradients of the gradients (tvmred differentiates its symbolic gradient reductions
+    again): d/d(x, y, p) of <grad(v) e, u> against torch's double backward of the dense
+    reference, where the reference is finite."""
+    gen = torch.Generator().manual_seed(len(replay))
+    us = [torch.randn(a.shape, generator=gen, dtype=a.dtype) for a in args]
+
+    def inner(out, ins):
+        gs = torch.autograd.grad(out, ins, e, create_graph=True, allow_unused=True)
+        terms = [(g * u).sum() for g, u in zip(gs, us) if g is not None and g.requires_grad]
+        if not terms:
+            return [torch.zeros_like(a) for a in ins]
+        g2 = torch.autograd.grad(sum(terms), ins, allow_unused=True)
+        return [torch.zeros_like(a) if t is None else t for t, a in zip(g2, ins)]
+
+    want = inner(w, refs) if w.requires_grad else [torch.zeros_like(r) for r in refs]
+    if not all(bool(t.isfinite().all()) for t in want):
+        return
+    got, scale = inner(v, args), magnitude(want)
+    for name, a, b in zip("xyp", got, want):
+        close(a.detach(), b.detach(), 1e-7 * scale, f"{replay} [second order, d/d{name}]")
+
+
+def check(seed: int, second: bool = False) -> None:
     c = case(seed)
     replay = f"seed {seed}: {c['red']} axis={c['axis']} of {text(c['f'])}"
     replay += f" weight {text(c['g'])}" if c["g"] is not None else ""
@@ -346,10 +369,9 @@ def check(seed: int) -> None:
     v, w = got[0], want[0]
     if v.requires_grad and bool(w.isfinite().all()):
         e = torch.randn_like(w)
-        got_g = torch.autograd.grad(v, args, e, allow_unused=True)
-        want_g = (
-            torch.autograd.grad(w, refs, e, allow_unused=True) if w.requires_grad else [None] * 3
-        )
+        keep = {"allow_unused": True, "retain_graph": second}
+        got_g = torch.autograd.grad(v, args, e, **keep)
+        want_g = torch.autograd.grad(w, refs, e, **keep) if w.requires_grad else [None] * 3
         want_g = [torch.zeros_like(r) if t is None else t for t, r in zip(want_g, refs)]
         gscale = magnitude(want_g)
         for name, a, b in zip("xyp", got_g, want_g):
@@ -360,6 +382,8 @@ def check(seed: int) -> None:
                     1e-7 * gscale,
                     f"{replay} [d/d{name}]",
                 )
+        if second:
+            second_order(v, w, args, refs, e, replay)
     # float32 values: as accurate as torch's own float32 evaluation (10x slack)
     args32 = data(c, torch.float32)
     got32 = outputs(routine(c)(*args32))
@@ -381,6 +405,12 @@ CI_SEEDS = list(range(24))
 @pytest.mark.parametrize("seed", CI_SEEDS)
 def test_random_formula(seed):
     check(seed)
+
+
+@pytest.mark.parametrize("seed", CI_SEEDS[:8])
+def test_random_formula_second_order(seed):
+    """Also the gradients of the gradients (the long profile: TVMRED_FUZZ_ORDER=2)."""
+    check(seed, second=True)
 
 
 def force_split(monkeypatch, chunks: int = 3) -> None:
@@ -415,7 +445,8 @@ def test_random_formula_split_j(seed, monkeypatch):
 def test_long_profile(monkeypatch):
     """Also the compile-time profile: each seed's time (its compiles are most of it) is
     printed for the slowest seeds, and a seed over TVMRED_FUZZ_MAX_S (default 60 s) fails;
-    ``TVMRED_FUZZ_SPLIT=1``: through split-j kernels."""
+    ``TVMRED_FUZZ_SPLIT=1``: through split-j kernels; ``TVMRED_FUZZ_ORDER=2``: second-order
+    gradients too."""
     import time
 
     if os.environ.get("TVMRED_FUZZ_SPLIT", "0") not in ("", "0"):
@@ -427,7 +458,7 @@ def test_long_profile(monkeypatch):
     for seed in range(start, start + int(os.environ["TVMRED_FUZZ"])):
         t0 = time.perf_counter()
         try:
-            check(seed)
+            check(seed, second=os.environ.get("TVMRED_FUZZ_ORDER", "1") == "2")
         except Exception as e:  # collect them all, then report (an assertion names its seed)
             where = "" if isinstance(e, AssertionError) else f"seed {seed}: "
             failures.append(f"{where}{type(e).__name__}: {e}")
