@@ -350,7 +350,25 @@ def second_order(v, w, args, refs, e, replay: str) -> None:
         close(a.detach(), b.detach(), 1e-7 * scale, f"{replay} [second order, d/d{name}]")
 
 
-def check(seed: int, second: bool = False) -> None:
+def forward_mode(c: dict, replay: str) -> None:
+    """The forward-mode derivative (torch.func.jvp, tvmred's tangent reductions) of the first
+    float output against torch's jvp of the dense reference (float64; skipped where torch
+    has no forward rule for one of the reference's operations or its tangent is not finite)."""
+    args = tuple(data(c, torch.float64))
+    gen = torch.Generator().manual_seed(c["seed"] + 1)
+    ts = tuple(torch.randn(a.shape, generator=gen, dtype=a.dtype) for a in args)
+    try:
+        w, wt = torch.func.jvp(lambda *a: outputs(dense(c, list(a)))[0], args, ts)
+    except (RuntimeError, NotImplementedError):
+        return
+    if not w.is_floating_point() or not bool(wt.isfinite().all()):
+        return
+    g = routine(c)
+    _, vt = torch.func.jvp(lambda *a: outputs(g(*a))[0], args, ts)
+    close(vt, wt, 1e-7 * magnitude([wt]), f"{replay} [jvp]")
+
+
+def check(seed: int, second: bool = False, jvp: bool = False) -> None:
     c = case(seed)
     replay = f"seed {seed}: {c['red']} axis={c['axis']} of {text(c['f'])}"
     replay += f" weight {text(c['g'])}" if c["g"] is not None else ""
@@ -384,6 +402,8 @@ def check(seed: int, second: bool = False) -> None:
                 )
         if second:
             second_order(v, w, args, refs, e, replay)
+    if jvp:
+        forward_mode(c, replay)
     # float32 values: as accurate as torch's own float32 evaluation (10x slack)
     args32 = data(c, torch.float32)
     got32 = outputs(routine(c)(*args32))
@@ -409,8 +429,9 @@ def test_random_formula(seed):
 
 @pytest.mark.parametrize("seed", CI_SEEDS[:8])
 def test_random_formula_second_order(seed):
-    """Also the gradients of the gradients (the long profile: TVMRED_FUZZ_ORDER=2)."""
-    check(seed, second=True)
+    """Also the gradients of the gradients and forward mode (the long profile:
+    TVMRED_FUZZ_ORDER=2, TVMRED_FUZZ_JVP=1)."""
+    check(seed, second=True, jvp=True)
 
 
 def force_split(monkeypatch, chunks: int = 3) -> None:
@@ -446,7 +467,7 @@ def test_long_profile(monkeypatch):
     """Also the compile-time profile: each seed's time (its compiles are most of it) is
     printed for the slowest seeds, and a seed over TVMRED_FUZZ_MAX_S (default 60 s) fails;
     ``TVMRED_FUZZ_SPLIT=1``: through split-j kernels; ``TVMRED_FUZZ_ORDER=2``: second-order
-    gradients too."""
+    gradients too; ``TVMRED_FUZZ_JVP=1``: forward mode too."""
     import time
 
     if os.environ.get("TVMRED_FUZZ_SPLIT", "0") not in ("", "0"):
@@ -454,11 +475,12 @@ def test_long_profile(monkeypatch):
 
     start = int(os.environ.get("TVMRED_FUZZ_START", "1000"))
     limit = float(os.environ.get("TVMRED_FUZZ_MAX_S", "60"))
+    jvp = os.environ.get("TVMRED_FUZZ_JVP", "0") not in ("", "0")
     failures, times = [], []
     for seed in range(start, start + int(os.environ["TVMRED_FUZZ"])):
         t0 = time.perf_counter()
         try:
-            check(seed, second=os.environ.get("TVMRED_FUZZ_ORDER", "1") == "2")
+            check(seed, second=os.environ.get("TVMRED_FUZZ_ORDER", "1") == "2", jvp=jvp)
         except Exception as e:  # collect them all, then report (an assertion names its seed)
             where = "" if isinstance(e, AssertionError) else f"seed {seed}: "
             failures.append(f"{where}{type(e).__name__}: {e}")
