@@ -206,6 +206,8 @@ def call_args(c: dict, v: dict) -> list[torch.Tensor]:
 
 
 def sqdist(o: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
+    if o.shape[0] * r.shape[0] * o.shape[1] <= 2_000_000:  # twice differentiable (cdist not)
+        return ((o[:, None, :] - r[None, :, :]) ** 2).sum(-1)
     return torch.cdist(o, r, compute_mode="donot_use_mm_for_euclid_dist") ** 2
 
 
@@ -358,24 +360,46 @@ def run_case(c: dict) -> None:
         one(c, v["o"], v["r"], v["b"], v["g"], got, mask, rows, what)
         if ranges is not None and c["red"] == "Sum":  # rows with no kept pair: 0, as pykeops
             assert bool((got.detach()[~mask.any(1)] == 0).all()), f"{what}: rows with no range"
-    if c["grad"] and c["variant"] != "batch":
+    if c["grad"]:
         check_gradients(c, v, args, got, mask, what)
 
 
 def check_gradients(c, v, args, got, mask, what) -> None:
-    """d/dx and d/dy of the output against torch autograd of the dense float64 masked answer."""
+    """d/dx and d/dy of the output against torch autograd of the dense float64 masked answer
+    (each batch problem's, stacked: a broadcast y's gradient is summed over the batch); on
+    small problems the second order too (d/dx, d/dy of <gradients, u>)."""
     o, r = (v[k].clone().requires_grad_() for k in ("o", "r"))
-    (want,), _ = reference(c, o, r, v["b"][..., : max(c["E"], 1)], v["g"], mask)
+    b = v["b"][..., : max(c["E"], 1)]
+    if c["variant"] == "batch":
+        lead, wants = c["batch"], []
+        for idx in torch.cartesian_prod(*(torch.arange(n) for n in lead)).reshape(-1, len(lead)):
+            ix = tuple(idx.tolist())
+            ri = tuple(0 for _ in ix) if c["broadcast_y"] else ix
+            wants.append(reference(c, o[ix], r[ri], b[ix], v["g"], mask)[0][0])
+        want = torch.stack(wants).reshape(*lead, *wants[0].shape)
+    else:
+        (want,), _ = reference(c, o, r, b, v["g"], mask)
     rows = mask.any(1)
     e = torch.randn_like(want) * rows[:, None]
-    xg = [a for a in args[:2]]
-    got_g = torch.autograd.grad(got, xg, e.reshape(got.shape))
-    want_g = torch.autograd.grad(want, (o, r) if c["axis"] == 1 else (r, o), e)
+    xg, wrt = args[:2], ((o, r) if c["axis"] == 1 else (r, o))
+    small = c["n_out"] * c["n_red"] * c["D"] * math.prod(want.shape[:-2]) <= 200_000
+    got_g = torch.autograd.grad(got, xg, e.reshape(got.shape), create_graph=small)
+    want_g = torch.autograd.grad(want, wrt, e, create_graph=small)
     for name, a, w in zip("xy", got_g, want_g):
         # (+ 1e-12: a gradient that is 0 in exact arithmetic -- a softmax over one j --
         # is roundoff in floating point: seed 3003, 7.5e-19)
         scale = w.abs().max().item()
-        check_close(a, w, torch.tensor(1e-8 * scale + 1e-12), f"{what} [d/d{name}]")
+        check_close(
+            a.detach(), w.detach(), torch.tensor(1e-8 * scale + 1e-12), f"{what} [d/d{name}]"
+        )
+    if not small:
+        return
+    us = [torch.randn_like(w) for w in want_g]
+    got2 = torch.autograd.grad(sum((a * u).sum() for a, u in zip(got_g, us)), xg)
+    want2 = torch.autograd.grad(sum((w * u).sum() for w, u in zip(want_g, us)), wrt)
+    for name, a, w in zip("xy", got2, want2):
+        scale = w.abs().max().item()
+        check_close(a, w, torch.tensor(1e-7 * scale + 1e-12), f"{what} [second order, d/d{name}]")
 
 
 def check(seed: int, monkeypatch) -> None:
