@@ -70,3 +70,20 @@ def inverse(perm: np.ndarray) -> np.ndarray:
     inv = np.empty_like(perm)
     inv[perm] = np.arange(len(perm), dtype=perm.dtype)
     return inv
+
+
+def unpermuted(state: list, inv: np.ndarray, x) -> list:
+    """The state buffers (rows, cols) with their rows taken at ``inv`` (``x``: their array
+    library, :mod:`tvmred.arrays`): one gather per dtype (a K-min has 2 K buffers of one
+    column), the buffers column views of its result."""
+    out: list = list(state)
+    groups: dict = {}
+    for k, s in enumerate(state):
+        groups.setdefault(x.dtype_name(s), []).append(k)
+    for ks in groups.values():
+        both = x.take_rows(x.cat([state[k] for k in ks], 1), inv)
+        col = 0
+        for k in ks:
+            out[k] = both[:, col : col + state[k].shape[1]]
+            col += state[k].shape[1]
+    return out
