@@ -76,6 +76,11 @@ def softmax_dense(q, k, v):
     return torch.softmax(q @ k.T, dim=1) @ v
 
 
+def cosine_dense(x, y, b):
+    n = torch.nn.functional.normalize
+    return torch.exp(3 * n(x, dim=1) @ n(y, dim=1).T) @ b
+
+
 def ref_dense(x, y, a, p):
     return (((p - a.T) ** 2)[..., None] * torch.exp(x[:, None, :] + y[None, :, :])).sum(1)
 
@@ -167,6 +172,17 @@ def cases(quick: bool) -> list[Case]:
             flops=2 * 64 + 1,
         ),
         gauss(10_000, d=64, e=1),
+        Case(
+            "cosine kernel D=64 N=M=1e4",
+            "Exp((Normalize(x)|Normalize(y))*3)*b",
+            ["x = Vi(64)", "y = Vj(64)", "b = Vj(1)"],
+            10_000,
+            10_000,
+            dense=cosine_dense,
+            # the normalized points once per row (tvmred.hoist): a dot product, *3, exp and
+            # the accumulation a pair (pykeops normalizes x_i and y_j again at every pair)
+            flops=2 * 64 - 1 + 1 + EXP + 2,
+        ),
         gauss(10_000, dtype=torch.float64),
         Case(
             "attention SumSoftMaxWeight D=64 N=M=4000",

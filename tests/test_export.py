@@ -42,6 +42,15 @@ SPEC = {
             "dtypes": ["float32"],
             "gradients": [],
         },
+        {  # normalized x and y computed once per row: three kernels (tvmred.hoist)
+            "name": "cos",
+            "formula": "Exp((Normalize(x)|Normalize(y))*3)*a",
+            "aliases": ["x = Vi(3)", "y = Vj(3)", "a = Vj(1)"],
+            "reduction_op": "Sum",
+            "axis": 1,
+            "dtypes": ["float32"],
+            "gradients": [],
+        },
     ],
 }
 
@@ -73,6 +82,17 @@ g = torch.tensor([0.7])
 cg = lib["gauss"](x, y.detach(), a, g)
 cgr = torch.exp(-g.double() * ((x.double()[:, None] - y.detach().double()[None]) ** 2).sum(2)) @ a.double()
 out["gauss_err"] = ((cg - cgr).abs().max() / cgr.abs().max()).item()
+from tvmred import hoist
+cos = lib["cos"]
+xn, yn = (torch.nn.functional.normalize(t.double(), dim=1) for t in (x, y.detach()))
+ccr = torch.exp(3 * xn @ yn.T) @ a.double()
+out["cos_err"] = []
+for least in (hoist.MIN_PAIR_WORK, 0):  # this size: the pair kernel alone; then hoisted
+    hoist.MIN_PAIR_WORK = least
+    cc = cos(x, y.detach(), a)
+    out["cos_err"].append(((cc - ccr).abs().max() / ccr.abs().max()).item())
+h = hoist.plan(cos.reduction, "float32")  # (None had the hoisted kernels not been exported)
+out["cos_kernels"] = [any(k[0] == "kernel" for k in r.memo) for r in (cos.reduction, h.main)]
 for name, call in [("dtype", lambda: lib["ref"](x.double(), y.double(), a.double(), p.double())),
                    ("gradient", lambda: torch.autograd.grad(lib["ref"](x.requires_grad_(), y, a, p).sum(), x))]:
     try:
@@ -100,8 +120,9 @@ def test_manifest_lists_every_kernel(exported):
     assert ("cpu", "float32", "Sum") in kinds and ("cuda", "float32", "Sum") in kinds
     assert ("cpu", "float64", "Min_ArgMin") in kinds and ("cuda", "float64", "Min_ArgMin") in kinds
     # ref: forward + gradient w.r.t. y; nn: forward + one gathered gradient per argument;
-    # gauss: forward
-    assert sum(k["device"] == "cpu" for k in man["kernels"].values()) == 2 + 3 + 1
+    # gauss: forward; cos: the pair kernel, and the one reading the normalized x's and y's
+    # and their two kernels (tvmred.hoist: large calls)
+    assert sum(k["device"] == "cpu" for k in man["kernels"].values()) == 2 + 3 + 1 + 4
     for k in man["kernels"].values():
         data = (path / k["file"]).read_bytes()
         assert hashlib.sha256(data).hexdigest() == k["sha256"] and b"main" in data
@@ -124,8 +145,9 @@ def test_load_with_the_runtime_only(exported):
     assert r.returncode == 0, r.stderr
     out = json.loads(r.stdout.strip().splitlines()[-1])
     assert out["compiler"] is False and out["compiler_loaded"] is False
-    assert out["names"] == ["gauss", "nn", "ref"]
+    assert out["names"] == ["cos", "gauss", "nn", "ref"]
     assert out["err"] < 1e-5 and out["gerr"] < 1e-5 and out["gauss_err"] < 1e-5
+    assert max(out["cos_err"]) < 1e-5 and out["cos_kernels"] == [True, True]
     assert out["nn_ok"] and out["numpy_ok"] and out["nn_grad_err"] < 1e-12
     assert "no exported kernel" in out["dtype"] and "float64" in out["dtype"]
     assert "no exported kernel" in out["gradient"] and "= x" in out["gradient"]

@@ -26,7 +26,17 @@ LAYERS = [
     ["ops", "complexops"],  # complexops: macros over ops, imported by it
     ["diff"],
     ["parse", "reductions"],
-    ["cabi", "runtime", "cache", "tunedb", "lower", "compile_client", "cudatool", "normguard"],
+    [
+        "cabi",
+        "runtime",
+        "cache",
+        "tunedb",
+        "lower",
+        "compile_client",
+        "cudatool",
+        "normguard",
+        "hoist",
+    ],
     ["build"],
     ["frontend", "launch"],  # text + options -> Reduction; Reduction + tensors -> outputs
     [

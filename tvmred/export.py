@@ -31,7 +31,7 @@ import warnings
 from pathlib import Path
 from typing import Iterator, Optional, Union
 
-from . import _tvm, build
+from . import _tvm, build, hoist
 from .cabi import cuda_runtime
 from .cache import SUFFIX, clean_temporaries, temp_path
 from .errors import KernelNotExported
@@ -81,7 +81,9 @@ def kernels_of(
         for k in grads:
             todo += plan_reductions(r.vjp(k))
     for red in todo:
-        yield from column_chunks(red, dtype, device)
+        h = hoist.plan(red, dtype)  # small calls: the pair kernel; large: the one reading
+        for one in [red] if h is None else [red, h.main, *(s for s, _ in h.subs)]:  # subs
+            yield from column_chunks(one, dtype, device)
 
 
 @_tvm.lean()

@@ -9,9 +9,10 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Sequence
 
-from . import build, cabi, locality, normguard, schedules
+from . import build, cabi, hoist, locality, normguard, schedules
 from .arrays import ALIGN, Numpy, compute_dtype, is_array, xp
 from .build import DTYPES, get_kernel
+from .errors import KernelNotExported
 from .ops import nonpositive_exps
 from .reductions import Reduction
 from .tree import variables
@@ -125,6 +126,12 @@ def run(r: Reduction, args: Sequence[Any]):
 def run_states(r: Reduction, args: Sequence[Any]):
     """(pykeops' output(s), the kernel's raw state buffers)."""
     dtype, n_out, n_red = check_args(r, args)
+    h = hoist.plan(r, dtype)
+    if hoist.pays(h, n_out * n_red):  # one-index sub-formulas once per row, then the pairs
+        try:
+            return run_states(h.main, [*args, *(run(s, [args[k] for k in ks]) for s, ks in h.subs)])
+        except KernelNotExported:  # an exported library without them: the pair kernel alone
+            r.memo["hoist", dtype] = None
     dev = device_of(args)
     if r.red == "Sum" and r.formula.is_zero:
         like = _like(args, dev)
@@ -140,7 +147,7 @@ def run_states(r: Reduction, args: Sequence[Any]):
     parts = [call_kernel(part, args, dtype, dev, n_out, n_red) for part in chunks]
     state = parts[0] if len(parts) == 1 else r.rdef.join_states(parts)
     if perm is not None:
-        state = _unpermuted(state, locality.inverse(perm), x)
+        state = locality.unpermuted(state, locality.inverse(perm), x)
     variant = r.resolve(dtype)[1]
     return r.rdef.finalize(state, variant, dtype), state
 
@@ -156,22 +163,6 @@ def curve_order(r: Reduction, args: Sequence[Any], dev: Any, n_out: int, n_red: 
     if not pos or not schedules.for_device(dev.type).local_rows(r.red, dims, n_out, n_red):
         return None
     return locality.curve_order([xp(args[k]).host(args[k]) for k in pos])
-
-
-def _unpermuted(state: list, inv: Any, x: Any) -> list:
-    """The state buffers (rows, cols) with their rows taken at ``inv``: one gather per dtype
-    (a K-min has 2 K buffers of one column), the buffers column views of its result."""
-    out: list = list(state)
-    groups: dict = {}
-    for k, s in enumerate(state):
-        groups.setdefault(x.dtype_name(s), []).append(k)
-    for ks in groups.values():
-        both = x.take_rows(x.cat([state[k] for k in ks], 1), inv)
-        col = 0
-        for k in ks:
-            out[k] = both[:, col : col + state[k].shape[1]]
-            col += state[k].shape[1]
-    return out
 
 
 def _like(args: Sequence[Any], dev: Any) -> Any:

@@ -17,9 +17,11 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
+from . import hoist
 from .arrays import Torch
 from .dispatch import read_ranges
 from .launch import aligned, check_args, column_chunks, invoke, kernel_of
+from .launch import run as run_rows
 from .reductions import Reduction
 
 #: Reduced rows per task at least (a task's setup -- its block copy, its state -- is then
@@ -130,6 +132,11 @@ def run(r: Reduction, args: Sequence[torch.Tensor], ranges: Any) -> list[torch.T
     """pykeops' output(s) of ``r`` with ``ranges``, then the selected positions if any (as
     ``tvmred.torch.library.outputs``); no autograd."""
     dtype, n_out, n_red = check_args(r, args)
+    h = hoist.plan(r, dtype)
+    if hoist.pays(h, n_out * n_red):  # sub-formulas once per row (every row), then pairs
+        return run(
+            h.main, [*args, *(run_rows(s, [args[k] for k in ks]) for s, ks in h.subs)], ranges
+        )
     dev = args[0].device
     parts = [
         _states(part, args, dtype, dev, n_out, n_red, ranges)
