@@ -398,6 +398,32 @@ def test_nested_selects_are_staged_not_copied():
     torch.testing.assert_close(g(x, rand(7, 1)), want)
 
 
+def test_a_compared_rounding_read_by_argmin_is_staged():
+    """``ArgMin(LessThan(1.5, Round(ClampInt(y,1,2),0)))``: each compared component ArgMin
+    reads several times is three nested selects deep -- inlined, 27 s of CompactBufferAllocation
+    (formula fuzz seed 95003, float64); a select's weight of 200 left it under INLINE_CHARS.
+    Now the comparison gets a stage (not with the old weight); the indices as torch's."""
+    from tvmred import lower
+    from tvmred.tree import postorder
+
+    text = "ArgMin(LessThan(1.5,Round(ClampInt(y,1,2),0)))"
+    g = Genred(text, ["y = Vj(3)"], reduction_op="ArgMin", axis=1)
+    f = g.reduction.spec("float64").formula
+    compared = next(n for n in postorder(f) if n.op == "LessThan")
+    assert id(compared) in lower._staged(f, "float64", [2])
+    before = lower.SELECT_CHARS
+    try:
+        lower.SELECT_CHARS = 200
+        assert id(compared) not in lower._staged(f, "float64", [2])
+    finally:
+        lower.SELECT_CHARS = before
+    y = rand(31, 3) * 3
+    f_j = (1.5 < torch.floor(y.clamp(1, 2) + 0.5)).double().argmin(1)  # halves away from 0
+    assert f_j.min() < f_j.max()  # (the data leave something to choose)
+    (j,) = g(y).reshape(-1).tolist()
+    assert f_j[j] == f_j.min()
+
+
 def test_a_large_node_read_through_data_movement_is_staged():
     """``Square(Elem(E, 0))`` reads a component of E twice: E is large (Exp's polynomial) and
     read several times, so it needs a stage -- but the rule marked the Elem, which is data

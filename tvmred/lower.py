@@ -54,9 +54,10 @@ def slot_of(n: Node, arg: Node) -> int:
 
 _NAME = re.compile(r"_a\d+_\d+_")  # the placeholder names _staged gives argument components
 INLINE_CHARS = 4000  # see _staged
-SELECT_CHARS = 200  # a Select's weight in those characters: TVM's buffer-region analysis
+SELECT_CHARS = 400  # a Select's weight in those characters: TVM's buffer-region analysis
 # enters each condition as a constraint scope, so nested selects cost it far more than their
-# text (ClampInt(ArgMax(Round(ClampInt(x,-1,0),2)),0,2): 9 s in CompactBufferAllocation)
+# text (ClampInt(ArgMax(Round(ClampInt(x,-1,0),2)),0,2): 9 s in CompactBufferAllocation;
+# with a weight of 200, ArgMin(LessThan(1.5,Round(ClampInt(y,1,2),0))): 27 s, now 0.16 s)
 #: The largest kernel _staged lets through, in characters of per-pair expressions (on a
 #: 2-vCPU Zen 5: SoftDTW of 8 x 8 cells, 1.5 million, its gradient compiles in 30 s; the Sum
 #: of 990 exponentials of KeOps' test_LazyTensor_min_chunked, 12.7 million, in 78 s)
