@@ -107,6 +107,10 @@ class TargetTemplate:
     # whether the box test pays for this call
     guard_pays: Callable[[int, int, int], bool] = lambda rows, k, n: True  # (rows a block of
     # the guarded kernel, K, reduced rows) -> whether the guard pays for this call
+    hoist_cost: tuple = (4_300_000, 860)  # (per kernel, per value it writes): the cost, in
+    # scalar operations of the pair kernel, of computing one-index sub-formulas by kernels of
+    # their own (tvmred.hoist) -- a call runs them where the pairs times the operations a
+    # pair saves reach the sum over its sub-formulas
     sum_chains: Callable[[str], int] = lambda dtype: 4  # (compute dtype) -> interleaved chains of
     # a sum of many terms (a dot product, a squared distance: tvmred.ops.sum_chains)
     settings: Callable[[dict], dict] = lambda target: {}  # environment settings that change

@@ -82,13 +82,16 @@ g = torch.tensor([0.7])
 cg = lib["gauss"](x, y.detach(), a, g)
 cgr = torch.exp(-g.double() * ((x.double()[:, None] - y.detach().double()[None]) ** 2).sum(2)) @ a.double()
 out["gauss_err"] = ((cg - cgr).abs().max() / cgr.abs().max()).item()
-from tvmred import hoist
+import dataclasses
+from tvmred import hoist, schedules
 cos = lib["cos"]
 xn, yn = (torch.nn.functional.normalize(t.double(), dim=1) for t in (x, y.detach()))
 ccr = torch.exp(3 * xn @ yn.T) @ a.double()
 out["cos_err"] = []
-for least in (hoist.MIN_PAIR_WORK, 0):  # this size: the pair kernel alone; then hoisted
-    hoist.MIN_PAIR_WORK = least
+for hoisted in (False, True):  # at this size: the pair kernel alone; then hoisted
+    if hoisted:
+        cpu = schedules.TEMPLATES["llvm"]
+        schedules.TEMPLATES["llvm"] = dataclasses.replace(cpu, hoist_cost=(0, 0))
     cc = cos(x, y.detach(), a)
     out["cos_err"].append(((cc - ccr).abs().max() / ccr.abs().max()).item())
 h = hoist.plan(cos.reduction, "float32")  # (None had the hoisted kernels not been exported)

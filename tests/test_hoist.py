@@ -1,10 +1,12 @@
 """One-index sub-formulas computed once per row (tvmred.hoist): which ones, and the answers
 (values, gradients, K-min indices, weights) against dense float64 torch."""
 
+import dataclasses
+
 import pytest
 import torch
 
-from tvmred import hoist
+from tvmred import hoist, schedules
 from tvmred.torch import Genred
 from tvmred.tree import postorder
 
@@ -21,26 +23,37 @@ COS = "Exp((Normalize(x)|Normalize(y))*3)*b"
 COS_ALIASES = ["x = Vi(5)", "y = Vj(5)", "b = Vj(2)"]
 
 
+def hoist_cost(monkeypatch, cost: tuple) -> None:
+    """CPU calls decide with ``cost`` = (per sub-formula kernel, per value it writes)."""
+    tpl = dataclasses.replace(schedules.TEMPLATES["llvm"], hoist_cost=cost)
+    monkeypatch.setitem(schedules.TEMPLATES, "llvm", tpl)
+
+
 @pytest.fixture(autouse=True)
 def every_size(monkeypatch):
     """Hoisted at any size here (by default only calls of enough pairs are)."""
-    monkeypatch.setattr(hoist, "MIN_PAIR_WORK", 0)
+    hoist_cost(monkeypatch, (0, 0))
 
 
 def test_only_calls_of_enough_pairs_run_the_hoisted_kernels(monkeypatch):
-    """pairs x work saved a pair >= MIN_PAIR_WORK: the sub-formulas' kernels and the pair
-    kernel reading them; below, the pair kernel alone.  Both answers as torch's."""
+    """The operations saved (pairs x work a pair) against the sub-formulas' cost (a kernel
+    each, and their values: here 40 x-rows and n y-rows of 5 values): hoisted where they
+    reach it -- the sub-formulas' kernels and the pair kernel reading them; below, the pair
+    kernel alone.  Both answers as torch's."""
     g = Genred(COS, COS_ALIASES, axis=1)
     h = hoist.plan(g.reduction, "float64")
     assert h.work > 0
-    monkeypatch.setattr(hoist, "MIN_PAIR_WORK", h.work * 40 * 25)
+    per_kernel, per_value = 1000, 3
+    hoist_cost(monkeypatch, (per_kernel, per_value))
+    spent = lambda n: 2 * per_kernel + per_value * 5 * (40 + n)  # noqa: E731
+    n = next(n for n in range(1, 1000) if 40 * n * h.work >= spent(n))  # the rule's break-even
     ran = lambda r: any(k[0] == "kernel" for k in r.memo)  # noqa: E731
     x = rand(40, 5)
-    for n, hoisted in [(24, False), (25, True)]:  # (the plain kernel: only in the first)
-        y, b = rand(n, 5), rand(n, 2)
+    for rows, hoisted in [(n - 1, False), (n, True)]:  # (the plain kernel: only in the first)
+        y, b = rand(rows, 5), rand(rows, 2)
         want = torch.exp(3 * normalize(x) @ normalize(y).T) @ b
         torch.testing.assert_close(g(x, y, b), want)
-        assert ran(h.main) == hoisted and ran(g.reduction), n
+        assert ran(h.main) == hoisted and ran(g.reduction), rows
 
 
 def test_the_normalized_points_are_computed_per_row():

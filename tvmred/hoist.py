@@ -5,9 +5,10 @@ each, yet a pair kernel (tvmred's and KeOps') evaluates them at every one of the
 at D = 64 that is two thirds of the work.  Here such a sub-formula -- the largest one above
 which its parent reads both indices -- is computed by a kernel of its own over its rows (a
 Max over one dummy row of the other index: the values themselves, -0 and NaN included), and
-the pair kernel reads the result as one more variable.  Only where it pays: float32 and float64 (a half type's values would be
-rounded to their storage type between the two kernels), at least :data:`MIN_WORK` scalar
-operations a pair, and never more values to read than its variables hold."""
+the pair kernel reads the result as one more variable.  Only where it pays: float32 and
+float64 (a half type's values would be rounded to their storage type between the two
+kernels), at least :data:`MIN_WORK` scalar operations a pair, never more values to read
+than its variables hold, and on calls of enough pairs (:func:`pays`)."""
 
 from __future__ import annotations
 
@@ -22,13 +23,6 @@ from .tree import Node, postorder, var, variables
 #: must save to be worth its kernel and its variable.
 MIN_WORK = 4
 
-#: A call runs the hoisted kernels where its pairs times the operations a pair saves reach
-#: this; a smaller one runs the pair kernel alone (each sub-formula's kernel costs a launch,
-#: tens of microseconds).  Measured break-even of Exp((Normalize(x)|Normalize(y))*10)*b,
-#: 2-vCPU Zen 4, N = M: about 1e6 pairs at D = 3 (16 operations saved a pair), 2e5 at
-#: D = 64 (260).
-MIN_PAIR_WORK = 2**25
-
 
 @dataclasses.dataclass(frozen=True)
 class Hoisted:
@@ -40,9 +34,15 @@ class Hoisted:
     work: int  # the scalar operations a pair it saves
 
 
-def pays(h: Optional[Hoisted], pairs: int) -> bool:
-    """Whether a call of ``pairs`` (output rows x reduced rows) runs ``h``."""
-    return h is not None and pairs * h.work >= MIN_PAIR_WORK
+def pays(h: Optional[Hoisted], n_out: int, n_red: int, cost: tuple) -> bool:
+    """Whether a call of ``n_out`` output rows and ``n_red`` reduced rows runs ``h``: where
+    the operations it saves reach the cost of its sub-formulas' kernels, ``cost`` = (per
+    kernel, per value written) in operations (the device's ``TargetTemplate.hoist_cost``)."""
+    if h is None:
+        return False
+    rows = {h.main.out_cat: n_out, 1 - h.main.out_cat: n_red}
+    spent = sum(cost[0] + cost[1] * rows[s.out_cat] * s.formula.dim for s, _ in h.subs)
+    return n_out * n_red * h.work >= spent
 
 
 def plan(r: Reduction, dtype: str) -> Optional[Hoisted]:

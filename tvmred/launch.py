@@ -127,7 +127,8 @@ def run_states(r: Reduction, args: Sequence[Any]):
     """(pykeops' output(s), the kernel's raw state buffers)."""
     dtype, n_out, n_red = check_args(r, args)
     h = hoist.plan(r, dtype)
-    if hoist.pays(h, n_out * n_red):  # one-index sub-formulas once per row, then the pairs
+    cost = schedules.for_device(device_of(args).type).hoist_cost if h is not None else ()
+    if hoist.pays(h, n_out, n_red, cost):  # one-index sub-formulas once per row, then pairs
         try:
             return run_states(h.main, [*args, *(run(s, [args[k] for k in ks]) for s, ks in h.subs)])
         except KernelNotExported:  # an exported library without them: the pair kernel alone

@@ -64,7 +64,8 @@ def tune(
             )
         )
     h = hoist.plan(r, dtype)
-    if hoist.pays(h, sizes[0] * sizes[1]):  # the pair kernel calls run at these sizes
+    cost = schedules.for_device(dev.type).hoist_cost
+    if hoist.pays(h, *sizes, cost):  # the pair kernel calls run at these sizes
         args += [run(s, [args[k] for k in ks]) for s, ks in h.subs]
         r = h.main
     spec = r.spec(dtype)
