@@ -370,11 +370,11 @@ TEMPLATE = TargetTemplate(
     ranged=True,
     two_pass=lambda dtype, tile: TWO_PASS,
     # fitted to Exp((Normalize(x)|Normalize(y))*10)*b, N = M, 2-vCPU Zen 5, 2 threads: an
-    # operation saved ~5.8 ps a pair (D = 3 and 64 alike), a sub-formula's kernel ~25 us +
-    # ~5 ns a value; the rule then hoists from M ~ 1100 at D = 3 (10 operations saved a
-    # pair) and ~ 850 at D = 64 (132), where hoisting measured 1.00x at 1000 and 1.26x at
-    # 1500 (D = 3), 0.78x at 600 and 1.13x at 1000 (D = 64)
-    hoist_cost=(4_300_000, 860),
+    # operation saved ~3.5 ps a pair (4.1 at D = 3, 2.95 at D = 64), a sub-formula's kernel
+    # ~25 us + ~5 ns a value; the rule then hoists from M ~ 1300 at D = 3 (14 operations
+    # saved a pair) and ~ 850 at D = 64 (258), where hoisting measured 1.00x at 1000 and
+    # 1.26x at 1500 (D = 3), 0.78x at 600 and 1.13x at 1000 (D = 64)
+    hoist_cost=(7_000_000, 1_500),
     local_rows=cpu_local_rows,
     norm_guard=cpu_norm_guard,
     box_guard=cpu_box_guard,

@@ -67,6 +67,12 @@ def test_the_normalized_points_are_computed_per_row():
     assert sorted(s.out_cat for s, _ in h.subs) == [0, 1]
     assert [v.params[1:] for v in h.main.args[3:]] == [(5, 0), (5, 1)]
     assert not any(n.op == "Normalize" or n.op == "Rsqrt" for n in postorder(h.main.formula))
+    # the x-gradient's pair kernel: nor the norm of x (a dot product of 5 values, one result)
+    from tvmred.reductions import plan_reductions
+
+    (grad,) = plan_reductions(g.reduction.vjp(0))
+    main = hoist.plan(grad, "float64").main.formula
+    assert not any(n.op == "Rsqrt" for n in postorder(main)), str(main)
     for text, al in [
         ("Exp(-SqDist(x,y))*b", COS_ALIASES),
         ("Exp(Square(x)|y)*b", ["x = Vi(3)", "y = Vj(3)", "b = Vj(2)"]),

@@ -108,8 +108,13 @@ def _worth(n: Node) -> bool:
 
 
 def _work(n: Node) -> int:
-    """Scalar operations of ``n`` a pair: components of its distinct non-data-movement nodes."""
-    return sum(m.dim for m in postorder(n) if m.args and not REGISTRY[m.op].cheap)
+    """Scalar operations of ``n`` a pair: over its distinct non-data-movement nodes, the
+    components of the widest of the node and its arguments (Scalprod(x, x) of 64-vectors: 64)."""
+    return sum(
+        max(m.dim, *(a.dim for a in m.args))
+        for m in postorder(n)
+        if m.args and not REGISTRY[m.op].cheap
+    )
 
 
 def _substitute(root: Node, new: dict[int, Node]) -> Node:
