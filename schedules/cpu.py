@@ -371,10 +371,10 @@ TEMPLATE = TargetTemplate(
     two_pass=lambda dtype, tile: TWO_PASS,
     # fitted to Exp((Normalize(x)|Normalize(y))*10)*b, N = M, 2-vCPU Zen 5, 2 threads: an
     # operation saved ~3.5 ps a pair (4.1 at D = 3, 2.95 at D = 64), a sub-formula's kernel
-    # ~25 us + ~5 ns a value; the rule then hoists from M ~ 1300 at D = 3 (14 operations
-    # saved a pair) and ~ 850 at D = 64 (258), where hoisting measured 1.00x at 1000 and
-    # 1.26x at 1500 (D = 3), 0.78x at 600 and 1.13x at 1000 (D = 64)
-    hoist_cost=(7_000_000, 1_500),
+    # ~24 us + ~1.7 ns a value; the rule then hoists from M ~ 1200 at D = 3 (14 operations
+    # saved a pair) and ~ 400 at D = 64 (258), where hoisting measured 0.79x at 600, 1.10x
+    # at 1000 (D = 3), 0.60x at 100 and 1.23x at 300 (D = 64)
+    hoist_cost=(6_900_000, 490),
     local_rows=cpu_local_rows,
     norm_guard=cpu_norm_guard,
     box_guard=cpu_box_guard,

@@ -64,7 +64,7 @@ def test_the_normalized_points_are_computed_per_row():
     g = Genred(COS, COS_ALIASES, axis=1)
     h = hoist.plan(g.reduction, "float64")
     assert h is not None and len(h.subs) == 2
-    assert sorted(s.out_cat for s, _ in h.subs) == [0, 1]
+    assert sorted(hoist.side(h, ks) for _, ks in h.subs) == [0, 1]
     assert [v.params[1:] for v in h.main.args[3:]] == [(5, 0), (5, 1)]
     assert not any(n.op == "Normalize" or n.op == "Rsqrt" for n in postorder(h.main.formula))
     # the x-gradient's pair kernel: nor the norm of x (a dot product of 5 values, one result)

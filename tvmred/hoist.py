@@ -4,8 +4,8 @@ In ``Exp((Normalize(x)|Normalize(y))*10)*b`` the normalized x_i and y_j depend o
 each, yet a pair kernel (tvmred's and KeOps') evaluates them at every one of the M N pairs:
 at D = 64 that is two thirds of the work.  Here such a sub-formula -- the largest one above
 which its parent reads both indices -- is computed by a kernel of its own over its rows (a
-Max over one dummy row of the other index: the values themselves, -0 and NaN included), and
-the pair kernel reads the result as one more variable.  Only where it pays: float32 and
+Sum from -0 over one dummy row: the values themselves, -0 and NaN included), and the pair
+kernel reads the result as one more variable.  Only where it pays: float32 and
 float64 (a half type's values would be rounded to their storage type between the two
 kernels), at least :data:`MIN_WORK` scalar operations a pair, never more values to read
 than its variables hold, and on calls of enough pairs (:func:`pays`)."""
@@ -41,7 +41,7 @@ def pays(h: Optional[Hoisted], n_out: int, n_red: int, cost: tuple) -> bool:
     if h is None:
         return False
     rows = {h.main.out_cat: n_out, 1 - h.main.out_cat: n_red}
-    spent = sum(cost[0] + cost[1] * rows[s.out_cat] * s.formula.dim for s, _ in h.subs)
+    spent = sum(cost[0] + cost[1] * rows[side(h, ks)] * s.formula.dim for s, ks in h.subs)
     return n_out * n_red * h.work >= spent
 
 
@@ -52,6 +52,11 @@ def plan(r: Reduction, dtype: str) -> Optional[Hoisted]:
     if key not in r.memo:
         r.memo[key] = _plan(r) if dtype in ("float32", "float64") else None
     return r.memo[key]
+
+
+def side(h: Hoisted, ks: tuple) -> int:
+    """The index (0: i, 1: j) of a sub-formula's rows, from the positions of its arguments."""
+    return next(c for c in (h.main.args[k].params[2] for k in ks) if c != 2)
 
 
 def _plan(r: Reduction) -> Optional[Hoisted]:
@@ -79,12 +84,16 @@ def _plan(r: Reduction) -> Optional[Hoisted]:
     for t, n in enumerate(picked):
         (cat,) = side[id(n)]
         used = variables(n)
+        # its variables as i-variables (whichever index they have): the same sub-formula of
+        # x and of y is then one kernel; over one dummy row, a Sum from -0 is the value
+        ins = [var(s, v.params[1], 2 if v.params[2] == 2 else 0) for s, v in enumerate(used)]
         sub = Reduction(
-            _substitute(n, {id(v): var(s, v.params[1], v.params[2]) for s, v in enumerate(used)}),
-            "Max",  # over one dummy row: the value itself (a Sum's 0 + -0 would be +0)
-            cat,
-            tuple(var(s, v.params[1], v.params[2]) for s, v in enumerate(used)),
+            _substitute(n, {id(v): w for v, w in zip(used, ins)}),
+            "Sum",
+            0,
+            tuple(ins),
             tuple(r.names[v.params[0]] for v in used),
+            sum_scheme="copy",
         )
         subs.append((sub, tuple(v.params[0] for v in used)))
         new[id(n)] = var(r.nargs + t, n.dim, cat)

@@ -35,6 +35,11 @@ def _sum(te, root, rows, space: Space, dim, v: Variant, dtype, acc):
         cs = root(i, j)
         return [x.astype(acc) for x in cs] if acc != dtype else cs
 
+    if v.scheme == "copy":  # starts from -0, the exact identity of +: one term is its value
+        zero = t.const(-0.0, acc)
+        add = te.comm_reducer(lambda a, b: a + b, lambda dt: t.const(-0.0, dt), name="copy")
+        body = lambda i, u, ax, j, w: add(masked(w, by_column(u, comps(i, j)), zero), axis=ax)  # noqa: E731
+        return [space.compute(te, rows, dim, body)]
     if v.scheme != "kahan":
         zero = t.const(0, acc)
         body = lambda i, u, ax, j, w: te.sum(masked(w, by_column(u, comps(i, j)), zero), axis=ax)  # noqa: E731
@@ -92,11 +97,18 @@ def _sum_jvp(r: Reduction, ks: tuple) -> Plan:
 
 
 def _sum_variant(opt_arg, sum_scheme, dtype, acc) -> Variant:
-    """pykeops' sum_scheme: "auto" is block summation for float32 accumulators, else direct."""
+    """pykeops' sum_scheme: "auto" is block summation for float32 accumulators, else direct;
+    tvmred's own "copy" (not a user's option): a direct sum from -0, whose one term over one
+    row is its value exactly, -0 included (tvmred.hoist's sub-formulas)."""
     if sum_scheme == "auto":
         return Variant(scheme="block" if acc == "float32" else "direct")
     return Variant(
-        scheme={"direct_sum": "direct", "block_sum": "block", "kahan_scheme": "kahan"}[sum_scheme]
+        scheme={
+            "direct_sum": "direct",
+            "block_sum": "block",
+            "kahan_scheme": "kahan",
+            "copy": "copy",
+        }[sum_scheme]  # fmt: skip
     )
 
 
