@@ -456,3 +456,21 @@ def test_nvrtc_compiles_loop_operations(formula, array, arch):
     _, src = loop_source(formula, arch)
     cubin = bytes(tvm_nvcc.compile_cuda(src, target_format="cubin", arch=arch, compiler="nvrtc"))
     assert cubin[:4] == b"\x7fELF" and b"main_kernel" in cubin
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_one_index_sub_formulas_start_from_negative_zero(dtype, tmp_path):
+    """tvmred.hoist's sub-formula kernel (a Sum from -0 over one dummy row, no reduced-index
+    input): its state starts from -0 on the GPU too (a +0 start turns a -0 value into +0);
+    nvcc or NVRTC accept it."""
+    from tvm.support import nvcc as tvm_nvcc
+
+    ex, src = cuda_source("Sum", "Normalize(x)", Variant(scheme="copy"), dtype, "sm_90")
+    starts = [ln for ln in src.splitlines() if "red_local_ptr[" in ln and "] = " in ln][:3]
+    negative_zero = re.compile(r"\] = -0(x0p\+0f|\.0+;)")  # float: hex; double: -0.000...
+    assert len(starts) == 3 and all(negative_zero.search(ln) for ln in starts), starts
+    if shutil.which("nvcc") is not None:
+        nvcc(src, "sm_90", tmp_path)
+    elif _nvrtc_ready():
+        cubin = tvm_nvcc.compile_cuda(src, target_format="cubin", arch="sm_90", compiler="nvrtc")
+        assert bytes(cubin)[:4] == b"\x7fELF"
