@@ -152,3 +152,18 @@ def test_signed_zeros_and_nan_pass_through():
     y = -torch.ones(2, 1, dtype=torch.float64)
     want = torch.atan2(-(x.abs().sin() ** 2) * 2, y.T).sum(1, keepdim=True)
     torch.testing.assert_close(g(x, y), want, equal_nan=True)
+
+
+def test_numpy_arrays():
+    """The numpy binding: the sub-formulas' results are numpy arrays the pair kernel reads."""
+    import numpy as np
+
+    from tvmred.numpy import Genred as NumpyGenred
+
+    g = NumpyGenred(COS, COS_ALIASES, axis=1)
+    h = hoist.plan(g.reduction, "float64")
+    x, y, b = (rand(*s) for s in [(40, 5), (30, 5), (30, 2)])
+    want = torch.exp(3 * normalize(x) @ normalize(y).T) @ b
+    got = g(x.numpy(), y.numpy(), b.numpy())
+    assert isinstance(got, np.ndarray) and any(k[0] == "kernel" for k in h.main.memo)
+    np.testing.assert_allclose(got, want.numpy(), rtol=1e-12, atol=1e-12)
