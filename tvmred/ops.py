@@ -589,12 +589,13 @@ op(
 
 
 def _round_half_away(x, dt: str):
-    """round(x), halves away from zero (C's round, as KeOps), exactly: x - trunc(x) is exact."""
+    """round(x), halves away from zero (C's round, as KeOps), exactly: x - trunc(x) is exact;
+    trunc(x) itself where it stays (its sign: round(-0.3) is -0, as C's -- whole + 0 was +0)."""
     t = tirx()
     whole = t.trunc(x)
     frac = x - whole
-    step = sel(frac >= c(0.5, dt), c(1, dt), sel(frac <= c(-0.5, dt), c(-1, dt), c(0, dt)))
-    return whole + step
+    one = c(1, dt)
+    return sel(frac >= c(0.5, dt), whole + one, sel(frac <= c(-0.5, dt), whole - one, whole))
 
 
 def _round_te(x, d: int, dt: str):
