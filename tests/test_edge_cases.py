@@ -538,3 +538,23 @@ def test_round_keeps_the_sign_of_a_zero():
         g = Genred(f"Inv(Round(x,{d}))+y", ["x = Vi(1)", "y = Vj(1)"], axis=1)
         torch.testing.assert_close(g(x, y), want)
         assert torch.equal(torch.signbit(g(x, y)), torch.signbit(want)), d
+
+
+def test_clamp_gradient_with_a_nan_bound_follows_its_value():
+    """Clamp(x, a, b) is x where neither x < a nor x > b -- a NaN bound compares false, so the
+    value is x and so is the derivative (torch.where's): the gradient's a <= x <= b was 0
+    there (formula fuzz seed 96009, b = Rsqrt of a negative number)."""
+    x = torch.tensor([[0.5], [-2.0], [3.0]], dtype=torch.float64, requires_grad=True)
+    a = torch.tensor([[0.0], [float("nan")], [1.0]], dtype=torch.float64, requires_grad=True)
+    y = torch.tensor([[4.0], [-1.0], [0.25]], dtype=torch.float64, requires_grad=True)
+    g = Genred("Clamp(x, a, Rsqrt(y))", ["x = Vi(1)", "a = Vj(1)", "y = Vj(1)"], axis=1)
+    ref = [t.detach().clone().requires_grad_() for t in (x, a, y)]
+    xr, ar, yr = ref[0], ref[1].T, ref[2].rsqrt().T
+    want = torch.where(xr < ar, ar, torch.where(xr > yr, yr, xr)).nansum(1, keepdim=True)
+    got = g(x, a, y)
+    torch.testing.assert_close(got.nan_to_num(), want)  # (rows meeting a NaN: NaN both)
+    e = torch.ones_like(want)
+    for gt, wt in zip(
+        torch.autograd.grad(got.nansum(), (x, a, y)), torch.autograd.grad(want, ref, e)
+    ):
+        torch.testing.assert_close(gt, wt, equal_nan=True)

@@ -646,12 +646,14 @@ def _clamp_te(x, a, b, dt: str):
 
 
 def _clamp_vjp(g: Node, out: Node, x: Node, a: Node, b: Node) -> tuple:
-    inside = mul(f("LessOrEqual", a, x), f("LessOrEqual", x, b))
+    # the TE's selects exactly: x is the value where neither x < a nor x > b (a NaN bound
+    # compares false: x passes, as torch.where's reference -- a <= x <= b gave it 0), b where
+    # x > b and not x < a (a > b: the value is a)
+    not_below = sub(intcst(1), f("LessThan", x, a))
     return (
-        unbroadcast(mul(g, inside), x),
+        unbroadcast(mul(g, mul(not_below, sub(intcst(1), f("GreaterThan", x, b)))), x),
         unbroadcast(mul(g, f("LessThan", x, a)), a),
-        # b is the value where x > b and not x < a (a > b: the value is a, as in the TE)
-        unbroadcast(mul(g, mul(f("GreaterThan", x, b), f("LessOrEqual", a, x))), b),
+        unbroadcast(mul(g, mul(f("GreaterThan", x, b), not_below)), b),
     )
 
 
