@@ -373,26 +373,33 @@ def test_folded_constants_reach_the_kernel_as_literals(red, k):
     assert torch.equal(i, torch.arange(kk).expand(5, kk))
 
 
+def staged_only_with_the_weight(text: str, aliases: list, red: str, op: str, lighter: int):
+    """The Genred (axis=1) of ``text``, after checking that its float64 kernel stages the
+    node of ``op`` with lower.SELECT_CHARS, and not with a select weighing ``lighter``."""
+    from tvmred import lower
+    from tvmred.tree import postorder
+
+    g = Genred(text, aliases, reduction_op=red, axis=1)
+    f = g.reduction.spec("float64").formula
+    node = next(n for n in postorder(f) if n.op == op)
+    assert id(node) in lower._staged(f, "float64", [2])
+    before = lower.SELECT_CHARS
+    try:
+        lower.SELECT_CHARS = lighter
+        assert id(node) not in lower._staged(f, "float64", [2])
+    finally:
+        lower.SELECT_CHARS = before
+    return g
+
+
 def test_nested_selects_are_staged_not_copied():
     """Round and ClampInt are selects; ArgMax reads each component several times, so inlined,
     the nested selects multiplied -- each a constraint scope of TVM's buffer-region analysis:
     ``ClampInt(ArgMax(Round(ClampInt(x,-1,0),2)),0,2)`` compiled for 9 s (fuzz seed 62582).
     A select now weighs SELECT_CHARS in _staged's estimate: the rounded components get a
     stage (not without the weight); the values as torch's."""
-    from tvmred import lower
-    from tvmred.tree import postorder
-
     text = "ClampInt(ArgMax(Round(ClampInt(x,-1,0),2)),0,2)"
-    g = Genred(text, ["x = Vi(3)", "y = Vj(1)"], reduction_op="Sum", axis=1)
-    f = g.reduction.spec("float64").formula
-    rounded = next(n for n in postorder(f) if n.op == "Round")
-    assert id(rounded) in lower._staged(f, "float64", [2])
-    before = lower.SELECT_CHARS
-    try:
-        lower.SELECT_CHARS = 0
-        assert id(rounded) not in lower._staged(f, "float64", [2])
-    finally:
-        lower.SELECT_CHARS = before
+    g = staged_only_with_the_weight(text, ["x = Vi(3)", "y = Vj(1)"], "Sum", "Round", 0)
     x = rand(40, 3) * 2 - 1.5
     want = torch.round(x.clamp(-1, 0) * 100).argmax(1, keepdim=True).double() * 7
     torch.testing.assert_close(g(x, rand(7, 1)), want)
@@ -404,20 +411,8 @@ def test_a_compared_rounding_read_by_argmin_is_staged():
     (formula fuzz seed 95003, float64; 39 s once Round kept the sign of zero); a select's weight
     of 200 then left it under INLINE_CHARS.  Now the comparison gets a stage (not with a
     lighter weight); the indices as torch's."""
-    from tvmred import lower
-    from tvmred.tree import postorder
-
     text = "ArgMin(LessThan(1.5,Round(ClampInt(y,1,2),0)))"
-    g = Genred(text, ["y = Vj(3)"], reduction_op="ArgMin", axis=1)
-    f = g.reduction.spec("float64").formula
-    compared = next(n for n in postorder(f) if n.op == "LessThan")
-    assert id(compared) in lower._staged(f, "float64", [2])
-    before = lower.SELECT_CHARS
-    try:
-        lower.SELECT_CHARS = 100
-        assert id(compared) not in lower._staged(f, "float64", [2])
-    finally:
-        lower.SELECT_CHARS = before
+    g = staged_only_with_the_weight(text, ["y = Vj(3)"], "ArgMin", "LessThan", 100)
     y = rand(31, 3) * 3
     f_j = (1.5 < torch.floor(y.clamp(1, 2) + 0.5)).double().argmin(1)  # halves away from 0
     assert f_j.min() < f_j.max()  # (the data leave something to choose)
