@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Optional
 
+from . import schedules
 from .ops import REGISTRY
 from .reductions import Reduction
 from .tree import Node, postorder, var, variables
@@ -34,12 +35,13 @@ class Hoisted:
     work: int  # the scalar operations a pair it saves
 
 
-def pays(h: Optional[Hoisted], n_out: int, n_red: int, cost: tuple) -> bool:
-    """Whether a call of ``n_out`` output rows and ``n_red`` reduced rows runs ``h``: where
-    the operations it saves reach the cost of its sub-formulas' kernels, ``cost`` = (per
-    kernel, per value written) in operations (the device's ``TargetTemplate.hoist_cost``)."""
+def pays(h: Optional[Hoisted], n_out: int, n_red: int, device: str) -> bool:
+    """Whether a call of ``n_out`` output rows and ``n_red`` reduced rows on a ``device``
+    type runs ``h``: where the operations it saves reach the cost of its sub-formulas'
+    kernels, (per kernel, per value written) in operations: the template's ``hoist_cost``."""
     if h is None:
         return False
+    cost = schedules.for_device(device).hoist_cost
     rows = {h.main.out_cat: n_out, 1 - h.main.out_cat: n_red}
     spent = sum(cost[0] + cost[1] * rows[side(h, ks)] * s.formula.dim for s, ks in h.subs)
     return n_out * n_red * h.work >= spent
@@ -61,28 +63,28 @@ def side(h: Hoisted, ks: tuple) -> int:
 
 def _plan(r: Reduction) -> Optional[Hoisted]:
     order = postorder(r.formula)
-    side: dict[int, frozenset] = {}  # node -> the indices (0: i, 1: j) its variables have
+    cats: dict[int, frozenset] = {}  # node -> the indices (0: i, 1: j) its variables have
     for n in order:
         if n.is_var:
-            side[id(n)] = frozenset({n.params[2]} & {0, 1})
+            cats[id(n)] = frozenset({n.params[2]} & {0, 1})
         else:
-            side[id(n)] = frozenset().union(*(side[id(a)] for a in n.args))
+            cats[id(n)] = frozenset().union(*(cats[id(a)] for a in n.args))
     picked: list[Node] = []
     for n in order:
-        if len(side[id(n)]) == 2:  # its one-index arguments are the largest ones ...
-            todo = [a for a in n.args if len(side[id(a)]) == 1]
+        if len(cats[id(n)]) == 2:  # its one-index arguments are the largest ones ...
+            todo = [a for a in n.args if len(cats[id(a)]) == 1]
             while todo:  # ... or, where one is not worth it (Concat(1, G)), theirs
                 a = todo.pop(0)
                 if _worth(a):
                     picked.append(a)
                 else:
-                    todo += [c for c in a.args if side[id(c)]]
+                    todo += [c for c in a.args if cats[id(c)]]
     picked = list(dict.fromkeys(picked))  # distinct, in order
     if not picked:
         return None
     subs, new = [], {}
     for t, n in enumerate(picked):
-        (cat,) = side[id(n)]
+        (cat,) = cats[id(n)]
         used = variables(n)
         # its variables as i-variables (whichever index they have): the same sub-formula of
         # x and of y is then one kernel; over one dummy row, a Sum from -0 is the value

@@ -126,14 +126,13 @@ def run(r: Reduction, args: Sequence[Any]):
 def run_states(r: Reduction, args: Sequence[Any]):
     """(pykeops' output(s), the kernel's raw state buffers)."""
     dtype, n_out, n_red = check_args(r, args)
+    dev = device_of(args)
     h = hoist.plan(r, dtype)
-    cost = schedules.for_device(device_of(args).type).hoist_cost if h is not None else ()
-    if hoist.pays(h, n_out, n_red, cost):  # one-index sub-formulas once per row, then pairs
+    if hoist.pays(h, n_out, n_red, dev.type):  # one-index sub-formulas once per row, then pairs
         try:
             return run_states(h.main, [*args, *(run(s, [args[k] for k in ks]) for s, ks in h.subs)])
         except KernelNotExported:  # an exported library without them: the pair kernel alone
             r.memo["hoist", dtype] = None
-    dev = device_of(args)
     if r.red == "Sum" and r.formula.is_zero:
         like = _like(args, dev)
         zero = xp(like).zeros((n_out, r.formula.dim), dtype, like)

@@ -17,7 +17,7 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from . import hoist, schedules
+from . import hoist
 from .arrays import Torch
 from .dispatch import read_ranges
 from .launch import aligned, check_args, column_chunks, invoke, kernel_of
@@ -133,8 +133,7 @@ def run(r: Reduction, args: Sequence[torch.Tensor], ranges: Any) -> list[torch.T
     ``tvmred.torch.library.outputs``); no autograd."""
     dtype, n_out, n_red = check_args(r, args)
     h = hoist.plan(r, dtype)
-    cost = schedules.for_device(args[0].device.type).hoist_cost
-    if hoist.pays(h, n_out, n_red, cost):  # sub-formulas once per row (every row), then pairs
+    if hoist.pays(h, n_out, n_red, args[0].device.type):  # sub-formulas once per row, then pairs
         return run(
             h.main, [*args, *(run_rows(s, [args[k] for k in ks]) for s, ks in h.subs)], ranges
         )

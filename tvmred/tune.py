@@ -64,8 +64,7 @@ def tune(
             )
         )
     h = hoist.plan(r, dtype)
-    cost = schedules.for_device(dev.type).hoist_cost
-    if hoist.pays(h, *sizes, cost):  # the pair kernel calls run at these sizes
+    if hoist.pays(h, *sizes, dev.type):  # the pair kernel calls run at these sizes
         args += [run(s, [args[k] for k in ks]) for s, ks in h.subs]
         r = h.main
     spec = r.spec(dtype)

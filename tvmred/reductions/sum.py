@@ -35,14 +35,13 @@ def _sum(te, root, rows, space: Space, dim, v: Variant, dtype, acc):
         cs = root(i, j)
         return [x.astype(acc) for x in cs] if acc != dtype else cs
 
-    if v.scheme == "copy":  # starts from -0, the exact identity of +: one term is its value
-        zero = t.const(-0.0, acc)
-        add = te.comm_reducer(lambda a, b: a + b, lambda dt: t.const(-0.0, dt), name="copy")
-        body = lambda i, u, ax, j, w: add(masked(w, by_column(u, comps(i, j)), zero), axis=ax)  # noqa: E731
-        return [space.compute(te, rows, dim, body)]
     if v.scheme != "kahan":
+        add = te.sum
         zero = t.const(0, acc)
-        body = lambda i, u, ax, j, w: te.sum(masked(w, by_column(u, comps(i, j)), zero), axis=ax)  # noqa: E731
+        if v.scheme == "copy":  # from -0, the exact identity of +: one term is its value
+            add = te.comm_reducer(lambda a, b: a + b, lambda dt: t.const(-0.0, dt), name="copy")
+            zero = t.const(-0.0, acc)
+        body = lambda i, u, ax, j, w: add(masked(w, by_column(u, comps(i, j)), zero), axis=ax)  # noqa: E731
         return [space.compute(te, rows, dim, body)]
     bits = "int32" if acc == "float32" else "int64"
 
@@ -108,7 +107,7 @@ def _sum_variant(opt_arg, sum_scheme, dtype, acc) -> Variant:
             "block_sum": "block",
             "kahan_scheme": "kahan",
             "copy": "copy",
-        }[sum_scheme]  # fmt: skip
+        }[sum_scheme]
     )
 
 
