@@ -26,6 +26,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+from collections import Counter
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -208,6 +209,7 @@ def analyse(name: str, case: tuple, arch: str, tool: str) -> dict:
         row["per_pair"] = per
         row["ffma_share"] = sum(o.startswith("FFMA") for o in loop) / len(loop)
         row["loads_per_pair"] = sum(o.startswith(("LDS", "LDG")) for o in loop) / pairs
+        row["opcodes"] = dict(Counter(loop).most_common())
         for n in (10**4, 10**5, 10**6):
             issue = n * n * per / 32 / (SMS * SCHEDULERS * CLOCK)
             exps = sum(o.startswith("MUFU.EX2") for o in loop) / pairs

@@ -237,7 +237,7 @@ J_UNROLL_VALUES = 16
 CPU_SUM_CHAINS = 16
 
 
-def cpu_sum_chains(dtype: str) -> int:
+def cpu_sum_chains(dtype: str, two_pass: int = 0) -> int:
     return CPU_SUM_CHAINS if dtype == "float32" else 4
 
 

@@ -111,8 +111,9 @@ class TargetTemplate:
     # scalar operations of the pair kernel, of computing one-index sub-formulas by kernels of
     # their own (tvmred.hoist) -- a call runs them where the pairs times the operations a
     # pair saves reach the sum over its sub-formulas
-    sum_chains: Callable[[str], int] = lambda dtype: 4  # (compute dtype) -> interleaved chains of
-    # a sum of many terms (a dot product, a squared distance: tvmred.ops.sum_chains)
+    sum_chains: Callable[[str, int], int] = lambda dtype, two_pass: 4  # (compute dtype, j a
+    # two-pass block) -> interleaved chains of a sum of many terms (a dot product, a squared
+    # distance: tvmred.ops.sum_chains)
     settings: Callable[[dict], dict] = lambda target: {}  # environment settings that change
     # the template's default kernels (they go into the cache key), e.g. CUDA's rows a thread
 

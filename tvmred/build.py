@@ -142,7 +142,7 @@ def compile_reduction(
     tile = tile_for(spec, target, config)
     cdt = compute_dtype(spec.dtype)
     two_pass = schedules.two_pass(target, cdt, config, tile)
-    low = lower(spec, rb, tpl.math(target), tile, two_pass, tpl.sum_chains(cdt))
+    low = lower(spec, rb, tpl.math(target), tile, two_pass, tpl.sum_chains(cdt, two_pass))
     sch = tpl.schedule(s_tir.Schedule(low.func), low.shape, target)
     mod = loops.bind_lanes(sch.mod, low.loops)
     mod = tpl.finish(schedules.task_counts(mod, low.shape, target), low.shape, target)
