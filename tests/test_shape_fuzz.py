@@ -211,13 +211,20 @@ def sqdist(o: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
     return torch.cdist(o, r, compute_mode="donot_use_mm_for_euclid_dist") ** 2
 
 
+def keops_sqrt(a: torch.Tensor) -> torch.Tensor:
+    """sqrt with KeOps' derivative at 0: 0 (its Rsqrt(0) is 0; torch's is inf, and a
+    zero distance -- a repeated point -- made torch's gradient NaN: shape seed 6269)."""
+    pos = a > 0
+    return torch.where(pos, torch.sqrt(torch.where(pos, a, torch.ones_like(a))), 0.0)
+
+
 def grid(c: dict, o: torch.Tensor, r: torch.Tensor, g: torch.Tensor, d2) -> torch.Tensor:
     """F on the dense (out, red) grid (float64); ``d2`` the squared distances there."""
     kind = c["kind"]
     if kind == "gauss":
         return torch.exp(-d2 * g)
     if kind == "laplace":
-        return torch.exp(-torch.sqrt(d2 * g))
+        return torch.exp(-keops_sqrt(d2 * g))
     if kind == "dot":
         return o @ r.T
     if kind == "sqdist":
