@@ -172,6 +172,9 @@ def cases(quick: bool) -> list[Case]:
             flops=2 * 64 + 1,
         ),
         gauss(10_000, d=64, e=1),
+        # a Sum of the kernel times x - y in blocks of j (tvmred.reductions.sum.scaled)
+        gauss(10_000, d=64, e=1, grad=0, name="gauss fwd+grad x D=64 N=M=1e4"),
+        gauss(10_000, d=3, e=16),  # 16 right-hand sides (gpytorch's probe vectors): blocks
         Case(
             "cosine kernel D=64 N=M=1e4",
             "Exp((Normalize(x)|Normalize(y))*3)*b",

@@ -185,11 +185,12 @@ def cpu_rowblock(sch: s_tir.Schedule, shape: ReductionShape, target: dict) -> s_
     sch.vectorize(_native_vectors(sch, ii, shape, target))
     for name in shape.stages:
         sch.vectorize(sch.get_loops(sch.get_sblock(name))[-1])
-    two_pass_finish(sch, two, SCOPE, vector_lanes(target, shape.acc_dtype), j)
-    if shape.block:
+    if shape.block:  # (before the two-pass blocks' own: TVM then no longer sees these as
+        # reductions)
         sch.decompose_reduction(acc, j)
         sch.decompose_reduction(red, jb)
-    else:
+    two_pass_finish(sch, two, SCOPE, vector_lanes(target, shape.acc_dtype), j)
+    if not shape.block:
         sch.decompose_reduction(red, jdec)
     if jdec is not j:
         sch.unroll(j)
@@ -381,4 +382,5 @@ TEMPLATE = TargetTemplate(
     box_pays=lambda m, n: min(m, n) >= BOX_MIN_ROWS,
     guard_pays=cpu_guard_pays,
     sum_chains=cpu_sum_chains,
+    two_pass_sums=True,
 )

@@ -111,6 +111,8 @@ class TargetTemplate:
     # scalar operations of the pair kernel, of computing one-index sub-formulas by kernels of
     # their own (tvmred.hoist) -- a call runs them where the pairs times the operations a
     # pair saves reach the sum over its sub-formulas
+    two_pass_sums: bool = False  # a Sum of a scalar times many columns runs in blocks of j
+    # (tvmred.reductions.sum.scaled), as a two-pass LogSumExp with weights does
     sum_chains: Callable[[str, int], int] = lambda dtype, two_pass: 4  # (compute dtype, j a
     # two-pass block) -> interleaved chains of a sum of many terms (a dot product, a squared
     # distance: tvmred.ops.sum_chains)

@@ -142,6 +142,7 @@ def compile_reduction(
     tile = tile_for(spec, target, config)
     cdt = compute_dtype(spec.dtype)
     two_pass = schedules.two_pass(target, cdt, config, tile)
+    two_pass *= spec.red != "Sum" or tpl.two_pass_sums
     low = lower(spec, rb, tpl.math(target), tile, two_pass, tpl.sum_chains(cdt, two_pass))
     sch = tpl.schedule(s_tir.Schedule(low.func), low.shape, target)
     mod = loops.bind_lanes(sch.mod, low.loops)

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Optional
 
 from . import loops, mathfns, ops
 from ._tvm import te as _te
@@ -263,6 +263,7 @@ def _lower(formula, red, out_cat, dtype, acc_dtype, row_block, variant, tile=0, 
         tasks = (te.placeholder((sizes[2], 3), "int32", name="tasks"), te.var("B"))
     whole = tile % max(two_pass, 1) == 0  # a tiled kernel's tile is whole blocks
     two_pass *= not variant.ranged and whole and red.blocked(formula, data_dtype)
+    two_pass *= variant.scheme not in ("kahan", "copy")  # a Sum's sequential schemes
     dup = split and not variant.ranged
     space = Space(N, chunks, tasks, duplicates=dup, two_pass=two_pass, padded=tile > 0)
     rows = row_block if variant.ranged else Mb * row_block  # ranged: Mb is unused
@@ -276,18 +277,19 @@ def _lower(formula, red, out_cat, dtype, acc_dtype, row_block, variant, tile=0, 
         holders[id(v)] = te.placeholder(shape, storage_dtype(data_dtype), name=f"arg{pos}")
     load = _loader(data_dtype, dtype)
 
-    def leaf(v: Node) -> Callable:
-        h, cat = holders[id(v)], var_cat(v)
+    def leaf(v: Node, cols: Optional[list] = None) -> Callable:
+        """(i, j) -> the variable's components there (``cols``: these, by index expression)."""
+        h, cat, ks = holders[id(v)], var_cat(v), range(v.dim) if cols is None else cols
         if cat == 2:
-            return lambda i, j: [load(h[k]) for k in range(v.dim)]
+            return lambda i, j: [load(h[k]) for k in ks]
         if cat == out_cat:
-            return lambda i, j: [load(h[(*pair(i), k)]) for k in range(v.dim)]
+            return lambda i, j: [load(h[(*pair(i), k)]) for k in ks]
         if (
             split and not tile and not variant.ranged
         ):  # the last chunk runs past N (S*C >= N): its reads stay in
             # bounds (and the reducer masks those elements); tiled: the caller pads
-            return lambda i, j: [load(h[tirx().min(j, N - 1), k]) for k in range(v.dim)]
-        return lambda i, j: [load(h[j, k]) for k in range(v.dim)]
+            return lambda i, j: [load(h[tirx().min(j, N - 1), k]) for k in ks]
+        return lambda i, j: [load(h[j, k]) for k in ks]
 
     root_uses = red.root_uses(formula.dim) if red.root_uses and not two_pass else [1] * formula.dim
     if len(red.state(formula.dim, variant, dtype, acc_dtype)) > 1 and not two_pass:
@@ -321,9 +323,11 @@ def _lower(formula, red, out_cat, dtype, acc_dtype, row_block, variant, tile=0, 
     # NormGuard(f, n, y) (or Q: + yq, qc): buffers for the CPU K-min guard (f32/f64 data)
     guard = formula.op in GUARD_OPS and data_dtype == dtype
     guard_bufs = tuple(holders[id(a)].name for a in formula.args[1:]) if guard else ()
+    partial = red.partial(variant)  # terms of a partial sum; two-pass: blocks of j
+    partial = max(1, partial // two_pass) if partial and two_pass else partial
     shape = ReductionShape(red.kind, int(outs[0].shape[-1]), len(outs), dtype, acc_dtype, row_block,
                            tuple(stages), len(inputs), row_inputs, split, tile, reduced_inputs,
-                           red.partial(variant), variant.ranged, two_pass, guard_bufs)  # fmt: skip
+                           partial, variant.ranged, two_pass, guard_bufs)  # fmt: skip
     looped = {id(n) for n in postorder(formula) if REGISTRY[n.op].loop is not None}
     return Lowered(func, shape, sum(nid in looped and bool(set(names) & set(stages))
                                     for nid, names in blocks_of.items()))  # fmt: skip
@@ -377,6 +381,12 @@ def _build(te, formula, red, holders, leaf, staged, rows, N, space, sizes, varia
             ]
             blocks_of[id(n)] = [f"{base}_{k}" for k in range(n.dim)]  # all computed at the same j
     root = lambda i, j: exprs(formula, i, j)  # noqa: E731
+    # for reductions that evaluate parts of the formula apart (a two-pass Sum of a scalar
+    # times columns): a sub-formula's components, (node) -> (i, j) -> components; a
+    # variable's column u (an index expression), (variable, i, j, u) -> its value
+    root.part = lambda n: lambda i, j: exprs(n, i, j)
+    root.column = lambda v, i, j, u: leaf(v, [u])(i, j)[0]
+    root.formula = formula
     outs = red.compute(te, root, rows, space, formula.dim, variant, dtype, acc_dtype)
     inputs = [holders[id(v)] for v in variables(formula)]
     extra = [tasks[0]] if tasks is not None else []
