@@ -189,7 +189,8 @@ def cpu_rowblock(sch: s_tir.Schedule, shape: ReductionShape, target: dict) -> s_
         # reductions)
         sch.decompose_reduction(acc, j)
         sch.decompose_reduction(red, jb)
-    two_pass_finish(sch, two, SCOPE, vector_lanes(target, shape.acc_dtype), j)
+    rows = tuple(name for name, _ in shape.row_inputs)
+    two_pass_finish(sch, two, SCOPE, vector_lanes(target, shape.acc_dtype), j, rows)
     if not shape.block:
         sch.decompose_reduction(red, jdec)
     if jdec is not j:
