@@ -45,6 +45,7 @@ def test_which_sums_run_in_blocks():
         ("p*2*Exp(-SqDist(x,y))*(x-y)", "float32", "auto", {}, blocked),  # a gradient
         ("Exp(-SqDist(x,y))*(x+y)", "float32", "auto", {}, blocked),
         ("Exp(-SqDist(x,y))*(-y)", "float32", "auto", {}, blocked),
+        ("-(p*-(Exp(-SqDist(x,y))*(y-x)))", "float32", "auto", {}, blocked),  # d/dy's form
         ("Exp(-SqDist(x,y))*a", "float32", "auto", {}, (0, BLOCK)),
         ("Exp(-SqDist(x,y))*b*b", "float32", "auto", {}, (0, BLOCK)),
         ("Exp(-SqDist(x,y))*Exp(b)", "float32", "auto", {}, (0, BLOCK)),
@@ -59,8 +60,9 @@ def dense(x, y, b, c, kind):
     w = torch.exp(-((x[:, None] - y[None]) ** 2).sum(-1) * c)
     if kind == "weights":
         return w @ b
-    if kind == "difference":
-        return (w[:, :, None] * (x[:, None] - y[None])).sum(1) * 2
+    if kind in ("difference", "negated"):
+        sign = 2 if kind == "difference" else -2
+        return (w[:, :, None] * (x[:, None] - y[None])).sum(1) * sign
     return (w[:, :, None] * (-y)[None]).sum(1)
 
 
@@ -68,6 +70,7 @@ FORMULAS = {
     "weights": "Exp(-SqDist(x,y)*c)*b",
     "difference": "2*Exp(-SqDist(x,y)*c)*(x-y)",
     "negation": "Exp(-SqDist(x,y)*c)*(-y)",
+    "negated": "-(2*Exp(-SqDist(x,y)*c)*(x-y))",
 }
 
 

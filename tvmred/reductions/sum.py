@@ -34,14 +34,17 @@ BLOCK_COLUMNS = 4
 
 
 def scaled(f: Node) -> Optional[tuple[Node, Node]]:
-    """(s, V) where ``f`` is the product of scalar factors, ``s`` (their product, in order),
-    and one factor V of several columns that is a variable or a sum, difference or negation
-    of variables (computed again where the block's sums read it); else None."""
-    factors, todo = [], [f]
+    """(s, V) where ``f`` is the product of scalar factors, ``s`` (their product, in order,
+    negated where ``f`` negates a product: a gradient w.r.t. y), and one factor V of several
+    columns that is a variable or a sum, difference or negation of variables (computed again
+    where the block's sums read it); else None."""
+    factors, todo, negated = [], [f], False
     while todo:
         n = todo.pop()
         if n.op == "Mult":
             todo += [n.args[1], n.args[0]]
+        elif n.op == "Minus" and n.args[0].op in ("Mult", "Minus"):
+            negated, todo = not negated, [*todo, n.args[0]]
         else:
             factors.append(n)
     wide = [n for n in factors if n.dim > 1]
@@ -51,7 +54,7 @@ def scaled(f: Node) -> Optional[tuple[Node, Node]]:
     s = scalars[0]
     for n in scalars[1:]:
         s = make("Mult", s, n)
-    return s, wide[0]
+    return (make("Minus", s) if negated else s), wide[0]
 
 
 def _plain_columns(v: Node) -> bool:
