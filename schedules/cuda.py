@@ -55,8 +55,8 @@ def cuda_sum_chains(dtype: str, two_pass: int) -> int:
     """Interleaved chains of a sum of many terms (``tvmred.ops.sum_chains``): 4, whose
     latency a thread's one pair at a time needs; one in a two-pass block, whose ``two_pass``
     pairs are independent chains already -- each further chain starts with an FMUL and ends
-    in an FADD (SumSoftMaxWeight D = E = 64, blocks of 16: 178.2 -> 172.2 instructions a
-    pair, FFMA 72 -> 76 %, sm_90 SASS)."""
+    in an FADD (SumSoftMaxWeight D = E = 64, blocks of 16: 178.2 -> 175.2 instructions a
+    pair, FFMA 71.8 -> 74.8 %, sm_90 SASS)."""
     return 1 if two_pass else 4
 
 

@@ -82,15 +82,15 @@ def two_pass_finish(
 
 
 def _gemm_tile(
-    sch: s_tir.Schedule, blk: Any, scope: str, lanes: int, loops: list, tile: int
+    sch: s_tir.Schedule, blk: Any, scope: str, lanes: int, loops: list, size: int
 ) -> None:
     """A run's sums (loops u, k, rows): rows in vectors of ``lanes``, u in tiles of columns so
-    that a tile holds ``tile`` vectors, each tile's sums in a local buffer over k."""
+    that a tile holds ``size`` vectors, each tile's sums in a local buffer over k."""
     u, k, rows = loops
     extent = lambda loop: int(sch.get(loop).extent)  # noqa: E731
     width = min(lanes, extent(rows))
     vectors = max(1, extent(rows) // width)
-    uo, ui = sch.split(u, factors=[None, max(1, tile // vectors)])
+    uo, ui = sch.split(u, factors=[None, max(1, size // vectors)])
     rv, ri = sch.split(rows, factors=[None, width])
     sch.reorder(uo, k, rv, ui, ri)
     tile = sch.cache_write(blk, 0, scope)

@@ -1,6 +1,8 @@
 """Registry-wide conformance: every operation's value and gradient, inside a Sum reduction over
 j (axis=1) and over i (axis=0), against its own torch reference evaluated densely in float64."""
 
+import math
+
 import pytest
 import torch
 
@@ -156,6 +158,32 @@ def test_relu_gradient_is_a_select():
     got, ref = torch.autograd.grad(c.sum(), p)[0], torch.autograd.grad(want.sum(), pr)[0]
     assert got[0].item() == 0.0 and got[3].item() == 0.0
     torch.testing.assert_close(got, ref)
+
+
+@pytest.mark.parametrize("formula", ["XLogX(ClampInt(p,0,2))", "XLogX(Clamp(p,a,b))"])
+def test_clamp_gradients_are_selects(formula):
+    """Clamp and ClampInt pass their gradient where the value is x and give 0 where it is
+    clamped, whatever they are given: XLogX of a value clamped to 0 (log 0 = -inf upstream)
+    has gradient 0 there, as torch's clamp (a product g * mask gave NaN: fuzz seed 97346);
+    Clamp's bounds get the gradient where they are the value."""
+    p = torch.tensor(
+        [[-0.5], [0.25], [1.5], [-2.0], [2.5]], dtype=torch.float64, requires_grad=True
+    )
+    a = torch.zeros(1, 1, dtype=torch.float64, requires_grad=True)  # the bounds as Vj rows
+    b = torch.full((1, 1), 2.0, dtype=torch.float64, requires_grad=True)
+    al = ["p = Vi(1)", "a = Vj(1)", "b = Vj(1)"]
+    got = Genred(formula, al, axis=1)(p, a, b)
+    refs = [t.detach().clone().requires_grad_() for t in (p, a, b)]
+    r = torch.clamp(refs[0], refs[1][0, 0], refs[2][0, 0])
+    want = torch.where(r == 0, torch.zeros_like(r), r * torch.log(torch.where(r == 0, 1.0, r)))
+    torch.testing.assert_close(got, want)
+    grads = torch.autograd.grad(got.sum(), (p, a, b))
+    (want_p,) = torch.autograd.grad(want.sum(), refs[0])
+    assert grads[0][0].item() == 0.0 and grads[0][3].item() == 0.0
+    torch.testing.assert_close(grads[0], want_p)
+    if "Clamp(" in formula:  # a bound gets XLogX's derivative where it is the value
+        assert grads[1].item() == -math.inf  # log 0 + 1, twice (-0.5 and -2 clamped to 0)
+        torch.testing.assert_close(grads[2][0, 0].item(), math.log(2.0) + 1)  # 2.5 -> 2
 
 
 @pytest.mark.parametrize("name", ["Min", "ArgMin", "Max", "ArgMax"])
