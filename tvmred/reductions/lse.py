@@ -101,15 +101,7 @@ def _two_pass(te, root, rows, space: Space, reducer, dtype, acc, G: int) -> list
     its blocks past the chunk's j all -inf.  ``reducer(unit)``: the running state's."""
     t = tirx()
     n, B = space.n, space.two_pass
-    if space.chunks is None:
-        lead, size = (), n
-        first, count = (lambda: 0), (lambda: n)
-    else:  # chunk s: j = s C + jj for jj < min(C, n - s C), which may be <= 0
-        lead, size = space.chunks[:1], space.chunks[1]
-        first = lambda s: s * size  # noqa: E731
-        # tiled (padded): the chunk's blocks end at its end (whole tiles of whole blocks)
-        count = (lambda s: n - s * size) if space.padded else (lambda s: t.min(size, n - s * size))  # noqa: E731
-    blocks = (size + B - 1) // B
+    lead, first, count, blocks = space.blocks()
     weights = []  # G's components as F's pass reads them (unit weights: the constant 1)
 
     def comps(*ij):  # reads past N clamped (the inputs end there), or padded (tiles)

@@ -35,6 +35,19 @@ class Space:
     #: pads with copies of the last row), so a read past n needs no clamp
     padded: bool = False
 
+    def blocks(self) -> tuple:
+        """A two-pass kernel's blocks of j: (leading index -- split-j: the chunk s --, the
+        first j of chunk s, its j below n, blocks of ``two_pass`` j a chunk);
+        chunk s has ``j = s C + jj`` for ``jj < min(C, n - s C)``, which may be <= 0 (tiled,
+        padded: the chunk's blocks end at its end, whole tiles of whole blocks)."""
+        t, n, B = tirx(), self.n, self.two_pass
+        if self.chunks is None:
+            return (), (lambda: 0), (lambda: n), (n + B - 1) // B
+        size = self.chunks[1]
+        first = lambda s: s * size  # noqa: E731
+        count = (lambda s: n - s * size) if self.padded else (lambda s: t.min(size, n - s * size))  # noqa: E731
+        return self.chunks[:1], first, count, (size + B - 1) // B
+
     def compute(self, te: Any, rows: Any, cols: int, body: Callable) -> Any:
         """``te.compute`` of the reduction block ``red``: ``body(i, u, axis, j, where)``
         returns the reducer call over ``axis`` of the element at global index ``j``, which

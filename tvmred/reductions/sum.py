@@ -127,14 +127,7 @@ def _blocks(te, root, rows, space: Space, dim, dtype, acc) -> list:
         return a[0] if v_node.is_var else arith[v_node.op]()
 
     n, B = space.n, space.two_pass
-    if space.chunks is None:
-        lead, size = (), n
-        first, count = (lambda: 0), (lambda: n)
-    else:  # chunk s: j = s C + jj for jj < min(C, n - s C), which may be <= 0
-        lead, size = space.chunks[:1], space.chunks[1]
-        first = lambda s: s * size  # noqa: E731
-        count = lambda s: t.min(size, n - s * size)  # noqa: E731
-    blocks = (size + B - 1) // B
+    lead, first, count, blocks = space.blocks()
     zero = t.const(0, acc)
 
     def at(s: list, jj: Any) -> Any:  # the reduced row of the chunk's jj (clamped: inputs end)
