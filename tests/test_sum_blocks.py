@@ -94,7 +94,7 @@ def test_blocked_sums_at_every_block_edge(dtype, kind):
         c = torch.tensor([2.0], dtype=F64)
         want = dense(x, y, b, c, kind)
         got = g(x.to(dtype), y.to(dtype), b.to(dtype), c.to(dtype)).double()
-        scale = want.abs().max()
+        scale = want.abs().max().item()
         torch.testing.assert_close(got, want, rtol=tol, atol=tol * scale, msg=f"N = {n}")
 
 
@@ -115,7 +115,7 @@ def test_gaussian_gradients_of_64_dimensions(monkeypatch, threads):
     got = torch.autograd.grad(out, (xs, ys), u.float())
     want = torch.autograd.grad(torch.exp(-((x[:, None] - y[None]) ** 2).sum(-1)) @ b, (x, y), u)
     for a, w in zip(got, want):
-        torch.testing.assert_close(a.double(), w, rtol=1e-4, atol=1e-5 * w.abs().max())
+        torch.testing.assert_close(a.double(), w, rtol=1e-4, atol=1e-5 * w.abs().max().item())
 
 
 @pytest.mark.parametrize("threads", ["1", "2"])
@@ -153,3 +153,32 @@ def test_blocked_float32_sum_of_a_million_terms_keeps_partial_sums(monkeypatch):
     assert blocks_of("x*y", al) == (B, BLOCK // B)
     got = g(torch.ones(3, 1), y)[0].double()
     assert ((got - exact).abs() / exact).max() < 1e-5
+
+
+def test_a_blocked_sum_of_many_columns_is_one_kernel():
+    """Blocked, a Sum's columns are summed in register tiles: one kernel however many there
+    are (a 300-column gradient, 130 weight columns), where one-pass Sums run in slices of
+    MAX_STATE columns (a product of two wide factors: test_edge_cases); values and the
+    x-gradient against float64."""
+    from tvmred.launch import MAX_STATE, column_chunks
+
+    torch.manual_seed(300)
+    d, e = 300, 2 * MAX_STATE + 2
+    al = [f"x = Vi({d})", f"y = Vj({d})", f"b = Vj({e})"]
+    x, y, b = (
+        torch.rand(40, d, dtype=F64) / 20,
+        torch.rand(50, d, dtype=F64) / 20,
+        torch.randn(50, e, dtype=F64),
+    )
+    g = Genred("Exp(-SqDist(x,y))*b", al, "Sum", axis=1)
+    assert len(column_chunks(g.reduction, "float32")) == 1
+    xs = x.float().requires_grad_()
+    out = g(xs, y.float(), b.float())
+    xd = x.clone().requires_grad_()
+    want = torch.exp(-((xd[:, None] - y[None]) ** 2).sum(-1)) @ b
+    torch.testing.assert_close(
+        out.double(), want.detach(), rtol=1e-5, atol=1e-5 * want.abs().max().item()
+    )
+    u = torch.randn(40, e, dtype=F64)
+    (got,), (ref,) = torch.autograd.grad(out, xs, u.float()), torch.autograd.grad(want, xd, u)
+    torch.testing.assert_close(got.double(), ref, rtol=1e-4, atol=1e-5 * ref.abs().max().item())
