@@ -172,6 +172,7 @@ def test_a_blocked_sum_of_many_columns_is_one_kernel():
     )
     g = Genred("Exp(-SqDist(x,y))*b", al, "Sum", axis=1)
     assert len(column_chunks(g.reduction, "float32")) == 1
+    assert len(column_chunks(g.reduction, "float32", ranged=True)) == 3  # one-pass: slices
     xs = x.float().requires_grad_()
     out = g(xs, y.float(), b.float())
     xd = x.clone().requires_grad_()

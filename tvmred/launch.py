@@ -268,12 +268,14 @@ CUDA = 2  # DLPack's device type
 MAX_STATE = 64
 
 
-def column_chunks(r: Reduction, dtype: str, device: str = "cpu") -> list[Reduction]:
+def column_chunks(
+    r: Reduction, dtype: str, device: str = "cpu", ranged: bool = False
+) -> list[Reduction]:
     """``r`` itself, or the reductions of consecutive slices of its state columns (the fewest
     kernels of at most MAX_STATE state values per row -- or the reduction's own ``chunking``
     bound for the ``device`` type's template -- with balanced widths) whose states, side by
     side, are ``r``'s."""
-    key = ("chunks", dtype, device)
+    key = ("chunks", dtype, device, ranged)
     if key not in r.memo:
         acc, variant = r.resolve(dtype)
         rd, dim = r.rdef, r.formula.dim
@@ -283,10 +285,11 @@ def column_chunks(r: Reduction, dtype: str, device: str = "cpu") -> list[Reducti
         else:  # every buffer has one column per formula column
             state = rd.state(dim, variant, dtype, acc)
             cols, width = state[0][0], max(1, MAX_STATE // len(state))
-            if rd.name == "Sum" and variant.scheme not in ("kahan", "copy"):
+            if rd.name == "Sum" and variant.scheme not in ("kahan", "copy") and not ranged:
                 # in blocks of j, a Sum's columns are summed in register tiles, not held in
                 # registers: one kernel (Gaussian x-gradient D = 256, 3000 x 3000, Zen 5: 347
-                # -> 131 ms, first call 24 -> 6.8 s; 512 weight columns 158 -> 86 ms)
+                # -> 131 ms, first call 24 -> 6.8 s; 512 weight columns 158 -> 86 ms); the
+                # block-sparse kernels are one-pass
                 blocked = schedules.for_device(device).two_pass_sums
                 width = cols if blocked and rd.blocked(r.formula, dtype) else width
         parts = [r]

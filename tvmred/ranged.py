@@ -140,7 +140,7 @@ def run(r: Reduction, args: Sequence[torch.Tensor], ranges: Any) -> list[torch.T
     dev = args[0].device
     parts = [
         _states(part, args, dtype, dev, n_out, n_red, ranges)
-        for part in column_chunks(r, dtype, dev.type)
+        for part in column_chunks(r, dtype, dev.type, ranged=True)
     ]
     p = parts[0][1]
     state = parts[0][0] if len(parts) == 1 else r.rdef.join_states([s for s, _ in parts])
