@@ -285,7 +285,7 @@ def column_chunks(
         else:  # every buffer has one column per formula column
             state = rd.state(dim, variant, dtype, acc)
             cols, width = state[0][0], max(1, MAX_STATE // len(state))
-            if rd.name == "Sum" and variant.scheme not in ("kahan", "copy") and not ranged:
+            if rd.name == "Sum" and not variant.sequential and not ranged:
                 # in blocks of j, a Sum's columns are summed in register tiles, not held in
                 # registers: one kernel (Gaussian x-gradient D = 256, 3000 x 3000, Zen 5: 347
                 # -> 131 ms, first call 24 -> 6.8 s; 512 weight columns 158 -> 86 ms); the

@@ -263,7 +263,7 @@ def _lower(formula, red, out_cat, dtype, acc_dtype, row_block, variant, tile=0, 
         tasks = (te.placeholder((sizes[2], 3), "int32", name="tasks"), te.var("B"))
     whole = tile % max(two_pass, 1) == 0  # a tiled kernel's tile is whole blocks
     two_pass *= not variant.ranged and whole and red.blocked(formula, data_dtype)
-    two_pass *= variant.scheme not in ("kahan", "copy")  # a Sum's sequential schemes
+    two_pass *= not variant.sequential
     dup = split and not variant.ranged
     space = Space(N, chunks, tasks, duplicates=dup, two_pass=two_pass, padded=tile > 0)
     rows = row_block if variant.ranged else Mb * row_block  # ranged: Mb is unused

@@ -56,6 +56,12 @@ class Variant:
     def key(self) -> dict:
         return {n: v for n, v in dataclasses.asdict(self).items() if v not in (None, False, ())}
 
+    @property
+    def sequential(self) -> bool:
+        """A Sum scheme whose terms are added one after another (Kahan's compensation,
+        the -0-started copy): no blocks of j."""
+        return self.scheme in ("kahan", "copy")
+
 
 def xp_of(states: Sequence) -> Any:
     """The array namespace (:mod:`tvmred.arrays`) of a list of state buffers."""
